@@ -1,0 +1,100 @@
+"""Grouped-query attention with RoPE, a soft cap on scores and a per-row KV cache.
+
+Glossary: B batch, T new tokens, S cache length (or T without a cache), H query heads,
+K kv heads, G = H / K query heads per kv head, d key_size, D emb_size.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from grok.config import TransformerConfig
+from grok.layers import QuantizedLinear, apply_rope
+
+MASKED_SCORE = -1e30  # the reference's fill for invisible keys (scores are float32)
+
+
+class LayerKV(NamedTuple):
+    """One layer's cache: post-RoPE keys and values."""
+
+    k: jax.Array  # [B, S, K, d]
+    v: jax.Array  # [B, S, K, d]
+
+
+class AttentionContext(NamedTuple):
+    """Per-call facts shared by every layer."""
+
+    positions: jax.Array      # [B, T] absolute position of each new token
+    key_valid: jax.Array      # [B, T, S] bool: query t may attend key s
+    write_index: Optional[jax.Array]  # [B, T] cache slot each new token is written to
+
+
+def _write(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+    """cache [B, S, K, d] with new [B, T, K, d] written at index [B, T]; positions >= S dropped."""
+    rows = jnp.arange(cache.shape[0])[:, None]
+    return cache.at[rows, index].set(new.astype(cache.dtype), mode="drop")
+
+
+class MultiHeadAttention(hk.Module):
+    def __init__(self, config: TransformerConfig, name: str = "multi_head_attention"):
+        super().__init__(name=name)
+        self.config = config
+
+    def __call__(self, x: jax.Array, ctx: AttentionContext,
+                 kv: Optional[LayerKV]) -> tuple[jax.Array, Optional[LayerKV]]:
+        c = self.config
+        b, t, _ = x.shape
+        q = QuantizedLinear(c.num_q_heads * c.key_size, name="query")(x)
+        k = QuantizedLinear(c.num_kv_heads * c.key_size, name="key")(x)
+        v = QuantizedLinear(c.num_kv_heads * c.key_size, name="value")(x)
+        q = q.reshape(b, t, c.num_q_heads, c.key_size)                          # [B, T, H, d]
+        k = k.reshape(b, t, c.num_kv_heads, c.key_size)                         # [B, T, K, d]
+        v = v.reshape(b, t, c.num_kv_heads, c.key_size)
+        q = apply_rope(q, ctx.positions, c.rope_base)
+        k = apply_rope(k, ctx.positions, c.rope_base)
+
+        if kv is not None:
+            kv = LayerKV(_write(kv.k, k, ctx.write_index), _write(kv.v, v, ctx.write_index))
+            k, v = kv.k, kv.v                                                    # [B, S, K, d]
+
+        q = q.reshape(b, t, c.num_kv_heads, c.q_per_kv, c.key_size)             # [B, T, K, G, d]
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype)).astype(jnp.float32)
+        scores = scores * c.attn_output_multiplier
+        cap = c.attn_logit_soft_cap
+        scores = cap * jnp.tanh(scores / cap)
+        scores = jnp.where(ctx.key_valid[:, None, None], scores, MASKED_SCORE)
+        weights = jax.nn.softmax(scores, axis=-1).astype(x.dtype)              # [B, K, G, T, S]
+        out = jnp.einsum("bkgts,bskd->btkgd", weights, v.astype(x.dtype))
+        out = out.reshape(b, t, c.num_q_heads * c.key_size)                    # [B, T, H*d]
+        return QuantizedLinear(c.emb_size, name="linear")(out), kv
+
+
+def make_context(tokens: jax.Array, pad_token: int, step: Optional[jax.Array],
+                 lengths: Optional[jax.Array], cache_len: Optional[int]) -> AttentionContext:
+    """Positions and visibility for a call on tokens [B, T].
+
+    Without a cache (step is None) keys are the T tokens themselves. With a cache, row b's
+    new tokens go to slots step[b] .. step[b]+T-1 and only its first lengths[b] count: keys
+    are visible up to the row's new length, already-cached keys always, new ones unless pad.
+    """
+    b, t = tokens.shape
+    offsets = jnp.arange(t, dtype=jnp.int32)
+    token_ok = tokens > pad_token                                               # [B, T]
+    if step is None:
+        positions = jnp.broadcast_to(offsets, (b, t))
+        causal = offsets[:, None] >= offsets[None, :]                           # [T, T]
+        return AttentionContext(positions, causal[None] & token_ok[:, None, :], None)
+
+    positions = step[:, None] + offsets[None, :]                                # [B, T]
+    keys = jnp.arange(cache_len, dtype=jnp.int32)                               # [S]
+    new_len = step + lengths                                                    # [B]
+    rel = keys[None, :] - step[:, None]                                         # [B, S]
+    is_new = (rel >= 0) & (rel < t)
+    new_ok = jnp.take_along_axis(token_ok, jnp.clip(rel, 0, t - 1), axis=1)     # [B, S]
+    key_ok = (keys[None, :] < new_len[:, None]) & (~is_new | new_ok)            # [B, S]
+    causal = keys[None, None, :] <= positions[:, :, None]                       # [B, T, S]
+    return AttentionContext(positions, causal & key_ok[:, None, :], positions)

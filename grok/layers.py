@@ -1,0 +1,65 @@
+"""Building blocks shared by attention and MoE: RMSNorm, RoPE, quantized linear layers.
+
+Glossary: B batch, T tokens in this call, D emb_size, H query heads, K kv heads,
+d key_size, N output width.
+"""
+
+from __future__ import annotations
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from grok.quantization import QuantizedWeight8bit, qmatmul
+
+
+def _no_init(shape, dtype):
+    raise RuntimeError(
+        "grok parameters are not initialised by Haiku: restore a checkpoint "
+        "(grok.checkpoint.restore) or make random ones (grok.checkpoint.random_params)")
+
+
+class RMSNorm(hk.Module):
+    """x * rsqrt(mean(x²) + eps) * scale, computed in float32, returned in x's dtype."""
+
+    def __init__(self, eps: float, name: str):
+        super().__init__(name=name)
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = hk.get_parameter("scale", [x.shape[-1]], jnp.float32, init=_no_init)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (normed * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+class QuantizedLinear(hk.Module):
+    """y = x @ W with W a `QuantizedWeight8bit` parameter `w` [K, N] (no bias, like Grok-1)."""
+
+    def __init__(self, output_size: int, name: str):
+        super().__init__(name=name)
+        self.output_size = output_size
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        w = hk.get_parameter("w", [x.shape[-1], self.output_size], jnp.int8, init=_no_init)
+        if not isinstance(w, QuantizedWeight8bit):
+            raise TypeError(f"{self.module_name}/w must be a QuantizedWeight8bit, got {type(w).__name__}")
+        return qmatmul(x, w)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
+    """Rotary embedding over the whole head width, rotate-half layout.
+
+    x: [B, T, heads, d]; positions: [B, T] int32 absolute positions.
+    """
+    d = x.shape[-1]
+    inv_freq = base ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)            # [d/2]
+    phase = positions.astype(jnp.float32)[..., None] * inv_freq                  # [B, T, d/2]
+    phase = jnp.concatenate([phase, phase], axis=-1)[:, :, None, :]              # [B, T, 1, d]
+    x32 = x.astype(jnp.float32)
+    return (x32 * jnp.cos(phase) + rotate_half(x32) * jnp.sin(phase)).astype(x.dtype)

@@ -1,0 +1,144 @@
+"""The Grok-1 language model: embeddings, a scanned stack of decoder layers, tied output.
+
+Layers run under `hk.layer_stack` (one `lax.scan`), so compile time does not grow with depth
+and every per-layer parameter is stacked on a leading [L] axis under `transformer/decoder_layer/`.
+`grok.checkpoint` maps these stacked paths to and from the checkpoint's per-layer files.
+
+The KV cache is an immutable pytree (`Memory`) passed in and returned.
+
+Glossary: B batch (slots), T tokens in this call, S cache length, L layers, K kv heads,
+d key_size, D emb_size, V vocab_size.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from grok.attention import AttentionContext, LayerKV, MultiHeadAttention, make_context
+from grok.config import LanguageModelConfig, TransformerConfig
+from grok.layers import RMSNorm, _no_init
+from grok.moe import MoELayer, Router
+from grok.quantization import QuantizedWeight8bit
+
+
+class Memory(NamedTuple):
+    """Per-slot KV cache of every layer."""
+
+    k: jax.Array     # [L, B, S, K, d]
+    v: jax.Array     # [L, B, S, K, d]
+    step: jax.Array  # [B] int32: valid cached positions per row
+
+
+def init_memory(config: LanguageModelConfig, batch_size: int, sequence_len: int) -> Memory:
+    c = config.model
+    shape = (c.num_layers, batch_size, sequence_len, c.num_kv_heads, c.key_size)
+    dtype = jnp.dtype(config.fprop_dtype)
+    return Memory(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch_size,), jnp.int32))
+
+
+def decoder_layer(config: TransformerConfig, x: jax.Array, ctx: AttentionContext,
+                  kv: Optional[LayerKV]) -> tuple[jax.Array, Optional[LayerKV]]:
+    """One pre- and post-normed attention + MoE block on x [B, T, D]."""
+    eps = config.norm_eps
+    a, kv = MultiHeadAttention(config)(RMSNorm(eps, "rms_norm")(x), ctx, kv)
+    x = x + RMSNorm(eps, "rms_norm_1")(a)
+    b, t, d = x.shape
+    h = RMSNorm(eps, "rms_norm_2")(x).reshape(b * t, d)                        # [M, D]
+    gates, experts = Router(config)(h)
+    m = MoELayer(config)(h, gates, experts).reshape(b, t, d)
+    x = x + RMSNorm(eps, "rms_norm_3")(m)
+    return x, kv
+
+
+class Transformer(hk.Module):
+    def __init__(self, config: TransformerConfig, name: str = "transformer"):
+        super().__init__(name=name)
+        self.config = config
+
+    def __call__(self, x: jax.Array, ctx: AttentionContext,
+                 kv: Optional[LayerKV]) -> tuple[jax.Array, Optional[LayerKV]]:
+        """x [B, T, D]; kv holds stacked [L, ...] caches or is None."""
+        stack = hk.layer_stack(self.config.num_layers, with_per_layer_inputs=True,
+                               name="decoder_layer")
+        if kv is None:
+            x, _ = stack(lambda x, _: (decoder_layer(self.config, x, ctx, None)[0], None))(
+                x, jnp.zeros((self.config.num_layers,)))
+            return x, None
+        return stack(lambda x, kv: decoder_layer(self.config, x, ctx, LayerKV(*kv)))(x, kv)
+
+
+class InOutEmbed(hk.Module):
+    """The embedding table [V, D], shared by the input lookup and the output projection."""
+
+    def __init__(self, config: LanguageModelConfig, name: str = "in_out_embed"):
+        super().__init__(name=name)
+        self.config = config
+
+    def __call__(self) -> jax.Array:
+        shape = [self.config.vocab_size, self.config.model.emb_size]
+        return hk.get_parameter("embeddings", shape, jnp.float32, init=_no_init)
+
+
+class LanguageModel(hk.Module):
+    """Scaled input embedding, the transformer, final norm and tied output projection."""
+
+    def __init__(self, config: LanguageModelConfig, name: str = "language_model"):
+        super().__init__(name=name)
+        self.config = config
+
+    def __call__(self, transformer: Transformer, tokens: jax.Array, memory: Optional[Memory],
+                 lengths: Optional[jax.Array], output_index: Optional[jax.Array]):
+        c = self.config
+        dtype = jnp.dtype(c.fprop_dtype)
+        table = InOutEmbed(c)().astype(dtype)                                 # [V, D]
+        x = table[tokens] * jnp.asarray(c.embedding_multiplier_scale, dtype)    # [B, T, D]
+        step = None if memory is None else memory.step
+        cache_len = None if memory is None else memory.k.shape[2]
+        ctx = make_context(tokens, c.pad_token, step, lengths, cache_len)
+        kv = None if memory is None else LayerKV(memory.k, memory.v)
+        x, kv = transformer(x, ctx, kv)
+        if output_index is not None:                     # only the rows' chosen positions
+            x = jnp.take_along_axis(x, output_index[:, None, None], axis=1)     # [B, 1, D]
+        y = RMSNorm(c.model.norm_eps, "rms_norm")(x)
+        logits = jnp.einsum("btd,vd->btv", y, table).astype(jnp.float32)
+        logits = logits * c.output_multiplier_scale                             # [B, T', V] f32
+        new_memory = None if memory is None else Memory(kv.k, kv.v, memory.step + lengths)
+        return logits, new_memory
+
+
+def build_forward(config: LanguageModelConfig):
+    """A pure function forward(params, tokens, memory=None, lengths=None, output_index=None).
+
+    Returns (logits [B, T, V] float32 — or [B, 1, V] at output_index —, new memory or None).
+    With a memory, row b's first lengths[b] tokens are appended to its cache.
+    """
+    def fn(tokens, memory=None, lengths=None, output_index=None):
+        transformer = Transformer(config.model)
+        return LanguageModel(config)(transformer, tokens, memory, lengths, output_index)
+
+    transformed = hk.without_apply_rng(hk.transform(fn))
+    return transformed.apply
+
+
+def abstract_params(config: LanguageModelConfig, scale_groups: int = 1) -> dict:
+    """The parameter tree as ShapeDtypeStructs (QW leaves with `scale_groups` groups).
+
+    Used to compute shardings before any weight is read; scale shardings do not depend on G.
+    """
+    def creator(next_creator, shape, dtype, init, context):
+        if dtype == jnp.int8:
+            scales = tuple(shape[:-2]) + (scale_groups, shape[-1])
+            return QuantizedWeight8bit(jnp.zeros(shape, jnp.int8), jnp.zeros(scales, jnp.bfloat16))
+        return jnp.zeros(shape, dtype)
+
+    def fn(tokens):
+        with hk.custom_creator(creator):
+            return LanguageModel(config)(Transformer(config.model), tokens, None, None, None)
+
+    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    params = jax.eval_shape(lambda t: hk.transform(fn).init(None, t), tokens)
+    return {module: dict(leaves) for module, leaves in params.items()}

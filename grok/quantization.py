@@ -1,0 +1,95 @@
+"""8-bit weights with grouped scales, kept int8 on the device.
+
+A `QuantizedWeight8bit` holds `weight` int8 [*lead, K, N] and `scales` [*lead, G, N]: the
+dequantized weight is `weight[..., g*K/G + r, n] * scales[..., g, n]`. Matmuls never build
+the dequantized weight: they contract the int8 values (cast to the activation dtype, which
+represents every int8 exactly) group by group and apply the scales to the [.., G, N] partial
+sums. That is the same arithmetic up to rounding order, reads 1 byte per weight, and works
+for any G that divides K (the reference needs G == its model-axis size).
+
+Glossary: K contracting (input) width, N output width, G scale groups, E experts,
+M rows (tokens or token-expert pairs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class QuantizedWeight8bit:
+    """int8 `weight` [*lead, K, N] with `scales` [*lead, G, N] (the checkpoint's class)."""
+
+    weight: jax.Array
+    scales: jax.Array
+
+    @property
+    def shape(self):
+        return self.weight.shape
+
+    @property
+    def num_groups(self) -> int:
+        return self.scales.shape[-2]
+
+
+def quantize(w: np.ndarray, num_groups: int = 1, scale_dtype=jnp.bfloat16) -> QuantizedWeight8bit:
+    """Symmetric per-(group, column) int8 quantization of a float array [*lead, K, N]."""
+    w = np.asarray(w, np.float32)
+    *lead, k, n = w.shape
+    if num_groups < 1 or k % num_groups:
+        raise ValueError(f"quantize: {num_groups} scale groups do not divide the contracting size {k}")
+    grouped = w.reshape(*lead, num_groups, k // num_groups, n)
+    scales = np.abs(grouped).max(axis=-2) / 127.0                      # [*lead, G, N]
+    scales = np.where(scales == 0, 1.0, scales).astype(scale_dtype)
+    q = np.rint(grouped / scales.astype(np.float32)[..., None, :])
+    q = np.clip(q, -127, 127).astype(np.int8).reshape(w.shape)
+    return QuantizedWeight8bit(weight=q, scales=scales)
+
+
+def dequantize(qw: QuantizedWeight8bit, dtype=jnp.float32) -> jax.Array:
+    """The full float weight [*lead, K, N]; for tests and the readable dense MoE path."""
+    *lead, k, n = qw.weight.shape
+    g = qw.scales.shape[-2]
+    w = qw.weight.reshape(*lead, g, k // g, n).astype(dtype)
+    w = w * qw.scales.astype(dtype)[..., :, None, :]
+    return w.reshape(*lead, k, n)
+
+
+def _grouped(x: jax.Array, qw: QuantizedWeight8bit):
+    """Splits the contracting axis of x [.., K] and weight [.., K, N] into G groups."""
+    k, n = qw.weight.shape[-2:]
+    g = qw.scales.shape[-2]
+    if k % g:
+        raise ValueError(f"scale groups G={g} do not divide the contracting size K={k}")
+    xg = x.reshape(*x.shape[:-1], g, k // g)                            # [.., G, K/G]
+    wg = qw.weight.reshape(*qw.weight.shape[:-2], g, k // g, n)         # [.., G, K/G, N]
+    return xg, wg.astype(x.dtype)
+
+
+def qmatmul(x: jax.Array, qw: QuantizedWeight8bit) -> jax.Array:
+    """x [..., K] @ weight [K, N] -> [..., N] in x's dtype."""
+    xg, wg = _grouped(x, qw)
+    partial = jnp.einsum("...gk,gkn->...gn", xg, wg).astype(jnp.float32)  # [.., G, N]
+    out = jnp.einsum("...gn,gn->...n", partial, qw.scales.astype(jnp.float32))
+    return out.astype(x.dtype)
+
+
+def qmatmul_per_row(x: jax.Array, qw: QuantizedWeight8bit) -> jax.Array:
+    """Row m of x [M, K] times its own weight [M, K, N] -> [M, N] (gathered experts)."""
+    xg, wg = _grouped(x, qw)
+    partial = jnp.einsum("mgk,mgkn->mgn", xg, wg).astype(jnp.float32)
+    out = jnp.einsum("mgn,mgn->mn", partial, qw.scales.astype(jnp.float32))
+    return out.astype(x.dtype)
+
+
+def qmatmul_experts(x: jax.Array, qw: QuantizedWeight8bit) -> jax.Array:
+    """Every row through every expert: x [M, K] @ weight [E, K, N] -> [E, M, N]."""
+    xg, wg = _grouped(x, qw)
+    partial = jnp.einsum("mgk,egkn->emgn", xg, wg).astype(jnp.float32)
+    out = jnp.einsum("emgn,egn->emn", partial, qw.scales.astype(jnp.float32))
+    return out.astype(x.dtype)

@@ -1,0 +1,18 @@
+"""Test setup: JAX on CPU with 8 virtual devices (set before jax is imported), fixture paths."""
+
+import os
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import pytest  # noqa: E402
+
+FIXTURE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "tiny-grok-a")
+
+
+@pytest.fixture
+def fixture_dir():
+    """The tiny-grok-a golden fixture; tests using it skip where ../shared is absent."""
+    if not os.path.isdir(FIXTURE_DIR):
+        pytest.skip("fixture ../shared/fixtures/tiny-grok-a is absent")
+    return os.path.abspath(FIXTURE_DIR)
