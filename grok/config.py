@@ -41,12 +41,14 @@ class TransformerConfig:
     rope_base: float = 10000.0
     attn_logit_soft_cap: float = 30.0
     norm_eps: float = 1e-5
-    # How the MoE is computed; both give the same numbers (tests/test_moe.py).
+    # How the MoE is computed; both give the same numbers (tests/test_model.py).
     moe_impl: str = "sparse"
+    # Sparse MoE: rows per block when an expert runs on its routed tokens (prefill sizes).
+    moe_block_rows: int = 256
 
     def __post_init__(self):
         for name in ("emb_size", "key_size", "num_q_heads", "num_kv_heads", "num_layers",
-                     "num_experts", "num_selected_experts"):
+                     "num_experts", "num_selected_experts", "moe_block_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 FIXTURE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "tiny-grok-a")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fixture_dir():
     """The tiny-grok-a golden fixture; tests using it skip where ../shared is absent."""
     if not os.path.isdir(FIXTURE_DIR):

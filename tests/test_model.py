@@ -1,0 +1,139 @@
+"""The model's arithmetic: reference parity, cached decoding, a NumPy cross-check, MoE paths."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import numpy_reference
+from grok import checkpoint, sharding
+from grok.config import LanguageModelConfig, TransformerConfig, load_config
+from grok.model import abstract_params, build_forward, init_memory
+
+TINY = LanguageModelConfig(
+    model=TransformerConfig(emb_size=32, key_size=8, num_q_heads=4, num_kv_heads=2, num_layers=2,
+                            num_experts=4, num_selected_experts=2, widening_factor=2,
+                            attn_output_multiplier=0.35),
+    vocab_size=96, sequence_len=64, embedding_multiplier_scale=4.0, output_multiplier_scale=0.5,
+    fprop_dtype="float32")
+
+
+def tiny_tensors(config=TINY, seed=0, groups=None):
+    return checkpoint.quantize_tensors(checkpoint.random_tensors(config, seed), config, groups)
+
+
+def run_forward(config, params, tokens, mesh_shape=(1, 1)):
+    mesh = sharding.make_mesh(mesh_shape)
+    params = jax.device_put(params, sharding.param_shardings(abstract_params(config), mesh))
+    forward = jax.jit(lambda p, t: build_forward(config)(p, t)[0])
+    return np.asarray(forward(params, jnp.asarray(tokens)))
+
+
+# ---- parity with the reference implementation (../shared fixture) ------------------------------
+@pytest.fixture(scope="module")
+def fixture_model(fixture_dir):
+    config = load_config(f"{fixture_dir}/config.json").replace(fprop_dtype="float32")
+    tensors = checkpoint.read_checkpoint_tensors(fixture_dir, config)
+    reference = np.load(f"{fixture_dir}/reference_logits.npz")
+    return config, tensors, reference
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 1), (1, 2), (2, 4), (1, 8)])
+def test_parity_with_reference(fixture_model, fixture_dir, mesh_shape):
+    config, _, ref = fixture_model
+    mesh = sharding.make_mesh(mesh_shape)
+    shardings = sharding.param_shardings(abstract_params(config), mesh)
+    params = checkpoint.load_checkpoint(fixture_dir, config, shardings, progress=False)
+    seqs = [ref[f"tokens_{j}"] for j in range(4)]
+    batch = np.zeros((len(seqs), max(map(len, seqs))), np.int32)   # right padding is masked
+    for j, s in enumerate(seqs):
+        batch[j, :len(s)] = s
+    logits = np.asarray(jax.jit(lambda p, t: build_forward(config)(p, t)[0])(params, batch))
+    for j, s in enumerate(seqs):
+        ours = logits[j, :len(s)]
+        theirs = ref[f"sub_logits_{j}"]
+        err = np.abs(ours[:, ref["sub_ids"]] - theirs).max(-1) / theirs.std()
+        assert np.median(err) <= 0.03, (j, np.median(err))
+        assert np.mean(err <= 0.10) >= 0.95, (j, np.mean(err <= 0.10))
+        logprobs = np.asarray(jax.nn.log_softmax(ours, axis=-1))
+        next_lp = np.take_along_axis(logprobs[:-1], s[1:, None], axis=1)[:, 0]
+        assert np.median(np.abs(next_lp - ref[f"next_logprobs_{j}"])) <= 0.06
+        top = ref[f"top_logits_{j}"]
+        decisive = top[:, 0] - top[:, 1] >= 0.25
+        assert decisive.any()
+        np.testing.assert_array_equal(ours.argmax(-1)[decisive], ref[f"top_ids_{j}"][decisive, 0])
+
+
+def test_bf16_forward_tracks_reference(fixture_model):
+    """The default bf16 path stays within bf16 noise of the reference (looser than float32)."""
+    config, tensors, ref = fixture_model
+    params = checkpoint.stack_params(tensors, config)
+    tokens = ref["tokens_0"]
+    ours = run_forward(config.replace(fprop_dtype="bfloat16"), params, tokens[None])[0]
+    err = np.abs(ours[:, ref["sub_ids"]] - ref["sub_logits_0"]).max(-1) / ref["sub_logits_0"].std()
+    assert np.median(err) <= 0.08
+
+
+# ---- self-contained checks ---------------------------------------------------------------------
+def test_numpy_reference_agrees():
+    tensors = tiny_tensors()
+    tokens = np.random.default_rng(1).integers(1, TINY.vocab_size, 12)
+    expected = numpy_reference.forward(tensors, TINY, tokens)
+    params = checkpoint.stack_params(tensors, TINY)
+    ours32 = run_forward(TINY, params, tokens[None])[0]
+    scale = expected.std()
+    assert np.abs(ours32 - expected).max() <= 1e-3 * scale
+    ours16 = run_forward(TINY.replace(fprop_dtype="bfloat16"), params, tokens[None])[0]
+    assert np.median(np.abs(ours16 - expected).max(-1)) <= 0.1 * scale
+    assert np.abs(ours16 - expected).max() > 1e-4 * scale   # bf16 really ran
+
+
+def test_numpy_reference_with_padding_and_scale_groups():
+    tensors = tiny_tensors(groups={"moe/linear": 4, "attention/query": 2, "moe/linear_1": 1})
+    tokens = np.array([5, 9, 0, 14, 3, 0, 0])          # pads are masked as keys
+    expected = numpy_reference.forward(tensors, TINY, tokens)
+    ours = run_forward(TINY, checkpoint.stack_params(tensors, TINY), tokens[None])[0]
+    assert np.abs(ours - expected).max() <= 1e-3 * expected.std()
+
+
+def test_cached_decoding_matches_full_forward():
+    params = checkpoint.stack_params(tiny_tensors(), TINY)
+    forward = jax.jit(build_forward(TINY))
+    tokens = np.random.default_rng(2).integers(1, TINY.vocab_size, (2, 14)).astype(np.int32)
+    full, _ = forward(params, tokens)
+    memory = init_memory(TINY, 2, TINY.sequence_len)
+    # prefill 6 (row 1: only 4 valid, then 2 pads), then one token at a time
+    prompt = tokens[:, :6].copy()
+    prompt[1, 4:] = 0
+    logits, memory = forward(params, prompt, memory, np.array([6, 4], np.int32))
+    np.testing.assert_allclose(logits[0, :6], full[0, :6], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits[1, :4], full[1, :4], rtol=1e-4, atol=1e-4)
+    pos = np.array([6, 4])
+    for _ in range(6):
+        step_tokens = tokens[np.arange(2), pos][:, None]
+        logits, memory = forward(params, step_tokens, memory, np.ones(2, np.int32))
+        np.testing.assert_allclose(logits[:, 0], full[np.arange(2), pos], rtol=1e-4, atol=1e-4)
+        pos = pos + 1
+    np.testing.assert_array_equal(np.asarray(memory.step), pos)
+
+
+def test_sparse_and_dense_moe_agree():
+    params = checkpoint.stack_params(tiny_tensors(seed=3), TINY)
+    tokens = np.random.default_rng(3).integers(1, TINY.vocab_size, (3, 9))
+    sparse = run_forward(TINY.replace(moe_impl="sparse"), params, tokens)
+    dense = run_forward(TINY.replace(moe_impl="dense"), params, tokens)
+    np.testing.assert_allclose(sparse, dense, rtol=1e-4, atol=1e-4 * np.abs(dense).max())
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 4), (2, 4), (1, 8)])
+def test_meshes_where_heads_and_groups_do_not_divide(mesh_shape):
+    """kv heads (2), G (1 and 8 on F=... ) and E (4) do not divide an 8-way model axis."""
+    config = TINY.replace(num_kv_heads=2, num_q_heads=6, num_experts=4)
+    tensors = tiny_tensors(config, seed=4)
+    params = checkpoint.stack_params(tensors, config)
+    tokens = np.random.default_rng(4).integers(1, config.vocab_size, (2, 7))
+    single = run_forward(config, params, tokens, (1, 1))
+    sharded = run_forward(config, params, tokens, mesh_shape)
+    np.testing.assert_allclose(sharded, single, rtol=1e-4, atol=1e-4 * np.abs(single).max())
