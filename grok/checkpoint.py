@@ -15,6 +15,7 @@ import dataclasses
 import math
 import os
 import pickle
+import reprlib
 import sys
 import tempfile
 import threading
@@ -31,9 +32,8 @@ from grok.config import LanguageModelConfig
 from grok.quantization import QuantizedWeight8bit, quantize
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
-LAYER_MODULE = "transformer/decoder_layer"
-# The release's G: 8 where the contracting axis was sharded 8 ways when it was written, else 1.
-_RELEASE_GROUPS = {"multi_head_attention/linear": 8, "moe/linear_1": 8}
+# The release has G = 8 where In was sharded 8 ways when it was written, else G = 1.
+_GROUPED_BY_8 = ("multi_head_attention/linear", "moe/linear_1")
 
 
 class CheckpointError(Exception):
@@ -57,8 +57,8 @@ class TensorSpec:
         return f"tensor{self.index:05d}_000"
 
 
-def _layer_tensors(config: LanguageModelConfig) -> list[tuple[str, str, tuple, bool]]:
-    """(module suffix, name, per-file shape, quantized) of each decoder-layer tensor."""
+def _layer_tensors(config: LanguageModelConfig) -> list[tuple[str, str, tuple, Optional[int]]]:
+    """(module suffix, name, per-file shape, release G or None if float) per layer tensor."""
     c = config.model
     e, d, f = c.num_experts, c.emb_size, c.ffn_size
     hd, kd = c.num_q_heads * c.key_size, c.num_kv_heads * c.key_size
@@ -66,8 +66,9 @@ def _layer_tensors(config: LanguageModelConfig) -> list[tuple[str, str, tuple, b
                    "multi_head_attention/query": (d, hd), "multi_head_attention/key": (d, kd),
                    "multi_head_attention/value": (d, kd), "multi_head_attention/linear": (hd, d)}
     norms = ("rms_norm", "rms_norm_1", "rms_norm_2", "rms_norm_3")
-    return ([(module, "w", shape, True) for module, shape in projections.items()]
-            + [(norm, "scale", (d,), False) for norm in norms] + [("router", "w", (d, e), False)])
+    return ([(module, "w", shape, 8 if module in _GROUPED_BY_8 and shape[-2] % 8 == 0 else 1)
+             for module, shape in projections.items()]
+            + [(norm, "scale", (d,), None) for norm in norms] + [("router", "w", (d, e), None)])
 
 
 def checkpoint_layout(config: LanguageModelConfig) -> list[TensorSpec]:
@@ -78,11 +79,10 @@ def checkpoint_layout(config: LanguageModelConfig) -> list[TensorSpec]:
              TensorSpec(0, "language_model/rms_norm/scale", (d,), False, "language_model/rms_norm",
                         "scale", None, None)]
     for layer in range(config.model.num_layers):
-        for suffix, name, shape, quantized in _layer_tensors(config):
-            groups = _RELEASE_GROUPS.get(suffix, 1) if quantized else None
-            groups = groups if groups is None or shape[-2] % groups == 0 else 1
+        for suffix, name, shape, groups in _layer_tensors(config):
             specs.append(TensorSpec(0, f"transformer/decoder_layer_{layer}/{suffix}/{name}", shape,
-                                    quantized, f"{LAYER_MODULE}/{suffix}", name, layer, groups))
+                                    groups is not None, f"transformer/decoder_layer/{suffix}",
+                                    name, layer, groups))
     # jax flattens a dict of dicts by sorted module key, then sorted parameter name.
     specs.sort(key=lambda spec: (spec.ckpt_path.rsplit("/", 1)[0], spec.name))
     return [dataclasses.replace(spec, index=index) for index, spec in enumerate(specs)]
@@ -94,6 +94,18 @@ def checkpoint_layout(config: LanguageModelConfig) -> list[TensorSpec]:
 
 class _Refused(Exception):
     """Raised inside the unpickler; read_tensor_file names the file."""
+
+
+class _ShortRepr(reprlib.Repr):
+    """Untrusted state in error messages, never in full: it may hold gigabytes of bytes."""
+
+    def repr_bytes(self, obj, level):
+        return f"<{len(obj)} bytes>"
+
+    repr_bytearray = repr_bytes
+
+
+_short = _ShortRepr().repr
 
 
 class _Guard:
@@ -113,8 +125,7 @@ class _Guard:
         raise _Refused(f"setting state on {self.label} is not allowed")
 
 
-_NDARRAY = _Guard("numpy.ndarray")
-_BFLOAT16 = _Guard("ml_dtypes.bfloat16")
+_NDARRAY, _BFLOAT16 = _Guard("numpy.ndarray"), _Guard("ml_dtypes.bfloat16")
 # Plain numeric dtypes only; the layout check then says which one each tensor needs.
 _DTYPE_CODES = frozenset("b1 i1 u1 i2 u2 i4 u4 i8 u8 f2 f4 f8".split())
 
@@ -129,9 +140,8 @@ class _DtypeStub:
         if not (isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4)
                 and state[1] in ("<", ">", "|", "=") and state[2:5] == (None, None, None)
                 and state[5] in (-1, self.dtype.itemsize) and state[8:] in ((), (None,))):
-            raise _Refused(f"unsupported numpy.dtype state for {self.dtype}: {state!r:.200}")
-        if state[1] in ("<", ">"):
-            self.dtype = self.dtype.newbyteorder(state[1])
+            raise _Refused(f"unsupported numpy.dtype state for {self.dtype}: {_short(state)}")
+        self.dtype = self.dtype.newbyteorder(state[1] if state[1] in "<>" else "=")
 
 
 def _make_dtype(spec, align=False, copy=False) -> _DtypeStub:
@@ -139,8 +149,8 @@ def _make_dtype(spec, align=False, copy=False) -> _DtypeStub:
         return _DtypeStub(np.dtype(ml_dtypes.bfloat16))
     if isinstance(spec, str) and spec in _DTYPE_CODES:
         return _DtypeStub(np.dtype(spec))
-    why = " (object arrays would unpickle arbitrary objects)" if spec == "O" else ""
-    raise _Refused(f"refused numpy.dtype({spec!r:.100}){why}")
+    why = " (object arrays would unpickle arbitrary objects)" if str(spec)[:1] == "O" else ""
+    raise _Refused(f"refused numpy.dtype({_short(spec)}){why}")
 
 
 class _ArrayStub:
@@ -152,16 +162,15 @@ class _ArrayStub:
         if isinstance(state, tuple) and len(state) == 5 and state[0] == 1:
             state = state[1:]  # (version, shape, dtype, fortran, raw); older files omit version
         if not (isinstance(state, tuple) and len(state) == 4) or self.array is not None:
-            raise _Refused(f"unsupported numpy.ndarray state {state!r:.200}")
+            raise _Refused(f"unsupported numpy.ndarray state {_short(state)}")
         shape, dtype, fortran, raw = state
         if not (isinstance(shape, tuple) and len(shape) <= 8
                 and all(isinstance(n, int) and n >= 0 for n in shape) and isinstance(fortran, bool)
                 and isinstance(dtype, _DtypeStub) and isinstance(raw, (bytes, bytearray))):
-            raise _Refused(f"bad numpy.ndarray state {state!r:.200}")  # e.g. object array data
+            raise _Refused(f"bad numpy.ndarray state {_short(state)}")  # e.g. object array
         count = math.prod(shape)
         if len(raw) != count * dtype.dtype.itemsize:
-            raise _Refused(f"array data has {len(raw)} bytes, {shape} {dtype.dtype} needs "
-                           f"{count * dtype.dtype.itemsize}")
+            raise _Refused(f"{len(raw)} data bytes do not fit shape {shape} {dtype.dtype}")
         flat = np.frombuffer(raw, dtype.dtype, count=count)  # a view: no copy of the payload
         self.array = flat.reshape(shape, order="F" if fortran else "C")
 
@@ -179,7 +188,7 @@ class _QuantizedWeightStub:
         if not (isinstance(state, dict) and set(state) == {"weight", "scales"}
                 and all(isinstance(v, _ArrayStub) and v.array is not None for v in state.values())):
             raise _Refused(f"QuantizedWeight8bit state must be {{weight: array, scales: array}}, "
-                           f"got {state!r:.200}")
+                           f"got {_short(state)}")
         self.weight, self.scales = state["weight"].array, state["scales"].array
 
 
@@ -212,11 +221,9 @@ def read_tensor_file(path: str | os.PathLike, what: str = "") -> np.ndarray | Qu
         with open(path, "rb") as f:
             obj = _SafeUnpickler(f).load()
             trailing = f.read(1)
-    except FileNotFoundError:
-        raise CheckpointError(f"missing checkpoint file {where}") from None
     except _Refused as e:
         raise CheckpointError(f"{where}: {e}; nothing from this file was executed") from None
-    except Exception as e:  # truncated/corrupt input raises many types
+    except Exception as e:  # unreadable, truncated or corrupt input raises many types
         raise CheckpointError(f"{where}: truncated or corrupt ({type(e).__name__}: {e})") from None
     if trailing:
         raise CheckpointError(f"{where}: corrupt file (bytes after the end of the pickle)")
@@ -247,13 +254,12 @@ def check_tensor(spec: TensorSpec, value, where: str) -> np.ndarray | QuantizedW
     if not spec.quantized:
         value = _check_array(value, spec.shape, FLOAT_DTYPES, spec, where, "array")
         return value.astype(np.float32, copy=False)  # no copy of a float32 embedding table
-    if not isinstance(value, QuantizedWeight8bit):
-        raise CheckpointError(f"tensor {spec.index} ({spec.ckpt_path}) in {where}: expected a "
-                              f"QuantizedWeight8bit, found {type(value).__name__}")
+    if not isinstance(value, QuantizedWeight8bit):  # a float array where int8 is expected
+        value = QuantizedWeight8bit(value, None)
     weight = _check_array(value.weight, spec.shape, (np.dtype(np.int8),), spec, where, "weight")
     scales = _check_array(value.scales, None, FLOAT_DTYPES, spec, where, "scales")
     *lead, contracting, out = spec.shape
-    groups = scales.shape[-2] if scales.ndim == len(spec.shape) else 0
+    groups = scales.shape[-2] if scales.ndim >= 2 else 0  # a wrong ndim fails the shape check
     if groups < 1 or contracting % groups:
         raise CheckpointError(f"tensor {spec.index} ({spec.ckpt_path}) in {where}: scales "
                               f"{scales.shape}: G={groups} does not divide In={contracting}")
@@ -262,10 +268,9 @@ def check_tensor(spec: TensorSpec, value, where: str) -> np.ndarray | QuantizedW
 
 
 class _LeafAssembler:
-    """Builds one model leaf from its per-layer tensors, in any order, from any thread.
-
-    A stacked leaf is preallocated [L, ...] and each layer copied into its slice on arrival,
-    so the host never holds the layers twice. Scales [L, *lead, G, Out] wait for G."""
+    """Builds one model leaf from its per-layer tensors, in any order, from any thread: a
+    stacked leaf is preallocated [L, ...] and each layer copied into its slice on arrival, so
+    the host never holds the layers twice. Scales [L, *lead, G, Out] wait for the first G."""
 
     def __init__(self, specs: list[TensorSpec]):
         self.lock, first = threading.Lock(), specs[0]
@@ -288,8 +293,7 @@ class _LeafAssembler:
                     self.value.scales = np.empty(shape, ml_dtypes.bfloat16)
             if self.value.scales.shape[1:] != tensor.scales.shape:
                 raise CheckpointError(f"tensor {spec.index} ({spec.ckpt_path}) in {where}: scales "
-                                      f"{tensor.scales.shape} differ from another layer's "
-                                      f"{self.value.scales.shape[1:]} (stacking needs one G)")
+                                      f"{tensor.scales.shape}: layers of one leaf need the same G")
             self.value.weight[spec.layer] = tensor.weight
             self.value.scales[spec.layer] = tensor.scales
 
@@ -371,8 +375,7 @@ def load_checkpoint(directory: str | os.PathLike, config: LanguageModelConfig, s
     in parallel into one host buffer, placed, and freed: peak host memory is about the largest
     leaf plus `max_workers` files, not the checkpoint. (Placing per layer and stacking on
     device would need twice the leaf in device memory, the scarcer one.)"""
-    ckpt_dir = _checkpoint_dir(directory)
-    layout = checkpoint_layout(config)
+    ckpt_dir, layout = _checkpoint_dir(directory), checkpoint_layout(config)
     bar = tqdm(total=_check_files(ckpt_dir, layout), unit="B", unit_scale=True,
                desc="loading checkpoint", file=sys.stderr, disable=not progress)
 
@@ -486,12 +489,9 @@ def random_tensors(config: LanguageModelConfig, seed: int = 0, *, embed_std: flo
     out = {}
     for spec in checkpoint_layout(config):  # index order, so each tensor's draws are fixed
         normal = rng.standard_normal(spec.shape, dtype=np.float32)
-        if spec.name == "embeddings":
-            out[spec.ckpt_path] = normal * np.float32(embed_std)
-        elif spec.name == "scale":
-            out[spec.ckpt_path] = 1 + normal * np.float32(norm_std)
-        else:
-            out[spec.ckpt_path] = normal * np.float32(weight_gain / math.sqrt(spec.shape[-2]))
+        fan_in = spec.shape[-2] if len(spec.shape) > 1 else 1  # In, for projections and router
+        std = {"embeddings": embed_std, "scale": norm_std}.get(spec.name, weight_gain / fan_in**0.5)
+        out[spec.ckpt_path] = (1.0 if spec.name == "scale" else 0.0) + normal * np.float32(std)
     return out
 
 

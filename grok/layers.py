@@ -16,7 +16,7 @@ from grok.quantization import QuantizedWeight8bit, qmatmul
 def _no_init(shape, dtype):
     raise RuntimeError(
         "grok parameters are not initialised by Haiku: restore a checkpoint "
-        "(grok.checkpoint.restore) or make random ones (grok.checkpoint.random_params)")
+        "(grok.checkpoint.load_checkpoint) or make random ones (grok.checkpoint.random_params)")
 
 
 class RMSNorm(hk.Module):
