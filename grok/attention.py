@@ -73,13 +73,14 @@ class MultiHeadAttention(hk.Module):
         return QuantizedLinear(c.emb_size, name="linear")(out), kv
 
 
-def make_context(tokens: jax.Array, pad_token: int, step: Optional[jax.Array],
-                 lengths: Optional[jax.Array], cache_len: Optional[int]) -> AttentionContext:
-    """Positions and visibility for a call on tokens [B, T].
+def make_context(tokens: jax.Array, pad_token: int, step: Optional[jax.Array] = None,
+                 lengths: Optional[jax.Array] = None, cache_valid: Optional[jax.Array] = None):
+    """Positions and visibility for a call on tokens [B, T]; returns (context, new cache_valid).
 
     Without a cache (step is None) keys are the T tokens themselves. With a cache, row b's
-    new tokens go to slots step[b] .. step[b]+T-1 and only its first lengths[b] count: keys
-    are visible up to the row's new length, already-cached keys always, new ones unless pad.
+    new tokens go to slots step[b] .. step[b]+T-1, only its first lengths[b] count, and
+    cache_valid [B, S] records which cached keys are real tokens (not padding), so a pad
+    stays invisible in every later call, as it is in a full forward.
     """
     b, t = tokens.shape
     offsets = jnp.arange(t, dtype=jnp.int32)
@@ -87,14 +88,12 @@ def make_context(tokens: jax.Array, pad_token: int, step: Optional[jax.Array],
     if step is None:
         positions = jnp.broadcast_to(offsets, (b, t))
         causal = offsets[:, None] >= offsets[None, :]                           # [T, T]
-        return AttentionContext(positions, causal[None] & token_ok[:, None, :], None)
+        return AttentionContext(positions, causal[None] & token_ok[:, None, :], None), None
 
     positions = step[:, None] + offsets[None, :]                                # [B, T]
-    keys = jnp.arange(cache_len, dtype=jnp.int32)                               # [S]
-    new_len = step + lengths                                                    # [B]
-    rel = keys[None, :] - step[:, None]                                         # [B, S]
-    is_new = (rel >= 0) & (rel < t)
-    new_ok = jnp.take_along_axis(token_ok, jnp.clip(rel, 0, t - 1), axis=1)     # [B, S]
-    key_ok = (keys[None, :] < new_len[:, None]) & (~is_new | new_ok)            # [B, S]
+    rows = jnp.arange(b)[:, None]
+    cache_valid = cache_valid.at[rows, positions].set(token_ok, mode="drop")    # [B, S]
+    keys = jnp.arange(cache_valid.shape[1], dtype=jnp.int32)                    # [S]
+    key_ok = (keys[None, :] < (step + lengths)[:, None]) & cache_valid          # [B, S]
     causal = keys[None, None, :] <= positions[:, :, None]                       # [B, T, S]
-    return AttentionContext(positions, causal & key_ok[:, None, :], positions)
+    return AttentionContext(positions, causal & key_ok[:, None, :], positions), cache_valid

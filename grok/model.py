@@ -28,16 +28,18 @@ from grok.quantization import QuantizedWeight8bit
 class Memory(NamedTuple):
     """Per-slot KV cache of every layer."""
 
-    k: jax.Array     # [L, B, S, K, d]
-    v: jax.Array     # [L, B, S, K, d]
-    step: jax.Array  # [B] int32: valid cached positions per row
+    k: jax.Array      # [L, B, S, K, d]
+    v: jax.Array      # [L, B, S, K, d]
+    step: jax.Array   # [B] int32: cached positions per row
+    valid: jax.Array  # [B, S] bool: the cached key is a real token, not padding
 
 
 def init_memory(config: LanguageModelConfig, batch_size: int, sequence_len: int) -> Memory:
     c = config.model
     shape = (c.num_layers, batch_size, sequence_len, c.num_kv_heads, c.key_size)
     dtype = jnp.dtype(config.fprop_dtype)
-    return Memory(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch_size,), jnp.int32))
+    return Memory(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+                  jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size, sequence_len), bool))
 
 
 def decoder_layer(config: TransformerConfig, x: jax.Array, ctx: AttentionContext,
@@ -96,9 +98,10 @@ class LanguageModel(hk.Module):
         dtype = jnp.dtype(c.fprop_dtype)
         table = InOutEmbed(c)().astype(dtype)                                 # [V, D]
         x = table[tokens] * jnp.asarray(c.embedding_multiplier_scale, dtype)    # [B, T, D]
-        step = None if memory is None else memory.step
-        cache_len = None if memory is None else memory.k.shape[2]
-        ctx = make_context(tokens, c.pad_token, step, lengths, cache_len)
+        if memory is None:
+            ctx, valid = make_context(tokens, c.pad_token)
+        else:
+            ctx, valid = make_context(tokens, c.pad_token, memory.step, lengths, memory.valid)
         kv = None if memory is None else LayerKV(memory.k, memory.v)
         x, kv = transformer(x, ctx, kv)
         if output_index is not None:                     # only the rows' chosen positions
@@ -106,7 +109,7 @@ class LanguageModel(hk.Module):
         y = RMSNorm(c.model.norm_eps, "rms_norm")(x)
         logits = jnp.einsum("btd,vd->btv", y, table).astype(jnp.float32)
         logits = logits * c.output_multiplier_scale                             # [B, T', V] f32
-        new_memory = None if memory is None else Memory(kv.k, kv.v, memory.step + lengths)
+        new_memory = None if memory is None else Memory(kv.k, kv.v, memory.step + lengths, valid)
         return logits, new_memory
 
 

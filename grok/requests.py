@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Optional, Sequence, Union
+
+import numpy as np
 
 Prompt = Union[str, Sequence[int]]
 
 
 def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) or type(x).__name__ in ("int32", "int64")
+    """Python or NumPy integers, not bools."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    """Python or NumPy real numbers, not bools."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,18 +46,17 @@ class Request:
         if isinstance(p, str):
             if not p:
                 raise ValueError("Request.prompt is empty")
-        elif isinstance(p, (list, tuple)) or type(p).__name__ == "ndarray":
+        elif isinstance(p, (list, tuple, np.ndarray)):
             ids = [int(t) if _is_int(t) else t for t in list(p)]
             if not ids or not all(_is_int(t) and t >= 0 for t in ids):
                 raise ValueError("Request.prompt as token ids must be a non-empty list of ints >= 0")
             object.__setattr__(self, "prompt", tuple(ids))
         else:
             raise ValueError(f"Request.prompt must be a str or a list of token ids, got {type(p).__name__}")
-        if not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool) \
-                or not math.isfinite(self.temperature) or self.temperature < 0:
+        if not _is_real(self.temperature) or not math.isfinite(self.temperature) \
+                or self.temperature < 0:
             raise ValueError(f"Request.temperature must be a finite number >= 0, got {self.temperature!r}")
-        if not isinstance(self.nucleus_p, (int, float)) or isinstance(self.nucleus_p, bool) \
-                or not 0 < self.nucleus_p <= 1:
+        if not _is_real(self.nucleus_p) or not 0 < self.nucleus_p <= 1:
             raise ValueError(f"Request.nucleus_p must be in (0, 1], got {self.nucleus_p!r}")
         if not _is_int(self.rng_seed) or not 0 <= self.rng_seed < 2**32:
             raise ValueError(f"Request.rng_seed must be an int in [0, 2**32), got {self.rng_seed!r}")
@@ -56,10 +64,14 @@ class Request:
             raise ValueError(f"Request.max_len must be an int >= 1, got {self.max_len!r}")
         if not _is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"Request.top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
-        stops = list(self.stop_tokens) if isinstance(self.stop_tokens, (list, tuple, set, frozenset)) else None
+        stops = (list(self.stop_tokens)
+                 if isinstance(self.stop_tokens, (list, tuple, set, frozenset, np.ndarray)) else None)
         if stops is None or not all(_is_int(t) and t >= 0 for t in stops):
             raise ValueError(f"Request.stop_tokens must be a list of token ids, got {self.stop_tokens!r}")
         object.__setattr__(self, "stop_tokens", tuple(int(t) for t in stops))
+        for name, kind in (("temperature", float), ("nucleus_p", float), ("rng_seed", int),
+                           ("max_len", int), ("top_k", int)):  # NumPy scalars -> Python
+            object.__setattr__(self, name, kind(getattr(self, name)))
         for name in ("stream", "logprobs", "echo"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Request.{name} must be a bool, got {getattr(self, name)!r}")
@@ -69,7 +81,9 @@ class Request:
 
 @dataclasses.dataclass(frozen=True)
 class TokenEvent:
-    """One new token of a streaming request, yielded as soon as it is made."""
+    """One new token of a streaming request, yielded as soon as it is made — or, when it ends
+    mid-character, with the token that completes the character (or at the request's end), so
+    `text` is always final and the texts of a request's events add up to its Completion."""
 
     request_id: str
     index: int            # position in the output (0 = first new token)

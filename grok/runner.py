@@ -12,6 +12,7 @@ Glossary: B slots, T prompt bucket, S sequence_len, V vocabulary, A reported alt
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from typing import Any, NamedTuple, Optional, Sequence
 
@@ -22,7 +23,7 @@ import numpy as np
 from grok import checkpoint, sharding
 from grok.config import LanguageModelConfig
 from grok.model import Memory, abstract_params, build_forward, init_memory
-from grok.sampling import NUM_ALTERNATIVES, SampleSettings, sample_token, token_logprobs
+from grok.sampling import SampleSettings, sample_token, token_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class DecodeState(NamedTuple):
 
     memory: Memory
     settings: SampleSettings
-    rngs: jax.Array         # [B, 2] uint32 PRNG key per slot
+    rngs: jax.Array         # [B, 2] uint32 PRNG key per slot (raw key data; 2 for threefry)
     last_tokens: jax.Array  # [B] int32: the token each slot feeds to the next step
 
 
@@ -47,7 +48,7 @@ def pack_output(out) -> jax.Array:
 
 def unpack_output(packed: np.ndarray):
     """Host side of `pack_output`: (token ids [B], logprobs [B], top ids [B, A], top lps [B, A])."""
-    a = NUM_ALTERNATIVES
+    a = (packed.shape[1] - 2) // 2
     return (packed[:, 0].astype(np.int64), packed[:, 1], packed[:, 2:2 + a].astype(np.int64),
             packed[:, 2 + a:])
 
@@ -126,7 +127,7 @@ class InferenceRunner:
             init_memory(self.config, b, self.config.sequence_len),
             SampleSettings(jnp.zeros((b,), jnp.float32), jnp.ones((b,), jnp.float32),
                            jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool)),
-            jnp.zeros((b, 2), jnp.uint32), jnp.zeros((b,), jnp.int32))
+            jnp.zeros((b,) + jax.random.PRNGKey(0).shape, jnp.uint32), jnp.zeros((b,), jnp.int32))
 
     def _compile(self):
         mesh = self.runner.mesh
@@ -179,12 +180,14 @@ class InferenceRunner:
         """
         mem = state.memory
         take = lambda a, axis: jax.lax.dynamic_slice_in_dim(a, slot, 1, axis=axis)
-        row = Memory(take(mem.k, 1), take(mem.v, 1), jnp.where(reset, 0, take(mem.step, 0)))
+        row = Memory(take(mem.k, 1), take(mem.v, 1), jnp.where(reset, 0, take(mem.step, 0)),
+                     take(mem.valid, 0))
         lengths = length[None]
         logits, row = self.runner.forward(params, tokens, row, lengths,
                                           None if echo else (length - 1)[None])
         put = lambda a, r, axis: jax.lax.dynamic_update_slice_in_dim(a, r, slot, axis=axis)
-        memory = Memory(put(mem.k, row.k, 1), put(mem.v, row.v, 1), put(mem.step, row.step, 0))
+        memory = Memory(put(mem.k, row.k, 1), put(mem.v, row.v, 1), put(mem.step, row.step, 0),
+                        put(mem.valid, row.valid, 0))
 
         last = logits[:, length - 1] if echo else logits[:, 0]                  # [1, V]
         row_settings = SampleSettings(settings_row[0:1], settings_row[1:2],
@@ -225,10 +228,24 @@ class InferenceRunner:
 
 
 def sample_from_model(server, prompt, max_len, temperature):
-    """The reference's helper: one request through a generator from `InferenceRunner.run()`."""
-    from grok.requests import Request
+    """The reference's helper: one request through a generator from `InferenceRunner.run()`.
+
+    Returns that request's Completion (a str: its text). Results of other requests still in
+    flight on the same generator, if any, are passed over (the reference's callers have none).
+    """
+    from grok.requests import Completion, Request
 
     next(server)
+    request_id = f"sample_from_model-{next(_sample_ids)}"
     request = Request(prompt=prompt, temperature=temperature, nucleus_p=1.0, rng_seed=42,
-                      max_len=max_len)
-    return server.send(request)
+                      max_len=max_len, request_id=request_id)
+    out = server.send(request)
+    while not (isinstance(out, Completion) and out.request_id == request_id):
+        if out is None:
+            raise RuntimeError("sample_from_model: the generator went idle without the result")
+        logger.warning("sample_from_model: passing over a result for %s", out.request_id)
+        out = next(server)
+    return out
+
+
+_sample_ids = itertools.count()

@@ -29,7 +29,7 @@ class SampleSettings(NamedTuple):
 class SampleOutput(NamedTuple):
     token_id: jax.Array          # [B] int32
     logprob: jax.Array           # [B] float32: log p(token) under the model (temperature 1)
-    top_k_token_ids: jax.Array   # [B, A] int32: the most probable tokens under the model
+    top_k_token_ids: jax.Array   # [B, A] int32: the most probable tokens (A = min(8, V))
     top_k_logprobs: jax.Array    # [B, A] float32
 
 
@@ -42,10 +42,16 @@ def _top_k_filter(logits: jax.Array, top_k: jax.Array) -> jax.Array:
 
 
 def _nucleus_filter(logits: jax.Array, nucleus_p: jax.Array) -> jax.Array:
-    """The reference's top-p: keep logits >= the one where ascending cumsum reaches 1 - p."""
+    """The reference's top-p: keep logits >= the one where ascending cumsum reaches 1 - p.
+
+    Where rounding keeps the float32 cumsum below 1 - p (p tiny), the reference's argmax over
+    an all-False row would pick index 0 and keep every token; we keep the largest instead.
+    """
     ascending = jnp.sort(logits, axis=-1)                                       # [B, V]
     cumulative = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1)
-    first = jnp.argmax(cumulative >= (1.0 - nucleus_p)[:, None], axis=-1)       # [B]
+    reached = cumulative >= (1.0 - nucleus_p)[:, None]                          # [B, V]
+    last = ascending.shape[-1] - 1
+    first = jnp.where(jnp.any(reached, axis=-1), jnp.argmax(reached, axis=-1), last)  # [B]
     threshold = jnp.take_along_axis(ascending, first[:, None], axis=-1)
     return jnp.where(logits >= threshold, logits, DISALLOWED_LOGIT)
 
@@ -54,7 +60,10 @@ def sample_token(logits: jax.Array, settings: SampleSettings, keys: jax.Array) -
     """Samples one token per row. logits [B, V] float32; keys [B] PRNG keys."""
     logits = logits.astype(jnp.float32)
     greedy = settings.temperature <= 0
-    scaled = logits / jnp.where(greedy, 1.0, settings.temperature)[:, None]
+    # Shifting by the row max first keeps a tiny temperature from turning several logits
+    # into +inf (which would tie them); softmax and the filters are shift-invariant.
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    scaled = shifted / jnp.where(greedy, 1.0, settings.temperature)[:, None]
     scaled = jax.lax.cond(jnp.any(settings.top_k > 0),
                           lambda s: _top_k_filter(s, settings.top_k), lambda s: s, scaled)
     scaled = jax.lax.cond(jnp.any(settings.nucleus_p < 1),
@@ -62,7 +71,7 @@ def sample_token(logits: jax.Array, settings: SampleSettings, keys: jax.Array) -
     sampled = jax.vmap(jax.random.categorical)(keys, scaled)                    # [B]
     token = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
     logprobs = jax.nn.log_softmax(logits, axis=-1)                              # [B, V]
-    top_logprobs, top_ids = jax.lax.top_k(logprobs, NUM_ALTERNATIVES)
+    top_logprobs, top_ids = jax.lax.top_k(logprobs, min(NUM_ALTERNATIVES, logits.shape[-1]))
     chosen = jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
     return SampleOutput(token, chosen, top_ids.astype(jnp.int32), top_logprobs)
 

@@ -43,7 +43,8 @@ class _Active:
     logprobs: list = dataclasses.field(default_factory=list)
     top_logprobs: list = dataclasses.field(default_factory=list)
     prompt_logprobs: Optional[list] = None
-    streamed_text: str = ""
+    streamed_tokens: int = 0       # output tokens already sent as TokenEvents
+    streamed_text: str = ""        # the text those events carried
     done: bool = False
 
 
@@ -144,7 +145,7 @@ class Engine:
                 echo.extend(self._to_host(out["echo"])[:length].tolist())
         if r.echo:
             active.prompt_logprobs = [None] + echo[:len(ids) - 1]
-        return self._on_token(active, self._to_host(out["sample"]), 0)
+        return self._on_token(active, unpack_output(self._to_host(out["sample"])), 0)
 
     # ---- decoding ---------------------------------------------------------------------------
     def idle(self) -> bool:
@@ -161,36 +162,47 @@ class Engine:
             dispatched = (packed, snapshot)
         if self.inflight is not None:
             packed, snapshot = self.inflight
-            host = self._to_host(packed)
+            step_out = unpack_output(self._to_host(packed))
             for slot, active in snapshot.items():
                 if not active.done:
-                    events += self._on_token(active, host, slot)
+                    events += self._on_token(active, step_out, slot)
         self.inflight = dispatched
         return events
 
-    def _on_token(self, active: _Active, packed: np.ndarray, row: int) -> list:
-        token_ids, logprobs, top_ids, top_lps = unpack_output(packed)
+    def _on_token(self, active: _Active, step_out: tuple, row: int) -> list:
+        """Takes row `row` of an unpacked step output (see `unpack_output`) for `active`."""
+        token_ids, logprobs, top_ids, top_lps = step_out
         token, logprob = int(token_ids[row]), float(logprobs[row])
         r = active.request
-        events = []
         stopped = token == self.config.eos_token or token in r.stop_tokens
         if not stopped:
             active.output_ids.append(token)
             active.logprobs.append(logprob)
             active.top_logprobs.append(list(zip(top_ids[row].tolist(), top_lps[row].tolist())))
-            if r.stream:
-                events.append(self._token_event(active, token, logprob))
-        if stopped or len(active.output_ids) >= r.max_len:
+        finished = stopped or len(active.output_ids) >= r.max_len
+        events = self._token_events(active, finished) if r.stream else []
+        if finished:
             events.append(self._finish(active, "stop" if stopped else "length"))
         return events
 
-    def _token_event(self, active: _Active, token: int, logprob: float) -> TokenEvent:
+    def _token_events(self, active: _Active, finished: bool) -> list:
+        """TokenEvents for the output tokens not streamed yet.
+
+        A token that leaves an incomplete UTF-8 character is held back until a later token
+        completes it (or the request ends), so every event's text is final and the events'
+        texts concatenate to the Completion's text.
+        """
+        n = len(active.output_ids)
         text = self.tokenizer.decode(active.output_ids)
-        if text.endswith("\ufffd"):      # an incomplete UTF-8 character: wait for its rest
-            delta = ""
-        else:
-            delta, active.streamed_text = text[len(active.streamed_text):], text
-        return TokenEvent(active.request_id, len(active.output_ids) - 1, token, delta, logprob)
+        if active.streamed_tokens == n or (text.endswith("\ufffd") and not finished):
+            return []
+        events = []
+        for index in range(active.streamed_tokens, n):
+            delta = text[len(active.streamed_text):] if index == n - 1 else ""
+            events.append(TokenEvent(active.request_id, index, active.output_ids[index], delta,
+                                     active.logprobs[index]))
+        active.streamed_tokens, active.streamed_text = n, text
+        return events
 
     def _finish(self, active: _Active, reason: str) -> Completion:
         active.done = True
@@ -212,9 +224,10 @@ def _error(request_id: str, prompt_ids: list, message: str) -> Completion:
                       error=message)
 
 
-def serve(runner):
-    """The generator protocol described in the module docstring."""
-    engine = Engine(runner)
+def serve(runner, engine: Optional[Engine] = None):
+    """The generator protocol described in the module docstring (`engine`: a subclass's,
+    e.g. grok.multihost's; default a new Engine)."""
+    engine = Engine(runner) if engine is None else engine
     pending: collections.deque = collections.deque()
     incoming = yield None
     while True:

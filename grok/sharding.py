@@ -56,9 +56,10 @@ PARAM_RULES: tuple[tuple[str, tuple], ...] = (
     (r"^language_model/rms_norm/scale$", ("norm",)),
 )
 
-# Memory.k / Memory.v [L, B, S, K, d] and Memory.step [B]
+# Memory.k / Memory.v [L, B, S, K, d], Memory.step [B], Memory.valid [B, S]
 CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
 STEP_AXES = ("batch",)
+VALID_AXES = ("batch", "cache_seq")
 
 
 def make_mesh(local_mesh_config: Sequence[int], between_hosts_config: Sequence[int] = (1, 1),
@@ -137,7 +138,8 @@ def memory_shardings(memory, mesh: Mesh, rules: dict[str, Any] = LOGICAL_TO_MESH
     return type(memory)(
         logical_sharding(memory.k.shape, CACHE_AXES, mesh, rules),
         logical_sharding(memory.v.shape, CACHE_AXES, mesh, rules),
-        logical_sharding(memory.step.shape, STEP_AXES, mesh, rules))
+        logical_sharding(memory.step.shape, STEP_AXES, mesh, rules),
+        logical_sharding(memory.valid.shape, VALID_AXES, mesh, rules))
 
 
 def batch_sharding(shape: Sequence[int], mesh: Mesh) -> NamedSharding:

@@ -1,0 +1,477 @@
+"""InferenceRunner and its request generator on a tiny random model.
+
+The reference for every number is `grok.model.build_forward` run on the whole sequence without
+a KV cache (`FullForward`). Runners are compiled once per module: `runner` has 4 slots on a
+(2, 2) mesh, `runner1` 1 slot on a (1, 2) mesh; prompt buckets are (8, 16), so prompts
+longer than 16 tokens are prefilled in chunks. The config's eos_token is chosen from the
+model's own greedy outputs (`eos_token` fixture) so that some requests really stop at EOS.
+"""
+
+import collections
+import dataclasses
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from grok import checkpoint
+from grok.config import LanguageModelConfig, TransformerConfig
+from grok.model import build_forward, init_memory
+from grok.requests import Completion, Request, TokenEvent
+from grok.runner import InferenceRunner, ModelRunner, sample_from_model
+from grok.tokenizer import ByteTokenizer
+
+SEED = 42                # ModelRunner's default rng_seed for random weights
+PAD_SIZES = (8, 16)
+TOLERANCE = dict(rtol=1e-4, atol=1e-4)   # float32 cached vs full forward
+NUM_SPECIAL = ByteTokenizer.NUM_SPECIAL
+# Mixed prompt lengths: many beyond the largest bucket (16), so prefilled in chunks.
+PROMPT_LENGTHS = (1, 2, 3, 5, 7, 8, 9, 12, 15, 16, 17, 18, 20, 24, 25, 31, 33, 35, 40, 47, 50, 64)
+
+
+def tiny_config(eos_token: int = 2) -> LanguageModelConfig:
+    # vocab 259 = the byte tokenizer's, so decoded outputs include incomplete UTF-8 bytes.
+    return LanguageModelConfig(
+        model=TransformerConfig(emb_size=32, key_size=8, num_q_heads=4, num_kv_heads=2,
+                                num_layers=2, num_experts=4, num_selected_experts=2,
+                                widening_factor=2),
+        vocab_size=ByteTokenizer.vocab_size, sequence_len=128, eos_token=eos_token,
+        fprop_dtype="float32")
+
+
+def make_prompt(length: int, seed: int) -> list:
+    """Token ids of real bytes (no pad/bos/eos ids)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(NUM_SPECIAL, ByteTokenizer.vocab_size, size=length).tolist()
+
+
+MIXED = [(make_prompt(n, i), 3 + (7 * i) % 22) for i, n in enumerate(PROMPT_LENGTHS)]
+
+
+class FullForward:
+    """The reference: one forward over the whole sequence, no memory."""
+
+    def __init__(self, config: LanguageModelConfig, params: dict):
+        self.config = config
+        self.params = jax.device_put(params, jax.devices()[0])
+        self._forward = jax.jit(build_forward(config))
+
+    @functools.lru_cache(maxsize=None)
+    def _logits(self, ids: tuple) -> np.ndarray:
+        # Right-padded to sequence_len so one compilation serves every length; the causal
+        # mask keeps the padding from touching the real positions.
+        tokens = np.full((1, self.config.sequence_len), self.config.pad_token, np.int32)
+        tokens[0, :len(ids)] = ids
+        logits, _ = self._forward(self.params, tokens)
+        return np.asarray(logits[0, :len(ids)])
+
+    def logits(self, ids) -> np.ndarray:
+        """[len(ids), V] float32."""
+        return self._logits(tuple(int(t) for t in ids))
+
+    def logprobs(self, ids) -> np.ndarray:
+        return np.asarray(jax.nn.log_softmax(self.logits(ids), axis=-1))
+
+    def greedy(self, prompt, max_len: int, stop_tokens=()) -> tuple[list, str]:
+        """Greedy decoding by full forwards: (output ids, finish reason)."""
+        ids, out = list(prompt), []
+        while len(out) < max_len:
+            token = int(np.argmax(self.logits(ids)[-1]))
+            if token in stop_tokens:
+                return out, "stop"
+            out.append(token)
+            ids.append(token)
+        return out, "length"
+
+
+# ---- fixtures ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def host_params():
+    return checkpoint.random_params(tiny_config(), SEED)
+
+
+@pytest.fixture(scope="module")
+def reference(host_params):
+    return FullForward(tiny_config(), host_params)
+
+
+@pytest.fixture(scope="module")
+def eos_token(reference):
+    """The token the most MIXED greedy outputs contain after their first token."""
+    outputs = [reference.greedy(p, n)[0] for p, n in MIXED]
+    counts = collections.Counter(t for out in outputs for t in set(out[1:]) - {out[0]})
+    return counts.most_common(1)[0][0]
+
+
+@pytest.fixture(scope="module")
+def config(eos_token):
+    return tiny_config(eos_token)
+
+
+@pytest.fixture(scope="module")
+def cached_forward(config, host_params):
+    """forward(tokens [1, T], memory, lengths) through the KV cache, on one device."""
+    forward = jax.jit(build_forward(config))
+    params = jax.device_put(host_params, jax.devices()[0])
+    return lambda tokens, memory, lengths: forward(params, tokens, memory, lengths)
+
+
+def make_runner(config, mesh, bs_per_device, params=None) -> InferenceRunner:
+    runner = InferenceRunner(ModelRunner(config, bs_per_device=bs_per_device, rng_seed=SEED),
+                             local_mesh_config=mesh, pad_sizes=PAD_SIZES,
+                             tokenizer=ByteTokenizer(), params=params)
+    runner.initialize()
+    return runner
+
+
+@pytest.fixture(scope="module")
+def runner(config, host_params):
+    runner = make_runner(config, (2, 2), 1, host_params)
+    assert runner.batch_size == 4
+    return runner
+
+
+@pytest.fixture(scope="module")
+def runner1(config):
+    """One slot; weights from ModelRunner.load_or_init's own random init (no checkpoint)."""
+    runner = make_runner(config, (1, 2), 0.5)
+    assert runner.batch_size == 1
+    return runner
+
+
+def run_all(gen, requests) -> list:
+    """Sends `requests` and collects every result until the generator is idle."""
+    results, out = [], gen.send(requests)
+    while out is not None:
+        results.append(out)
+        out = next(gen)
+    return results
+
+
+def run_staggered(gen, requests, group: int) -> list:
+    """Sends `group` requests at a time, the next group while earlier ones are in flight."""
+    batches = [requests[i:i + group] for i in range(0, len(requests), group)]
+    results, out = [], gen.send(batches.pop(0))
+    while out is not None or batches:
+        if out is not None:
+            results.append(out)
+        send_now = batches and (out is None or len(results) % 3 == 0)
+        out = gen.send(batches.pop(0)) if send_now else next(gen)
+    return results
+
+
+def by_id(results) -> dict:
+    done = {r.request_id: r for r in results if isinstance(r, Completion)}
+    assert len(done) == sum(isinstance(r, Completion) for r in results), "duplicate Completion"
+    return done
+
+
+def new_generator(runner):
+    gen = runner.run()
+    assert next(gen) is None
+    return gen
+
+
+@pytest.fixture(scope="module")
+def alone(runner):
+    """alone(request) -> its Completion with nothing else in flight (same runner, 4 slots)."""
+    gen, cache = new_generator(runner), {}
+
+    def run(request: Request) -> Completion:
+        if request not in cache:
+            (result,) = run_all(gen, request)
+            cache[request] = result
+        return cache[request]
+    return run
+
+
+# ---- many requests through the slots -------------------------------------------------------
+def test_mixed_greedy_batch_matches_alone_and_full_forward(runner, alone, reference, eos_token):
+    requests = [Request(prompt=p, temperature=0, max_len=n, request_id=f"g{i}")
+                for i, (p, n) in enumerate(MIXED)]
+    done = by_id(run_all(new_generator(runner), requests))
+    assert sorted(done) == sorted(r.request_id for r in requests)
+    reasons = collections.Counter()
+    for r in requests:
+        got = done[r.request_id]
+        expected, reason = reference.greedy(r.prompt, r.max_len, {eos_token})
+        assert (got.output_ids, got.finish_reason) == (expected, reason), r.request_id
+        assert got.output_ids == alone(r).output_ids
+        assert got.prompt_ids == list(r.prompt)
+        reasons[reason] += 1
+    assert reasons["stop"] >= 2 and reasons["length"] >= 2, reasons
+    assert max(len(p) for p, _ in MIXED) > max(PAD_SIZES)
+
+
+def sampled_requests():
+    return [Request(prompt=p, temperature=(0.7, 1.0, 1.6)[i % 3], top_k=(0, 0, 5)[i % 3],
+                    nucleus_p=(1.0, 0.9)[i % 2], rng_seed=1000 + i, max_len=n, request_id=f"s{i}")
+            for i, (p, n) in enumerate(MIXED)]
+
+
+def test_sampling_is_deterministic_whatever_the_slot_and_company(runner, alone, reference):
+    requests = sampled_requests()
+    staggered = by_id(run_staggered(new_generator(runner), requests, group=5))
+    reversed_batch = by_id(run_all(new_generator(runner), requests[::-1]))
+    differs_from_greedy = 0
+    for r in requests:
+        single = alone(r)
+        assert staggered[r.request_id].output_ids == single.output_ids, r.request_id
+        assert reversed_batch[r.request_id].output_ids == single.output_ids, r.request_id
+        greedy, _ = reference.greedy(r.prompt, r.max_len, {runner.config.eos_token})
+        differs_from_greedy += single.output_ids != greedy
+    assert differs_from_greedy >= len(requests) // 2   # the sampling really samples
+    other_seed = dataclasses.replace(requests[3], rng_seed=7)
+    assert alone(other_seed).output_ids != alone(requests[3]).output_ids
+
+
+# ---- chunked prefill ------------------------------------------------------------------------
+def test_chunked_prefill_equals_full_forward(config, cached_forward, reference):
+    """Model level: a 40-token prompt in chunks of 16, 16, 8 through the cache."""
+    prompt = make_prompt(40, seed=99)
+    memory = init_memory(config, 1, config.sequence_len)
+    chunk_logits = []
+    for start in range(0, len(prompt), max(PAD_SIZES)):
+        part = prompt[start:start + max(PAD_SIZES)]
+        bucket = min(p for p in PAD_SIZES if p >= len(part))
+        tokens = np.zeros((1, bucket), np.int32)
+        tokens[0, :len(part)] = part
+        logits, memory = cached_forward(tokens, memory, np.array([len(part)], np.int32))
+        chunk_logits.append(np.asarray(logits[0, :len(part)]))
+    full = reference.logits(prompt)
+    np.testing.assert_allclose(np.concatenate(chunk_logits), full, **TOLERANCE)
+    assert int(memory.step[0]) == len(prompt)
+    token = int(np.argmax(full[-1]))                       # one decode step continues it
+    logits, memory = cached_forward(np.array([[token]], np.int32), memory, np.array([1], np.int32))
+    np.testing.assert_allclose(np.asarray(logits[0, 0]), reference.logits(prompt + [token])[-1],
+                               **TOLERANCE)
+
+
+def test_cached_pad_key_stays_masked(config, cached_forward, reference):
+    prompt = make_prompt(12, seed=7)
+    prompt[3] = config.pad_token
+    memory = init_memory(config, 1, config.sequence_len)
+    chunk_logits = []
+    for part in (prompt[:8], prompt[8:]):
+        tokens = np.zeros((1, 8), np.int32)
+        tokens[0, :len(part)] = part
+        logits, memory = cached_forward(tokens, memory, np.array([len(part)], np.int32))
+        chunk_logits.append(np.asarray(logits[0, :len(part)]))
+    np.testing.assert_allclose(np.concatenate(chunk_logits), reference.logits(prompt), **TOLERANCE)
+
+
+def test_long_prompt_logprobs_and_echo_match_full_forward(runner, reference):
+    prompt, max_len = make_prompt(37, seed=5), 12
+    request = Request(prompt=prompt, temperature=0, max_len=max_len, logprobs=True, echo=True,
+                      stop_tokens=[runner.config.eos_token])
+    (got,) = run_all(new_generator(runner), request)
+    out = got.output_ids
+    assert len(out) == max_len and got.finish_reason == "length"
+    logprobs = reference.logprobs(prompt + out)                 # [n + m, V]
+    n = len(prompt)
+    expected = [logprobs[n - 1 + i, t] for i, t in enumerate(out)]
+    np.testing.assert_allclose(got.logprobs, expected, **TOLERANCE)
+    for i, alternatives in enumerate(got.top_logprobs):
+        ids, lps = zip(*alternatives)
+        assert ids[0] == out[i]                                  # greedy: the chosen token
+        assert list(lps) == sorted(lps, reverse=True)
+        assert list(ids) == np.argsort(-logprobs[n - 1 + i])[:len(ids)].tolist()
+        np.testing.assert_allclose(lps, logprobs[n - 1 + i, list(ids)], **TOLERANCE)
+    assert len(got.prompt_logprobs) == n and got.prompt_logprobs[0] is None
+    expected_prompt = [logprobs[k - 1, prompt[k]] for k in range(1, n)]
+    np.testing.assert_allclose(got.prompt_logprobs[1:], expected_prompt, **TOLERANCE)
+
+
+def test_sampled_logprobs_are_the_models(runner, reference):
+    request = Request(prompt=make_prompt(20, seed=6), temperature=1.3, rng_seed=3, max_len=10,
+                      logprobs=True, stop_tokens=[runner.config.eos_token])
+    (got,) = run_all(new_generator(runner), request)
+    logprobs = reference.logprobs(list(request.prompt) + got.output_ids)
+    n = len(request.prompt)
+    assert len(got.output_ids) >= 5
+    expected = [logprobs[n - 1 + i, t] for i, t in enumerate(got.output_ids)]
+    np.testing.assert_allclose(got.logprobs, expected, **TOLERANCE)
+    assert all([lp for _, lp in alt] == sorted([lp for _, lp in alt], reverse=True)
+               for alt in got.top_logprobs)
+    plain = dataclasses.replace(request, logprobs=False)
+    (again,) = run_all(new_generator(runner), plain)
+    assert again.output_ids == got.output_ids
+    assert again.logprobs is None and again.top_logprobs is None and again.prompt_logprobs is None
+
+
+# ---- stopping -------------------------------------------------------------------------------
+def test_eos_stops_and_is_excluded(runner, alone, reference, eos_token):
+    stopping = [(p, n) for p, n in MIXED if reference.greedy(p, n, {eos_token})[1] == "stop"]
+    assert stopping, "no MIXED prompt reaches eos within max_len"
+    for prompt, max_len in stopping:
+        got = alone(Request(prompt=prompt, temperature=0, max_len=max_len))
+        unstopped, _ = reference.greedy(prompt, max_len)
+        assert got.finish_reason == "stop"
+        assert eos_token not in got.output_ids
+        assert len(got.output_ids) < max_len
+        assert unstopped[len(got.output_ids)] == eos_token       # it stopped exactly there
+        assert got.output_ids == unstopped[:len(got.output_ids)]
+
+
+def test_stop_tokens_and_max_len(runner, alone, reference, eos_token):
+    # a prompt whose 20 greedy tokens have no eos
+    prompt = next(p for p in (make_prompt(21, seed) for seed in range(10, 40))
+                  if len(reference.greedy(p, 20, {eos_token})[0]) == 20)
+    free, _ = reference.greedy(prompt, 20, {eos_token})
+    j = next(j for j in range(2, len(free)) if free[j] not in free[:j])
+    got = alone(Request(prompt=prompt, temperature=0, max_len=20, stop_tokens=[free[j]]))
+    assert (got.output_ids, got.finish_reason) == (free[:j], "stop")
+    first = alone(Request(prompt=prompt, temperature=0, max_len=20, stop_tokens=[free[0]]))
+    assert (first.output_ids, first.finish_reason, str(first)) == ([], "stop", "")
+    for max_len in (1, j):
+        got = alone(Request(prompt=prompt, temperature=0, max_len=max_len))
+        assert (got.output_ids, got.finish_reason) == (free[:max_len], "length")
+
+
+# ---- bad requests ---------------------------------------------------------------------------
+BAD_FIELDS = [
+    ("prompt", ""), ("prompt", []), ("prompt", [3, -1]), ("prompt", [3.0]), ("prompt", [True]),
+    ("prompt", None), ("prompt", 5), ("prompt", np.zeros((2, 2), np.int32)),
+    ("temperature", -0.5), ("temperature", float("nan")), ("temperature", float("inf")),
+    ("temperature", True), ("temperature", "1"),
+    ("nucleus_p", 0), ("nucleus_p", 1.5), ("nucleus_p", float("nan")), ("nucleus_p", False),
+    ("rng_seed", -1), ("rng_seed", 2**32), ("rng_seed", 1.5), ("rng_seed", True),
+    ("max_len", 0), ("max_len", -2), ("max_len", 2.0), ("max_len", None),
+    ("top_k", -1), ("top_k", 1.5),
+    ("stop_tokens", 5), ("stop_tokens", "ab"), ("stop_tokens", [-1]), ("stop_tokens", [1.5]),
+    ("stream", 1), ("logprobs", "yes"), ("echo", None),
+    ("request_id", 7), ("request_id", b"id"),
+]
+
+
+@pytest.mark.parametrize("field,value", BAD_FIELDS)
+def test_bad_request_field_names_it(field, value):
+    fields = {"prompt": [5, 6]} if field != "prompt" else {}
+    with pytest.raises(ValueError, match=rf"Request\.{field}\b"):
+        Request(**fields, **{field: value})
+
+
+def test_good_request_fields_are_normalised():
+    request = Request(prompt=np.array([5, 6]), temperature=np.float32(0.5), rng_seed=np.uint32(9),
+                      max_len=np.int64(4), stop_tokens=np.array([2]))
+    assert request.prompt == (5, 6) and request.stop_tokens == (2,)
+    assert type(request.temperature) is float and type(request.rng_seed) is int
+    assert type(request.max_len) is int
+
+
+def test_bad_requests_fail_alone(runner, alone, config):
+    good = [Request(prompt=make_prompt(n, 40 + n), temperature=t, rng_seed=n, max_len=m,
+                    request_id=f"ok{n}") for n, t, m in ((4, 0.0, 9), (19, 1.0, 14), (30, 0.0, 7))]
+    too_long = Request(prompt=make_prompt(100, 1), max_len=config.sequence_len - 99,
+                       request_id="too_long")
+    bad_id = Request(prompt=[5, config.vocab_size, 6], request_id="bad_vocab")
+    gen = new_generator(runner)
+    results = [gen.send(good[:2])]
+    assert results[0].request_id == "ok4"                       # ok19 is still in flight
+    results += run_all(gen, [too_long, "not a request", bad_id, {"prompt": "x"}, good[2]])
+    done = by_id(results)
+    errors = {k: v for k, v in done.items() if v.finish_reason == "error"}
+    assert len(errors) == 4 and len(done) == 7
+    assert "sequence_len" in errors["too_long"].error
+    assert "vocabulary" in errors["bad_vocab"].error
+    assert str(config.vocab_size) in errors["bad_vocab"].error
+    wrong_type = sorted(v.error for k, v in errors.items() if k not in ("too_long", "bad_vocab"))
+    assert wrong_type == ["expected a Request, got dict", "expected a Request, got str"]
+    assert all(v.output_ids == [] and v == "" for v in errors.values())
+    for r in good:
+        assert done[r.request_id].finish_reason != "error"
+        assert done[r.request_id].output_ids == alone(r).output_ids
+    (after,) = run_all(gen, good[1])                            # still serving
+    assert after.output_ids == alone(good[1]).output_ids
+
+
+# ---- streaming ------------------------------------------------------------------------------
+def test_streaming_order_tokens_and_text(runner, alone, eos_token, reference):
+    stopping = next((p, n) for p, n in MIXED
+                    if reference.greedy(p, n, {eos_token})[1] == "stop"
+                    and reference.greedy(p, n, {eos_token})[0])
+    requests = [
+        Request(prompt=make_prompt(25, 3), temperature=1.0, rng_seed=5, max_len=30, stream=True,
+                logprobs=True, request_id="a"),
+        Request(prompt=make_prompt(6, 4), temperature=0.8, rng_seed=6, max_len=22, stream=True,
+                request_id="b"),
+        Request(prompt=stopping[0], temperature=0, max_len=stopping[1], stream=True,
+                request_id="c"),
+        Request(prompt=make_prompt(9, 8), temperature=0, max_len=15, request_id="quiet"),
+        Request(prompt="caf\u00e9 \u00fcber", temperature=1.5, rng_seed=2, max_len=26, stream=True,
+                request_id="text"),
+    ]
+    results = run_all(new_generator(runner), requests)
+    done = by_id(results)
+    assert done["c"].finish_reason == "stop"
+    held_back = 0
+    for r in requests:
+        positions = [i for i, e in enumerate(results)
+                     if isinstance(e, TokenEvent) and e.request_id == r.request_id]
+        events = [results[i] for i in positions]
+        completion = done[r.request_id]
+        assert completion.output_ids == alone(dataclasses.replace(r, stream=False)).output_ids
+        if not r.stream:
+            assert events == []
+            continue
+        assert max(positions) < next(i for i, e in enumerate(results) if e is completion)
+        assert [e.index for e in events] == list(range(len(completion.output_ids)))
+        assert [e.token_id for e in events] == completion.output_ids
+        assert "".join(e.text for e in events) == completion.text == str(completion)
+        if r.logprobs:
+            assert [e.logprob for e in events] == completion.logprobs
+        held_back += sum(e.text == "" for e in events)
+    assert held_back > 0    # some tokens ended mid-character (their text came with a later one)
+
+
+def ends_mid_character(request: Request, alone) -> tuple[Request, Request]:
+    """Streaming variants of `request` whose output ends on a UTF-8 lead byte: cut by max_len,
+    and stopped by a stop token right after it."""
+    out = alone(request).output_ids
+    lead = lambda t: 0xC2 <= t - NUM_SPECIAL <= 0xF4
+    j = next(j for j in range(1, len(out) - 1) if lead(out[j]) and out[j + 1] not in out[:j + 1])
+    return (dataclasses.replace(request, max_len=j + 1, stream=True, request_id="cut"),
+            dataclasses.replace(request, stop_tokens=[out[j + 1]], stream=True, request_id="stop"))
+
+
+def test_streaming_text_is_complete_when_ending_mid_character(runner, alone):
+    base = next(r for r in (Request(prompt=make_prompt(7, seed), temperature=1.0, rng_seed=seed,
+                                    max_len=40) for seed in range(20))
+                if any(0xC2 <= t - NUM_SPECIAL <= 0xF4 for t in alone(r).output_ids[1:-1]))
+    requests = ends_mid_character(base, alone)
+    results = run_all(new_generator(runner), list(requests))
+    done = by_id(results)
+    assert (done["cut"].finish_reason, done["stop"].finish_reason) == ("length", "stop")
+    for r in requests:
+        completion = done[r.request_id]
+        assert completion.text.endswith("\ufffd")         # an unfinished character at the end
+        events = [e for e in results if isinstance(e, TokenEvent) and e.request_id == r.request_id]
+        assert [e.token_id for e in events] == completion.output_ids
+        assert "".join(e.text for e in events) == completion.text
+
+
+# ---- reference-style use --------------------------------------------------------------------
+@pytest.mark.parametrize("runner_name", ["runner1", "runner"])
+def test_sample_from_model_repeatedly(request, runner_name, reference, eos_token):
+    runner = request.getfixturevalue(runner_name)
+    gen = runner.run()
+    calls = [("Hello", 6, 0.0), ("The quick brown fox jumps", 10, 0.8), ("a", 3, 1.3)]
+    for prompt, max_len, temperature in calls:
+        text = sample_from_model(gen, prompt, max_len, temperature)
+        assert isinstance(text, str)
+        same = Request(prompt=prompt, temperature=temperature, nucleus_p=1.0, rng_seed=42,
+                       max_len=max_len)
+        (expected,) = run_all(new_generator(runner), same)
+        assert text == expected.text and text.output_ids == expected.output_ids
+        if temperature == 0:
+            ids, _ = reference.greedy(ByteTokenizer().encode(prompt), max_len, {eos_token})
+            assert text.output_ids == ids and text == ByteTokenizer().decode(ids)
+
+
+def test_completion_to_dict(runner, alone):
+    got = alone(Request(prompt="hi", temperature=0, max_len=3, logprobs=True, request_id="d"))
+    d = got.to_dict()
+    assert d["request_id"] == "d" and d["prompt_ids"] == ByteTokenizer().encode("hi")
+    assert d["output_ids"] == got.output_ids and d["text"] == str(got)
+    assert d["logprobs"] == got.logprobs and "error" not in d and "prompt_logprobs" not in d

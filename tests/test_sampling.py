@@ -1,0 +1,159 @@
+"""grok.sampling: greedy, temperature, top-k, the reference's nucleus rule, PRNG determinism."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from grok.sampling import (DISALLOWED_LOGIT, NUM_ALTERNATIVES, SampleSettings, _nucleus_filter,
+                           sample_token, token_logprobs)
+
+ROWS, VOCAB = 16, 50
+LOGITS = (np.random.default_rng(0).normal(size=(ROWS, VOCAB)) * 3).astype(np.float32)
+sample = jax.jit(sample_token)
+
+
+def settings(rows: int, temperature=1.0, nucleus_p=1.0, top_k=0) -> SampleSettings:
+    full = lambda value, dtype: jnp.broadcast_to(jnp.asarray(value, dtype), (rows,))
+    return SampleSettings(full(temperature, jnp.float32), full(nucleus_p, jnp.float32),
+                          full(top_k, jnp.int32), jnp.ones((rows,), bool))
+
+
+def keys(rows: int, seed: int = 0) -> jax.Array:
+    return jax.random.split(jax.random.PRNGKey(seed), rows)
+
+
+def tokens(logits, rows_settings, rows_keys) -> np.ndarray:
+    return np.asarray(sample(jnp.asarray(logits), rows_settings, rows_keys).token_id)
+
+
+GREEDY = LOGITS.argmax(axis=-1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_temperature_zero_is_argmax(seed):
+    np.testing.assert_array_equal(tokens(LOGITS, settings(ROWS, 0.0), keys(ROWS, seed)), GREEDY)
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 5.0])
+def test_top_k_one_is_greedy(temperature):
+    for seed in range(3):
+        got = tokens(LOGITS, settings(ROWS, temperature, top_k=1), keys(ROWS, seed))
+        np.testing.assert_array_equal(got, GREEDY)
+
+
+@pytest.mark.parametrize("nucleus_p", [1e-3, 1e-6, 1e-9])
+def test_tiny_nucleus_is_greedy(nucleus_p):
+    # 1e-9: 1 - p rounds to 1.0 in float32, which the float32 cumsum may never reach.
+    for seed in range(3):
+        got = tokens(LOGITS, settings(ROWS, 2.0, nucleus_p=nucleus_p), keys(ROWS, seed))
+        np.testing.assert_array_equal(got, GREEDY)
+
+
+def test_tiny_temperature_is_greedy():
+    """Logits above 34 divided by 1e-37 overflow float32; several +inf would tie."""
+    logits = LOGITS * 10
+    assert ((logits > 34).sum(axis=-1) > 1).all()
+    got = tokens(logits, settings(ROWS, 1e-37), keys(ROWS, 4))
+    np.testing.assert_array_equal(got, GREEDY)
+
+
+def test_fixed_key_is_deterministic_and_keys_matter():
+    s = settings(ROWS, 1.5)
+    first = tokens(LOGITS, s, keys(ROWS, 7))
+    np.testing.assert_array_equal(tokens(LOGITS, s, keys(ROWS, 7)), first)
+    assert (tokens(LOGITS, s, keys(ROWS, 8)) != first).any()
+    assert (first != GREEDY).any()
+
+
+def test_rows_do_not_depend_on_each_other():
+    """A row's token depends only on its logits, settings and key (not on its neighbours)."""
+    s = SampleSettings(jnp.asarray([0.0, 0.7, 1.0, 2.0] * 4, jnp.float32),
+                       jnp.asarray([1.0, 0.9, 0.5, 1.0] * 4, jnp.float32),
+                       jnp.asarray([0, 0, 3, 10] * 4, jnp.int32), jnp.ones((ROWS,), bool))
+    k = keys(ROWS, 3)
+    batched = tokens(LOGITS, s, k)
+    for row in range(ROWS):
+        one = SampleSettings(*(a[row:row + 1] for a in s))
+        assert tokens(LOGITS[row:row + 1], one, k[row:row + 1])[0] == batched[row]
+
+
+def nucleus_reference(row: np.ndarray, p: float) -> tuple[np.ndarray, float]:
+    """spec/model.md "Sampling" step 3 in float64: (kept mask, distance of the cumsum to 1-p)."""
+    ascending = np.sort(row.astype(np.float64))
+    probs = np.exp(ascending - ascending.max())
+    cumulative = np.cumsum(probs / probs.sum())
+    first = int(np.argmax(cumulative >= 1 - p))
+    return row >= ascending[first], float(np.min(np.abs(cumulative - (1 - p))))
+
+
+@pytest.mark.parametrize("nucleus_p", [0.05, 0.3, 0.5, 0.8, 0.9, 0.99])
+def test_nucleus_filter_matches_reference_rule(nucleus_p):
+    logits = (np.random.default_rng(1).normal(size=(64, VOCAB)) * 2).astype(np.float32)
+    filtered = np.asarray(_nucleus_filter(jnp.asarray(logits), jnp.full((64,), nucleus_p)))
+    checked = 0
+    for row, out in zip(logits, filtered):
+        kept, margin = nucleus_reference(row, nucleus_p)
+        if margin < 1e-5:        # float32 vs float64 rounding could go either way here
+            continue
+        checked += 1
+        np.testing.assert_array_equal(out != DISALLOWED_LOGIT, kept)
+        np.testing.assert_array_equal(out[kept], row[kept])
+    assert checked >= 60
+
+
+def test_nucleus_samples_stay_in_the_nucleus():
+    p, rows = 0.5, 256
+    logits = np.repeat(LOGITS[:1], rows, axis=0)
+    kept, _ = nucleus_reference(LOGITS[0], p)
+    got = tokens(logits, settings(rows, 1.0, nucleus_p=p), keys(rows, 5))
+    assert kept[got].all()
+    assert len(set(got.tolist())) > 1 and kept.sum() > 1
+
+
+THREE = np.log(np.asarray([0.2, 0.3, 0.5], np.float32))
+
+
+@pytest.mark.parametrize("temperature,top_k,nucleus_p,expected", [
+    (1.0, 0, 1.0, [0.2, 0.3, 0.5]),
+    (2.0, 0, 1.0, np.sqrt([0.2, 0.3, 0.5]) / np.sqrt([0.2, 0.3, 0.5]).sum()),
+    (0.5, 0, 1.0, np.square([0.2, 0.3, 0.5]) / np.square([0.2, 0.3, 0.5]).sum()),
+    (1.0, 2, 1.0, [0.0, 0.375, 0.625]),
+    (1.0, 0, 0.6, [0.0, 0.375, 0.625]),   # ascending cumsum 0.2, 0.5, 1.0: reaches 0.4 at 0.3
+    (1.0, 0, 0.3, [0.0, 0.0, 1.0]),       # reaches 0.7 at 0.5 only
+])
+def test_sample_frequencies(temperature, top_k, nucleus_p, expected):
+    rows = 8000
+    logits = np.broadcast_to(THREE, (rows, 3))
+    got = tokens(logits, settings(rows, temperature, nucleus_p, top_k), keys(rows, 11))
+    frequencies = np.bincount(got, minlength=3) / rows
+    np.testing.assert_allclose(frequencies, expected, atol=0.02)   # ~4 standard deviations
+
+
+def test_reported_logprobs_are_the_models():
+    out = sample(jnp.asarray(LOGITS), settings(ROWS, 1.7, nucleus_p=0.9, top_k=5), keys(ROWS, 2))
+    logprobs = np.asarray(jax.nn.log_softmax(LOGITS, axis=-1))
+    token = np.asarray(out.token_id)
+    np.testing.assert_allclose(out.logprob, logprobs[np.arange(ROWS), token], rtol=1e-6, atol=1e-6)
+    top_ids = np.asarray(out.top_k_token_ids)
+    assert top_ids.shape == (ROWS, NUM_ALTERNATIVES)
+    np.testing.assert_array_equal(top_ids, np.argsort(-logprobs, axis=-1)[:, :NUM_ALTERNATIVES])
+    np.testing.assert_allclose(out.top_k_logprobs, np.take_along_axis(logprobs, top_ids, -1),
+                               rtol=1e-6, atol=1e-6)
+    assert (np.diff(np.asarray(out.top_k_logprobs), axis=-1) <= 0).all()
+
+
+def test_top_k_beyond_vocabulary_keeps_everything():
+    s_all, s_big = settings(ROWS, 1.0), settings(ROWS, 1.0, top_k=VOCAB + 5)
+    for seed in range(3):
+        np.testing.assert_array_equal(tokens(LOGITS, s_big, keys(ROWS, seed)),
+                                      tokens(LOGITS, s_all, keys(ROWS, seed)))
+
+
+def test_token_logprobs():
+    logits = jnp.asarray(LOGITS.reshape(2, 8, VOCAB))
+    targets = np.random.default_rng(2).integers(0, VOCAB, size=(2, 8))
+    got = np.asarray(token_logprobs(logits, jnp.asarray(targets)))
+    logprobs = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    np.testing.assert_allclose(got, np.take_along_axis(logprobs, targets[..., None], -1)[..., 0],
+                               rtol=1e-6, atol=1e-6)
