@@ -420,6 +420,7 @@ def serve_items(runner, items: list[Item], printer: ResultPrinter) -> None:
         else:
             printer.on_result(index, out)
         out = next(gen)
+    gen.close()   # multi-process: tells the other processes to stop
     printer.finish()
 
 
@@ -440,6 +441,7 @@ def interactive(runner, args, stdin) -> int:
         line = stdin.readline()
         command = line.strip()
         if not line or command == "/exit":
+            gen.close()
             return 0
         if command == "/clear":
             history = ""
@@ -467,9 +469,15 @@ def interactive(runner, args, stdin) -> int:
 
 def run(args, runner=None, stdin=None) -> int:
     """Serves the requests `args` describe; returns the exit status (1 if any request failed)."""
-    items = [] if args.interactive else read_items(args, REFERENCE_PROMPT)  # before loading
+    follower = jax.process_index() != 0   # process 0 owns the request stream
+    items = [] if args.interactive or follower else read_items(args, REFERENCE_PROMPT)
     if runner is None:
         runner = build_runner(args)
+    if follower:
+        from grok.multihost import follow
+
+        follow(runner)
+        return 0
     if args.interactive:
         return interactive(runner, args, stdin or sys.stdin)
     printer = ResultPrinter(args, items)
@@ -489,8 +497,6 @@ def main(argv: Optional[list] = None, runner=None, stdin=None) -> int:
             make_request({"prompt_ids": [0]}, args, 0)
         except ValueError as e:
             raise UsageError(f"bad sampling flag: {e}") from None
-        if jax.process_index() != 0:   # every process serves; process 0 alone prints
-            sys.stdout = open(os.devnull, "w")
         return run(args, runner, stdin)
     except UsageError as e:
         print(f"run.py: error: {e}", file=sys.stderr)

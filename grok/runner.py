@@ -221,7 +221,15 @@ class InferenceRunner:
 
     # ---- serving --------------------------------------------------------------------------
     def run(self):
-        """The request generator (reference protocol); see grok.scheduler.serve."""
+        """The request generator (reference protocol); see grok.scheduler.serve.
+
+        In a multi-process job this is process 0's (grok.multihost.serve_multihost): it
+        broadcasts every admitted request; the other processes run grok.multihost.follow.
+        """
+        if jax.process_count() > 1:
+            from grok.multihost import serve_multihost
+
+            return serve_multihost(self)
         from grok.scheduler import serve
 
         return serve(self)

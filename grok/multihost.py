@@ -1,0 +1,492 @@
+"""One serving job over several processes (hosts): joining, one request stream, dead peers.
+
+Every process runs the same program: `initialize()` joins the job (`jax.distributed`), the
+mesh tiles `local_mesh_config` per process by `between_hosts_config` (grok.sharding.make_mesh),
+the checkpoint loader places only each process's own shards, and every process compiles the
+same functions. Then process 0 (the leader) serves with `serve_multihost(runner)`, the usual
+generator protocol (grok.scheduler), while the others run `follow(runner)`.
+
+Lockstep: every jitted call spans all processes, so all must make the same calls in the same
+order. The leader publishes one command per `Engine.advance()` before its device work: the
+requests it admits (JSON, never pickle), or "stop" when its generator closes. Followers run
+the same advance with the same admissions; everything else the engine decides (finishing,
+releasing slots) follows from step outputs that are replicated, hence equal, on every process.
+Results exist everywhere; only the leader yields (prints) them.
+
+Commands travel through the coordination service's key-value store (process 0's
+jax.distributed service), not device collectives: a device broadcast would wait for the decode
+step in flight and undo the overlap of host and device work.
+
+Dead peers: each process sets a heartbeat key every second and watches everyone's. A peer whose
+heartbeat stops for `timeout_s` ends this process with an error naming it (exit code
+`PEER_LOST_EXIT_CODE`) instead of a hang in a collective. When process 0 dies, the
+coordination service dies with it and jax ends the others at once ("the leader task was
+preempted/died"). A process that does not join within `init_timeout_s` gets a clear error too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Optional
+
+import jax
+import numpy as np
+
+from grok.requests import Request
+from grok.scheduler import Engine, _error, serve
+
+logger = logging.getLogger(__name__)
+
+ENV_COORDINATOR = ("GROK_COORDINATOR", "JAX_COORDINATOR_ADDRESS")
+ENV_NUM_PROCESSES = ("GROK_NUM_PROCESSES", "JAX_NUM_PROCESSES")
+ENV_PROCESS_ID = ("GROK_PROCESS_ID", "JAX_PROCESS_ID")
+ENV_PEER_TIMEOUT = "GROK_PEER_TIMEOUT"
+ENV_INIT_TIMEOUT = "GROK_INIT_TIMEOUT"
+DEFAULT_PEER_TIMEOUT_S = 30.0
+DEFAULT_INIT_TIMEOUT_S = 300.0
+JAX_HEARTBEAT_TIMEOUT_S = 100  # jax's default; the backstop for our watchdog
+JAX_SHUTDOWN_TIMEOUT_S = 60    # how long a finished process waits for the others to finish
+PEER_LOST_EXIT_CODE = 75       # EX_TEMPFAIL: the job can be restarted
+KEY_PREFIX = "grok/multihost"
+_COMMAND_BLOCK = 256           # commands per key directory; read directories are deleted
+_DONE = "done"                 # a heartbeat value: this process has finished cleanly
+
+
+# ---- joining the job ---------------------------------------------------------------------
+
+def _from_env(value, names, flag: str, kind):
+    """`value`, else the first set environment variable of `names`, converted by `kind`."""
+    where = flag
+    if value is None:
+        for name in names:
+            if os.environ.get(name):
+                value, where = os.environ[name], name
+                break
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be {kind.__doc__}, got {value!r}") from None
+
+
+# Checkers for `_from_env`: each docstring says what a valid value is, for the error message.
+
+def _coordinator(value) -> str:
+    """HOST:PORT"""
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(value)
+    return str(value)
+
+
+def _count(value, minimum: int = 1) -> int:
+    """an int >= 1"""
+    if int(value) != float(value) or int(value) < minimum:
+        raise ValueError(value)
+    return int(value)
+
+
+def _index(value) -> int:
+    """an int >= 0"""
+    return _count(value, 0)
+
+
+def _seconds(value) -> float:
+    """a number of seconds > 0"""
+    if not float(value) > 0:
+        raise ValueError(value)
+    return float(value)
+
+
+def resolve(coordinator=None, num_processes=None, process_id=None) -> Optional[tuple]:
+    """(coordinator, num_processes, process_id) from the flags, else the environment; None
+    when neither names a coordinator (a single-process job)."""
+    coordinator = _from_env(coordinator, ENV_COORDINATOR, "--coordinator", _coordinator)
+    num_processes = _from_env(num_processes, ENV_NUM_PROCESSES, "--num-processes", _count)
+    process_id = _from_env(process_id, ENV_PROCESS_ID, "--process-id", _index)
+    if coordinator is None:
+        if num_processes not in (None, 1) or process_id not in (None, 0):
+            raise ValueError("a multi-process job needs --coordinator HOST:PORT (or "
+                             f"{ENV_COORDINATOR[0]}): process 0's address, the same on every host")
+        return None
+    if num_processes is None or process_id is None:
+        raise ValueError(f"--coordinator needs --num-processes (or {ENV_NUM_PROCESSES[0]}) and "
+                         f"--process-id (or {ENV_PROCESS_ID[0]})")
+    if process_id >= num_processes:
+        raise ValueError(f"--process-id {process_id} must be below --num-processes {num_processes}")
+    return coordinator, num_processes, process_id
+
+
+def initialize(coordinator=None, num_processes=None, process_id=None, *,
+               timeout_s: Optional[float] = None, init_timeout_s: Optional[float] = None) -> bool:
+    """Joins the multi-process job; False (and nothing done) for a single-process run.
+
+    Call before any other JAX use. Arguments left None come from the environment (GROK_*,
+    then JAX_* names; see the module constants). `timeout_s`: how long a silent peer is
+    tolerated before this process exits naming it; `init_timeout_s`: how long to wait for all
+    processes to join. On CPU, collectives between processes use gloo.
+    """
+    resolved = resolve(coordinator, num_processes, process_id)
+    if resolved is None:
+        return False
+    coordinator, num_processes, process_id = resolved
+    timeout_s = _from_env(timeout_s, (ENV_PEER_TIMEOUT,), "timeout_s", _seconds) \
+        or DEFAULT_PEER_TIMEOUT_S
+    init_timeout_s = _from_env(init_timeout_s, (ENV_INIT_TIMEOUT,), "init_timeout_s", _seconds) \
+        or DEFAULT_INIT_TIMEOUT_S
+    if jax.distributed.is_initialized():
+        raise RuntimeError("grok.multihost.initialize: jax.distributed is already initialized")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    _native_stdout_to_stderr()
+    joined = threading.Event()
+    threading.Thread(target=_join_deadline, daemon=True, name="grok-join-deadline",
+                     args=(joined, coordinator, num_processes, process_id, init_timeout_s)).start()
+    # jax's own limits sit beyond ours, so our clearer errors come first. Its heartbeat
+    # timeout must be equal on all processes (a client beats at a fraction of it): a constant.
+    jax.distributed.initialize(
+        coordinator, num_processes, process_id,
+        initialization_timeout=int(init_timeout_s) + 30,
+        heartbeat_timeout_seconds=JAX_HEARTBEAT_TIMEOUT_S,
+        shutdown_timeout_seconds=JAX_SHUTDOWN_TIMEOUT_S)
+    joined.set()
+    global _WATCHDOG
+    _WATCHDOG = _Watchdog(_client(), process_id, num_processes, timeout_s)
+    _WATCHDOG.start()
+    atexit.register(_at_exit)  # after jax's atexit shutdown, so it runs before it
+    logger.info("process %d of %d joined the job at %s", process_id, num_processes, coordinator)
+    return True
+
+
+def _native_stdout_to_stderr():
+    """Keeps stdout for the program's own output (e.g. one JSON object per line): gloo prints
+    "[Gloo] Rank 0 is connected to ..." on the C++ stdout, so native writes to fd 1 go to
+    stderr, and Python's sys.stdout writes to a duplicate of the original fd 1."""
+    try:
+        sys.stdout.flush()
+        line_buffering = sys.stdout.line_buffering
+        python_stdout = os.fdopen(os.dup(1), "w", encoding=sys.stdout.encoding,
+                                  errors=sys.stdout.errors)
+    except (AttributeError, OSError, ValueError):  # no real stdout: leave it as it is
+        return
+    python_stdout.reconfigure(line_buffering=line_buffering)
+    os.dup2(2, 1)
+    sys.stdout = python_stdout
+
+
+def _join_deadline(joined: threading.Event, coordinator, num_processes, process_id, timeout_s):
+    if joined.wait(timeout_s):
+        return
+    if process_id == 0:
+        why = (f"not all {num_processes} processes joined; start one per host with the same "
+               f"--coordinator {coordinator} and --num-processes {num_processes}, and "
+               f"--process-id 0..{num_processes - 1}")
+    else:
+        why = (f"the coordinator (process 0) at {coordinator} is unreachable, or not all "
+               f"{num_processes} processes joined")
+    _fail(f"process {process_id} could not join the job within {timeout_s:g} s: {why}")
+
+
+def _client():
+    from jax._src import distributed  # the coordination-service client jax.distributed made
+
+    return distributed.global_state.client
+
+
+def _fail(message: str) -> None:
+    """Ends this process at once: a dead peer leaves collectives and jax's shutdown hanging."""
+    sys.stdout.flush()
+    sys.stderr.write(f"grok.multihost: error: {message}\n")
+    sys.stderr.flush()
+    os._exit(PEER_LOST_EXIT_CODE)
+
+
+def is_leader() -> bool:
+    """Whether this process owns the request stream (process 0; also any single process)."""
+    return jax.process_index() == 0
+
+
+# ---- heartbeats --------------------------------------------------------------------------
+
+class _Watchdog(threading.Thread):
+    """Sets this process's heartbeat key and ends the process when a peer's stops changing."""
+
+    def __init__(self, client, process_id: int, num_processes: int, timeout_s: float):
+        super().__init__(daemon=True, name="grok-watchdog")
+        self.client, self.process_id, self.timeout_s = client, process_id, timeout_s
+        self.period_s = min(1.0, timeout_s / 10)
+        now = time.monotonic()
+        self.seen = {p: (None, now) for p in range(num_processes) if p != process_id}
+        self.done = threading.Event()
+
+    def _key(self, process: int) -> str:
+        return f"{KEY_PREFIX}/heartbeat/{process}"
+
+    def run(self):
+        beat = 0
+        while not self.done.is_set():
+            try:
+                self.client.key_value_set(self._key(self.process_id), str(beat),
+                                          allow_overwrite=True)
+                beats = dict(self.client.key_value_dir_get(f"{KEY_PREFIX}/heartbeat/"))
+            except Exception as e:  # the service itself is gone: process 0 died
+                beats = None
+                logger.debug("heartbeat: %s", e)
+            beat += 1
+            self._check(beats)
+            self.done.wait(self.period_s)
+
+    def _check(self, beats: Optional[dict]):
+        now = time.monotonic()
+        for process, (last, since) in list(self.seen.items()):
+            value = None if beats is None else beats.get(self._key(process))
+            if value == _DONE:
+                del self.seen[process]
+            elif value != last and beats is not None:
+                self.seen[process] = (value, now)
+            elif now - since > self.timeout_s and not self.done.is_set():
+                what = "process 0 (the coordinator)" if beats is None and process == 0 \
+                    else f"process {process}"
+                _fail(f"lost peer {what}: no heartbeat for {now - since:.0f} s (it died, hung, "
+                      f"or its host is unreachable); process {self.process_id} exits")
+
+    def finish(self):
+        """This process ends cleanly: peers stop watching it."""
+        if self.done.is_set():
+            return
+        self.done.set()
+        try:
+            self.client.key_value_set(self._key(self.process_id), _DONE, allow_overwrite=True)
+        except Exception as e:
+            logger.debug("heartbeat: %s", e)
+
+    def await_verdict(self):
+        """After a runtime error in a collective: waits for a verdict on the peers, so a lost
+        peer is reported as such (this process exits); else returns (to re-raise the error)."""
+        deadline = time.monotonic() + self.timeout_s + 5 * self.period_s
+        while time.monotonic() < deadline and self.is_alive():
+            time.sleep(self.period_s)
+
+
+_WATCHDOG: Optional[_Watchdog] = None
+
+
+def _at_exit():
+    if _CHANNEL is not None and _CHANNEL.open:
+        _CHANNEL.publish(_STOP)  # followers would wait for process 0 forever
+    if _WATCHDOG is not None:
+        _WATCHDOG.finish()
+
+
+# ---- the command stream ------------------------------------------------------------------
+
+_STOP = b'{"op": "stop"}'
+
+
+class _Channel:
+    """Process 0's commands, numbered, to every other process, through the key-value store.
+
+    Command n lives at `.../command/{n // 256}/{n % 256}`. Followers record the block they
+    read (`.../ack/{process}`); the leader deletes blocks every follower has moved past.
+    """
+
+    def __init__(self, client, process_id: int, num_processes: int):
+        self.client, self.process_id, self.num_processes = client, process_id, num_processes
+        self.sent = 0              # commands published (leader) or read (followers)
+        self.deleted_blocks = 0
+        self.open = False          # the leader published commands since its last stop
+
+    def _key(self, n: int) -> str:
+        return f"{KEY_PREFIX}/command/{n // _COMMAND_BLOCK}/{n % _COMMAND_BLOCK}"
+
+    def publish(self, payload: bytes):
+        if self.sent % _COMMAND_BLOCK == 0:
+            self._delete_read_blocks()
+        self.client.key_value_set_bytes(self._key(self.sent), payload)
+        self.sent += 1
+        self.open = payload != _STOP
+
+    def _delete_read_blocks(self):
+        acks = dict(self.client.key_value_dir_get(f"{KEY_PREFIX}/ack/"))
+        followers = range(1, self.num_processes)
+        reached = min((int(acks.get(f"{KEY_PREFIX}/ack/{p}", 0)) for p in followers),
+                      default=self.sent // _COMMAND_BLOCK)
+        for block in range(self.deleted_blocks, reached):
+            self.client.key_value_delete(f"{KEY_PREFIX}/command/{block}")
+        self.deleted_blocks = max(self.deleted_blocks, reached)
+
+    def receive(self, poll_ms: int = 1000) -> bytes:
+        """The next command; waits as long as process 0 takes (it may wait for user input)."""
+        n = self.sent
+        if n % _COMMAND_BLOCK == 0:
+            self.client.key_value_set(f"{KEY_PREFIX}/ack/{self.process_id}",
+                                      str(n // _COMMAND_BLOCK), allow_overwrite=True)
+        while True:
+            try:
+                payload = self.client.blocking_key_value_get_bytes(self._key(n), poll_ms)
+                break
+            except jax.errors.JaxRuntimeError as e:
+                if "DEADLINE_EXCEEDED" not in str(e):
+                    raise
+        self.sent += 1
+        return payload
+
+
+_CHANNEL: Optional[_Channel] = None
+
+
+def _channel() -> _Channel:
+    """The job's one command stream (successive generators continue its numbering)."""
+    global _CHANNEL
+    if _CHANNEL is None:
+        if not jax.distributed.is_initialized():
+            raise RuntimeError("multi-process serving needs grok.multihost.initialize() first")
+        _CHANNEL = _Channel(_client(), jax.process_index(), jax.process_count())
+    return _CHANNEL
+
+
+def _plain(value):
+    """JSON for NumPy scalars a Request may hold (validated ints)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def encode_admissions(admitted: list) -> bytes:
+    """[(Request, request_id)] -> a command (JSON bytes)."""
+    items = [{"request_id": request_id, "request": dataclasses.asdict(request)}
+             for request, request_id in admitted]
+    return json.dumps({"op": "advance", "admit": items}, default=_plain).encode()
+
+
+def decode_command(payload: bytes) -> Optional[list]:
+    """A command -> [(Request, request_id)] to admit, or None for "stop"."""
+    command = json.loads(payload.decode())
+    if command["op"] == "stop":
+        return None
+    admitted = []
+    for item in command["admit"]:
+        fields = item["request"]
+        if isinstance(fields["prompt"], list):
+            fields["prompt"] = tuple(fields["prompt"])
+        admitted.append((Request(**fields), item["request_id"]))
+    return admitted
+
+
+# ---- the engine ----------------------------------------------------------------------------
+
+class MultiHostEngine(Engine):
+    """An Engine whose admissions process 0 decides and every process runs."""
+
+    def __init__(self, runner, channel: Optional[_Channel] = None):
+        super().__init__(runner)
+        self.channel = channel or _channel()
+        self.leader = is_leader()
+        self._received: list = []    # followers: what the current command admits
+        self._published = False      # leader: the current advance's command went out
+
+    def submit(self, item) -> list:
+        if not self.leader:
+            raise RuntimeError("only process 0 takes requests; the others run follow()")
+        queued = len(self.queue)
+        events = super().submit(item)
+        new = [self.queue.pop() for _ in range(len(self.queue) - queued)][::-1]
+        for request, request_id in new:
+            try:
+                encode_admissions([(request, request_id)])
+                self.queue.append((request, request_id))
+            except (TypeError, ValueError) as e:  # it could not reach the other processes
+                events.append(_error(request_id, [], f"request cannot be sent to the other "
+                                                     f"processes: {e}"))
+        return events
+
+    def _take_admissions(self) -> list:
+        if not self.leader:
+            taken, self._received = self._received, []
+            return taken
+        taken = [(self._with_token_ids(request), request_id)
+                 for request, request_id in super()._take_admissions()]
+        self.channel.publish(encode_admissions(taken))  # before any device work of this step
+        self._published = True
+        return taken
+
+    def _with_token_ids(self, request: Request) -> Request:
+        """Text prompts go out tokenized, so no other host's tokenizer can disagree."""
+        if isinstance(request.prompt, str):
+            try:
+                ids = self.tokenizer.encode(request.prompt)
+                return dataclasses.replace(request, prompt=tuple(int(t) for t in ids))
+            except Exception:  # no ids: every process fails it alike in Engine._prompt_ids
+                pass
+        return request
+
+    def advance(self) -> list:
+        self._published = False
+        events = super().advance()
+        if self.leader and not self._published:
+            # Followers run one advance per command. Without admissions this advance's only
+            # collective work was the decode step, which needs no command first.
+            self.channel.publish(encode_admissions([]))
+        return events
+
+    def _to_host(self, array) -> np.ndarray:
+        """Outputs are replicated over the whole mesh: this process's copy is the value."""
+        if array.is_fully_addressable:
+            return np.asarray(array)
+        if not array.is_fully_replicated:
+            raise ValueError(f"expected a replicated output, got sharding {array.sharding}")
+        return np.asarray(array.addressable_data(0))
+
+    def follow_one(self) -> bool:
+        """Followers: runs process 0's next command; False once it said stop."""
+        admitted = decode_command(self.channel.receive())
+        if admitted is None:
+            return False
+        self._received = admitted
+        self.advance()
+        return True
+
+    def stop(self):
+        if self.leader and self.channel.open:
+            self.channel.publish(_STOP)
+
+
+def _explained(error: BaseException):
+    """A runtime error in a collective is most often a lost peer: let the watchdog say so."""
+    if _WATCHDOG is not None and isinstance(error, jax.errors.JaxRuntimeError):
+        _WATCHDOG.await_verdict()
+
+
+def serve_multihost(runner):
+    """Process 0's request generator (grok.scheduler protocol); closing it stops the others."""
+    if not is_leader():
+        raise RuntimeError("serve_multihost runs on process 0; the other processes run follow()")
+    engine = MultiHostEngine(runner)
+    try:
+        yield from serve(runner, engine)
+    except Exception as e:
+        _explained(e)
+        raise
+    finally:
+        engine.stop()
+
+
+def follow(runner) -> None:
+    """The other processes: run process 0's steps in lockstep until its generator closes."""
+    if is_leader():
+        raise RuntimeError("follow() runs on processes other than 0; process 0 serves")
+    engine = MultiHostEngine(runner)
+    try:
+        while engine.follow_one():
+            pass
+    except Exception as e:
+        _explained(e)
+        raise
+    logger.info("process %d: process 0 stopped serving", jax.process_index())
