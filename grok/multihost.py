@@ -208,6 +208,24 @@ def _fail(message: str) -> None:
     os._exit(PEER_LOST_EXIT_CODE)
 
 
+def check_consistent(settings: dict, timeout_ms: int = 60_000) -> None:
+    """Raises ValueError naming the process and settings that differ from process 0's (every
+    process checks all): other slots, buckets or mesh would compile other programs, and the
+    first collective would hang instead of failing."""
+    mine = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    client, me = _client(), jax.process_index()
+    client.key_value_set(f"{KEY_PREFIX}/settings/{me}", json.dumps(mine))
+    get = lambda p: json.loads(client.blocking_key_value_get(f"{KEY_PREFIX}/settings/{p}", timeout_ms))
+    leader = mine if me == 0 else get(0)
+    for process in range(1, jax.process_count()):
+        theirs = mine if process == me else get(process)
+        differ = sorted(k for k in set(theirs) | set(leader) if theirs.get(k) != leader.get(k))
+        if differ:
+            raise ValueError(f"process {process} was started with other settings than process 0 "
+                             f"({', '.join(differ)} differ): run the same command on every host, "
+                             f"only --process-id changes")
+
+
 def is_leader() -> bool:
     """Whether this process owns the request stream (process 0; also any single process)."""
     return jax.process_index() == 0

@@ -104,6 +104,13 @@ class InferenceRunner:
         runner = self.runner
         if self.load:
             runner.checkpoint_path = self.load
+        if jax.process_count() > 1:   # every process must compile the same programs
+            from grok.multihost import check_consistent
+
+            check_consistent({"config": self.runner.model.to_dict(), "pad_sizes": self.pad_sizes,
+                              "bs_per_device": runner.bs_per_device,
+                              "local_mesh_config": list(self.local_mesh_config),
+                              "between_hosts_config": list(self.between_hosts_config)})
         runner.initialize(None, self.local_mesh_config, self.between_hosts_config)
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.tokenizer_path)

@@ -339,6 +339,41 @@ def test_a_process_that_never_arrives_is_an_error(tmp_path):
     assert "process 0 could not join the job within 2 s" in err.read_text()
 
 
+def _run_py_job(tmp_path, batch_sizes):
+    """`python run.py` (the demo model) as processes 0 and 1 of one job; returns their
+    (exit code, stdout, stderr)."""
+    env = dict({k: v for k, v in os.environ.items() if not k.startswith("GROK_")},
+               XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    port, launched = _free_port(), []
+    for process_id, batch_size in enumerate(batch_sizes):
+        args = ["run.py", "--mesh", "1,4", "--hosts", "2,1", "--max-len", "8", "--batch-size",
+                str(batch_size), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                "--process-id", str(process_id), "--prompt", "Hello", "--prompt", "Bye"]
+        out, err = tmp_path / f"run{process_id}.out", tmp_path / f"run{process_id}.err"
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            launched.append((subprocess.Popen([sys.executable, *args], cwd=REPO, env=env,
+                                              stdout=stdout, stderr=stderr), out, err))
+    try:
+        codes = [_wait(process, LOST_PEER_LIMIT_S) for process, _, _ in launched]
+    finally:
+        _kill_all(launched)
+    return [(code, out.read_text(), err.read_text()) for code, (_, out, err) in zip(codes, launched)]
+
+
+@pytest.mark.slow
+def test_run_py_serves_from_process_0_only(tmp_path):
+    (code0, out0, err0), (code1, out1, err1) = _run_py_job(tmp_path, [4, 4])
+    assert (code0, code1) == (0, 0), err0[-2000:] + err1[-2000:]
+    assert out0.count("Output for prompt:") == 2 and out1 == ""
+
+
+def test_run_py_with_different_settings_fails_on_every_process(tmp_path):
+    for code, _, err in _run_py_job(tmp_path, [4, 8]):
+        assert code not in (0, None), err[-2000:]
+        assert "process 1 was started with other settings than process 0" in err
+        assert "bs_per_device" in err
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["--driver"]:
     sys.path.insert(0, REPO)
     _driver(sys.argv[2:])
