@@ -19,10 +19,15 @@ MASKED_SCORE = -1e30  # the reference's fill for invisible keys (scores are floa
 
 
 class LayerKV(NamedTuple):
-    """One layer's cache: post-RoPE keys and values."""
+    """Every layer's post-RoPE keys and values, and which layer this call reads and writes.
 
-    k: jax.Array  # [B, S, K, d]
-    v: jax.Array  # [B, S, K, d]
+    The whole stack travels in the layer scan's carry so each call writes only its new
+    tokens in place; heads come before positions so attention reads contiguous [S, d] rows.
+    """
+
+    k: jax.Array      # [L, B, K, S, d]
+    v: jax.Array      # [L, B, K, S, d]
+    layer: jax.Array  # [] int32
 
 
 class AttentionContext(NamedTuple):
@@ -33,10 +38,16 @@ class AttentionContext(NamedTuple):
     write_index: Optional[jax.Array]  # [B, T] cache slot each new token is written to
 
 
-def _write(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
-    """cache [B, S, K, d] with new [B, T, K, d] written at index [B, T]; positions >= S dropped."""
-    rows = jnp.arange(cache.shape[0])[:, None]
-    return cache.at[rows, index].set(new.astype(cache.dtype), mode="drop")
+def _write(cache: jax.Array, layer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+    """cache [L, B, K, S, d] with new [B, T, K, d] written at layer, positions index [B, T].
+
+    Positions >= S (padding past the end of a last prefill chunk) are dropped.
+    """
+    b, _, k, _ = new.shape
+    rows = jnp.arange(b)[:, None, None]
+    heads = jnp.arange(k)[None, :, None]
+    new = jnp.swapaxes(new, 1, 2).astype(cache.dtype)                           # [B, K, T, d]
+    return cache.at[layer, rows, heads, index[:, None, :]].set(new, mode="drop")
 
 
 class MultiHeadAttention(hk.Module):
@@ -57,18 +68,21 @@ class MultiHeadAttention(hk.Module):
         q = apply_rope(q, ctx.positions, c.rope_base)
         k = apply_rope(k, ctx.positions, c.rope_base)
 
-        if kv is not None:
-            kv = LayerKV(_write(kv.k, k, ctx.write_index), _write(kv.v, v, ctx.write_index))
-            k, v = kv.k, kv.v                                                    # [B, S, K, d]
+        if kv is None:
+            k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)                  # [B, K, T, d]
+        else:
+            kv = kv._replace(k=_write(kv.k, kv.layer, k, ctx.write_index),
+                             v=_write(kv.v, kv.layer, v, ctx.write_index))
+            k, v = kv.k[kv.layer], kv.v[kv.layer]                                # [B, K, S, d]
 
         q = q.reshape(b, t, c.num_kv_heads, c.q_per_kv, c.key_size)             # [B, T, K, G, d]
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype)).astype(jnp.float32)
+        scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype)).astype(jnp.float32)
         scores = scores * c.attn_output_multiplier
         cap = c.attn_logit_soft_cap
         scores = cap * jnp.tanh(scores / cap)
         scores = jnp.where(ctx.key_valid[:, None, None], scores, MASKED_SCORE)
         weights = jax.nn.softmax(scores, axis=-1).astype(x.dtype)              # [B, K, G, T, S]
-        out = jnp.einsum("bkgts,bskd->btkgd", weights, v.astype(x.dtype))
+        out = jnp.einsum("bkgts,bksd->btkgd", weights, v.astype(x.dtype))
         out = out.reshape(b, t, c.num_q_heads * c.key_size)                    # [B, T, H*d]
         return QuantizedLinear(c.emb_size, name="linear")(out), kv
 

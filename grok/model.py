@@ -28,15 +28,15 @@ from grok.quantization import QuantizedWeight8bit
 class Memory(NamedTuple):
     """Per-slot KV cache of every layer."""
 
-    k: jax.Array      # [L, B, S, K, d]
-    v: jax.Array      # [L, B, S, K, d]
+    k: jax.Array      # [L, B, K, S, d]
+    v: jax.Array      # [L, B, K, S, d]
     step: jax.Array   # [B] int32: cached positions per row
     valid: jax.Array  # [B, S] bool: the cached key is a real token, not padding
 
 
 def init_memory(config: LanguageModelConfig, batch_size: int, sequence_len: int) -> Memory:
     c = config.model
-    shape = (c.num_layers, batch_size, sequence_len, c.num_kv_heads, c.key_size)
+    shape = (c.num_layers, batch_size, c.num_kv_heads, sequence_len, c.key_size)
     dtype = jnp.dtype(config.fprop_dtype)
     return Memory(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
                   jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size, sequence_len), bool))
@@ -63,14 +63,21 @@ class Transformer(hk.Module):
 
     def __call__(self, x: jax.Array, ctx: AttentionContext,
                  kv: Optional[LayerKV]) -> tuple[jax.Array, Optional[LayerKV]]:
-        """x [B, T, D]; kv holds stacked [L, ...] caches or is None."""
-        stack = hk.layer_stack(self.config.num_layers, with_per_layer_inputs=True,
-                               name="decoder_layer")
+        """x [B, T, D]; kv holds every layer's cache (its `layer` is ignored) or is None."""
+        c = self.config
+        stack = hk.layer_stack(c.num_layers, with_per_layer_inputs=True, name="decoder_layer")
+        layers = jnp.arange(c.num_layers, dtype=jnp.int32)
         if kv is None:
-            x, _ = stack(lambda x, _: (decoder_layer(self.config, x, ctx, None)[0], None))(
-                x, jnp.zeros((self.config.num_layers,)))
+            x, _ = stack(lambda x, _: (decoder_layer(c, x, ctx, None)[0], None))(x, layers)
             return x, None
-        return stack(lambda x, kv: decoder_layer(self.config, x, ctx, LayerKV(*kv)))(x, kv)
+
+        def layer(carry, index):
+            x, k, v = carry
+            x, kv = decoder_layer(c, x, ctx, LayerKV(k, v, index))
+            return (x, kv.k, kv.v), None
+
+        (x, k, v), _ = stack(layer)((x, kv.k, kv.v), layers)
+        return x, LayerKV(k, v, layers[-1])
 
 
 class InOutEmbed(hk.Module):
@@ -102,7 +109,7 @@ class LanguageModel(hk.Module):
             ctx, valid = make_context(tokens, c.pad_token)
         else:
             ctx, valid = make_context(tokens, c.pad_token, memory.step, lengths, memory.valid)
-        kv = None if memory is None else LayerKV(memory.k, memory.v)
+        kv = None if memory is None else LayerKV(memory.k, memory.v, jnp.int32(0))
         x, kv = transformer(x, ctx, kv)
         if output_index is not None:                     # only the rows' chosen positions
             x = jnp.take_along_axis(x, output_index[:, None, None], axis=1)     # [B, 1, D]

@@ -81,9 +81,11 @@ def _select(qw: QuantizedWeight8bit, expert) -> QuantizedWeight8bit:
 def _sparse(x, combine, w_gate, w_value, w_down, block_rows: int):
     """For each expert, only the rows routed to it, in blocks of `block_rows`.
 
-    Routed rows are moved to the front (a stable argsort), and a loop with a data-dependent
-    trip count runs ceil(count / block) blocks: an expert no row chose costs nothing and its
-    weights are never read; prefill does ~k/E of the dense path's FLOPs.
+    An expert no row chose is skipped by a lax.cond, and its weights are sliced only inside
+    it (sliced outside, XLA would copy every expert's int8 weights on every call). When all
+    rows fit one block (decode) the expert runs on them all and unrouted rows add gate 0;
+    otherwise routed rows are moved to the front (a stable argsort) and ceil(count / block)
+    blocks run, so prefill does about k/E of the dense path's FLOPs.
     """
     m = x.shape[0]
     block = min(m, block_rows)
@@ -93,19 +95,23 @@ def _sparse(x, combine, w_gate, w_value, w_down, block_rows: int):
         expert, gate = xs                                                        # [], [M]
         routed = gate != 0
         count = jnp.sum(routed)
-        order = jnp.argsort(~routed, stable=True)                                # routed first
-        order = jnp.concatenate([order, jnp.zeros((block,), order.dtype)])      # [M + block]
-        wg, wv, wd = (_select(w, expert) for w in (w_gate, w_value, w_down))
 
-        def run_block(b, out):
-            rows = jax.lax.dynamic_slice_in_dim(order, b * block, block)         # [blk]
-            weight = jnp.where(b * block + offsets < count, gate[rows], 0)      # [blk]
-            xb = x[rows]                                                         # [blk, D]
-            h = jax.nn.gelu(qmatmul(xb, wg)) * qmatmul(xb, wv)                   # [blk, F]
-            return out.at[rows].add(qmatmul(h, wd) * weight[:, None])
+        def run(out):
+            wg, wv, wd = (_select(w, expert) for w in (w_gate, w_value, w_down))
+            ffn = lambda rows_x: qmatmul(jax.nn.gelu(qmatmul(rows_x, wg)) * qmatmul(rows_x, wv), wd)
+            if block == m:
+                return out + ffn(x) * gate[:, None]                             # [M, D]
+            order = jnp.argsort(~routed, stable=True)                            # routed first
+            order = jnp.concatenate([order, jnp.zeros((block,), order.dtype)])  # [M + block]
 
-        num_blocks = (count + block - 1) // block
-        return jax.lax.fori_loop(0, num_blocks, run_block, out), None
+            def run_block(b, out):
+                rows = jax.lax.dynamic_slice_in_dim(order, b * block, block)     # [blk]
+                weight = jnp.where(b * block + offsets < count, gate[rows], 0)  # [blk]
+                return out.at[rows].add(ffn(x[rows]) * weight[:, None])
+
+            return jax.lax.fori_loop(0, (count + block - 1) // block, run_block, out)
+
+        return jax.lax.cond(count > 0, run, lambda out: out, out), None
 
     experts = jnp.arange(combine.shape[1])
     out, _ = jax.lax.scan(one_expert, jnp.zeros_like(x), (experts, combine.T))

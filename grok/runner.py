@@ -74,12 +74,24 @@ class ModelRunner:
     def load_or_init(self, params: Optional[dict] = None) -> dict:
         """Restores `checkpoint_path`, places given host params, or makes random weights."""
         if params is None and self.checkpoint_path:
-            return checkpoint.load_checkpoint(self.checkpoint_path, self.model, self.param_shardings)
-        if params is None:
-            logger.warning("no checkpoint given: using random weights (seed %d)", self.rng_seed)
-            tensors = checkpoint.random_tensors(self.model, self.rng_seed)
-            params = checkpoint.stack_params(checkpoint.quantize_tensors(tensors, self.model), self.model)
-        return jax.device_put(params, self.param_shardings)
+            params = checkpoint.load_checkpoint(self.checkpoint_path, self.model,
+                                                self.param_shardings)
+        else:
+            if params is None:
+                logger.warning("no checkpoint given: using random weights (seed %d)", self.rng_seed)
+                params = checkpoint.random_params(self.model, self.rng_seed)
+            params = jax.device_put(params, self.param_shardings)
+        return self._embeddings_in_fprop_dtype(params)
+
+    def _embeddings_in_fprop_dtype(self, params: dict) -> dict:
+        """Casts the embedding table once, so no step re-reads it as float32 (same numbers:
+        the model casts it to the activation dtype on every use)."""
+        embed = params["language_model/in_out_embed"]["embeddings"]
+        dtype = jnp.dtype(self.model.fprop_dtype)
+        if embed.dtype != dtype:
+            cast = jax.jit(lambda a: a.astype(dtype), out_shardings=embed.sharding)
+            params = {**params, "language_model/in_out_embed": {"embeddings": cast(embed)}}
+        return params
 
 
 @dataclasses.dataclass

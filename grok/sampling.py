@@ -68,8 +68,10 @@ def sample_token(logits: jax.Array, settings: SampleSettings, keys: jax.Array) -
                           lambda s: _top_k_filter(s, settings.top_k), lambda s: s, scaled)
     scaled = jax.lax.cond(jnp.any(settings.nucleus_p < 1),
                           lambda s: _nucleus_filter(s, settings.nucleus_p), lambda s: s, scaled)
-    sampled = jax.vmap(jax.random.categorical)(keys, scaled)                    # [B]
-    token = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
+    argmax = jnp.argmax(logits, axis=-1)
+    sampled = jax.lax.cond(jnp.all(greedy), lambda: argmax,  # all greedy: draw nothing
+                           lambda: jax.vmap(jax.random.categorical)(keys, scaled))  # [B]
+    token = jnp.where(greedy, argmax, sampled).astype(jnp.int32)
     logprobs = jax.nn.log_softmax(logits, axis=-1)                              # [B, V]
     top_logprobs, top_ids = jax.lax.top_k(logprobs, min(NUM_ALTERNATIVES, logits.shape[-1]))
     chosen = jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]

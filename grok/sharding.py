@@ -56,8 +56,8 @@ PARAM_RULES: tuple[tuple[str, tuple], ...] = (
     (r"^language_model/rms_norm/scale$", ("norm",)),
 )
 
-# Memory.k / Memory.v [L, B, S, K, d], Memory.step [B], Memory.valid [B, S]
-CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
+# Memory.k / Memory.v [L, B, K, S, d], Memory.step [B], Memory.valid [B, S]
+CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")
 STEP_AXES = ("batch",)
 VALID_AXES = ("batch", "cache_seq")
 

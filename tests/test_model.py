@@ -119,10 +119,11 @@ def test_cached_decoding_matches_full_forward():
     np.testing.assert_array_equal(np.asarray(memory.step), pos)
 
 
-def test_sparse_and_dense_moe_agree():
+@pytest.mark.parametrize("block_rows", [256, 4])   # one block (decode), many (prefill)
+def test_sparse_and_dense_moe_agree(block_rows):
     params = checkpoint.stack_params(tiny_tensors(seed=3), TINY)
     tokens = np.random.default_rng(3).integers(1, TINY.vocab_size, (3, 9))
-    sparse = run_forward(TINY.replace(moe_impl="sparse"), params, tokens)
+    sparse = run_forward(TINY.replace(moe_impl="sparse", moe_block_rows=block_rows), params, tokens)
     dense = run_forward(TINY.replace(moe_impl="dense"), params, tokens)
     np.testing.assert_allclose(sparse, dense, rtol=1e-4, atol=1e-4 * np.abs(dense).max())
 
