@@ -2,10 +2,10 @@
 
 A `QuantizedWeight8bit` holds `weight` int8 [*lead, K, N] and `scales` [*lead, G, N]: the
 dequantized weight is `weight[..., g*K/G + r, n] * scales[..., g, n]`. Matmuls never build
-the dequantized weight: they contract the int8 values (cast to the activation dtype, which
-represents every int8 exactly) group by group and apply the scales to the [.., G, N] partial
-sums. That is the same arithmetic up to rounding order, reads 1 byte per weight, and works
-for any G that divides K (the reference needs G == its model-axis size).
+the dequantized weight: they contract the int8 values directly (every int8 is exact in the
+activation dtype), group by group, accumulating in float32, and apply the scales to the
+[G, .., N] partial sums. That is the same arithmetic up to rounding order, reads 1 byte per
+weight, and works for any G that divides K (the reference needs G == its model-axis size).
 
 Glossary: K contracting (input) width, N output width, G scale groups, E experts,
 M rows (tokens or token-expert pairs).
@@ -60,36 +60,39 @@ def dequantize(qw: QuantizedWeight8bit, dtype=jnp.float32) -> jax.Array:
     return w.reshape(*lead, k, n)
 
 
-def _grouped(x: jax.Array, qw: QuantizedWeight8bit):
-    """Splits the contracting axis of x [.., K] and weight [.., K, N] into G groups."""
-    k, n = qw.weight.shape[-2:]
-    g = qw.scales.shape[-2]
-    if k % g:
-        raise ValueError(f"scale groups G={g} do not divide the contracting size K={k}")
-    xg = x.reshape(*x.shape[:-1], g, k // g)                            # [.., G, K/G]
-    wg = qw.weight.reshape(*qw.weight.shape[:-2], g, k // g, n)         # [.., G, K/G, N]
-    return xg, wg.astype(x.dtype)
+def _dot(x: jax.Array, w: jax.Array, dims) -> jax.Array:
+    """A dot with the int8 operand as it is: XLA converts it inside the matmul (no float copy
+    of the weight is made) and accumulates in float32."""
+    return jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
 
 
 def qmatmul(x: jax.Array, qw: QuantizedWeight8bit) -> jax.Array:
     """x [..., K] @ weight [K, N] -> [..., N] in x's dtype."""
-    xg, wg = _grouped(x, qw)
-    partial = jnp.einsum("...gk,gkn->...gn", xg, wg).astype(jnp.float32)  # [.., G, N]
-    out = jnp.einsum("...gn,gn->...n", partial, qw.scales.astype(jnp.float32))
-    return out.astype(x.dtype)
-
-
-def qmatmul_per_row(x: jax.Array, qw: QuantizedWeight8bit) -> jax.Array:
-    """Row m of x [M, K] times its own weight [M, K, N] -> [M, N] (gathered experts)."""
-    xg, wg = _grouped(x, qw)
-    partial = jnp.einsum("mgk,mgkn->mgn", xg, wg).astype(jnp.float32)
-    out = jnp.einsum("mgn,mgn->mn", partial, qw.scales.astype(jnp.float32))
-    return out.astype(x.dtype)
+    k, n = qw.weight.shape
+    g = qw.scales.shape[0]
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)                                                       # [M, K]
+    if g == 1:
+        out = _dot(x2, qw.weight, (((1,), (0,)), ((), ()))) * qw.scales[0].astype(jnp.float32)
+    else:
+        xg = x2.reshape(-1, g, k // g)                                          # [M, G, K/G]
+        wg = qw.weight.reshape(g, k // g, n)                                    # [G, K/G, N]
+        partial = _dot(xg, wg, (((2,), (1,)), ((1,), (0,))))                    # [G, M, N]
+        out = jnp.einsum("gmn,gn->mn", partial, qw.scales.astype(jnp.float32))
+    return out.astype(x.dtype).reshape(*lead, n)
 
 
 def qmatmul_experts(x: jax.Array, qw: QuantizedWeight8bit) -> jax.Array:
     """Every row through every expert: x [M, K] @ weight [E, K, N] -> [E, M, N]."""
-    xg, wg = _grouped(x, qw)
-    partial = jnp.einsum("mgk,egkn->emgn", xg, wg).astype(jnp.float32)
-    out = jnp.einsum("emgn,egn->emn", partial, qw.scales.astype(jnp.float32))
+    e, k, n = qw.weight.shape
+    g = qw.scales.shape[1]
+    scales = qw.scales.astype(jnp.float32)                                      # [E, G, N]
+    if g == 1:
+        out = _dot(x, qw.weight, (((1,), (1,)), ((), ())))                      # [M, E, N]
+        out = jnp.swapaxes(out * scales[:, 0], 0, 1)
+    else:
+        xg = x.reshape(-1, g, k // g)                                           # [M, G, K/G]
+        wg = qw.weight.reshape(e, g, k // g, n)                                 # [E, G, K/G, N]
+        partial = _dot(xg, wg, (((2,), (2,)), ((1,), (1,))))                    # [G, M, E, N]
+        out = jnp.einsum("gmen,egn->emn", partial, scales)
     return out.astype(x.dtype)
