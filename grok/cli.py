@@ -127,18 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@dataclasses.dataclass
-class ModelChoice:
-    """What `resolve_model` decided: everything the runner needs."""
-    config: Any                   # LanguageModelConfig
-    checkpoint: Optional[str]     # a directory holding ckpt-0/; None = random weights
-    params: Optional[dict]        # host params (the demo's), else None
-    tokenizer: Any
-    demo: bool
-    pad_sizes: tuple
-    mesh: tuple
-
-
 def _checkpoint_dir(args) -> Optional[str]:
     """The checkpoint directory to load, or None for random weights."""
     directory = args.checkpoint or DEFAULT_CHECKPOINT_DIR
@@ -154,14 +142,12 @@ def _checkpoint_dir(args) -> Optional[str]:
 
 
 def _tokenizer(args, checkpoint: Optional[str], config):
-    if args.tokenizer == BYTE_TOKENIZER:
+    if args.tokenizer == BYTE_TOKENIZER or (args.tokenizer is None and checkpoint is None):
         tokenizer = ByteTokenizer()
     elif args.tokenizer is not None:
         if not os.path.isfile(args.tokenizer):
             raise UsageError(f"--tokenizer {args.tokenizer}: no such file")
         tokenizer = SentencePieceTokenizer(args.tokenizer)
-    elif checkpoint is None:
-        tokenizer = ByteTokenizer()
     else:
         found = [p for p in (DEFAULT_TOKENIZER, os.path.join(checkpoint, DEFAULT_TOKENIZER))
                  if os.path.isfile(p)]
@@ -176,9 +162,18 @@ def _tokenizer(args, checkpoint: Optional[str], config):
     return tokenizer
 
 
-def resolve_model(args) -> ModelChoice:
-    checkpoint = _checkpoint_dir(args)
-    is_demo = checkpoint is None and args.config is None
+def bs_per_device(batch_size: int, num_devices: int) -> float:
+    """The runner's bs_per_device giving exactly `batch_size` slots (it takes int(bs * n))."""
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    per_device = batch_size / num_devices
+    while int(per_device * num_devices) < batch_size:  # float rounding fell just short
+        per_device = math.nextafter(per_device, math.inf)
+    return per_device
+
+
+def _config(args, is_demo: bool):
+    """--config (else the demo's or Grok-1's) with --dtype and --moe applied."""
     if args.config is not None:
         try:
             config = load_config(args.config)
@@ -192,51 +187,42 @@ def resolve_model(args) -> ModelChoice:
         config = config.replace(fprop_dtype="float32")
     if args.moe is not None:
         config = config.replace(moe_impl=args.moe)
-    tokenizer = _tokenizer(args, checkpoint, config)
-    pad_sizes = args.pad_sizes or (demo.DEMO_PAD_SIZES if is_demo else
-                                   (min(LARGEST_DEFAULT_PAD, config.sequence_len),))
-    mesh = args.mesh or ((1, 1) if is_demo else (1, jax.local_device_count()))
-    return ModelChoice(config, checkpoint, demo.demo_params(config) if is_demo else None,
-                       tokenizer, is_demo, tuple(pad_sizes), tuple(mesh))
-
-
-def bs_per_device(batch_size: int, num_devices: int) -> float:
-    """The runner's bs_per_device giving exactly `batch_size` slots (it takes int(bs * n))."""
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-    per_device = batch_size / num_devices
-    while int(per_device * num_devices) < batch_size:  # float rounding fell just short
-        per_device = math.nextafter(per_device, math.inf)
-    return per_device
+    return config
 
 
 def build_runner(args):
     """The initialized InferenceRunner for these arguments (weights loaded, steps compiled)."""
-    choice = resolve_model(args)
-    if choice.demo:
+    checkpoint = _checkpoint_dir(args)
+    is_demo = checkpoint is None and args.config is None
+    config = _config(args, is_demo)
+    tokenizer = _tokenizer(args, checkpoint, config)
+    pad_sizes = args.pad_sizes or (demo.DEMO_PAD_SIZES if is_demo else
+                                   (min(LARGEST_DEFAULT_PAD, config.sequence_len),))
+    mesh = args.mesh or ((1, 1) if is_demo else (1, jax.local_device_count()))
+    params = demo.demo_params(config) if is_demo else None
+    if is_demo:
         print(demo.RANDOM_WEIGHTS_NOTICE.format(seed=demo.DEMO_SEED), file=sys.stderr)
-    elif choice.checkpoint is None:
+    elif checkpoint is None:
         print(f"No checkpoint given: {args.config} runs with RANDOM weights (seed "
               f"{ModelRunner.rng_seed}); its output is meaningless.", file=sys.stderr)
-    num_devices = math.prod(choice.mesh) * math.prod(args.hosts)
+    num_devices = math.prod(mesh) * math.prod(args.hosts)
     runner = InferenceRunner(
-        ModelRunner(model=choice.config, bs_per_device=bs_per_device(args.batch_size, num_devices),
-                    checkpoint_path=choice.checkpoint),
-        name="local", load=choice.checkpoint, local_mesh_config=choice.mesh,
-        between_hosts_config=tuple(args.hosts), pad_sizes=choice.pad_sizes,
-        tokenizer=choice.tokenizer, params=choice.params)
+        ModelRunner(model=config, bs_per_device=bs_per_device(args.batch_size, num_devices),
+                    checkpoint_path=checkpoint),
+        name="local", load=checkpoint, local_mesh_config=tuple(mesh),
+        between_hosts_config=tuple(args.hosts), pad_sizes=tuple(pad_sizes),
+        tokenizer=tokenizer, params=params)
     try:
         runner.initialize()
     except CheckpointError as e:
-        raise UsageError(f"checkpoint {choice.checkpoint}: {e}") from None
+        raise UsageError(f"checkpoint {checkpoint}: {e}") from None
     except ValueError as e:    # a mesh the devices can't make, bad pad sizes, ...
         raise UsageError(f"cannot start the model: {e}") from None
     return runner
 
 
 def init_multihost(args) -> bool:
-    """Joins a multi-process job when the flags or the environment (read by grok.multihost:
-    GROK_*, JAX_*) name one; False for a single-process run."""
+    """Joins the multi-process job the flags or GROK_*/JAX_* environment name; else False."""
     flags = (args.coordinator, args.num_processes, args.process_id)
     try:
         multihost = importlib.import_module("grok.multihost")
@@ -386,7 +372,7 @@ class ResultPrinter:
             print(f"Output for prompt: {item.label}", completion.text, flush=True)
         if not self.args.json and error is None:
             for name in ("prompt_logprobs", "logprobs"):
-                values = getattr(completion, name) or []
+                values = getattr(completion, name)
                 if values:
                     print(f"  {name}: {[v if v is None else round(v, 4) for v in values]}")
 
@@ -399,8 +385,7 @@ def result_dict(item: Item, completion, error: Optional[str]) -> dict:
     if item.request is not None and isinstance(item.request.prompt, str):
         out["prompt"] = item.request.prompt
     if error is not None:
-        out["error"] = error
-        out["finish_reason"] = "error"
+        out.update(error=error, finish_reason="error")
     return out
 
 

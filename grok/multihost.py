@@ -57,6 +57,9 @@ PEER_LOST_EXIT_CODE = 75       # EX_TEMPFAIL: the job can be restarted
 KEY_PREFIX = "grok/multihost"
 _COMMAND_BLOCK = 256           # commands per key directory; read directories are deleted
 _DONE = "done"                 # a heartbeat value: this process has finished cleanly
+_STOP = b'{"op": "stop"}'      # the command that ends the followers' loop
+_WATCHDOG: Optional[_Watchdog] = None   # this process's, once it joined a job
+_CHANNEL: Optional[_Channel] = None     # the job's one command stream, made on first use
 
 
 # ---- joining the job ---------------------------------------------------------------------
@@ -131,8 +134,7 @@ def initialize(coordinator=None, num_processes=None, process_id=None, *,
 
     Call before any other JAX use. Arguments left None come from the environment (GROK_*,
     then JAX_* names; see the module constants). `timeout_s`: how long a silent peer is
-    tolerated before this process exits naming it; `init_timeout_s`: how long to wait for all
-    processes to join. On CPU, collectives between processes use gloo.
+    tolerated before this process exits naming it; `init_timeout_s`: the wait for all to join.
     """
     resolved = resolve(coordinator, num_processes, process_id)
     if resolved is None:
@@ -293,9 +295,6 @@ class _Watchdog(threading.Thread):
             time.sleep(self.period_s)
 
 
-_WATCHDOG: Optional[_Watchdog] = None
-
-
 def _at_exit():
     if _CHANNEL is not None and _CHANNEL.open:
         _CHANNEL.publish(_STOP)  # followers would wait for process 0 forever
@@ -304,9 +303,6 @@ def _at_exit():
 
 
 # ---- the command stream ------------------------------------------------------------------
-
-_STOP = b'{"op": "stop"}'
-
 
 class _Channel:
     """Process 0's commands, numbered, to every other process, through the key-value store.
@@ -357,9 +353,6 @@ class _Channel:
         return payload
 
 
-_CHANNEL: Optional[_Channel] = None
-
-
 def _channel() -> _Channel:
     """The job's one command stream (successive generators continue its numbering)."""
     global _CHANNEL
@@ -370,18 +363,11 @@ def _channel() -> _Channel:
     return _CHANNEL
 
 
-def _plain(value):
-    """JSON for NumPy scalars a Request may hold (validated ints)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
 def encode_admissions(admitted: list) -> bytes:
-    """[(Request, request_id)] -> a command (JSON bytes)."""
+    """[(Request, request_id)] -> a command (JSON bytes; a Request holds only Python values)."""
     items = [{"request_id": request_id, "request": dataclasses.asdict(request)}
              for request, request_id in admitted]
-    return json.dumps({"op": "advance", "admit": items}, default=_plain).encode()
+    return json.dumps({"op": "advance", "admit": items}).encode()
 
 
 def decode_command(payload: bytes) -> Optional[list]:
@@ -389,13 +375,7 @@ def decode_command(payload: bytes) -> Optional[list]:
     command = json.loads(payload.decode())
     if command["op"] == "stop":
         return None
-    admitted = []
-    for item in command["admit"]:
-        fields = item["request"]
-        if isinstance(fields["prompt"], list):
-            fields["prompt"] = tuple(fields["prompt"])
-        admitted.append((Request(**fields), item["request_id"]))
-    return admitted
+    return [(Request(**item["request"]), item["request_id"]) for item in command["admit"]]
 
 
 # ---- the engine ----------------------------------------------------------------------------
@@ -462,14 +442,11 @@ class MultiHostEngine(Engine):
             raise ValueError(f"expected a replicated output, got sharding {array.sharding}")
         return np.asarray(array.addressable_data(0))
 
-    def follow_one(self) -> bool:
-        """Followers: runs process 0's next command; False once it said stop."""
-        admitted = decode_command(self.channel.receive())
-        if admitted is None:
-            return False
-        self._received = admitted
-        self.advance()
-        return True
+    def follow(self):
+        """Followers: runs process 0's commands, each an advance, until one says stop."""
+        while (admitted := decode_command(self.channel.receive())) is not None:
+            self._received = admitted
+            self.advance()
 
     def stop(self):
         if self.leader and self.channel.open:
@@ -502,8 +479,7 @@ def follow(runner) -> None:
         raise RuntimeError("follow() runs on processes other than 0; process 0 serves")
     engine = MultiHostEngine(runner)
     try:
-        while engine.follow_one():
-            pass
+        engine.follow()
     except Exception as e:
         _explained(e)
         raise
