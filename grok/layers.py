@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from grok.quantization import QuantizedWeight8bit, qmatmul
 
 
-def _no_init(shape, dtype):
+def no_init(shape, dtype):
     raise RuntimeError(
         "grok parameters are not initialised by Haiku: restore a checkpoint "
         "(grok.checkpoint.load_checkpoint) or make random ones (grok.checkpoint.random_params)")
@@ -27,7 +27,7 @@ class RMSNorm(hk.Module):
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = hk.get_parameter("scale", [x.shape[-1]], jnp.float32, init=_no_init)
+        scale = hk.get_parameter("scale", [x.shape[-1]], jnp.float32, init=no_init)
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
         return (normed * scale.astype(jnp.float32)).astype(x.dtype)
@@ -41,7 +41,7 @@ class QuantizedLinear(hk.Module):
         self.output_size = output_size
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        w = hk.get_parameter("w", [x.shape[-1], self.output_size], jnp.int8, init=_no_init)
+        w = hk.get_parameter("w", [x.shape[-1], self.output_size], jnp.int8, init=no_init)
         if not isinstance(w, QuantizedWeight8bit):
             raise TypeError(f"{self.module_name}/w must be a QuantizedWeight8bit, got {type(w).__name__}")
         return qmatmul(x, w)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from grok.attention import AttentionContext, LayerKV, MultiHeadAttention, make_context
 from grok.config import LanguageModelConfig, TransformerConfig
-from grok.layers import RMSNorm, _no_init
+from grok.layers import RMSNorm, no_init
 from grok.moe import MoELayer, Router
 from grok.quantization import QuantizedWeight8bit
 
@@ -89,7 +89,7 @@ class InOutEmbed(hk.Module):
 
     def __call__(self) -> jax.Array:
         shape = [self.config.vocab_size, self.config.model.emb_size]
-        return hk.get_parameter("embeddings", shape, jnp.float32, init=_no_init)
+        return hk.get_parameter("embeddings", shape, jnp.float32, init=no_init)
 
 
 class LanguageModel(hk.Module):

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from grok.config import TransformerConfig
-from grok.layers import _no_init
+from grok.layers import no_init
 from grok.quantization import QuantizedWeight8bit, qmatmul, qmatmul_experts
 
 
@@ -33,7 +33,7 @@ class Router(hk.Module):
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         c = self.config
-        w = hk.get_parameter("w", [x.shape[-1], c.num_experts], jnp.float32, init=_no_init)
+        w = hk.get_parameter("w", [x.shape[-1], c.num_experts], jnp.float32, init=no_init)
         logits = jnp.einsum("md,de->me", x.astype(jnp.float32), w.astype(jnp.float32))
         probs = jax.nn.softmax(logits, axis=-1)                                  # [M, E]
         return jax.lax.top_k(probs, c.num_selected_experts)
@@ -41,7 +41,7 @@ class Router(hk.Module):
 
 def _expert_weight(module: hk.Module, name: str, shape) -> QuantizedWeight8bit:
     with hk.name_scope(name):
-        w = hk.get_parameter("w", shape, jnp.int8, init=_no_init)
+        w = hk.get_parameter("w", shape, jnp.int8, init=no_init)
     if not isinstance(w, QuantizedWeight8bit):
         raise TypeError(f"{module.module_name}/{name}/w must be a QuantizedWeight8bit")
     return w
