@@ -15,13 +15,17 @@ Glossary: M tokens (B*T flattened), D emb_size, F ffn_size, E experts, k selecte
 
 from __future__ import annotations
 
+import functools
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from grok.config import TransformerConfig
 from grok.layers import no_init
 from grok.quantization import QuantizedWeight8bit, qmatmul, qmatmul_experts
+from grok.sharding import MODEL_AXIS
 
 
 class Router(hk.Module):
@@ -65,7 +69,29 @@ class MoELayer(hk.Module):
         combine = combine.astype(x.dtype)
         if c.moe_impl == "dense":
             return _dense(x, combine, w_gate, w_value, w_down)
-        return _sparse(x, combine, w_gate, w_value, w_down, c.moe_block_rows)
+        sparse = functools.partial(_sparse, block_rows=c.moe_block_rows)
+        return _per_model_shard(sparse, x, combine, w_gate, w_value, w_down)
+
+
+def _per_model_shard(moe_fn, x, combine, w_gate, w_value, w_down):
+    """Runs moe_fn on each device's slice of the FFN axis, then one all-reduce.
+
+    Under plain GSPMD every selected expert's down projection ends in its own all-reduce;
+    here each device sums its partial outputs over all experts first. Needs the mesh in
+    context (jax.set_mesh; the runner sets it) and the FFN axis and down-projection scale
+    groups divisible by the model axis; otherwise moe_fn runs as it is, with the same result.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    n = 1 if mesh.empty or MODEL_AXIS not in mesh.axis_names else mesh.shape[MODEL_AXIS]
+    groups = w_down.scales.shape[-2]
+    if n == 1 or w_gate.weight.shape[-1] % n or (groups > 1 and groups % n):
+        return moe_fn(x, combine, w_gate, w_value, w_down)
+    up = QuantizedWeight8bit(P(None, None, MODEL_AXIS), P(None, None, MODEL_AXIS))   # [E, D, F]
+    down = QuantizedWeight8bit(P(None, MODEL_AXIS, None),                             # [E, F, D]
+                               P(None, MODEL_AXIS if groups > 1 else None, None))
+    local = lambda *args: jax.lax.psum(moe_fn(*args), MODEL_AXIS)
+    return jax.shard_map(local, in_specs=(P(), P(), up, up, down), out_specs=P(),
+                         check_vma=False)(x, combine, w_gate, w_value, w_down)
 
 
 def _dense(x, combine, w_gate, w_value, w_down):

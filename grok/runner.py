@@ -67,7 +67,13 @@ class ModelRunner:
         self.mesh = sharding.make_mesh(local_mesh_config, between_hosts_config, devices)
         num_devices = self.mesh.devices.size
         self.batch_size = max(1, int(self.bs_per_device * num_devices))
-        self.forward = build_forward(self.model)
+        forward = build_forward(self.model)
+
+        def forward_on_mesh(*args):
+            with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):   # for grok.moe
+                return forward(*args)
+
+        self.forward = forward_on_mesh
         self.param_shardings = sharding.param_shardings(abstract_params(self.model), self.mesh)
         logger.info("mesh %s, %d slots", dict(self.mesh.shape), self.batch_size)
 
