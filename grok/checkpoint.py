@@ -2,8 +2,9 @@
 
 Files hold one tensor per layer (`transformer/decoder_layer_{l}/...`, numbered in string order);
 the model stacks each per-layer parameter on a leading [L] axis under `transformer/decoder_layer/`.
-Files are untrusted: an allow-list unpickler builds arrays from validated state and never calls
-what the stream names. Written files are byte-identical to the release's.
+Files are untrusted: grok.tensor_file reads them without running anything they name. Loading
+validates every file's header first, then each process reads only the blocks of the files that
+its own devices hold. Written files are byte-identical to the release's.
 
 Glossary: L layers, E experts, D emb_size, F ffn_size, V vocab, Hd/Kd = q/kv heads × key_size;
 a quantized weight is int8 [*lead, In, Out] with scales [*lead, G, Out], G groups dividing In.
@@ -12,32 +13,29 @@ a quantized weight is int8 [*lead, In, Out] with scales [*lead, G, Out], G group
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import pickle
-import reprlib
 import sys
-import tempfile
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping, Optional
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import ml_dtypes
 import numpy as np
-from numpy._core.multiarray import _reconstruct as _np_reconstruct
 from tqdm.auto import tqdm
 
 from grok.config import LanguageModelConfig
 from grok.quantization import QuantizedWeight8bit, quantize
+from grok.tensor_file import (CheckpointError, StoredArray, locate_tensor_file, read_tensor_file,
+                              write_tensor_file)
+
+__all__ = ["CheckpointError", "TensorSpec", "checkpoint_layout", "check_tensor", "load_checkpoint",
+           "read_checkpoint_tensors", "read_tensor_file", "write_tensor_file", "save_checkpoint",
+           "stack_params", "quantize_tensors", "random_tensors", "random_params"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
+SCALES_DTYPE = np.dtype(ml_dtypes.bfloat16)  # the model's, whatever float the file stores
 # The release has G = 8 where In was sharded 8 ways when it was written, else G = 1.
 _GROUPED_BY_8 = ("multi_head_attention/linear", "moe/linear_1")
-
-
-class CheckpointError(Exception):
-    """A checkpoint file is missing, unreadable, refused as unsafe, or does not fit the config."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,158 +86,12 @@ def checkpoint_layout(config: LanguageModelConfig) -> list[TensorSpec]:
     return [dataclasses.replace(spec, index=index) for index, spec in enumerate(specs)]
 
 
-# Safe unpickling. find_class hands out only the stand-ins below, never a real callable: arrays
-# and dtypes are built here from validated state, so a crafted stream can't make numpy allocate
-# huge buffers, mutate dtype singletons, or unpickle object arrays.
+# Validation and stacking, shared by the loader and stack_params. The checks look only at dtype
+# and shape, so they run alike on arrays in memory and on StoredArrays (still in their files).
 
-class _Refused(Exception):
-    """Raised inside the unpickler; read_tensor_file names the file."""
-
-
-class _ShortRepr(reprlib.Repr):
-    """Untrusted state in error messages, never in full: it may hold gigabytes of bytes."""
-
-    def repr_bytes(self, obj, level):
-        return f"<{len(obj)} bytes>"
-
-    repr_bytearray = repr_bytes
-
-
-_short = _ShortRepr().repr
-
-
-class _Guard:
-    """A stand-in for an allowed global; no __dict__, no BUILD: a file can't alter later loads."""
-
-    __slots__ = ("label", "fn")
-
-    def __init__(self, label, fn=None):
-        self.label, self.fn = label, fn
-
-    def __call__(self, *args):
-        if self.fn is None:
-            raise _Refused(f"calling {self.label} is not allowed")
-        return self.fn(*args)
-
-    def __setstate__(self, state):
-        raise _Refused(f"setting state on {self.label} is not allowed")
-
-
-_NDARRAY, _BFLOAT16 = _Guard("numpy.ndarray"), _Guard("ml_dtypes.bfloat16")
-# Plain numeric dtypes only; the layout check then says which one each tensor needs.
-_DTYPE_CODES = frozenset("b1 i1 u1 i2 u2 i4 u4 i8 u8 f2 f4 f8".split())
-
-
-class _DtypeStub:
-    """What `numpy.dtype(spec, align, copy)` becomes; its BUILD may set the byte order only."""
-
-    def __init__(self, dtype: np.dtype):
-        self.dtype = dtype
-
-    def __setstate__(self, state):
-        if not (isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4)
-                and state[1] in ("<", ">", "|", "=") and state[2:5] == (None, None, None)
-                and state[5] in (-1, self.dtype.itemsize) and state[8:] in ((), (None,))):
-            raise _Refused(f"unsupported numpy.dtype state for {self.dtype}: {_short(state)}")
-        self.dtype = self.dtype.newbyteorder(state[1] if state[1] in "<>" else "=")
-
-
-def _make_dtype(spec, align=False, copy=False) -> _DtypeStub:
-    if spec is _BFLOAT16:
-        return _DtypeStub(np.dtype(ml_dtypes.bfloat16))
-    if isinstance(spec, str) and spec in _DTYPE_CODES:
-        return _DtypeStub(np.dtype(spec))
-    why = " (object arrays would unpickle arbitrary objects)" if str(spec)[:1] == "O" else ""
-    raise _Refused(f"refused numpy.dtype({_short(spec)}){why}")
-
-
-class _ArrayStub:
-    """What `_reconstruct(ndarray, (0,), b'b')` becomes; its BUILD gives shape, dtype, bytes."""
-
-    array: Optional[np.ndarray] = None
-
-    def __setstate__(self, state):
-        if isinstance(state, tuple) and len(state) == 5 and state[0] == 1:
-            state = state[1:]  # (version, shape, dtype, fortran, raw); older files omit version
-        if not (isinstance(state, tuple) and len(state) == 4) or self.array is not None:
-            raise _Refused(f"unsupported numpy.ndarray state {_short(state)}")
-        shape, dtype, fortran, raw = state
-        if not (isinstance(shape, tuple) and len(shape) <= 8
-                and all(isinstance(n, int) and n >= 0 for n in shape) and isinstance(fortran, bool)
-                and isinstance(dtype, _DtypeStub) and isinstance(raw, (bytes, bytearray))):
-            raise _Refused(f"bad numpy.ndarray state {_short(state)}")  # e.g. object array
-        count = math.prod(shape)
-        if len(raw) != count * dtype.dtype.itemsize:
-            raise _Refused(f"{len(raw)} data bytes do not fit shape {shape} {dtype.dtype}")
-        flat = np.frombuffer(raw, dtype.dtype, count=count)  # a view: no copy of the payload
-        self.array = flat.reshape(shape, order="F" if fortran else "C")
-
-
-def _reconstruct(subtype, shape, code) -> _ArrayStub:
-    if subtype is not _NDARRAY or shape != (0,) or code not in (b"b", "b"):
-        raise _Refused("numpy _reconstruct accepts only (numpy.ndarray, (0,), b'b')")
-    return _ArrayStub()
-
-
-class _QuantizedWeightStub:
-    """`__main__.QuantizedWeight8bit` as the stream names it (NEWOBJ, then BUILD a dict)."""
-
-    def __setstate__(self, state):
-        if not (isinstance(state, dict) and set(state) == {"weight", "scales"}
-                and all(isinstance(v, _ArrayStub) and v.array is not None for v in state.values())):
-            raise _Refused(f"QuantizedWeight8bit state must be {{weight: array, scales: array}}, "
-                           f"got {_short(state)}")
-        self.weight, self.scales = state["weight"].array, state["scales"].array
-
-
-_RECONSTRUCT = _Guard("numpy.core.multiarray._reconstruct", _reconstruct)
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,  # numpy 1.x writers
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,  # numpy 2.x writers
-    ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _Guard("numpy.dtype", _make_dtype),
-    ("ml_dtypes", "bfloat16"): _BFLOAT16,
-    ("__main__", "QuantizedWeight8bit"): _QuantizedWeightStub,
-}
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Resolves only the globals of spec/checkpoint.md, to the stand-ins above."""
-
-    def find_class(self, module, name):
-        if module.startswith("ml_dtypes.") and name == "bfloat16":  # other ml_dtypes versions
-            module = "ml_dtypes"
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise _Refused(f"refused global '{module}.{name}' (not on the checkpoint allow-list)")
-        return _ALLOWED_GLOBALS[(module, name)]
-
-
-def read_tensor_file(path: str | os.PathLike, what: str = "") -> np.ndarray | QuantizedWeight8bit:
-    """Safely unpickles one file: a numpy array, or a QuantizedWeight8bit of numpy arrays."""
-    where = f"{os.fspath(path)}{f' ({what})' if what else ''}"
-    try:
-        with open(path, "rb") as f:
-            obj = _SafeUnpickler(f).load()
-            trailing = f.read(1)
-    except _Refused as e:
-        raise CheckpointError(f"{where}: {e}; nothing from this file was executed") from None
-    except Exception as e:  # unreadable, truncated or corrupt input raises many types
-        raise CheckpointError(f"{where}: truncated or corrupt ({type(e).__name__}: {e})") from None
-    if trailing:
-        raise CheckpointError(f"{where}: corrupt file (bytes after the end of the pickle)")
-    if isinstance(obj, _ArrayStub) and obj.array is not None:
-        return obj.array
-    if isinstance(obj, _QuantizedWeightStub) and "weight" in vars(obj):
-        return QuantizedWeight8bit(weight=obj.weight, scales=obj.scales)
-    raise CheckpointError(f"{where}: holds a {type(obj).__name__}, expected an array or a "
-                          f"QuantizedWeight8bit")
-
-
-# Validation and stacking, shared by the loader and stack_params.
-
-def _check_array(arr, shape, dtypes, spec: TensorSpec, where: str, label: str) -> np.ndarray:
+def _check_array(arr, shape, dtypes, spec: TensorSpec, where: str, label: str):
     what = f"tensor {spec.index} ({spec.ckpt_path}) in {where}: {label}"
-    if not isinstance(arr, np.ndarray):
+    if not isinstance(arr, (np.ndarray, StoredArray)):
         raise CheckpointError(f"{what} is a {type(arr).__name__}, expected a numpy array")
     if arr.dtype.newbyteorder("=") not in dtypes:
         raise CheckpointError(f"{what} dtype expected {' or '.join(map(str, dtypes))}, "
@@ -249,53 +101,39 @@ def _check_array(arr, shape, dtypes, spec: TensorSpec, where: str, label: str) -
     return arr
 
 
-def check_tensor(spec: TensorSpec, value, where: str) -> np.ndarray | QuantizedWeight8bit:
-    """Validates one per-layer tensor against its spec; floats → float32, scales → bfloat16."""
+def _checked(spec: TensorSpec, value, where: str):
+    """`value` (numpy arrays or StoredArrays) checked against its spec, not converted."""
     if not spec.quantized:
-        value = _check_array(value, spec.shape, FLOAT_DTYPES, spec, where, "array")
-        return value.astype(np.float32, copy=False)  # no copy of a float32 embedding table
+        return _check_array(value, spec.shape, FLOAT_DTYPES, spec, where, "array")
     if not isinstance(value, QuantizedWeight8bit):  # a float array where int8 is expected
         value = QuantizedWeight8bit(value, None)
     weight = _check_array(value.weight, spec.shape, (np.dtype(np.int8),), spec, where, "weight")
     scales = _check_array(value.scales, None, FLOAT_DTYPES, spec, where, "scales")
     *lead, contracting, out = spec.shape
-    groups = scales.shape[-2] if scales.ndim >= 2 else 0  # a wrong ndim fails the shape check
+    groups = scales.shape[-2] if len(scales.shape) >= 2 else 0  # a wrong ndim fails below
     if groups < 1 or contracting % groups:
         raise CheckpointError(f"tensor {spec.index} ({spec.ckpt_path}) in {where}: scales "
                               f"{scales.shape}: G={groups} does not divide In={contracting}")
     _check_array(scales, (*lead, groups, out), FLOAT_DTYPES, spec, where, "scales")
-    return QuantizedWeight8bit(weight, scales.astype(ml_dtypes.bfloat16, copy=False))
+    return QuantizedWeight8bit(weight, scales)
 
 
-class _LeafAssembler:
-    """Builds one model leaf from its per-layer tensors, in any order, from any thread: a
-    stacked leaf is preallocated [L, ...] and each layer copied into its slice on arrival, so
-    the host never holds the layers twice. Scales [L, *lead, G, Out] wait for the first G."""
+def check_tensor(spec: TensorSpec, value, where: str) -> np.ndarray | QuantizedWeight8bit:
+    """Validates one per-layer tensor against its spec; floats → float32, scales → bfloat16."""
+    value = _checked(spec, value, where)
+    if not spec.quantized:
+        return value.astype(np.float32, copy=False)  # no copy of a float32 embedding table
+    return QuantizedWeight8bit(value.weight, value.scales.astype(SCALES_DTYPE, copy=False))
 
-    def __init__(self, specs: list[TensorSpec]):
-        self.lock, first = threading.Lock(), specs[0]
-        self.stacked, self.value = first.layer is not None, None
-        stacked_shape = (len(specs), *first.shape)  # [L, *per-file shape]
-        if self.stacked:
-            self.value = (QuantizedWeight8bit(np.empty(stacked_shape, np.int8), None)
-                          if first.quantized else np.empty(stacked_shape, np.float32))
 
-    def put(self, spec: TensorSpec, tensor, where: str) -> None:
-        tensor = check_tensor(spec, tensor, where)
-        if not self.stacked:
-            self.value = tensor
-        elif not spec.quantized:
-            self.value[spec.layer] = tensor
-        else:
-            with self.lock:
-                if self.value.scales is None:
-                    shape = (len(self.value.weight), *tensor.scales.shape)
-                    self.value.scales = np.empty(shape, ml_dtypes.bfloat16)
-            if self.value.scales.shape[1:] != tensor.scales.shape:
-                raise CheckpointError(f"tensor {spec.index} ({spec.ckpt_path}) in {where}: scales "
-                                      f"{tensor.scales.shape}: layers of one leaf need the same G")
-            self.value.weight[spec.layer] = tensor.weight
-            self.value.scales[spec.layer] = tensor.scales
+def _check_same_groups(specs: list[TensorSpec], tensors: list, wheres: list[str]) -> None:
+    """The layers of one stacked quantized leaf share one scales array [L, *lead, G, Out]."""
+    if not specs[0].quantized:
+        return
+    for spec, tensor, where in zip(specs, tensors, wheres):
+        if tensor.scales.shape != tensors[0].scales.shape:
+            raise CheckpointError(f"tensor {spec.index} ({spec.ckpt_path}) in {where}: scales "
+                                  f"{tensor.scales.shape}: layers of one leaf need the same G")
 
 
 def _leaf_groups(layout: list[TensorSpec]) -> dict[tuple[str, str], list[TensorSpec]]:
@@ -319,10 +157,11 @@ def stack_params(tensors: Mapping[str, Any], config: LanguageModelConfig) -> dic
     _check_keys(tensors, layout)
     params: dict[str, dict] = {}
     for (module, name), specs in _leaf_groups(layout).items():
-        leaf = _LeafAssembler(specs)
-        for spec in specs:
-            leaf.put(spec, tensors[spec.ckpt_path], "tensors")
-        params.setdefault(module, {})[name] = leaf.value
+        checked = [check_tensor(spec, tensors[spec.ckpt_path], "tensors") for spec in specs]
+        _check_same_groups(specs, checked, ["tensors"] * len(specs))
+        if specs[0].layer is not None:  # decoder layers: one leaf [L, ...] in layer order
+            checked = [jax.tree.map(lambda *layers: np.stack(layers), *checked)]
+        params.setdefault(module, {})[name] = checked[0]
     return params
 
 
@@ -336,34 +175,122 @@ def _checkpoint_dir(directory: str | os.PathLike) -> str:
     raise CheckpointError(f"no checkpoint in {directory} (looked for ckpt-0/tensor00000_000)")
 
 
-def _check_files(ckpt_dir: str, layout: list[TensorSpec]) -> int:
-    """Total bytes; fails before reading anything if a file is missing or there are more."""
-    total_bytes = 0
+def _check_files(ckpt_dir: str, layout: list[TensorSpec]) -> None:
+    """Fails before reading anything if a file is missing or there are more."""
     for spec in layout:
         path = os.path.join(ckpt_dir, spec.file_name())
         if not os.path.isfile(path):
             raise CheckpointError(f"missing checkpoint file {path} (tensor {spec.index}: "
                                   f"{spec.ckpt_path})")
-        total_bytes += os.path.getsize(path)
     # Without this a 64-layer checkpoint read with num_layers=2 would load layers 0, 1 and 10.
     extra = os.path.join(ckpt_dir, f"tensor{len(layout):05d}_000")
     if os.path.exists(extra):
         raise CheckpointError(f"{extra} exists but the config has only {len(layout)} tensors: "
                               f"the checkpoint was written for another config (num_layers?)")
-    return total_bytes
 
 
-def _place(host, sharding):
-    """Host array (or QuantizedWeight8bit) -> jax Array(s) with the given sharding(s)."""
-    if isinstance(host, QuantizedWeight8bit):
+@dataclasses.dataclass(frozen=True)
+class _StoredLeaf:
+    """One model array still in its files: one file's array, or (`stacked`) one per layer on a
+    leading [L] axis; `dtype` is the model's (float32, int8, or bfloat16 for scales)."""
+
+    parts: tuple[StoredArray, ...]
+    stacked: bool
+    dtype: np.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.parts),) * self.stacked + self.parts[0].shape
+
+    def pieces(self, box: tuple[slice, ...]) -> list[tuple[StoredArray, tuple, Any]]:
+        """(file's array, its block, where in the leaf's block) per file the block `box` needs."""
+        box = tuple(slice(*axis.indices(n)[:2]) for axis, n in zip(box, self.shape))
+        if not self.stacked:
+            return [(self.parts[0], box, ...)]
+        layers = range(box[0].start, box[0].stop)
+        return [(self.parts[layer], box[1:], n) for n, layer in enumerate(layers)]
+
+    def bytes_to_read(self, box: tuple[slice, ...]) -> int:
+        return sum(part.bytes_to_read(block) for part, block, _ in self.pieces(box))
+
+
+def _results(futures: list[Future], on_result: Callable[[Any], Any] = lambda _: None) -> list:
+    """The futures' results in order; after an error, those not started yet are cancelled."""
+    try:
+        results = []
+        for future in futures:
+            results.append(future.result())  # re-raises a worker's CheckpointError
+            on_result(results[-1])
+        return results
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _locate(ckpt_dir: str, layout: list[TensorSpec], pool: ThreadPoolExecutor) -> dict:
+    """(module, name) -> _StoredLeaf (or a QuantizedWeight8bit of two): every file's header read
+    and checked, in parallel, before any array data is read."""
+    def locate(spec: TensorSpec):
+        path = os.path.join(ckpt_dir, spec.file_name())
+        return _checked(spec, locate_tensor_file(path, f"tensor {spec.index}: {spec.ckpt_path}"),
+                        path)
+
+    located = dict(zip(layout, _results([pool.submit(locate, spec) for spec in layout])))
+    leaves = {}
+    for key, specs in _leaf_groups(layout).items():
+        tensors, stacked = [located[spec] for spec in specs], specs[0].layer is not None
+        _check_same_groups(specs, tensors, [os.path.join(ckpt_dir, s.file_name()) for s in specs])
+        if specs[0].quantized:
+            leaves[key] = QuantizedWeight8bit(
+                _StoredLeaf(tuple(t.weight for t in tensors), stacked, np.dtype(np.int8)),
+                _StoredLeaf(tuple(t.scales for t in tensors), stacked, SCALES_DTYPE))
+        else:
+            leaves[key] = _StoredLeaf(tuple(tensors), stacked, np.dtype(np.float32))
+    return leaves
+
+
+def _process_block(shape: tuple[int, ...], sharding) -> tuple[slice, ...]:
+    """The smallest block holding every shard this process's devices keep: the whole array on
+    one host; on a host of a multi-host job, usually just its part."""
+    indices = sharding.addressable_devices_indices_map(shape).values()
+    bounds = [[axis.indices(n)[:2] for axis, n in zip(index, shape)] for index in indices]
+    if not bounds:
+        return tuple(slice(0, 0) for _ in shape)
+    return tuple(slice(min(b[axis][0] for b in bounds), max(b[axis][1] for b in bounds))
+                 for axis in range(len(shape)))
+
+
+def _plan(leaf, sharding) -> list[tuple[_StoredLeaf, Any, tuple[slice, ...]]]:
+    """(array, sharding, this process's block) for a leaf's array, or its weight and scales."""
+    if isinstance(leaf, QuantizedWeight8bit):
         sharding = sharding or QuantizedWeight8bit(None, None)
         if not isinstance(sharding, QuantizedWeight8bit):
             raise ValueError("a quantized leaf needs a QuantizedWeight8bit of two shardings")
-        return QuantizedWeight8bit(_place(host.weight, sharding.weight),
-                                   _place(host.scales, sharding.scales))
+        return _plan(leaf.weight, sharding.weight) + _plan(leaf.scales, sharding.scales)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    # The callback is asked only for this process's shards, so multi-process jobs work too.
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return [(leaf, sharding, _process_block(leaf.shape, sharding))]
+
+
+def _read_leaf_block(leaf: _StoredLeaf, box: tuple[slice, ...], pool: ThreadPoolExecutor,
+                     on_read: Callable[[int], Any] = lambda _: None) -> np.ndarray:
+    """The block `box` of `leaf`, in the model's dtype: each file's part of it read in parallel
+    (only those bytes); `on_read` gets each file's count of bytes read."""
+    block = np.empty([len(range(*axis.indices(n))) for axis, n in zip(box, leaf.shape)], leaf.dtype)
+    _results([pool.submit(part.read_into, block[where], part_box)
+              for part, part_box, where in leaf.pieces(box)], on_read)
+    return block
+
+
+def _read_and_place(leaf: _StoredLeaf, sharding, box: tuple[slice, ...],
+                    pool: ThreadPoolExecutor, on_read: Callable[[int], Any]) -> jax.Array:
+    """Reads this process's block of `leaf` and places its shards."""
+    block = _read_leaf_block(leaf, box, pool, on_read)
+
+    def shard(index: tuple[slice, ...]) -> np.ndarray:  # called for this process's devices only
+        bounds = [axis.indices(n)[:2] for axis, n in zip(index, leaf.shape)]
+        return block[tuple(slice(a - b.start, z - b.start) for (a, z), b in zip(bounds, box))]
+
+    return jax.make_array_from_callback(leaf.shape, sharding, shard)
 
 
 def load_checkpoint(directory: str | os.PathLike, config: LanguageModelConfig, shardings=None, *,
@@ -371,33 +298,24 @@ def load_checkpoint(directory: str | os.PathLike, config: LanguageModelConfig, s
     """Reads `directory/ckpt-0` (or `directory` itself) into the model's stacked param tree.
 
     `shardings`: None (default device) or a tree like the params with a Sharding per array
-    (a QuantizedWeight8bit of two for quantized leaves). One leaf at a time, its files are read
-    in parallel into one host buffer, placed, and freed: peak host memory is about the largest
-    leaf plus `max_workers` files, not the checkpoint. (Placing per layer and stacking on
-    device would need twice the leaf in device memory, the scarcer one.)"""
+    (a QuantizedWeight8bit of two for quantized leaves). Every file's header is read and checked
+    first. Then, one leaf at a time, the block of it that this process's devices hold is read
+    (only those byte ranges, its files in parallel) into one host buffer, placed, and freed:
+    peak host memory is about the largest leaf's block, not the checkpoint. (Placing per layer
+    and stacking on device would need twice the leaf in device memory, the scarcer one.)"""
     ckpt_dir, layout = _checkpoint_dir(directory), checkpoint_layout(config)
-    bar = tqdm(total=_check_files(ckpt_dir, layout), unit="B", unit_scale=True,
-               desc="loading checkpoint", file=sys.stderr, disable=not progress)
-
-    def read_into(leaf: _LeafAssembler, spec: TensorSpec) -> int:
-        path = os.path.join(ckpt_dir, spec.file_name())
-        leaf.put(spec, read_tensor_file(path, f"tensor {spec.index}: {spec.ckpt_path}"), path)
-        return os.path.getsize(path)
-
+    _check_files(ckpt_dir, layout)
     params: dict[str, dict] = {}
-    with bar, ThreadPoolExecutor(max_workers=max_workers) as pool:
-        for (module, name), specs in _leaf_groups(layout).items():
-            leaf = _LeafAssembler(specs)
-            futures = [pool.submit(read_into, leaf, spec) for spec in specs]
-            try:
-                for future in futures:
-                    bar.update(future.result())  # re-raises a worker's CheckpointError
-            finally:
-                for future in futures:
-                    future.cancel()  # after an error, skip the files not started yet
-            sharding = None if shardings is None else shardings[module][name]
-            params.setdefault(module, {})[name] = _place(leaf.value, sharding)
-            del leaf  # frees the host buffer (on accelerators) before the next leaf is read
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        plans = {(module, name): _plan(leaf, None if shardings is None else shardings[module][name])
+                 for (module, name), leaf in _locate(ckpt_dir, layout, pool).items()}
+        total = sum(leaf.bytes_to_read(box) for plan in plans.values() for leaf, _, box in plan)
+        with tqdm(total=total, unit="B", unit_scale=True, desc="loading checkpoint",
+                  file=sys.stderr, disable=not progress) as bar:
+            for (module, name), plan in plans.items():
+                placed = [_read_and_place(*array, pool, bar.update) for array in plan]
+                params.setdefault(module, {})[name] = (
+                    QuantizedWeight8bit(*placed) if len(placed) == 2 else placed[0])
     return params
 
 
@@ -411,38 +329,6 @@ def read_checkpoint_tensors(directory: str | os.PathLike, config: LanguageModelC
         tensor = read_tensor_file(path, f"tensor {spec.index}: {spec.ckpt_path}")
         tensors[spec.ckpt_path] = check_tensor(spec, tensor, path)
     return tensors
-
-
-# Writing, in the release's exact byte format.
-
-class _ReleasePickler(pickle._Pickler):
-    """Names globals like the release (numpy 1.x readers need `numpy.core.multiarray`; the
-    reference, `__main__.QuantizedWeight8bit`). Pure-Python: the C pickler can't rename."""
-
-    _RENAMED = {id(_np_reconstruct): ("numpy.core.multiarray", "_reconstruct"),
-                id(QuantizedWeight8bit): ("__main__", "QuantizedWeight8bit")}
-
-    def save_global(self, obj, name=None):
-        if id(obj) not in self._RENAMED:
-            return super().save_global(obj, name)
-        for part in self._RENAMED[id(obj)]:
-            self.save(part)
-        self.write(pickle.STACK_GLOBAL)
-        self.memoize(obj)
-
-
-def write_tensor_file(path: str | os.PathLike, tensor: np.ndarray | QuantizedWeight8bit) -> None:
-    """Writes one tensor file (pickle protocol 4) atomically: a temp file, then a rename."""
-    obj = jax.tree.map(np.ascontiguousarray, tensor)  # a QuantizedWeight8bit is a pytree
-    directory, base = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _ReleasePickler(f, protocol=4).dump(obj)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(tensors: Mapping[str, Any], directory: str | os.PathLike,

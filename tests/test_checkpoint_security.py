@@ -8,7 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from grok import checkpoint as ckpt
+from grok import checkpoint as ckpt, tensor_file
 from grok.quantization import QuantizedWeight8bit
 
 
@@ -68,6 +68,8 @@ def load_refused(tmp_path, data: bytes, *fragments):
     ("ml_dtypes", "finfo", ()),
     ("__main__", "Exploit", ()),
     ("grok.checkpoint", "_reconstruct", ()),
+    ("grok.tensor_file", "_reconstruct", ()),
+    ("grok.tensor_file", "locate_tensor_file", ("{marker}",)),
 ])
 def test_foreign_globals_are_refused(tmp_path, marker, module, name, args):
     args = tuple(a.format(marker=str(marker)) if isinstance(a, str) else
@@ -114,7 +116,7 @@ def test_quantized_weight_state_must_be_exactly_two_arrays(tmp_path):
     extra.extra = np.zeros(1, np.int8)
     for bad in (extra, QuantizedWeight8bit(w, [1.0, 2.0]), QuantizedWeight8bit(w, None)):
         buffer = io.BytesIO()
-        ckpt._ReleasePickler(buffer, protocol=4).dump(bad)   # as the release names the class
+        tensor_file._ReleasePickler(buffer, protocol=4).dump(bad)   # as the release names the class
         assert b"__main__" in buffer.getvalue()
         load_refused(tmp_path, buffer.getvalue(), "QuantizedWeight8bit state must be")
 
@@ -195,3 +197,25 @@ def test_error_messages_never_repr_the_payload(tmp_path):
     message = load_refused(tmp_path, data.replace(payload_header, b"K\x00B\x00\x00\x10\x00"),
                            "bad numpy.ndarray state", "<1048576 bytes>")
     assert len(message) < 1000
+
+
+def test_only_array_payloads_may_be_large(tmp_path):
+    """Everything but bytes payloads is read into memory: a huge string is refused unread."""
+    big = 2 ** 21
+    data = b"\x80\x04X" + big.to_bytes(4, "little") + b"x" * big + b"."
+    load_refused(tmp_path, data, f"a {big}-byte pickle argument")
+
+
+def test_payloads_past_the_end_of_the_file_are_refused(tmp_path):
+    data = pickle.dumps(np.arange(64, dtype=np.float32), protocol=4)
+    load_refused(tmp_path, data.replace(b"B\x00\x01\x00\x00", b"B\x00\x01\x01\x00", 1),
+                 "truncated or corrupt", "65792-byte payload")
+
+
+def test_payload_bytes_are_never_unpickled(tmp_path, marker):
+    """A payload holding a pickle of os.system is data: it loads as the array's bytes."""
+    evil = pickle.dumps(Exploit(os.system, f"touch {marker}"), protocol=4)
+    array = np.frombuffer(evil + b"\x00" * (-len(evil) % 4), np.uint8)
+    path = tmp_path / "t"
+    ckpt.write_tensor_file(path, array)
+    np.testing.assert_array_equal(ckpt.read_tensor_file(path), array)
