@@ -71,8 +71,14 @@ class Engine:
             if not isinstance(request, Request):
                 events.append(_error(request_id, [], f"expected a Request, got {type(request).__name__}"))
                 continue
+            if request_id in self._ids_in_flight():   # results could not be told apart
+                events.append(_error(request_id, [], f"request_id {request_id!r} is already in flight"))
+                continue
             self.queue.append((request, request_id))
         return events
+
+    def _ids_in_flight(self) -> set:
+        return {rid for _, rid in self.queue} | {a.request_id for a in self.slots.values()}
 
     def _prompt_ids(self, request: Request) -> list:
         if isinstance(request.prompt, str):

@@ -386,6 +386,18 @@ def test_bad_requests_fail_alone(runner, alone, config):
     assert after.output_ids == alone(good[1]).output_ids
 
 
+def test_duplicate_request_id_in_flight_is_refused(runner, alone):
+    first = Request(prompt=make_prompt(9, 50), temperature=0, max_len=12, request_id="dup")
+    second = Request(prompt=make_prompt(5, 51), temperature=0, max_len=3, request_id="dup")
+    gen = new_generator(runner)
+    results = run_all(gen, [first, second])
+    assert [r.finish_reason for r in results] == ["error", "length"]
+    assert "already in flight" in results[0].error
+    assert results[1].output_ids == alone(first).output_ids
+    (again,) = run_all(gen, second)                      # the id is free once it finished
+    assert again.output_ids == alone(second).output_ids
+
+
 # ---- streaming ------------------------------------------------------------------------------
 def test_streaming_order_tokens_and_text(runner, alone, eos_token, reference):
     stopping = next((p, n) for p, n in MIXED
