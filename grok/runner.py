@@ -131,6 +131,9 @@ class InferenceRunner:
                               "between_hosts_config": list(self.between_hosts_config)})
         runner.initialize(None, self.local_mesh_config, self.between_hosts_config)
         if self.tokenizer is None:
+            if self.tokenizer_path is None:
+                logger.warning("no tokenizer_path: text prompts use the byte tokenizer "
+                               "(token-id prompts are unaffected)")
             self.tokenizer = load_tokenizer(self.tokenizer_path)
         self.params = runner.load_or_init(self.params)
         self.batch_size = runner.batch_size
