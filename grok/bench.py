@@ -276,8 +276,7 @@ def compile_functions(ir: InferenceRunner, prompt_len: int):
     state = executables["new_memory"]()
     tokens = np.ones(prompt_len, np.int32)
     prefill_args = ir.prefill_args(tokens, tokens, prompt_len, 0, True, GREEDY, 0)
-    # The runner keeps one jit per echo flag; each prompt bucket is one compilation of it.
-    timed(f"prefill_{prompt_len}", ir._prefill[False], ir.params, state, *prefill_args)
+    timed(f"prefill_{prompt_len}", ir.prefill_jit[False], ir.params, state, *prefill_args)
     timed("sample_step", ir.sample_step, ir.params, state)
     return executables, seconds, cpu_seconds
 

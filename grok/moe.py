@@ -1,6 +1,6 @@
 """Router and top-k Mixture-of-Experts with gelu-gated experts.
 
-Two implementations with the same numbers (tests/test_moe.py checks they agree):
+Two implementations with the same numbers (tests/test_model.py checks they agree):
 - `dense`: the readable one. Every expert runs on every token, then the selected outputs are
   combined. This is the reference's arithmetic and costs E/k times the needed work.
 - `sparse`: a loop over experts; each runs only on the rows routed to it (gathered in blocks),
@@ -78,8 +78,9 @@ def _per_model_shard(moe_fn, x, combine, w_gate, w_value, w_down):
 
     Under plain GSPMD every selected expert's down projection ends in its own all-reduce;
     here each device sums its partial outputs over all experts first. Needs the mesh in
-    context (jax.set_mesh; the runner sets it) and the FFN axis and down-projection scale
-    groups divisible by the model axis; otherwise moe_fn runs as it is, with the same result.
+    context (the runner traces under jax.sharding.use_abstract_mesh) and the FFN axis and
+    down-projection scale groups divisible by the model axis; otherwise moe_fn runs as it
+    is, with the same result.
     """
     mesh = jax.sharding.get_abstract_mesh()
     n = 1 if mesh.empty or MODEL_AXIS not in mesh.axis_names else mesh.shape[MODEL_AXIS]

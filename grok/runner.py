@@ -163,9 +163,9 @@ class InferenceRunner:
         params_sh = self.runner.param_shardings
         rep = sharding.replicated(mesh)
         self.new_memory = jax.jit(self._new_state, out_shardings=state_sh)
-        self._prefill = {}
+        self.prefill_jit = {}   # per echo flag; each prompt bucket compiles once
         for echo in (False, True):
-            self._prefill[echo] = jax.jit(
+            self.prefill_jit[echo] = jax.jit(
                 lambda *a, echo=echo: self._prefill_fn(*a, echo=echo),
                 in_shardings=(params_sh, state_sh) + (rep,) * 7,
                 out_shardings=(state_sh, rep), donate_argnums=(1,))
@@ -196,7 +196,7 @@ class InferenceRunner:
 
     def prefill_memory(self, state: DecodeState, *args, echo: bool):
         """Runs one prompt chunk into a slot's cache; see `_prefill_fn`. Returns (state, out)."""
-        return self._prefill[echo](self.params, state, *args)
+        return self.prefill_jit[echo](self.params, state, *args)
 
     def _prefill_fn(self, params, state: DecodeState, tokens, targets, length, slot, reset,
                     settings_row, seed, *, echo: bool):
