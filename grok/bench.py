@@ -48,9 +48,9 @@ import numpy as np
 
 from grok import checkpoint
 from grok.config import FPROP_DTYPES, GROK_1, MOE_IMPLS, LanguageModelConfig, load_config
-from grok.model import abstract_params
-from grok.quantization import QuantizedWeight8bit
-from grok.runner import InferenceRunner, ModelRunner, unpack_output
+from grok.model.transformer import abstract_params
+from grok.ops.quantization import QuantizedWeight8bit
+from grok.engine.runner import InferenceRunner, ModelRunner, unpack_output
 
 WARMUP_STEPS = 2                 # decode steps run before timing (first-call effects)
 SEQUENCE_LEN_MULTIPLE = 128      # a synthetic cache is the run's length rounded up to this
@@ -169,7 +169,7 @@ def hashed_int8(shape: Sequence[int], seed: int) -> jax.Array:
     for axis in range(len(shape)):
         h = _mix32(h + jax.lax.broadcasted_iota(jnp.uint32, shape, axis))
     byte = jax.lax.bitcast_convert_type((h >> 24).astype(jnp.uint8), jnp.int8)
-    return jnp.maximum(byte, -127)  # symmetric, like grok.quantization.quantize
+    return jnp.maximum(byte, -127)  # symmetric, like grok.ops.quantization.quantize
 
 
 def _on_device(make, sharding):

@@ -24,8 +24,8 @@ import jax
 from grok import demo
 from grok.checkpoint import CheckpointError
 from grok.config import GROK_1, load_config
-from grok.requests import Request, TokenEvent
-from grok.runner import InferenceRunner, ModelRunner
+from grok.serving.requests import Request, TokenEvent
+from grok.engine.runner import InferenceRunner, ModelRunner
 from grok.tokenizer import ByteTokenizer, SentencePieceTokenizer
 
 DEFAULT_CHECKPOINT_DIR = "checkpoints"      # the reference's CKPT_PATH
@@ -225,12 +225,12 @@ def init_multihost(args) -> bool:
     """Joins the multi-process job the flags or GROK_*/JAX_* environment name; else False."""
     flags = (args.coordinator, args.num_processes, args.process_id)
     try:
-        multihost = importlib.import_module("grok.multihost")
+        multihost = importlib.import_module("grok.parallel.multihost")
     except ModuleNotFoundError as e:
-        if e.name != "grok.multihost":
+        if e.name != "grok.parallel.multihost":
             raise
         if any(v is not None for v in flags) or any(os.environ.get(n) for n in MULTIHOST_ENV):
-            raise UsageError("multi-host support not available (grok.multihost is missing)")
+            raise UsageError("multi-host support not available (grok.parallel.multihost is missing)")
         return False
     try:
         return bool(multihost.initialize(*flags))
@@ -243,7 +243,7 @@ class Item:
     """One input request: a Request, or the error that stopped it being one."""
     index: int
     label: str                      # the prompt as shown in text output
-    request: Any = None             # grok.requests.Request
+    request: Any = None             # grok.serving.requests.Request
     error: Optional[str] = None
     user_id: Optional[str] = None   # the record's own request_id, echoed in JSON output
 
@@ -459,7 +459,7 @@ def run(args, runner=None, stdin=None) -> int:
     if runner is None:
         runner = build_runner(args)
     if follower:
-        from grok.multihost import follow
+        from grok.parallel.multihost import follow
 
         follow(runner)
         return 0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from grok import bench
-from grok.model import abstract_params
+from grok.model.transformer import abstract_params
 
 TINY_ARGS = ["--vocab", "256", "--emb", "32", "--q-heads", "4", "--kv-heads", "2", "--key-size", "8",
              "--layers", "2", "--experts", "4", "--widening", "2", "--mesh", "1,2",

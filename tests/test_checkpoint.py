@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from grok import checkpoint as ckpt
+from grok.checkpoint import store as ckpt
 from grok.config import GROK_1, LanguageModelConfig, TransformerConfig, load_config
-from grok.quantization import QuantizedWeight8bit, dequantize
+from grok.ops.quantization import QuantizedWeight8bit, dequantize
 
 NUM_LAYERS = 11  # > 10, so the files' string order (0, 1, 10, 2, ...) differs from layer order
 
@@ -189,7 +189,7 @@ def test_stack_params_equals_loaded_params(written):
 
 
 def test_loaded_params_run_the_model_with_non_degenerate_logits(written):
-    from grok.model import build_forward
+    from grok.model.transformer import build_forward
     directory, config, _ = written
     params = ckpt.load_checkpoint(directory, config, progress=False)
     tokens = jnp.array([[5, 17, 99, 3, 200, 42, 7, 1]], jnp.int32)

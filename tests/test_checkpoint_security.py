@@ -8,8 +8,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from grok import checkpoint as ckpt, tensor_file
-from grok.quantization import QuantizedWeight8bit
+from grok.checkpoint import store as ckpt, tensor_file
+from grok.ops.quantization import QuantizedWeight8bit
 
 
 def call(module: str, name: str, *args) -> bytes:
@@ -68,8 +68,8 @@ def load_refused(tmp_path, data: bytes, *fragments):
     ("ml_dtypes", "finfo", ()),
     ("__main__", "Exploit", ()),
     ("grok.checkpoint", "_reconstruct", ()),
-    ("grok.tensor_file", "_reconstruct", ()),
-    ("grok.tensor_file", "locate_tensor_file", ("{marker}",)),
+    ("grok.checkpoint.tensor_file", "_reconstruct", ()),
+    ("grok.checkpoint.tensor_file", "locate_tensor_file", ("{marker}",)),
 ])
 def test_foreign_globals_are_refused(tmp_path, marker, module, name, args):
     args = tuple(a.format(marker=str(marker)) if isinstance(a, str) else

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from grok import sharding
+from grok.parallel import sharding
 from grok.config import GROK_1, LanguageModelConfig, TransformerConfig, config_from_dict, load_config
-from grok.model import abstract_params
+from grok.model.transformer import abstract_params
 
 
 def test_grok1_preset_matches_spec():

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import numpy_reference
-from grok import checkpoint, sharding
+from grok import checkpoint
+from grok.parallel import sharding
 from grok.config import LanguageModelConfig, TransformerConfig, load_config
-from grok.model import abstract_params, build_forward, init_memory
+from grok.model.transformer import abstract_params, build_forward, init_memory
 
 TINY = LanguageModelConfig(
     model=TransformerConfig(emb_size=32, key_size=8, num_q_heads=4, num_kv_heads=2, num_layers=2,

@@ -43,7 +43,7 @@ def _driver(argv):
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args(argv)
 
-    from grok import multihost
+    from grok.parallel import multihost
 
     multihost.initialize(args.coordinator, args.num_processes, args.process_id)
     if args.fixture:
@@ -64,7 +64,7 @@ def _driver(argv):
 def _fixture_runner(fixture: str, mesh: tuple, hosts: tuple):
     """The fixture's model in float32 activations (see the fixture README), 8+ slots."""
     from grok.config import load_config
-    from grok.runner import InferenceRunner, ModelRunner
+    from grok.engine.runner import InferenceRunner, ModelRunner
     from grok.tokenizer import SentencePieceTokenizer
 
     config = load_config(os.path.join(fixture, "config.json")).replace(fprop_dtype="float32")
@@ -80,7 +80,7 @@ def _fixture_runner(fixture: str, mesh: tuple, hosts: tuple):
 def _tiny_runner(mesh: tuple, hosts: tuple):
     """A tiny model with random weights (the same on every process) and the byte tokenizer."""
     from grok.config import LanguageModelConfig, TransformerConfig
-    from grok.runner import InferenceRunner, ModelRunner
+    from grok.engine.runner import InferenceRunner, ModelRunner
     from grok.tokenizer import ByteTokenizer
 
     config = LanguageModelConfig(
@@ -105,7 +105,7 @@ def _fixture_prompts(fixture: str) -> tuple:
 
 def _serve(server, prompts: list, max_len: int, rounds: int):
     """All `prompts` in flight at once, greedy, `rounds` times over; yields the Completions."""
-    from grok.requests import Completion, Request
+    from grok.serving.requests import Completion, Request
 
     next(server)
     for round_index in range(rounds):
@@ -122,8 +122,8 @@ def _serve(server, prompts: list, max_len: int, rounds: int):
 # ---- the tests ---------------------------------------------------------------------------
 
 def test_requests_cross_processes_as_json_unchanged():
-    from grok.multihost import decode_command, encode_admissions
-    from grok.requests import Request
+    from grok.parallel.multihost import decode_command, encode_admissions
+    from grok.serving.requests import Request
 
     admitted = [(Request(prompt="héllo \ud800", temperature=0.7, nucleus_p=0.9, rng_seed=2**32 - 1,
                          max_len=5, top_k=3, stop_tokens=[np.int64(7)], stream=True,
@@ -137,7 +137,7 @@ def test_requests_cross_processes_as_json_unchanged():
 @pytest.fixture
 def no_job_env(monkeypatch):
     """No multi-process settings in the environment; tests set what they need."""
-    from grok import multihost
+    from grok.parallel import multihost
 
     for name in multihost.ENV_COORDINATOR + multihost.ENV_NUM_PROCESSES + multihost.ENV_PROCESS_ID:
         monkeypatch.delenv(name, raising=False)
@@ -145,7 +145,7 @@ def no_job_env(monkeypatch):
 
 
 def test_settings_come_from_flags_then_the_environment(no_job_env):
-    from grok.multihost import resolve
+    from grok.parallel.multihost import resolve
 
     monkeypatch = no_job_env
     assert resolve() is None                                  # a single-process run
@@ -165,7 +165,7 @@ def test_settings_come_from_flags_then_the_environment(no_job_env):
 
 
 def test_a_job_without_a_coordinator_is_an_error(no_job_env):
-    from grok.multihost import resolve
+    from grok.parallel.multihost import resolve
 
     with pytest.raises(ValueError, match="needs --coordinator"):
         resolve(num_processes=2, process_id=1)
@@ -311,7 +311,7 @@ def test_killing_a_follower_makes_process_0_exit_naming_it(tmp_path):
            1: {"GROK_COORDINATOR": "127.0.0.1:PORT", "GROK_NUM_PROCESSES": "2",
                "GROK_PROCESS_ID": "1", "GROK_PEER_TIMEOUT": "10"}}
     code, error = _serve_until_killed(tmp_path, 1, env)
-    from grok.multihost import PEER_LOST_EXIT_CODE
+    from grok.parallel.multihost import PEER_LOST_EXIT_CODE
 
     assert code == PEER_LOST_EXIT_CODE, f"exit code {code}:\n{error[-3000:]}"
     assert "lost peer process 1" in error
@@ -333,7 +333,7 @@ def test_a_process_that_never_arrives_is_an_error(tmp_path):
         code = _wait(process, LOST_PEER_LIMIT_S)
     finally:
         _kill_all([(process, None, None)])
-    from grok.multihost import PEER_LOST_EXIT_CODE
+    from grok.parallel.multihost import PEER_LOST_EXIT_CODE
 
     assert code == PEER_LOST_EXIT_CODE, f"exit code {code}:\n{err.read_text()[-3000:]}"
     assert "process 0 could not join the job within 2 s" in err.read_text()

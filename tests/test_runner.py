@@ -17,9 +17,9 @@ import pytest
 
 from grok import checkpoint
 from grok.config import LanguageModelConfig, TransformerConfig
-from grok.model import build_forward, init_memory
-from grok.requests import Completion, Request, TokenEvent
-from grok.runner import InferenceRunner, ModelRunner, sample_from_model
+from grok.model.transformer import build_forward, init_memory
+from grok.serving.requests import Completion, Request, TokenEvent
+from grok.engine.runner import InferenceRunner, ModelRunner, sample_from_model
 from grok.tokenizer import ByteTokenizer
 
 SEED = 42                # ModelRunner's default rng_seed for random weights

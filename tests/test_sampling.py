@@ -1,11 +1,11 @@
-"""grok.sampling: greedy, temperature, top-k, the reference's nucleus rule, PRNG determinism."""
+"""grok.engine.sampling: greedy, temperature, top-k, the reference's nucleus rule, PRNG determinism."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grok.sampling import (DISALLOWED_LOGIT, NUM_ALTERNATIVES, SampleSettings, _nucleus_filter,
+from grok.engine.sampling import (DISALLOWED_LOGIT, NUM_ALTERNATIVES, SampleSettings, _nucleus_filter,
                            sample_token, token_logprobs)
 
 ROWS, VOCAB = 16, 50

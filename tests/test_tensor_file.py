@@ -1,4 +1,4 @@
-"""grok.tensor_file: a file's arrays are located from its header, and blocks read byte-exactly."""
+"""grok.checkpoint.tensor_file: a file's arrays are located from its header, and blocks read byte-exactly."""
 
 import builtins
 import os
@@ -9,8 +9,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from grok import checkpoint as ckpt, tensor_file
-from grok.quantization import QuantizedWeight8bit
+from grok.checkpoint import store as ckpt, tensor_file
+from grok.ops.quantization import QuantizedWeight8bit
 
 PAGE = 4096  # tensor_file reads whole rows where a row of the block is shorter than this
 
@@ -50,7 +50,7 @@ class CountingFile:
 
 @pytest.fixture
 def bytes_read(monkeypatch):
-    """[n]: every byte grok.tensor_file reads from any file, counted where it is read."""
+    """[n]: every byte grok.checkpoint.tensor_file reads from any file, counted where it is read."""
     counter = [0]
     monkeypatch.setattr(tensor_file, "open",
                         lambda *a, **k: CountingFile(builtins.open(*a, **k), counter),

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from grok.config import TransformerConfig
-from grok.layers import no_init
-from grok.quantization import QuantizedWeight8bit, qmatmul, qmatmul_experts
-from grok.sharding import MODEL_AXIS
+from grok.ops.layers import no_init
+from grok.ops.quantization import QuantizedWeight8bit, qmatmul, qmatmul_experts
+from grok.parallel.sharding import MODEL_AXIS
 
 
 class Router(hk.Module):

@@ -1,10 +1,10 @@
 """One serving job over several processes (hosts): joining, one request stream, dead peers.
 
 Every process runs the same program: `initialize()` joins the job (`jax.distributed`), the
-mesh tiles `local_mesh_config` per process by `between_hosts_config` (grok.sharding.make_mesh),
+mesh tiles `local_mesh_config` per process by `between_hosts_config` (grok.parallel.sharding.make_mesh),
 the checkpoint loader places only each process's own shards, and every process compiles the
 same functions. Then process 0 (the leader) serves with `serve_multihost(runner)`, the usual
-generator protocol (grok.scheduler), while the others run `follow(runner)`.
+generator protocol (grok.serving.scheduler), while the others run `follow(runner)`.
 
 Lockstep: every jitted call spans all processes, so all must make the same calls in the same
 order. The leader publishes one command per `Engine.advance()` before its device work: the
@@ -39,8 +39,8 @@ from typing import Optional
 import jax
 import numpy as np
 
-from grok.requests import Request
-from grok.scheduler import Engine, _error, serve
+from grok.serving.requests import Request
+from grok.serving.scheduler import Engine, _error, serve
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def initialize(coordinator=None, num_processes=None, process_id=None, *,
     init_timeout_s = _from_env(init_timeout_s, (ENV_INIT_TIMEOUT,), "init_timeout_s", _seconds) \
         or DEFAULT_INIT_TIMEOUT_S
     if jax.distributed.is_initialized():
-        raise RuntimeError("grok.multihost.initialize: jax.distributed is already initialized")
+        raise RuntimeError("grok.parallel.multihost.initialize: jax.distributed is already initialized")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     _native_stdout_to_stderr()
     joined = threading.Event()
@@ -205,7 +205,7 @@ def _client():
 def _fail(message: str) -> None:
     """Ends this process at once: a dead peer leaves collectives and jax's shutdown hanging."""
     sys.stdout.flush()
-    sys.stderr.write(f"grok.multihost: error: {message}\n")
+    sys.stderr.write(f"grok.parallel.multihost: error: {message}\n")
     sys.stderr.flush()
     os._exit(PEER_LOST_EXIT_CODE)
 
@@ -358,7 +358,7 @@ def _channel() -> _Channel:
     global _CHANNEL
     if _CHANNEL is None:
         if not jax.distributed.is_initialized():
-            raise RuntimeError("multi-process serving needs grok.multihost.initialize() first")
+            raise RuntimeError("multi-process serving needs grok.parallel.multihost.initialize() first")
         _CHANNEL = _Channel(_client(), jax.process_index(), jax.process_count())
     return _CHANNEL
 
@@ -460,7 +460,7 @@ def _explained(error: BaseException):
 
 
 def serve_multihost(runner):
-    """Process 0's request generator (grok.scheduler protocol); closing it stops the others."""
+    """Process 0's request generator (grok.serving.scheduler protocol); closing it stops the others."""
     if not is_leader():
         raise RuntimeError("serve_multihost runs on process 0; the other processes run follow()")
     engine = MultiHostEngine(runner)

@@ -26,7 +26,7 @@ import ml_dtypes
 import numpy as np
 from numpy._core.multiarray import _reconstruct as _np_reconstruct
 
-from grok.quantization import QuantizedWeight8bit
+from grok.ops.quantization import QuantizedWeight8bit
 
 
 class CheckpointError(Exception):

@@ -18,11 +18,11 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from grok.attention import AttentionContext, LayerKV, MultiHeadAttention, make_context
+from grok.model.attention import AttentionContext, LayerKV, MultiHeadAttention, make_context
 from grok.config import LanguageModelConfig, TransformerConfig
-from grok.layers import RMSNorm, no_init
-from grok.moe import MoELayer, Router
-from grok.quantization import QuantizedWeight8bit
+from grok.ops.layers import RMSNorm, no_init
+from grok.model.moe import MoELayer, Router
+from grok.ops.quantization import QuantizedWeight8bit
 
 
 class Memory(NamedTuple):

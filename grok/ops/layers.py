@@ -10,7 +10,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from grok.quantization import QuantizedWeight8bit, qmatmul
+from grok.ops.quantization import QuantizedWeight8bit, qmatmul
 
 
 def no_init(shape, dtype):

@@ -4,7 +4,7 @@ The reference's roles and names: `ModelRunner.initialize(init_data, local_mesh_c
 between_hosts_config)` builds the (data, model) mesh; `load_or_init` restores the checkpoint
 with the partition rules; `InferenceRunner.initialize()` compiles `new_memory`,
 `prefill_memory` and `sample_step` with explicit shardings and donated state; `run()` is the
-request generator (grok.scheduler), and `sample_from_model` wraps it as the reference does.
+request generator (grok.serving.scheduler), and `sample_from_model` wraps it as the reference does.
 
 Glossary: B slots, T prompt bucket, S sequence_len, V vocabulary, A reported alternatives.
 """
@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grok import checkpoint, sharding
+from grok import checkpoint
+from grok.parallel import sharding
 from grok.config import LanguageModelConfig
-from grok.model import Memory, abstract_params, build_forward, init_memory
-from grok.sampling import SampleSettings, sample_token, token_logprobs
+from grok.model.transformer import Memory, abstract_params, build_forward, init_memory
+from grok.engine.sampling import SampleSettings, sample_token, token_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class ModelRunner:
         forward = build_forward(self.model)
 
         def forward_on_mesh(*args):
-            with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):   # for grok.moe
+            with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):   # for grok.model.moe
                 return forward(*args)
 
         self.forward = forward_on_mesh
@@ -123,7 +124,7 @@ class InferenceRunner:
         if self.load:
             runner.checkpoint_path = self.load
         if jax.process_count() > 1:   # every process must compile the same programs
-            from grok.multihost import check_consistent
+            from grok.parallel.multihost import check_consistent
 
             check_consistent({"config": self.runner.model.to_dict(), "pad_sizes": self.pad_sizes,
                               "bs_per_device": runner.bs_per_device,
@@ -249,16 +250,16 @@ class InferenceRunner:
 
     # ---- serving --------------------------------------------------------------------------
     def run(self):
-        """The request generator (reference protocol); see grok.scheduler.serve.
+        """The request generator (reference protocol); see grok.serving.scheduler.serve.
 
-        In a multi-process job this is process 0's (grok.multihost.serve_multihost): it
-        broadcasts every admitted request; the other processes run grok.multihost.follow.
+        In a multi-process job this is process 0's (grok.parallel.multihost.serve_multihost): it
+        broadcasts every admitted request; the other processes run grok.parallel.multihost.follow.
         """
         if jax.process_count() > 1:
-            from grok.multihost import serve_multihost
+            from grok.parallel.multihost import serve_multihost
 
             return serve_multihost(self)
-        from grok.scheduler import serve
+        from grok.serving.scheduler import serve
 
         return serve(self)
 
@@ -269,7 +270,7 @@ def sample_from_model(server, prompt, max_len, temperature):
     Returns that request's Completion (a str: its text). Results of other requests still in
     flight on the same generator, if any, are passed over (the reference's callers have none).
     """
-    from grok.requests import Completion, Request
+    from grok.serving.requests import Completion, Request
 
     next(server)
     request_id = f"sample_from_model-{next(_sample_ids)}"

@@ -27,8 +27,8 @@ from typing import Optional
 
 import numpy as np
 
-from grok.requests import Completion, Request, TokenEvent
-from grok.runner import unpack_output
+from grok.serving.requests import Completion, Request, TokenEvent
+from grok.engine.runner import unpack_output
 
 
 @dataclasses.dataclass
@@ -232,7 +232,7 @@ def _error(request_id: str, prompt_ids: list, message: str) -> Completion:
 
 def serve(runner, engine: Optional[Engine] = None):
     """The generator protocol described in the module docstring (`engine`: a subclass's,
-    e.g. grok.multihost's; default a new Engine)."""
+    e.g. grok.parallel.multihost's; default a new Engine)."""
     engine = Engine(runner) if engine is None else engine
     pending: collections.deque = collections.deque()
     incoming = yield None

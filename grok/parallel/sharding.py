@@ -21,7 +21,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from grok.quantization import QuantizedWeight8bit
+from grok.ops.quantization import QuantizedWeight8bit
 
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
@@ -112,7 +112,7 @@ def param_logical_axes(path: str) -> tuple:
     for pattern, axes in PARAM_RULES:
         if re.search(pattern, path):
             return axes
-    raise ValueError(f"no partition rule matches parameter {path!r}; add one to grok.sharding.PARAM_RULES")
+    raise ValueError(f"no partition rule matches parameter {path!r}; add one to grok.parallel.sharding.PARAM_RULES")
 
 
 def param_shardings(params: dict, mesh: Mesh, rules: dict[str, Any] = LOGICAL_TO_MESH) -> dict:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from grok.config import TransformerConfig
-from grok.layers import QuantizedLinear, apply_rope
+from grok.ops.layers import QuantizedLinear, apply_rope
 
 MASKED_SCORE = -1e30  # the reference's fill for invisible keys (scores are float32)
 

@@ -2,7 +2,7 @@
 
 Files hold one tensor per layer (`transformer/decoder_layer_{l}/...`, numbered in string order);
 the model stacks each per-layer parameter on a leading [L] axis under `transformer/decoder_layer/`.
-Files are untrusted: grok.tensor_file reads them without running anything they name. Loading
+Files are untrusted: grok.checkpoint.tensor_file reads them without running anything they name. Loading
 validates every file's header first, then each process reads only the blocks of the files that
 its own devices hold. Written files are byte-identical to the release's.
 
@@ -24,8 +24,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from grok.config import LanguageModelConfig
-from grok.quantization import QuantizedWeight8bit, quantize
-from grok.tensor_file import (CheckpointError, StoredArray, locate_tensor_file, read_tensor_file,
+from grok.ops.quantization import QuantizedWeight8bit, quantize
+from grok.checkpoint.tensor_file import (CheckpointError, StoredArray, locate_tensor_file, read_tensor_file,
                               write_tensor_file)
 
 __all__ = ["CheckpointError", "TensorSpec", "checkpoint_layout", "check_tensor", "load_checkpoint",

@@ -1,0 +1,1 @@
+"""Where arrays live and how processes cooperate: the mesh, partition rules, multi-host jobs."""

@@ -1,0 +1,1 @@
+"""The host side of serving: requests, the scheduler loop."""
