@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from grok import bench
+from grok.benchmarks import decode as bench
 from grok.model.transformer import abstract_params
 
 TINY_ARGS = ["--vocab", "256", "--emb", "32", "--q-heads", "4", "--kv-heads", "2", "--key-size", "8",
