@@ -22,7 +22,7 @@ from typing import Any, Optional
 import jax
 
 from grok import demo
-from grok.checkpoint import CheckpointError
+from grok.checkpoint import CheckpointError, ConfigMismatchError
 from grok.config import GROK_1, load_config
 from grok.serving.requests import Request, TokenEvent
 from grok.engine.runner import InferenceRunner, ModelRunner
@@ -214,6 +214,10 @@ def build_runner(args):
         tokenizer=tokenizer, params=params)
     try:
         runner.initialize()
+    except ConfigMismatchError as e:
+        raise UsageError(f"checkpoint {checkpoint}: {e}; pass the config it was written for: "
+                         f"--config FILE (default: {os.path.join(checkpoint, 'config.json')} "
+                         f"when present)") from None
     except CheckpointError as e:
         raise UsageError(f"checkpoint {checkpoint}: {e}") from None
     except ValueError as e:    # a mesh the devices can't make, bad pad sizes, ...

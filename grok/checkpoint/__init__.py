@@ -5,10 +5,10 @@
 """
 
 from grok.checkpoint.store import (
-    TensorSpec, checkpoint_layout, check_tensor, load_checkpoint, quantize_tensors, random_params,
+    ConfigMismatchError, TensorSpec, checkpoint_layout, check_tensor, load_checkpoint, quantize_tensors, random_params,
     random_tensors, read_checkpoint_tensors, save_checkpoint, stack_params)
 from grok.checkpoint.tensor_file import CheckpointError
 
-__all__ = ["CheckpointError", "TensorSpec", "checkpoint_layout", "check_tensor",
+__all__ = ["CheckpointError", "ConfigMismatchError", "TensorSpec", "checkpoint_layout", "check_tensor",
            "load_checkpoint", "quantize_tensors", "random_params", "random_tensors",
            "read_checkpoint_tensors", "save_checkpoint", "stack_params"]

@@ -12,23 +12,26 @@ a quantized weight is int8 [*lead, In, Out] with scales [*lead, G, Out], G group
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
+import stat
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from tqdm.auto import tqdm
 
 from grok.config import LanguageModelConfig
 from grok.ops.quantization import QuantizedWeight8bit, quantize
-from grok.checkpoint.tensor_file import (CheckpointError, StoredArray, locate_tensor_file, read_tensor_file,
-                              write_tensor_file)
+from grok.checkpoint.tensor_file import (CheckpointError, StoredArray, describe_path,
+                                        locate_tensor_file, read_tensor_file, write_tensor_file)
 
-__all__ = ["CheckpointError", "TensorSpec", "checkpoint_layout", "check_tensor", "load_checkpoint",
+__all__ = ["CheckpointError", "ConfigMismatchError", "TensorSpec", "checkpoint_layout", "check_tensor", "load_checkpoint",
            "read_checkpoint_tensors", "read_tensor_file", "write_tensor_file", "save_checkpoint",
            "stack_params", "quantize_tensors", "random_tensors", "random_params"]
 
@@ -36,6 +39,22 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16), np.dtype(np.
 SCALES_DTYPE = np.dtype(ml_dtypes.bfloat16)  # the model's, whatever float the file stores
 # The release has G = 8 where In was sharded 8 ways when it was written, else G = 1.
 _GROUPED_BY_8 = ("multi_head_attention/linear", "moe/linear_1")
+
+
+class ConfigMismatchError(CheckpointError):
+    """The files are well-formed but not the config's: other shapes, fewer or more layers."""
+
+
+def _config_summary(config: LanguageModelConfig) -> str:
+    c = config.model
+    return (f"vocab_size={config.vocab_size}, emb_size={c.emb_size}, num_layers={c.num_layers}, "
+            f"num_experts={c.num_experts}, num_q_heads={c.num_q_heads}, "
+            f"num_kv_heads={c.num_kv_heads}, key_size={c.key_size}")
+
+
+def _mismatch(message: str, config: LanguageModelConfig) -> ConfigMismatchError:
+    return ConfigMismatchError(f"{message}: the checkpoint does not match the config "
+                               f"({_config_summary(config)})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +116,8 @@ def _check_array(arr, shape, dtypes, spec: TensorSpec, where: str, label: str):
         raise CheckpointError(f"{what} dtype expected {' or '.join(map(str, dtypes))}, "
                               f"found {arr.dtype}")
     if shape is not None and arr.shape != tuple(shape):
-        raise CheckpointError(f"{what} shape expected {tuple(shape)}, found {arr.shape}")
+        raise ConfigMismatchError(f"{what} shape expected {tuple(shape)}, found {arr.shape}: the "
+                                  f"checkpoint does not match the config")
     return arr
 
 
@@ -127,13 +147,18 @@ def check_tensor(spec: TensorSpec, value, where: str) -> np.ndarray | QuantizedW
 
 
 def _check_same_groups(specs: list[TensorSpec], tensors: list, wheres: list[str]) -> None:
-    """The layers of one stacked quantized leaf share one scales array [L, *lead, G, Out]."""
+    """The layers of one stacked quantized leaf share one scales array [L, *lead, G, Out]: the
+    error names a layer whose G differs from the most common one (the first layer's on a tie)."""
     if not specs[0].quantized:
         return
-    for spec, tensor, where in zip(specs, tensors, wheres):
-        if tensor.scales.shape != tensors[0].scales.shape:
+    shapes = [tensor.scales.shape for tensor in tensors]
+    common, count = collections.Counter(shapes).most_common(1)[0]
+    for spec, shape, where in zip(specs, shapes, wheres):
+        if shape != common:
             raise CheckpointError(f"tensor {spec.index} ({spec.ckpt_path}) in {where}: scales "
-                                  f"{tensor.scales.shape}: layers of one leaf need the same G")
+                                  f"{shape} (G={shape[-2]}), but {count} of the {len(specs)} layers "
+                                  f"have {common} (G={common[-2]}): layers of one leaf need the "
+                                  f"same G")
 
 
 def _leaf_groups(layout: list[TensorSpec]) -> dict[tuple[str, str], list[TensorSpec]]:
@@ -175,18 +200,42 @@ def _checkpoint_dir(directory: str | os.PathLike) -> str:
     raise CheckpointError(f"no checkpoint in {directory} (looked for ckpt-0/tensor00000_000)")
 
 
-def _check_files(ckpt_dir: str, layout: list[TensorSpec]) -> None:
-    """Fails before reading anything if a file is missing or there are more."""
-    for spec in layout:
-        path = os.path.join(ckpt_dir, spec.file_name())
-        if not os.path.isfile(path):
+def _is_regular(path: str) -> Optional[bool]:
+    """True for a regular file (or a symlink to one), False for anything else, None if missing."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False if os.path.lexists(path) else None  # a dangling symlink: not missing
+    except OSError:
+        return False
+
+
+def _check_files(ckpt_dir: str, layout: list[TensorSpec], config: LanguageModelConfig) -> None:
+    """Fails before reading anything if a file is missing, not a regular file, or there are
+    more: files missing only at the end, or more files, mean another config's checkpoint."""
+    paths = [os.path.join(ckpt_dir, spec.file_name()) for spec in layout]
+    found = [_is_regular(path) for path in paths]
+    for spec, path, regular in zip(layout, paths, found):
+        if regular is False:
+            raise CheckpointError(f"{path} (tensor {spec.index}: {spec.ckpt_path}): is "
+                                  f"{describe_path(path)}, not a regular file; only regular files "
+                                  f"(or symlinks to them) are read")
+    present = sum(1 for regular in found if regular)
+    if present < len(layout) and all(found[:present]):  # 0..present-1 exist, the rest do not
+        spec = layout[present]
+        raise _mismatch(f"{ckpt_dir} has {present} tensor files (tensor00000_000 to "
+                        f"{layout[present - 1].file_name() if present else '-'}) but the config "
+                        f"needs {len(layout)} (the first missing: {spec.file_name()}, tensor "
+                        f"{spec.index}: {spec.ckpt_path})", config)
+    for spec, path, regular in zip(layout, paths, found):
+        if regular is None:
             raise CheckpointError(f"missing checkpoint file {path} (tensor {spec.index}: "
                                   f"{spec.ckpt_path})")
     # Without this a 64-layer checkpoint read with num_layers=2 would load layers 0, 1 and 10.
     extra = os.path.join(ckpt_dir, f"tensor{len(layout):05d}_000")
-    if os.path.exists(extra):
-        raise CheckpointError(f"{extra} exists but the config has only {len(layout)} tensors: "
-                              f"the checkpoint was written for another config (num_layers?)")
+    if os.path.lexists(extra):
+        raise _mismatch(f"{extra} exists but the config has only {len(layout)} tensors (another "
+                        f"num_layers?)", config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,16 +330,49 @@ def _read_leaf_block(leaf: _StoredLeaf, box: tuple[slice, ...], pool: ThreadPool
     return block
 
 
+def _nonfinite_per_row(x: jax.Array) -> jax.Array:
+    """[M, ...] -> [M] int32: how many NaN/Inf values each index of axis 0 holds (a reduction,
+    no reshape: a sharded axis is summed where it lies)."""
+    return jnp.sum(~jnp.isfinite(x), axis=tuple(range(1, x.ndim)), dtype=jnp.int32)
+
+
+def _check_finite(leaf: _StoredLeaf, placed: jax.Array) -> None:
+    """Raises a CheckpointError naming the file and tensor if the placed float `leaf` holds a
+    NaN or Inf (one jitted pass over it, on its devices: at HBM speed, cheap next to reading)."""
+    if not jnp.issubdtype(placed.dtype, jnp.floating):
+        return  # int8 weights are finite; their scales are checked
+    sharding = placed.sharding  # replicated counts: every process can read them
+    out = (jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+           if isinstance(sharding, jax.sharding.NamedSharding) else None)
+    rows = placed if placed.ndim else placed.reshape(1)
+    counts = np.asarray(jax.jit(_nonfinite_per_row, out_shardings=out)(rows))  # [shape[0]]
+    bad = np.flatnonzero(counts)
+    if not bad.size:
+        return
+    if leaf.stacked:  # one row per layer, one file per layer
+        part, where = leaf.parts[bad[0]], ""
+        if bad.size > 1:
+            where = f" (and {bad.size - 1} more layers' files: {leaf.parts[bad[1]].path}, ...)"
+        found = f"{counts[bad[0]]} non-finite values (NaN or Inf){where}"
+    else:
+        part = leaf.parts[0]
+        found = (f"{counts.sum()} non-finite values (NaN or Inf), the first in row {bad[0]} of "
+                 f"{rows.shape[0]}")
+    raise CheckpointError(f"{part.where}: {found}: the weights are damaged")
+
+
 def _read_and_place(leaf: _StoredLeaf, sharding, box: tuple[slice, ...],
                     pool: ThreadPoolExecutor, on_read: Callable[[int], Any]) -> jax.Array:
-    """Reads this process's block of `leaf` and places its shards."""
+    """Reads this process's block of `leaf`, places its shards and checks them finite."""
     block = _read_leaf_block(leaf, box, pool, on_read)
 
     def shard(index: tuple[slice, ...]) -> np.ndarray:  # called for this process's devices only
         bounds = [axis.indices(n)[:2] for axis, n in zip(index, leaf.shape)]
         return block[tuple(slice(a - b.start, z - b.start) for (a, z), b in zip(bounds, box))]
 
-    return jax.make_array_from_callback(leaf.shape, sharding, shard)
+    placed = jax.make_array_from_callback(leaf.shape, sharding, shard)
+    _check_finite(leaf, placed)
+    return placed
 
 
 def load_checkpoint(directory: str | os.PathLike, config: LanguageModelConfig, shardings=None, *,
@@ -304,7 +386,7 @@ def load_checkpoint(directory: str | os.PathLike, config: LanguageModelConfig, s
     peak host memory is about the largest leaf's block, not the checkpoint. (Placing per layer
     and stacking on device would need twice the leaf in device memory, the scarcer one.)"""
     ckpt_dir, layout = _checkpoint_dir(directory), checkpoint_layout(config)
-    _check_files(ckpt_dir, layout)
+    _check_files(ckpt_dir, layout, config)
     params: dict[str, dict] = {}
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         plans = {(module, name): _plan(leaf, None if shardings is None else shardings[module][name])
@@ -322,12 +404,18 @@ def load_checkpoint(directory: str | os.PathLike, config: LanguageModelConfig, s
 def read_checkpoint_tensors(directory: str | os.PathLike, config: LanguageModelConfig) -> dict:
     """Every file of a checkpoint, validated, as ckpt_path -> host tensor (tests, conversion)."""
     ckpt_dir, layout = _checkpoint_dir(directory), checkpoint_layout(config)
-    _check_files(ckpt_dir, layout)
+    _check_files(ckpt_dir, layout, config)
     tensors = {}
     for spec in layout:
         path = os.path.join(ckpt_dir, spec.file_name())
-        tensor = read_tensor_file(path, f"tensor {spec.index}: {spec.ckpt_path}")
-        tensors[spec.ckpt_path] = check_tensor(spec, tensor, path)
+        what = f"tensor {spec.index}: {spec.ckpt_path}"
+        tensors[spec.ckpt_path] = tensor = check_tensor(spec, read_tensor_file(path, what), path)
+        for label, array in ([("scales", tensor.scales)] if spec.quantized else [("", tensor)]):
+            nonfinite = array.size - np.count_nonzero(np.isfinite(array))
+            if nonfinite:
+                raise CheckpointError(f"{path} ({what}{f', {label}' if label else ''}): "
+                                      f"{nonfinite} non-finite values (NaN or Inf): the weights "
+                                      f"are damaged")
     return tensors
 
 

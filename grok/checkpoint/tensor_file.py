@@ -18,6 +18,7 @@ import os
 import pickle
 import pickletools
 import reprlib
+import stat
 import struct
 import tempfile
 from typing import Optional
@@ -33,20 +34,83 @@ class CheckpointError(Exception):
     """A checkpoint file is missing, unreadable, refused as unsafe, or does not fit the config."""
 
 
+# Opening: regular files only.
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+# A FIFO must not block the open (no writer would ever come); harmless on a regular file.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def describe_path(path: str) -> str:
+    """What `path` is, for a message saying why it was not read: "missing", "a directory",
+    "a symlink to /dev/zero (a character device)", ... ("a regular file" if it is one)."""
+    try:
+        link = os.lstat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"not examinable ({e.strerror})"
+    if not stat.S_ISLNK(link.st_mode):
+        return "a regular file" if stat.S_ISREG(link.st_mode) else _kind(link.st_mode)
+    try:
+        target = os.readlink(path)
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"a symlink to {target}, which is missing"
+    except OSError as e:
+        return f"a symlink that cannot be followed ({e.strerror})"
+    return f"a symlink to {target} ({'a regular file' if stat.S_ISREG(mode) else _kind(mode)})"
+
+
+def _not_regular(path: str, where: str) -> CheckpointError:
+    what = describe_path(path)
+    if what == "missing":
+        return CheckpointError(f"{where}: missing (no such file)")
+    return CheckpointError(f"{where}: is {what}, not a regular file; only regular files (or "
+                           f"symlinks to them) are read")
+
+
+def open_regular(path: str, where: str, buffering: int = -1):
+    """`path` opened for binary reading if it is a regular file (or a symlink to one); else a
+    CheckpointError saying what it is. A FIFO or device is never opened: stat first, then the
+    opened file's own fstat (the path may change in between)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise _not_regular(path, where)
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise _not_regular(path, where) from None
+    except OSError as e:
+        raise CheckpointError(f"{where}: cannot open ({e.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _not_regular(path, where)
+    except BaseException:
+        os.close(fd)
+        raise
+    return open(fd, "rb", buffering=buffering)
+
+
 # Where arrays lie, and reading blocks of them.
 
 # A run shorter than this costs a page read anyway: read whole rows of the axis above instead.
 _MIN_RUN_BYTES = 4096
 
 
-def _read_exact(f, offset: int, buffer: memoryview) -> int:
+def _read_exact(f, offset: int, buffer: memoryview, where: str) -> int:
     """Fills `buffer` from `offset` of the open file `f`; the one place file data is read."""
     f.seek(offset)
     done = 0
     while done < len(buffer):
         n = f.readinto(buffer[done:])  # may be short (e.g. Linux caps one read near 2 GiB)
         if not n:
-            raise CheckpointError(f"{f.name}: truncated (file ends before byte "
+            raise CheckpointError(f"{where}: truncated (file ends before byte "
                                   f"{offset + len(buffer)} of an array)")
         done += n
     return done
@@ -54,17 +118,48 @@ def _read_exact(f, offset: int, buffer: memoryview) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class StoredArray:
-    """One array in a tensor file: its bytes lie at `offset`, in C order unless `fortran`."""
+    """One array in a tensor file: its bytes lie at `offset`, in C order unless `fortran`.
+    Every read re-checks that they lie within the file, whoever made this description."""
 
     path: str
     offset: int
     dtype: np.dtype              # as stored, any byte order
     shape: tuple[int, ...]
     fortran: bool = False
+    what: str = ""               # the tensor, for messages: "tensor 7: .../moe/linear/w, scales"
 
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def where(self) -> str:
+        """The file and the tensor, to begin an error message."""
+        return f"{self.path} ({self.what})" if self.what else str(self.path)
+
+    def check_extent(self, file_size: int) -> None:
+        """Raises a CheckpointError unless offset, shape and dtype are well-typed and the
+        array's bytes lie within a file of `file_size` bytes."""
+        if not (type(self.offset) is int and self.offset >= 0 and isinstance(self.shape, tuple)
+                and all(type(n) is int and n >= 0 for n in self.shape)
+                and isinstance(self.dtype, np.dtype)):
+            raise CheckpointError(f"{self.where}: corrupt array location (offset "
+                                  f"{_short(self.offset)}, shape {_short(self.shape)}, dtype "
+                                  f"{_short(self.dtype)})")
+        if self.offset + self.nbytes > file_size:
+            raise CheckpointError(f"{self.where}: truncated or corrupt (a {self.nbytes}-byte array "
+                                  f"at byte {self.offset} runs past the end of the {file_size}-byte "
+                                  f"file)")
+
+    def _open(self):
+        """The file, opened unbuffered, once this array is known to lie within it."""
+        f = open_regular(self.path, self.where, buffering=0)
+        try:
+            self.check_extent(os.fstat(f.fileno()).st_size)
+        except BaseException:
+            f.close()
+            raise
+        return f
 
     def _c_order(self, box):
         """(the same bytes as a C-order array of rank >= 1, (start, stop) per axis in it):
@@ -86,22 +181,29 @@ class StoredArray:
 
     def read(self, box=None) -> np.ndarray:
         """The block `box` (None: all) as a new array of the stored dtype."""
-        out = np.empty([stop - start for start, stop in _bounds(box, self.shape)], self.dtype)
-        self.read_into(out, box)
+        with self._open() as f:  # checked before allocating: a 200-byte file can't claim 4 TB
+            out = np.empty([stop - start for start, stop in _bounds(box, self.shape)], self.dtype)
+            self._read_open(f, out, box)
         return out
 
     def read_into(self, out: np.ndarray, box=None) -> int:
         """Fills `out` (the block's shape, any numeric dtype: values are cast) with the block
         `box` (a tuple of step-1 slices, None: all) of this array, reading only the bytes of the
         block (rounded up to whole rows where its rows are under a page); returns bytes read."""
+        with self._open() as f:
+            return self._read_open(f, out, box)
+
+    def _read_open(self, f, out: np.ndarray, box) -> int:
         array, bounds = self._c_order(box)
         if out.shape != tuple(b - a for a, b in _bounds(box, self.shape)):
             raise ValueError(f"a {out.shape} buffer for a {box} block of an array {self.shape}")
         direct = not self.fortran and out.dtype == self.dtype and out.flags.c_contiguous
         block = out.reshape([b - a for a, b in bounds]) if direct else np.empty(
             [b - a for a, b in bounds], array.dtype)
-        with open(array.path, "rb", buffering=0) as f:
+        try:
             done = _read_block(f, array, bounds, block)
+        except OSError as e:  # an I/O error, a file on a dropped network mount, ...
+            raise CheckpointError(f"{self.where}: read failed ({e})") from None
         if not direct:
             out[...] = block.T if self.fortran else block.reshape(out.shape)
         return done
@@ -150,7 +252,8 @@ def _read_block(f, array: StoredArray, bounds, out: np.ndarray) -> int:
     done = 0
     for row, offset in zip(rows, offsets):
         target = row if exact else scratch
-        done += _read_exact(f, offset, memoryview(target.reshape(-1).view(np.uint8)))
+        done += _read_exact(f, offset, memoryview(target.reshape(-1).view(np.uint8)),
+                            array.where)
         if not exact:
             row[...] = scratch[cut]
     return done
@@ -178,6 +281,10 @@ class _Payload:
 
     def __repr__(self):  # untrusted state in error messages, never in full
         return f"<{self.length} bytes>"
+
+    def __setstate__(self, state):  # BUILD would move the bytes after the walk checked them
+        raise _Refused("setting state on an array payload is not allowed (it would change where "
+                       "the array is read from)")
 
 
 class _ShortRepr(reprlib.Repr):
@@ -312,6 +419,8 @@ _LENGTH_PREFIX = {pickletools.TAKEN_FROM_ARGUMENT1: "<B", pickletools.TAKEN_FROM
                   pickletools.TAKEN_FROM_ARGUMENT4U: "<I", pickletools.TAKEN_FROM_ARGUMENT8U: "<Q"}
 _MAX_HEADER_BYTES = 1 << 20  # all but the payloads; the release's files have ~300 bytes
 _KEPT_PAYLOAD_BYTES = 16     # tiny payloads are kept too: _reconstruct's b'b' is one
+# CPython returns a cached copyreg extension without calling find_class: never allowed.
+_EXTENSION_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
 
 
 class _Walk:
@@ -372,6 +481,9 @@ def _walk(f, size: int) -> tuple[bytes, list[_Payload]]:
                            f"{f.tell() - 1})")
         if op.name in ("PERSID", "BINPERSID"):
             raise _Corrupt("corrupt file (persistent ids are not part of the format)")
+        if op.name in _EXTENSION_OPCODES:
+            raise _Refused(f"refused opcode {op.name} (a copyreg extension code names a global "
+                           f"that the unpickler would not check against the allow-list)")
         argument = walk.argument(op)
         if op.name in _PAYLOAD_OPCODES:
             walk.payload(op, argument)
@@ -392,23 +504,32 @@ def locate_tensor_file(path: str | os.PathLike,
     its header alone: payloads are skipped, checked only to lie within the file."""
     path = os.fspath(path)
     where = f"{path}{f' ({what})' if what else ''}"
-    try:
-        with open(path, "rb") as f:
-            stream, payloads = _walk(f, os.fstat(f.fileno()).st_size)
-        obj = _SafeUnpickler(stream, payloads).load()
-    except _Refused as e:
-        raise CheckpointError(f"{where}: {e}; nothing from this file was executed") from None
-    except _Corrupt as e:
-        raise CheckpointError(f"{where}: {e}") from None
-    except Exception as e:  # unreadable, truncated or corrupt input raises many types
-        raise CheckpointError(f"{where}: truncated or corrupt ({type(e).__name__}: {e})") from None
+    with open_regular(path, where) as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            stream, payloads = _walk(f, size)
+            obj = _SafeUnpickler(stream, payloads).load()
+        except _Refused as e:
+            raise CheckpointError(f"{where}: {e}; nothing from this file was executed") from None
+        except _Corrupt as e:
+            raise CheckpointError(f"{where}: {e}") from None
+        except Exception as e:  # unreadable, truncated or corrupt input raises many types
+            raise CheckpointError(f"{where}: truncated or corrupt ({type(e).__name__}: {e})"
+                                  ) from None
     if isinstance(obj, _ArrayStub) and obj.array is not None:
-        return dataclasses.replace(obj.array, path=path)
-    if isinstance(obj, _QuantizedWeightStub) and "weight" in vars(obj):
-        return QuantizedWeight8bit(weight=dataclasses.replace(obj.weight, path=path),
-                                   scales=dataclasses.replace(obj.scales, path=path))
-    raise CheckpointError(f"{where}: holds a {type(obj).__name__}, expected an array or a "
-                          f"QuantizedWeight8bit")
+        located = dataclasses.replace(obj.array, path=path, what=what)
+    elif isinstance(obj, _QuantizedWeightStub) and "weight" in vars(obj):
+        label = f"{what}, " if what else ""
+        located = QuantizedWeight8bit(
+            weight=dataclasses.replace(obj.weight, path=path, what=f"{label}weight"),
+            scales=dataclasses.replace(obj.scales, path=path, what=f"{label}scales"))
+    else:
+        raise CheckpointError(f"{where}: holds a {type(obj).__name__}, expected an array or a "
+                              f"QuantizedWeight8bit")
+    for array in (located.weight, located.scales) if isinstance(located, QuantizedWeight8bit) \
+            else (located,):
+        array.check_extent(size)  # the walk checked each payload; this checks what uses them
+    return located
 
 
 def read_tensor_file(path: str | os.PathLike, what: str = "") -> np.ndarray | QuantizedWeight8bit:
