@@ -148,11 +148,14 @@ def check_tensor(spec: TensorSpec, value, where: str) -> np.ndarray | QuantizedW
 
 def _check_same_groups(specs: list[TensorSpec], tensors: list, wheres: list[str]) -> None:
     """The layers of one stacked quantized leaf share one scales array [L, *lead, G, Out]: the
-    error names a layer whose G differs from the most common one (the first layer's on a tie)."""
+    error names a layer whose G differs from the most common one (on a tie, the release's G)."""
     if not specs[0].quantized:
         return
     shapes = [tensor.scales.shape for tensor in tensors]
-    common, count = collections.Counter(shapes).most_common(1)[0]
+    counts = collections.Counter(shapes)
+    common = max(counts, key=lambda shape: (counts[shape],
+                                            shape[-2] == specs[0].release_groups))
+    count = counts[common]
     for spec, shape, where in zip(specs, shapes, wheres):
         if shape != common:
             raise CheckpointError(f"tensor {spec.index} ({spec.ckpt_path}) in {where}: scales "
