@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from grok.checkpoint import store as ckpt, tensor_file
+from grok.checkpoint import store as ckpt, stored_array, tensor_file
 from grok.ops.quantization import QuantizedWeight8bit
 
 PAGE = 4096  # tensor_file reads whole rows where a row of the block is shorter than this
@@ -50,9 +50,10 @@ class CountingFile:
 
 @pytest.fixture
 def bytes_read(monkeypatch):
-    """[n]: every byte grok.checkpoint.tensor_file reads from any file, counted where it is read."""
+    """[n]: every byte the checkpoint reader reads from any file, counted where it is read (all
+    its files are opened by grok.checkpoint.stored_array.open_regular)."""
     counter = [0]
-    monkeypatch.setattr(tensor_file, "open",
+    monkeypatch.setattr(stored_array, "open",
                         lambda *a, **k: CountingFile(builtins.open(*a, **k), counter),
                         raising=False)
     return counter
