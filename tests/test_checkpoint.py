@@ -483,7 +483,8 @@ def test_non_finite_weights_are_refused_naming_the_tensor(written, damaged, path
     _, _, tensors = written
     ckpt_dir, config, layout = damaged
     spec = layout[path]
-    ckpt.write_tensor_file(ckpt_dir / spec.file_name(), with_non_finite(tensors[path], where, value))
+    damaged_tensor = with_non_finite(tensors[path], where, value)
+    ckpt.write_tensor_file(ckpt_dir / spec.file_name(), damaged_tensor)
     message = _expect_error(ckpt_dir, config, spec, "non-finite", words)
     assert str(ckpt_dir / spec.file_name()) in message
     with pytest.raises(ckpt.CheckpointError) as info:

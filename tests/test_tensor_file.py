@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from grok.checkpoint import store as ckpt, stored_array, tensor_file
+from grok.checkpoint import loader, store as ckpt, stored_array, tensor_file
 from grok.ops.quantization import QuantizedWeight8bit
 
 PAGE = 4096  # tensor_file reads whole rows where a row of the block is shorter than this
@@ -196,7 +196,7 @@ class HalfOnThisProcess:
 
 
 def test_the_process_block_bounds_its_devices_shards():
-    assert ckpt._process_block((8, 6), HalfOnThisProcess()) == (slice(0, 4), slice(0, 6))
+    assert loader._process_block((8, 6), HalfOnThisProcess()) == (slice(0, 4), slice(0, 6))
 
 
 def test_a_stacked_leaf_block_reads_each_layer_files_part(tmp_path, bytes_read):
@@ -205,11 +205,11 @@ def test_a_stacked_leaf_block_reads_each_layer_files_part(tmp_path, bytes_read):
     ckpt_dir = ckpt.save_checkpoint(tensors, tmp_path, config)
     host = ckpt.stack_params(tensors, config)["transformer/decoder_layer/moe/linear"]["w"]
     with ThreadPoolExecutor(2) as pool:
-        leaf = ckpt._locate(ckpt_dir, ckpt.checkpoint_layout(config), pool)[
+        leaf = loader._locate(ckpt_dir, ckpt.checkpoint_layout(config), pool)[
             ("transformer/decoder_layer/moe/linear", "w")]
         box = (slice(1, 3), slice(2, 4), slice(None), slice(0, 176))       # [L, E, D, F]
         bytes_read[0], counted = 0, []
-        block = ckpt._read_leaf_block(leaf.weight, box, pool, counted.append)
+        block = loader._read_leaf_block(leaf.weight, box, pool, counted.append)
     np.testing.assert_array_equal(block, host.weight[box])
     assert bytes_read[0] == sum(counted) == block.nbytes == host.weight.nbytes // 4
 

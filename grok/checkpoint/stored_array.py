@@ -132,12 +132,12 @@ class StoredArray:
                 and all(type(n) is int and n >= 0 for n in self.shape)
                 and isinstance(self.dtype, np.dtype)):
             raise CheckpointError(f"{self.where}: corrupt array location (offset "
-                                  f"{short_repr(self.offset)}, shape {short_repr(self.shape)}, dtype "
-                                  f"{short_repr(self.dtype)})")
+                                  f"{short_repr(self.offset)}, shape {short_repr(self.shape)}, "
+                                  f"dtype {short_repr(self.dtype)})")
         if self.offset + self.nbytes > file_size:
-            raise CheckpointError(f"{self.where}: truncated or corrupt (a {self.nbytes}-byte array "
-                                  f"at byte {self.offset} runs past the end of the {file_size}-byte "
-                                  f"file)")
+            raise CheckpointError(f"{self.where}: truncated or corrupt (a {self.nbytes}-byte "
+                                  f"array at byte {self.offset} runs past the end of the "
+                                  f"{file_size}-byte file)")
 
     def _open(self):
         """The file, opened unbuffered, once this array is known to lie within it."""
