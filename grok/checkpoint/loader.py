@@ -188,7 +188,11 @@ def load_checkpoint(directory: str | os.PathLike, config: LanguageModelConfig, s
     first. Then, one leaf at a time, the block of it that this process's devices hold is read
     (only those byte ranges, its files in parallel) into one host buffer, placed, and freed:
     peak host memory is about the largest leaf's block, not the checkpoint. (Placing per layer
-    and stacking on device would need twice the leaf in device memory, the scarcer one.)"""
+    and stacking on device would need twice the leaf in device memory, the scarcer one.) Each
+    placed float leaf is checked finite on its devices; every process gets the same verdict.
+
+    Raises CheckpointError naming the file and tensor (ConfigMismatchError where the files are
+    another config's: other shapes, fewer or more layers)."""
     ckpt_dir, layout = checkpoint_dir(directory), checkpoint_layout(config)
     check_files(ckpt_dir, layout, config)
     params: dict[str, dict] = {}

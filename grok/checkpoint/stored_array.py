@@ -79,10 +79,10 @@ def open_regular(path: str, where: str, buffering: int = -1):
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise _not_regular(path, where)
+        return open(fd, "rb", buffering=buffering)  # the file object now owns fd
     except BaseException:
         os.close(fd)
         raise
-    return open(fd, "rb", buffering=buffering)
 
 
 # Where arrays lie, and reading blocks of them.
