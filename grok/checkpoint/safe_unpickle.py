@@ -29,7 +29,7 @@ from grok.ops.quantization import QuantizedWeight8bit
 # huge buffers, mutate dtype singletons, or unpickle object arrays.
 
 class _Refused(Exception):
-    """Raised inside the unpickler; locate_tensor_file names the file."""
+    """Raised inside the walk or the unpickler; locate_arrays names the file."""
 
 
 class _Corrupt(Exception):
