@@ -491,3 +491,20 @@ def test_non_finite_weights_are_refused_naming_the_tensor(written, damaged, path
         ckpt.read_checkpoint_tensors(ckpt_dir, config)
     for fragment in (spec.ckpt_path, str(ckpt_dir / spec.file_name()), "non-finite"):
         assert fragment in str(info.value), str(info.value)
+
+
+def test_non_finite_scales_are_found_on_a_sharded_mesh(written, damaged):
+    """The check runs where the shards lie (a 2x4 mesh) and still names the layer's file."""
+    _, _, tensors = written
+    ckpt_dir, config, layout = damaged
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
+    shardings = jax.tree.map(lambda x: NamedSharding(mesh, _partition(x.shape)),
+                             ckpt.stack_params(tensors, config))
+    path = "transformer/decoder_layer_10/moe/linear/w"                 # one layer of eleven
+    spec = layout[path]
+    ckpt.write_tensor_file(ckpt_dir / spec.file_name(),
+                           with_non_finite(tensors[path], (2, 0, 40), np.nan))
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load_checkpoint(ckpt_dir, config, shardings, progress=False)
+    for fragment in (str(ckpt_dir / spec.file_name()), f"{path}, scales", "1 non-finite"):
+        assert fragment in str(info.value), str(info.value)
