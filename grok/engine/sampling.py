@@ -125,7 +125,7 @@ def _candidates(scaled: jax.Array, settings: SampleSettings, num_candidates: int
     neg_inf = jnp.full((b,), -jnp.inf, scaled.dtype)
     everything = c == v                       # no token outside the candidates
 
-    top_k_on = (settings.top_k > 0) & (settings.top_k < v)
+    top_k_on = (settings.top_k > 0) & (settings.top_k < v)   # as _filters_on
     top_k_inside = ~top_k_on | (settings.top_k <= c)
     kth = jnp.where(top_k_on & top_k_inside,
                     values[rows, jnp.clip(settings.top_k - 1, 0, c - 1)], neg_inf)  # [B]
@@ -204,24 +204,44 @@ def _full_row_draw(scaled: jax.Array, settings: SampleSettings, cand: _Candidate
     return jax.vmap(jax.random.categorical)(keys, filtered)
 
 
+def _filters_on(settings: SampleSettings, vocab: int) -> jax.Array:
+    """[B] bool: the row uses top-k or top-p."""
+    return ((settings.top_k > 0) & (settings.top_k < vocab)) | (settings.nucleus_p < 1)
+
+
 def _draw(logits: jax.Array, settings: SampleSettings, keys: jax.Array, draws: jax.Array,
           num_candidates: int) -> jax.Array:
     """Tokens [B]: sampled for the rows in `draws`, the argmax for the others."""
+    v = logits.shape[-1]
     # Shifting by the row max first keeps a tiny temperature from turning several logits
     # into +inf (which would tie them); softmax and the filters are shift-invariant.
     shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
     scaled = shifted / jnp.where(draws, settings.temperature, 1.0)[:, None]     # [B, V]
-    cand = _candidates(scaled, settings, num_candidates)
-    # the first candidate is the argmax: top_k puts the lowest index first among equals,
-    # and shifting and dividing never reorder (they may only tie values below the max)
-    argmax = cand.ids[:, 0]
-    if not _gumbel_draw_reproducible(keys):
-        sampled = _full_row_draw(scaled, settings, cand, keys, draws)
-    else:
-        sampled = jax.lax.cond(jnp.all(cand.draw_settled | ~draws),
-                               lambda: _candidate_draw(cand, keys),
-                               lambda: _full_row_draw(scaled, settings, cand, keys, draws))
-    return jnp.where(draws, sampled, argmax)
+
+    def from_candidates():
+        cand = _candidates(scaled, settings, num_candidates)
+        # the first candidate is the argmax: top_k puts the lowest index first among equals,
+        # and shifting and dividing never reorder (they may only tie values below the max)
+        argmax = cand.ids[:, 0]
+        if not _gumbel_draw_reproducible(keys):
+            sampled = _full_row_draw(scaled, settings, cand, keys, draws)
+        else:
+            sampled = jax.lax.cond(jnp.all(cand.draw_settled | ~draws),
+                                   lambda: _candidate_draw(cand, keys),
+                                   lambda: _full_row_draw(scaled, settings, cand, keys, draws))
+        return jnp.where(draws, sampled, argmax)
+
+    def unfiltered_full_row():   # jax.random.categorical as before: no thresholds to find
+        sampled = jax.vmap(jax.random.categorical)(keys, scaled)
+        return jnp.where(draws, sampled, jnp.argmax(logits, axis=-1))
+
+    # Rows without top-k/top-p whose tail could win (more than C logits within the noise's
+    # spread of the max) need the full-row draw; if no row filters, skip the candidates.
+    contenders = jnp.sum(scaled >= -MAX_GUMBEL_SPREAD, axis=-1)                 # [B]
+    filtering = draws & _filters_on(settings, v)
+    tail_may_win = draws & ~filtering & (contenders > num_candidates)
+    return jax.lax.cond(jnp.any(tail_may_win) & ~jnp.any(filtering),
+                        unfiltered_full_row, from_candidates)
 
 
 def sample_token(logits: jax.Array, settings: SampleSettings, keys: jax.Array,
