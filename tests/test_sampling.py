@@ -276,10 +276,10 @@ def test_same_tokens_as_full_sort_implementation():
 def test_gumbel_at_candidates_is_jax_random_gumbel():
     vocab, rows = 4096, 4
     ids = jnp.asarray(np.random.default_rng(3).integers(0, vocab, size=(rows, 64)), jnp.int32)
-    k = keys(rows, 9)
-    full = jax.vmap(lambda key: jax.random.gumbel(key, (vocab,)))(k)
-    np.testing.assert_array_equal(np.asarray(_gumbel_at(k, ids)),
-                                  np.take_along_axis(np.asarray(full), np.asarray(ids), -1))
+    for k in (keys(rows, 9), jax.random.split(jax.random.key(9), rows)):   # raw and typed keys
+        full = jax.vmap(lambda key: jax.random.gumbel(key, (vocab,)))(k)
+        np.testing.assert_array_equal(np.asarray(_gumbel_at(k, ids)),
+                                      np.take_along_axis(np.asarray(full), np.asarray(ids), -1))
 
 
 def test_default_candidates_at_a_large_vocabulary():
@@ -308,3 +308,14 @@ def test_inactive_rows_take_the_argmax_and_change_nothing_else():
 def test_num_candidates_must_be_positive():
     with pytest.raises(ValueError, match="num_candidates"):
         sample_token(jnp.asarray(LOGITS), settings(ROWS), keys(ROWS), num_candidates=0)
+
+
+def test_sampling_benchmark_runs_every_case(capsys):
+    from grok.benchmarks import sampling as bench
+    result = bench.main(["--vocab", "512", "--slots", "2", "--iters", "1"])
+    assert set(result["ms_per_call"]) == {name for name, _, _ in bench.CASES}
+    assert result["ratio_to_greedy"]["greedy"] == 1.0
+    assert all(ms > 0 for ms in result["ms_per_call"].values())
+    assert "all top-p" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--slots"):
+        bench.main(["--slots", "0"])
