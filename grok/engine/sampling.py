@@ -118,9 +118,13 @@ def _candidates(scaled: jax.Array, settings: SampleSettings, num_candidates: int
     """
     b, v = scaled.shape
     c = min(num_candidates, v)
-    # The barrier keeps XLA from folding later slices of the result into the top_k, which on
-    # CPU turns it back into a full sort (the TopK rewrite needs plain leading slices).
-    values, ids = jax.lax.optimization_barrier(jax.lax.top_k(scaled, c))       # [B, C]
+    values, ids = jax.lax.top_k(scaled, c)                                      # [B, C]
+    # The barriers keep XLA from folding later slices (ids[:, 0]) into the top_k, which on CPU
+    # turns it back into a full sort (its TopK rewrite needs plain leading slices). One per
+    # array: a barrier on the pair gets simplified onto the TopK tuple, which XLA's SPMD
+    # TopK decomposer cannot handle.
+    values = jax.lax.optimization_barrier(values)
+    ids = jax.lax.optimization_barrier(ids)
     rows = jnp.arange(b)
     neg_inf = jnp.full((b,), -jnp.inf, scaled.dtype)
     everything = c == v                       # no token outside the candidates
@@ -145,7 +149,7 @@ def _candidates(scaled: jax.Array, settings: SampleSettings, num_candidates: int
     threshold = jnp.maximum(kth, nucleus_t)
     mask_known = top_k_inside | ~nucleus_on   # the nucleus needs the top-k row's total
     row_threshold_known = top_k_inside & nucleus_inside
-    lowest = values[:, -1]
+    lowest = jnp.min(values, axis=-1)
     outside_filtered = everything | (row_threshold_known & (threshold > lowest))
     outside_cannot_win = lowest < -MAX_GUMBEL_SPREAD
     return _Candidates(values, ids, threshold, mask_known, row_threshold_known,
