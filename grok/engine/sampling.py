@@ -72,6 +72,7 @@ class _Candidates(NamedTuple):
     mask_known: jax.Array       # bool: the candidates' keep mask is exact
     row_threshold_known: jax.Array  # bool: the full row's filter is `scaled >= threshold`
     draw_settled: jax.Array     # bool: the full-row draw's winner is among the candidates
+    filtering: jax.Array        # bool: the row uses top-k or top-p
 
 
 # ---- the exact full-vocabulary filters (one sort per row; the fallback) -----------------------
@@ -129,7 +130,7 @@ def _candidates(scaled: jax.Array, settings: SampleSettings, num_candidates: int
     neg_inf = jnp.full((b,), -jnp.inf, scaled.dtype)
     everything = c == v                       # no token outside the candidates
 
-    top_k_on = (settings.top_k > 0) & (settings.top_k < v)   # as _filters_on
+    top_k_on = (settings.top_k > 0) & (settings.top_k < v)
     top_k_inside = ~top_k_on | (settings.top_k <= c)
     kth = jnp.where(top_k_on & top_k_inside,
                     values[rows, jnp.clip(settings.top_k - 1, 0, c - 1)], neg_inf)  # [B]
@@ -153,7 +154,7 @@ def _candidates(scaled: jax.Array, settings: SampleSettings, num_candidates: int
     outside_filtered = everything | (row_threshold_known & (threshold > lowest))
     outside_cannot_win = lowest < -MAX_GUMBEL_SPREAD
     return _Candidates(values, ids, threshold, mask_known, row_threshold_known,
-                       mask_known & (outside_filtered | outside_cannot_win))
+                       mask_known & (outside_filtered | outside_cannot_win), top_k_on | nucleus_on)
 
 
 # ---- the draw ---------------------------------------------------------------------------------
@@ -197,55 +198,24 @@ def _candidate_draw(cand: _Candidates, keys: jax.Array) -> jax.Array:
 
 
 def _full_row_draw(scaled: jax.Array, settings: SampleSettings, cand: _Candidates,
-                   keys: jax.Array, draws: jax.Array) -> jax.Array:
-    """jax.random.categorical over the full filtered row; sorts only when a drawing row's
-    thresholds lie outside its candidates."""
-    by_threshold = jnp.where(scaled >= cand.threshold[:, None], scaled, DISALLOWED_LOGIT)
-    known = cand.row_threshold_known[:, None]
-    filtered = jax.lax.cond(jnp.any(draws & ~cand.row_threshold_known),
-                            lambda: jnp.where(known, by_threshold, _sorted_filter(scaled, settings)),
-                            lambda: by_threshold)
+                   keys: jax.Array, draws: jax.Array, sort: bool) -> jax.Array:
+    """jax.random.categorical over the full filtered row; with `sort`, rows whose thresholds
+    lie outside their candidates take them from a full sort (the others never need it)."""
+    filtered = jnp.where(scaled >= cand.threshold[:, None], scaled, DISALLOWED_LOGIT)
+    if sort:
+        known = cand.row_threshold_known | ~draws
+        filtered = jnp.where(known[:, None], filtered, _sorted_filter(scaled, settings))
     return jax.vmap(jax.random.categorical)(keys, filtered)
 
 
-def _filters_on(settings: SampleSettings, vocab: int) -> jax.Array:
-    """[B] bool: the row uses top-k or top-p."""
-    return ((settings.top_k > 0) & (settings.top_k < vocab)) | (settings.nucleus_p < 1)
+def _unfiltered_draw(scaled: jax.Array, keys: jax.Array) -> jax.Array:
+    """jax.random.categorical over the scaled rows as they are (no drawing row filters). A
+    separate path: a `where` in front of the draw doubles its cost on CPU (fusion)."""
+    return jax.vmap(jax.random.categorical)(keys, scaled)
 
 
-def _draw(logits: jax.Array, settings: SampleSettings, keys: jax.Array, draws: jax.Array,
-          num_candidates: int) -> jax.Array:
-    """Tokens [B]: sampled for the rows in `draws`, the argmax for the others."""
-    v = logits.shape[-1]
-    # Shifting by the row max first keeps a tiny temperature from turning several logits
-    # into +inf (which would tie them); softmax and the filters are shift-invariant.
-    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
-    scaled = shifted / jnp.where(draws, settings.temperature, 1.0)[:, None]     # [B, V]
-
-    def from_candidates():
-        cand = _candidates(scaled, settings, num_candidates)
-        # the first candidate is the argmax: top_k puts the lowest index first among equals,
-        # and shifting and dividing never reorder (they may only tie values below the max)
-        argmax = cand.ids[:, 0]
-        if not _gumbel_draw_reproducible(keys):
-            sampled = _full_row_draw(scaled, settings, cand, keys, draws)
-        else:
-            sampled = jax.lax.cond(jnp.all(cand.draw_settled | ~draws),
-                                   lambda: _candidate_draw(cand, keys),
-                                   lambda: _full_row_draw(scaled, settings, cand, keys, draws))
-        return jnp.where(draws, sampled, argmax)
-
-    def unfiltered_full_row():   # jax.random.categorical as before: no thresholds to find
-        sampled = jax.vmap(jax.random.categorical)(keys, scaled)
-        return jnp.where(draws, sampled, jnp.argmax(logits, axis=-1))
-
-    # Rows without top-k/top-p whose tail could win (more than C logits within the noise's
-    # spread of the max) need the full-row draw; if no row filters, skip the candidates.
-    contenders = jnp.sum(scaled >= -MAX_GUMBEL_SPREAD, axis=-1)                 # [B]
-    filtering = draws & _filters_on(settings, v)
-    tail_may_win = draws & ~filtering & (contenders > num_candidates)
-    return jax.lax.cond(jnp.any(tail_may_win) & ~jnp.any(filtering),
-                        unfiltered_full_row, from_candidates)
+# The ways one step can draw, cheapest first (lax.switch index).
+ARGMAX_ONLY, CANDIDATE_DRAW, UNFILTERED_DRAW, FULL_ROW_DRAW, SORTED_FULL_ROW_DRAW = range(5)
 
 
 def sample_token(logits: jax.Array, settings: SampleSettings, keys: jax.Array,
@@ -259,9 +229,29 @@ def sample_token(logits: jax.Array, settings: SampleSettings, keys: jax.Array,
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
     logits = logits.astype(jnp.float32)
     draws = (settings.temperature > 0) & settings.active                        # [B]
-    token = jax.lax.cond(jnp.any(draws),  # all greedy: draw nothing
-                         lambda: _draw(logits, settings, keys, draws, num_candidates),
-                         lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32))  # [B]
+    # Shifting by the row max first keeps a tiny temperature from turning several logits
+    # into +inf (which would tie them); softmax and the filters are shift-invariant.
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    scaled = shifted / jnp.where(draws, settings.temperature, 1.0)[:, None]     # [B, V]
+    cand = _candidates(scaled, settings, num_candidates)
+    # The first candidate is the argmax (cheaper than jnp.argmax on CPU): top_k puts the
+    # lowest index first among equals, and shifting never reorders or ties the max.
+    argmax = cand.ids[:, 0]
+    # One switch, not nested conds: XLA's CPU backend runs a conditional's branches on one
+    # thread, so the full-row draw should sit no deeper than before.
+    path = jnp.where(~jnp.any(draws), ARGMAX_ONLY,
+                     jnp.where(jnp.all(cand.draw_settled | ~draws) & _gumbel_draw_reproducible(keys),
+                               CANDIDATE_DRAW,
+                      jnp.where(jnp.all(~cand.filtering | ~draws), UNFILTERED_DRAW,
+                      jnp.where(jnp.all(cand.row_threshold_known | ~draws),
+                                FULL_ROW_DRAW, SORTED_FULL_ROW_DRAW))))
+    sampled = jax.lax.switch(path, [
+        lambda: argmax,
+        lambda: _candidate_draw(cand, keys),
+        lambda: _unfiltered_draw(scaled, keys),
+        lambda: _full_row_draw(scaled, settings, cand, keys, draws, sort=False),
+        lambda: _full_row_draw(scaled, settings, cand, keys, draws, sort=True)])
+    token = jnp.where(draws, sampled, argmax).astype(jnp.int32)
     logprobs = jax.nn.log_softmax(logits, axis=-1)                              # [B, V]
     top_logprobs, top_ids = jax.lax.top_k(logprobs, min(NUM_ALTERNATIVES, logits.shape[-1]))
     chosen = jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
