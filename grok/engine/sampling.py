@@ -11,9 +11,10 @@ argmax of logit + Gumbel noise, the noise of vocabulary entry i is a pure functi
 so we compute it for the candidates alone, and a token outside the candidates cannot win when
 it is filtered out, or when it lies more than MAX_GUMBEL_SPREAD below the row's best logit.
 Where a row's candidates cannot settle its draw (its nucleus reaches past them, top_k > C with
-a nucleus, or a flat tail that could win), the step falls back (`lax.cond`) to the full filtered
-row: thresholds from a full sort only for rows whose thresholds lie outside their candidates,
-then `jax.random.categorical` over the whole row. Same tokens for the same key either way.
+a nucleus, or a flat tail that could win), the step falls back (`lax.switch`) to the full
+filtered row: thresholds from a full sort only when a row's thresholds lie outside its
+candidates, then `jax.random.categorical` over the whole row. Same tokens for the same key
+either way. Inactive rows take the argmax (their tokens are never used).
 
 Glossary: B rows (slots), V vocabulary, C candidates per row, A alternatives reported per token.
 """
