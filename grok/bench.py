@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 BENCHMARKS = {
     "decode": "grok.benchmarks.decode",   # load, compile, prefill and decode of the runner
+    "sampling": "grok.benchmarks.sampling",   # sample_token: greedy vs top-k/top-p slots
 }
 DEFAULT = "decode"
 
