@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 BENCHMARKS = {
     "decode": "grok.benchmarks.decode",   # load, compile, prefill and decode of the runner
+    "prefill_batch": "grok.benchmarks.prefill_batch",   # N prompts in one prefill call vs one each
 }
 DEFAULT = "decode"
 
