@@ -123,7 +123,8 @@ class InferenceRunner:
         if jax.process_count() > 1:   # every process must compile the same programs
             from grok.parallel.multihost import check_consistent
 
-            check_consistent({"config": runner.model.to_dict(), "runtime": self.runtime.to_dict()})
+            # The architecture and every runtime field (flat, so a mismatch names the field).
+            check_consistent({"config": runner.model.to_dict(), **self.runtime.to_dict()})
         runner.runtime = self.runtime
         runner.initialize(None)
         if self.tokenizer is None:
