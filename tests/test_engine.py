@@ -204,3 +204,21 @@ def test_bad_calls_name_the_problem(engine):
     with pytest.raises(ValueError, match="2 prompts but 1"):
         engine.prefill_batch([[5], [6]], [GREEDY])
     assert isinstance(prefix, Prefix)
+
+
+def test_trim_keeps_a_shorter_shared_part(engine):
+    """A prefix cache's partial hit: the first 11 of 20 positions, continued, equal to a prompt
+    prefilled from scratch (tokens and KV)."""
+    prompt, other = make_prompt(20, 80), make_prompt(5, 81)
+    full, _ = prefill_prompt(engine, prompt)
+    kept = engine.trim(full, 11)
+    assert kept.capacity == 16 and int(kept.length) == 11 and full.capacity == 32
+    assert not np.asarray(kept.valid)[0, 11:].any() and not np.asarray(kept.k)[:, :, :, 11:].any()
+    resumed, result = engine.prefill(other, GREEDY, existing_prefix=kept)
+    scratch, scratch_result = prefill_prompt(engine, prompt[:11] + other, chunk=8)
+    assert engine.read(result).token_ids[0] == engine.read(scratch_result).token_ids[0]
+    n = 16
+    np.testing.assert_allclose(np.asarray(resumed.k)[:, :, :, :n], np.asarray(scratch.k)[:, :, :, :n],
+                               **TOLERANCE)
+    with pytest.raises(ValueError, match="trim"):
+        engine.trim(full, 33)

@@ -123,6 +123,7 @@ class Engine(Protocol):
     prefill_buckets: tuple[int, ...]    # chunk sizes T, ascending; a chunk is <= the largest
     prefix_capacities: tuple[int, ...]  # prefix sizes P, ascending; the last is sequence_len
     prefill_batch_sizes: tuple[int, ...]  # N buckets of `prefill_batch`, ascending
+    prefill_chunk_tokens: int           # the scheduler's prompt-token budget between steps
     sequence_len: int                   # S: positions per slot (prompt + output)
     vocab_size: int
     eos_token: int
@@ -148,6 +149,11 @@ class Engine(Protocol):
 
         Equal to `prefill` of each alone (no echo, no existing prefix).
         """
+
+    def trim(self, prefix: Prefix, length: int) -> Prefix:
+        """The prefix's first `length` positions, in the smallest capacity that holds them
+        (positions after `length` zeroed and invalid). `prefix` is not modified. For a prefix
+        cache: keep the shared part of a longer prompt, then continue it with `prefill`."""
 
     def insert(self, prefix: Prefix, arm: SlotArm, state, slot: int):
         """The state with `slot` holding exactly `prefix` (everything else in it cleared),
