@@ -35,8 +35,9 @@ def reference(host_params):
 def engine(host_params):
     runner = InferenceRunner(ModelRunner(tiny_config(), bs_per_device=4, rng_seed=SEED),
                              local_mesh_config=(1, 1), pad_sizes=BUCKETS,
-                             tokenizer=ByteTokenizer(), params=host_params)
+                             tokenizer=ByteTokenizer(), params=host_params, precompile=False)
     runner.initialize()
+    runner.engine.precompile()
     assert runner.engine.batch_size == 4 and runner.engine.prefix_capacities == (8, 16, 32, 64, 128)
     return runner.engine
 

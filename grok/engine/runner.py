@@ -143,7 +143,23 @@ class InferenceRunner:
         self.release_slot = self.engine.release_slot
         self.prefill_jit = {echo: self.engine.prefill_into_slot_fn(echo) for echo in (False, True)}
         if self.precompile:
-            self.engine.precompile()
+            self._precompile()
+
+    def _precompile(self):
+        """Compiles what `run()` uses before the first request (as the reference does).
+
+        Today's scheduler (grok.serving.scheduler) still prefills through `prefill_memory`;
+        once it drives `self.engine`, this becomes `self.engine.precompile()` (compiling both
+        would cost every start-up the other path's compiles for nothing).
+        """
+        state = self.new_memory()
+        for t in self.pad_sizes:
+            args = self.prefill_args(np.ones(t, np.int32), np.ones(t, np.int32), 1, 0, True,
+                                     (0.0, 1.0, 0), 0)
+            state, _ = self.prefill_memory(state, *args, echo=False)
+        state, _ = self.sample_step(self.params, state)
+        state = self.release_slot(state, np.int32(0))
+        jax.block_until_ready(state)
 
     def _resolve_runtime(self) -> RuntimeConfig:
         """The runtime config with this runner's reference-style arguments applied."""
