@@ -148,10 +148,16 @@ class InferenceRunner:
     def _precompile(self):
         """Compiles what `run()` uses before the first request (as the reference does).
 
-        Today's scheduler (grok.serving.scheduler) still prefills through `prefill_memory`;
-        once it drives `self.engine`, this becomes `self.engine.precompile()` (compiling both
-        would cost every start-up the other path's compiles for nothing).
+        Transition: the scheduler on the engine API (grok.serving.scheduler.Scheduler) uses
+        `self.engine`; the one before it prefills through `prefill_memory`. Compile only the
+        path in use (both would cost every start-up the other's compiles); once the old
+        scheduler is gone this is `self.engine.precompile()`.
         """
+        from grok.serving import scheduler
+
+        if hasattr(scheduler, "Scheduler"):
+            self.engine.precompile()
+            return
         state = self.new_memory()
         for t in self.pad_sizes:
             args = self.prefill_args(np.ones(t, np.int32), np.ones(t, np.int32), 1, 0, True,
