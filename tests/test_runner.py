@@ -19,7 +19,9 @@ from grok import checkpoint
 from grok.config import LanguageModelConfig, TransformerConfig
 from grok.model.transformer import build_forward, init_memory
 from grok.serving.requests import Completion, Request, TokenEvent
+from grok.engine.api import Engine
 from grok.engine.runner import InferenceRunner, ModelRunner, sample_from_model
+from grok.runtime_config import RuntimeConfig
 from grok.tokenizer import ByteTokenizer
 
 SEED = 42                # ModelRunner's default rng_seed for random weights
@@ -487,3 +489,26 @@ def test_completion_to_dict(runner, alone):
     assert d["request_id"] == "d" and d["prompt_ids"] == ByteTokenizer().encode("hi")
     assert d["output_ids"] == got.output_ids and d["text"] == str(got)
     assert d["logprobs"] == got.logprobs and "error" not in d and "prompt_logprobs" not in d
+
+
+# ---- runtime config and the engine ----------------------------------------------------------
+def test_runner_exposes_its_engine_and_resolved_runtime(runner):
+    assert isinstance(runner.engine, Engine) and runner.engine.batch_size == runner.batch_size == 4
+    runtime = runner.runtime
+    assert (runtime.prefill_buckets, runtime.local_mesh_config, runtime.bs_per_device) == (PAD_SIZES, (2, 2), 1)
+    assert runtime.activation_dtype == "float32"      # tiny_config's fprop_dtype, the old way
+    assert runner.pad_sizes == runner.engine.prefill_buckets == PAD_SIZES
+
+
+def test_runtime_config_drives_the_runner(config, host_params):
+    runtime = RuntimeConfig(local_mesh_config=(1, 2), bs_per_device=1.5, prefill_buckets=(8, 4))
+    ir = InferenceRunner(ModelRunner(config), runtime=runtime, tokenizer=ByteTokenizer(),
+                         params=host_params, precompile=False)
+    ir.initialize()
+    assert ir.batch_size == 3 and ir.pad_sizes == (4, 8) and ir.runner.mesh.devices.shape == (1, 2)
+    assert ir.engine.prefix_capacities == (4, 8, 16, 32, 64, 128)
+    assert ir.params["language_model/in_out_embed"]["embeddings"].dtype == np.float32
+    bad = InferenceRunner(ModelRunner(config), runtime=runtime, pad_sizes=(8, 0),
+                          tokenizer=ByteTokenizer(), params=host_params, precompile=False)
+    with pytest.raises(ValueError, match="pad_sizes"):
+        bad.initialize()
