@@ -512,3 +512,51 @@ def test_runtime_config_drives_the_runner(config, host_params):
                           tokenizer=ByteTokenizer(), params=host_params, precompile=False)
     with pytest.raises(ValueError, match="pad_sizes"):
         bad.initialize()
+
+
+# ---- cancel and stop strings through the real engine (scheduler level) ----------------------
+def test_cancel_frees_slots_for_what_comes_next(runner, alone):
+    from grok.serving.requests import Cancel
+
+    requests = [Request(prompt=make_prompt(6 + i, 70 + i), temperature=0, max_len=40,
+                        stream=True, request_id=f"c{i}") for i in range(runner.batch_size + 1)]
+    gen = new_generator(runner)
+    out, results = gen.send(requests), []
+    while not (isinstance(out, TokenEvent) and out.request_id == "c0" and out.index >= 2):
+        results.append(out)
+        out = next(gen)
+    results.append(out)
+    results.append(gen.send(Cancel(requests[-1].request_id)))        # queued: ends at once
+    results += run_all(gen, Cancel("c0"))                              # running: next step
+    done = by_id(results)
+    assert (done["c0"].finish_reason, done[requests[-1].request_id].finish_reason) == (
+        "cancelled", "cancelled")
+    full = alone(dataclasses.replace(requests[0], stream=False)).output_ids
+    assert 3 <= len(done["c0"].output_ids) < len(full)
+    assert done["c0"].output_ids == full[:len(done["c0"].output_ids)]
+    for r in requests[1:-1]:
+        assert done[r.request_id].output_ids == alone(dataclasses.replace(r, stream=False)).output_ids
+    after = Request(prompt=[runner.config.pad_token, 5], temperature=0, max_len=6)
+    (again,) = run_all(gen, after)                       # a reused slot: no stale keys
+    assert again.output_ids == alone(after).output_ids
+
+
+def test_stop_string_through_the_model(runner, alone):
+    def clean_window(request):   # (its text, where 2 whole characters follow each other)
+        text = alone(request).text
+        return text, next((i for i in range(2, len(text) - 2)
+                           if "\ufffd" not in text[i:i + 2]), None)
+
+    base, (text, at) = next((r, w) for r in (
+        Request(prompt=make_prompt(9, seed), temperature=1.0, rng_seed=seed, max_len=30,
+                stop_tokens=[1]) for seed in range(80, 140))
+        if (w := clean_window(r))[1] is not None)
+    stop = text[at:at + 2]
+    request = dataclasses.replace(base, stop=[stop], stream=True, logprobs=True, request_id="st")
+    results = run_all(new_generator(runner), request)
+    (done,) = by_id(results).values()
+    events = [e for e in results if isinstance(e, TokenEvent)]
+    assert (done.text, done.finish_reason, done.stop_reason) == (
+        text[:text.index(stop)], "stop", stop)
+    assert "".join(e.text for e in events) == done.text
+    assert [e.top_logprobs for e in events] == done.top_logprobs
