@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 BENCHMARKS = {
     "decode": "grok.benchmarks.decode",   # load, compile, prefill and decode of the runner
     "sampling": "grok.benchmarks.sampling",   # sample_token: greedy vs top-k/top-p slots
+    "interleave": "grok.benchmarks.interleave",   # stream token gaps while a long prompt prefills
+    "prefill_batch": "grok.benchmarks.prefill_batch",   # N prompts in one prefill call vs one each
 }
 DEFAULT = "decode"
 
