@@ -24,6 +24,12 @@ PRINTABLE_FIRST, PRINTABLE_COUNT = 3 + 32, 95
 class FakePrefix(NamedTuple):
     tokens: tuple
 
+    @property
+    def capacity(self) -> int:
+        """Positions "held": the length rounded up to a power of two (>= 8), like the
+        engine's capacity buckets."""
+        return max(8, 1 << max(0, len(self.tokens) - 1).bit_length())
+
 
 class FakeArm(NamedTuple):
     token: int
@@ -128,6 +134,11 @@ class FakeEngine:
         self.calls.append(("release", slot))
         state["slots"][slot] = None
         return state
+
+    def slice_prefix(self, prefix, length):
+        assert 1 <= length <= len(prefix.tokens), (length, len(prefix.tokens))
+        self.calls.append(("slice_prefix", length))
+        return FakePrefix(prefix.tokens[:length])
 
     def read(self, handle) -> TokenOutput:
         return handle.out

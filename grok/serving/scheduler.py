@@ -34,6 +34,7 @@ from typing import Optional
 from grok.engine.api import Engine, Prefix, PrefillResult, SampleParams, TokenOutput
 from grok.serving.admission import ModelLimits, prepare
 from grok.serving.decisions import Admission, AdmissionLog, Decisions
+from grok.serving.prefix_cache import Hit, PrefixCache
 from grok.serving.requests import Cancel, Request
 from grok.serving.results import Completion, TokenEvent, error_completion
 from grok.serving.text import TextStream
@@ -58,6 +59,7 @@ class _Stream:
     prompt_logprobs: Optional[list] = None
     held: list = dataclasses.field(default_factory=list)   # TokenEvents whose text is not final
     inserted: bool = False                 # the slot holds its KV (release it when done)
+    cache_hit: Optional[Hit] = None        # the prefix-cache entry it continues (pinned)
     done: bool = False
 
 
@@ -67,10 +69,14 @@ class Scheduler:
     `prefill_budget`: prompt tokens prefilled between two decode steps (0: one largest
     bucket). `max_prefill_batch`: most prompts in one batched prefill (1: never batch).
     `log`: where process 0 publishes its decisions (None: a single process).
+    `prefix_cache_tokens`: positions the prefix cache may hold on the device (0: no cache;
+    see grok.serving.prefix_cache); `prefix_cache_hit_tokens` / `prefix_cache_query_tokens`
+    count prompt tokens served from it / looked up in it.
     """
 
     def __init__(self, engine: Engine, tokenizer, *, prefill_budget: int = 0,
-                 max_prefill_batch: int = 1, log: Optional[AdmissionLog] = None):
+                 max_prefill_batch: int = 1, log: Optional[AdmissionLog] = None,
+                 prefix_cache_tokens: int = 0):
         self.engine, self.tokenizer, self.log = engine, tokenizer, log
         self.limits = ModelLimits.of(engine)
         self.eos_token = int(engine.eos_token)
@@ -87,6 +93,10 @@ class Scheduler:
         self._inflight = None                    # (StepHandle, {slot: _Stream}) being computed
         self._auto_prefix = f"req-{secrets.token_hex(4)}-"
         self._auto_ids = itertools.count()
+        self.prefix_cache = (PrefixCache(int(prefix_cache_tokens), engine.slice_prefix)
+                             if prefix_cache_tokens and hasattr(engine, "slice_prefix") else None)
+        self.prefix_cache_hit_tokens = 0
+        self.prefix_cache_query_tokens = 0
 
     # ---- the API the generator and the HTTP server use ---------------------------------------
     @property
@@ -192,6 +202,7 @@ class Scheduler:
                          TextStream(self.tokenizer, prompt_ids, request.stop))
         self._streams[stream.request_id] = stream
         self._prefilling.append(stream)
+        self._prefix_lookup(stream)
 
     # ---- prefill ----------------------------------------------------------------------------
     def _prefill(self, events: list) -> list:
@@ -264,9 +275,34 @@ class Scheduler:
 
     def _insert(self, stream: _Stream, result: PrefillResult) -> None:
         self.state = self.engine.insert(stream.prefix, result.arm, self.state, stream.slot)
+        self._prefix_store(stream)
         stream.prefix, stream.first, stream.inserted = None, result, True
         self._prefilling.remove(stream)
         self._running[stream.slot] = stream
+
+    # ---- the prefix cache (grok.serving.prefix_cache) --------------------------------------
+    # Hooks: a lookup at admission (the hit's positions count as prefilled), storing the
+    # prompt's Prefix once it is inserted into its slot, and unpinning the hit's entry then
+    # (or when the request ends before). Echo requests bypass the cache: they need every
+    # prompt position's logprobs, which a hit would skip.
+    def _prefix_lookup(self, stream: _Stream) -> None:
+        if self.prefix_cache is None or stream.request.echo:
+            return
+        self.prefix_cache_query_tokens += len(stream.prompt_ids)
+        hit = self.prefix_cache.acquire(stream.prompt_ids)
+        if hit is not None:
+            stream.cache_hit, stream.prefix, stream.prefilled = hit, hit.prefix, hit.length
+            self.prefix_cache_hit_tokens += hit.length
+
+    def _prefix_release(self, stream: _Stream) -> None:
+        if stream.cache_hit is not None:
+            self.prefix_cache.release(stream.cache_hit)
+            stream.cache_hit = None
+
+    def _prefix_store(self, stream: _Stream) -> None:
+        self._prefix_release(stream)
+        if self.prefix_cache is not None and not stream.request.echo:
+            self.prefix_cache.insert(stream.prompt_ids, stream.prefix, stream.prefix.capacity)
 
     # ---- tokens -----------------------------------------------------------------------------
     def _guarded(self, stream: _Stream, work, *args) -> list:
@@ -332,6 +368,7 @@ class Scheduler:
             self.state = self.engine.release(self.state, stream.slot)
         else:
             self._prefilling.remove(stream)
+            self._prefix_release(stream)
             stream.prefix = None
         heapq.heappush(self._free, stream.slot)
         r = stream.request
@@ -350,7 +387,8 @@ def scheduler_for(runner, log: Optional[AdmissionLog] = None) -> Scheduler:
     runtime = getattr(runner, "runtime", None)
     return Scheduler(runner.engine, runner.tokenizer,
                      prefill_budget=getattr(runtime, "prefill_chunk_tokens", 0),
-                     max_prefill_batch=getattr(runtime, "max_prefill_batch", 1), log=log)
+                     max_prefill_batch=getattr(runtime, "max_prefill_batch", 1), log=log,
+                     prefix_cache_tokens=getattr(runtime, "prefix_cache_tokens", 0))
 
 
 def serve(source):
