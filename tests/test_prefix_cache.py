@@ -227,3 +227,53 @@ def test_every_process_evolves_the_same_cache():
         steps += 1
     assert leader.prefix_cache_hit_tokens == follower.prefix_cache_hit_tokens > 0
     assert leader.prefix_cache.evictions > 0 and steps > 20
+
+
+# ---- the tiny random model: the same outputs with and without the cache ------------------------
+@pytest.fixture(scope="module")
+def engine():
+    """A JaxEngine over the tiny model, float32, 4 slots on one device, buckets (8, 16)."""
+    from test_runner import PAD_SIZES, SEED, tiny_config
+    from grok.engine.runner import InferenceRunner, ModelRunner
+
+    runner = InferenceRunner(ModelRunner(tiny_config(), bs_per_device=4, rng_seed=SEED),
+                             local_mesh_config=(1, 1), pad_sizes=PAD_SIZES,
+                             tokenizer=BYTES, precompile=False)
+    runner.initialize()
+    return runner.engine
+
+
+def run_requests(engine, requests, cache_tokens: int, warm=()) -> tuple[dict, Scheduler]:
+    """Completions by id of `requests`, sent together after `warm` ran (one by one)."""
+    scheduler = Scheduler(engine, BYTES, prefix_cache_tokens=cache_tokens)
+    for request in warm:
+        scheduler.submit(request)
+        drain(scheduler)
+    scheduler.submit(list(requests))
+    done = {e.request_id: e for e in drain(scheduler) if isinstance(e, Completion)}
+    return done, scheduler
+
+
+@pytest.mark.slow
+def test_tiny_model_outputs_equal_with_and_without_the_cache(engine):
+    system = ids(37, 11)                                   # 37 = 2 blocks + 5
+    aligned = ids(33, 12)
+    warm = [Request(prompt=system + [40], max_len=1, request_id="w0"),
+            Request(prompt=aligned, max_len=1, request_id="w1")]
+    requests = [Request(prompt=system + ids(n, 20 + n), max_len=6, request_id=f"s{n}",
+                        temperature=t, rng_seed=n, logprobs=True)
+                for n, t in ((3, 0.0), (5, 1.2), (9, 0.8))]      # prompts <= 64: P <= 64
+    requests.append(Request(prompt=aligned[:32] + ids(8, 13), max_len=6, request_id="a",
+                            logprobs=True))               # the hit ends at a chunk boundary
+    cached, scheduler = run_requests(engine, requests, 4096, warm)
+    plain, _ = run_requests(engine, requests, 0)
+    # Hits: 37 positions (mid-block, a slice of w0's prompt) for each of the three, shared at
+    # once; 32 (a slice of w1's) for "a".
+    assert scheduler.prefix_cache_hit_tokens == 3 * 37 + 32
+    for r in requests:
+        got, want = cached[r.request_id], plain[r.request_id]
+        assert got.error is None and got.output_ids == want.output_ids, r.request_id
+        np.testing.assert_allclose(got.logprobs, want.logprobs, rtol=1e-5, atol=1e-5)
+    # A hit at a chunk boundary replays the uncached chunks exactly: float32 bitwise.
+    assert cached["a"].logprobs == plain["a"].logprobs
+    assert cached["a"].top_logprobs == plain["a"].top_logprobs
