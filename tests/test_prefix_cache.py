@@ -99,6 +99,17 @@ def test_a_longer_prompt_supersedes_its_prefix_and_duplicates_are_kept_once():
     assert len(cache) == 1 and cache.used_tokens == 128
 
 
+def test_an_oversized_prefix_is_compacted_before_it_is_kept():
+    sliced = []
+    cache = PrefixCache(100, lambda p, n: sliced.append(n) or fake_slice(p, n),
+                        capacities=(16, 32, 64, 128))
+    a, b = ids(40, 1), ids(20, 2)
+    assert cache.insert(a, FakePrefix(tuple(a)), 128)     # a continued prefill's growth
+    assert cache.insert(b, FakePrefix(tuple(b)), 32)      # already the smallest capacity
+    assert (cache.used_tokens, sliced) == (96, [40])
+    assert cache.acquire(a + [1]).prefix == FakePrefix(tuple(a))
+
+
 def test_budget_must_be_a_non_negative_int():
     with pytest.raises(ValueError, match="prefix_cache_tokens"):
         PrefixCache(-1, fake_slice)

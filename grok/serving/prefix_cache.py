@@ -86,14 +86,20 @@ class PrefixCache:
     """Prompts' KV on the device, looked up by longest common prefix (see module docstring).
 
     `slice_prefix(prefix, length)`: the engine's operation giving a Prefix's first `length`
-    positions as a new Prefix (grok.engine.api.Engine.slice_prefix).
+    positions as a new Prefix of the smallest capacity holding them
+    (grok.engine.api.Engine.slice_prefix). `capacities`: the engine's prefix capacities P;
+    a prompt's Prefix held in a larger one than its length needs (a continued prefill grows
+    to capacity_in + chunk bucket) is compacted by `slice_prefix` before it is kept, so an
+    entry costs at most the smallest capacity holding it (None: kept as given).
     """
 
-    def __init__(self, budget_tokens: int, slice_prefix: Callable):
+    def __init__(self, budget_tokens: int, slice_prefix: Callable,
+                 capacities: Optional[Sequence[int]] = None):
         if not isinstance(budget_tokens, int) or budget_tokens < 0:
             raise ValueError(f"prefix_cache_tokens must be an int >= 0, got {budget_tokens!r}")
         self.budget_tokens = budget_tokens
         self._slice = slice_prefix
+        self._capacities = tuple(sorted(capacities)) if capacities else None
         self._entries: dict = {}            # entry_id -> _Entry
         self._index: dict = {}              # chain key -> {entry_id} holding that block chain
         self._clock = itertools.count(1)
@@ -149,8 +155,11 @@ class PrefixCache:
         prompt shorter than BLOCK_TOKENS or costlier than the whole budget is not kept."""
         ids = np.asarray(prompt_ids, np.int64)
         keys = tuple(block_keys(ids))
-        if not keys or capacity > self.budget_tokens:
+        if not keys:
             return False        # shorter than a block: no lookup could find it
+        compact = self._compact_capacity(len(ids), capacity)
+        if compact > self.budget_tokens:
+            return False
         holders = set().union(*(self._index.get(key, set()) for key in keys))
         for entry_id in sorted(holders):
             entry = self._entries[entry_id]
@@ -162,14 +171,22 @@ class PrefixCache:
             if (entry.pins == 0 and len(entry.ids) < len(ids)
                     and common_prefix(entry.ids, ids) == len(entry.ids)):
                 self._remove(entry)
-        if not self._make_room(capacity):
+        if not self._make_room(compact):
             return False
-        entry = _Entry(next(self._ids), ids, prefix, int(capacity), keys, next(self._clock))
+        if compact < capacity:
+            prefix = self._slice(prefix, len(ids))
+        entry = _Entry(next(self._ids), ids, prefix, int(compact), keys, next(self._clock))
         self._entries[entry.entry_id] = entry
         for key in keys:
             self._index.setdefault(key, set()).add(entry.entry_id)
         self.used_tokens += entry.cost
         return True
+
+    def _compact_capacity(self, length: int, capacity: int) -> int:
+        """The capacity an entry of `length` ids given in `capacity` positions will hold."""
+        if self._capacities is None:
+            return int(capacity)
+        return min(int(capacity), next((p for p in self._capacities if p >= length), capacity))
 
     def _make_room(self, cost: int) -> bool:
         """Evicts least recently used unpinned entries until `cost` more fits."""

@@ -93,8 +93,9 @@ class Scheduler:
         self._inflight = None                    # (StepHandle, {slot: _Stream}) being computed
         self._auto_prefix = f"req-{secrets.token_hex(4)}-"
         self._auto_ids = itertools.count()
-        self.prefix_cache = (PrefixCache(int(prefix_cache_tokens), engine.slice_prefix)
-                             if prefix_cache_tokens and hasattr(engine, "slice_prefix") else None)
+        self.prefix_cache = (
+            PrefixCache(int(prefix_cache_tokens), engine.slice_prefix, engine.prefix_capacities)
+            if prefix_cache_tokens and hasattr(engine, "slice_prefix") else None)
         self.prefix_cache_hit_tokens = 0
         self.prefix_cache_query_tokens = 0
 
