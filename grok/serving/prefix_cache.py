@@ -137,9 +137,9 @@ class PrefixCache:
         n = min(n, len(ids) - 1)
         if entry is None or n < 1:
             return None
+        prefix = entry.prefix if n == len(entry.ids) else self._slice(entry.prefix, n)
         entry.pins += 1
         entry.last_used = next(self._clock)
-        prefix = entry.prefix if n == len(entry.ids) else self._slice(entry.prefix, n)
         return Hit(entry.entry_id, n, prefix)
 
     def release(self, hit: Hit) -> None:

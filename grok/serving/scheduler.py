@@ -5,7 +5,10 @@ the engine API (grok.engine.api.Engine). Each `step()`:
 
 1. takes this step's decisions: the queued requests that get a free slot (tokenized and
    checked, grok.serving.admission) and the cancels asked since the last step; a multi-process
-   job publishes them here (grok.serving.decisions) and the other processes replay them;
+   job publishes them here (grok.serving.decisions) and the other processes replay them.
+   An admitted prompt continues the longest prefix the prefix cache holds
+   (grok.serving.prefix_cache; every process's cache evolves alike), and its Prefix joins the
+   cache once prefilled;
 2. applies the cancels (a running request's slot is released at once);
 3. prefills at most `prefill_budget` prompt tokens (one largest bucket by default): a long
    prompt goes one chunk per step, continued through `existing_prefix`, and is inserted into
@@ -276,10 +279,11 @@ class Scheduler:
 
     def _insert(self, stream: _Stream, result: PrefillResult) -> None:
         self.state = self.engine.insert(stream.prefix, result.arm, self.state, stream.slot)
-        self._prefix_store(stream)
+        prefix = stream.prefix
         stream.prefix, stream.first, stream.inserted = None, result, True
         self._prefilling.remove(stream)
         self._running[stream.slot] = stream
+        self._prefix_store(stream, prefix)
 
     # ---- the prefix cache (grok.serving.prefix_cache) --------------------------------------
     # Hooks: a lookup at admission (the hit's positions count as prefilled), storing the
@@ -300,10 +304,10 @@ class Scheduler:
             self.prefix_cache.release(stream.cache_hit)
             stream.cache_hit = None
 
-    def _prefix_store(self, stream: _Stream) -> None:
+    def _prefix_store(self, stream: _Stream, prefix: Prefix) -> None:
         self._prefix_release(stream)
         if self.prefix_cache is not None and not stream.request.echo:
-            self.prefix_cache.insert(stream.prompt_ids, stream.prefix, stream.prefix.capacity)
+            self.prefix_cache.insert(stream.prompt_ids, prefix, prefix.capacity)
 
     # ---- tokens -----------------------------------------------------------------------------
     def _guarded(self, stream: _Stream, work, *args) -> list:
