@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 BENCHMARKS = {
     "decode": "grok.benchmarks.decode",   # load, compile, prefill and decode of the runner
+    "interleave": "grok.benchmarks.interleave",   # stream token gaps while a long prompt prefills
     "prefix": "grok.benchmarks.prefix",   # time to first token with and without the prefix cache
 }
 DEFAULT = "decode"
