@@ -168,24 +168,46 @@ def test_interactive_turns_prefill_only_the_new_text():
     assert len(scheduler.prefix_cache) == 1      # each turn's prompt replaced the last
 
 
-def test_one_entry_shared_by_several_slots_at_once():
+def test_a_hit_shared_by_several_slots_at_once():
     engine = FakeEngine(batch_size=4, buckets=(8, 16), sequence_len=128)
     scheduler = Scheduler(engine, BYTES, prefix_cache_tokens=1024)
     system = ids(37, 5)
     scheduler.submit(Request(prompt=system + [9], max_len=40, request_id="warm"))
     scheduler.step()                       # prefilled, stored, and decoding from now on
-    requests = [Request(prompt=system + ids(20, i), max_len=4, request_id=f"s{i}")
+    requests = [Request(prompt=system + ids(3, i), max_len=4, request_id=f"s{i}")
                 for i in range(3)]
     scheduler.submit(requests)
-    scheduler.step()                       # all three admitted; one chunk per step while
-    assert [p for *_, p in scheduler.prefix_cache.snapshot()] == [3]   # "warm" decodes
+    mark = len(engine.calls)
+    scheduler.step()                       # all three continue the system prompt's 37
+    step_calls = engine.calls[mark:]       # positions and join "warm" in the slots
+    assert step_calls.count(("slice_prefix", len(system))) == 3
+    assert step_calls.count(("prefill", 3)) == 3
+    assert sorted(d for name, d in step_calls if name == "insert") == [1, 2, 3]
     got = outputs(drain(scheduler))
     plain = Scheduler(FakeEngine(batch_size=4, buckets=(8, 16), sequence_len=128), BYTES)
     plain.submit(requests)
     assert {k: v for k, v in got.items() if k != "warm"} == outputs(drain(plain))
-    assert engine.calls.count(("slice_prefix", len(system))) == 3
     assert scheduler.prefix_cache_hit_tokens == 3 * len(system)
     assert all(pins == 0 for *_, pins in scheduler.prefix_cache.snapshot())
+
+
+def test_prompts_arriving_together_share_the_first_ones_prefill():
+    """Admitted in one step, a prompt is looked up when its prefill starts: after the earlier
+    prompt with the same start is kept (and a batched prefill stops before it)."""
+    engine = FakeEngine(batch_size=4, buckets=(8, 64), sequence_len=128, batched=True)
+    scheduler = Scheduler(engine, BYTES, prefix_cache_tokens=1024, max_prefill_batch=4)
+    system = ids(40, 8)
+    requests = [Request(prompt=system + ids(4, i), max_len=2, request_id=f"c{i}")
+                for i in range(3)]
+    requests.append(Request(prompt=ids(30, 9), max_len=2, request_id="other"))
+    scheduler.submit(requests)
+    got = outputs(drain(scheduler))
+    plain = Scheduler(FakeEngine(batch_size=4, buckets=(8, 64), sequence_len=128, batched=True),
+                      BYTES, max_prefill_batch=4)
+    plain.submit(requests)
+    assert got == outputs(drain(plain))
+    assert scheduler.prefix_cache_hit_tokens == 2 * len(system)
+    assert prefilled_tokens(engine) == 44 + 4 + 4 + 30
 
 
 def test_echo_bypasses_and_cancel_unpins():

@@ -31,16 +31,21 @@ import collections
 import dataclasses
 import heapq
 import itertools
+import logging
 import secrets
 from typing import Optional
+
+import numpy as np
 
 from grok.engine.api import Engine, Prefix, PrefillResult, SampleParams, TokenOutput
 from grok.serving.admission import ModelLimits, prepare
 from grok.serving.decisions import Admission, AdmissionLog, Decisions
-from grok.serving.prefix_cache import Hit, PrefixCache
+from grok.serving.prefix_cache import BLOCK_TOKENS, Hit, PrefixCache, common_prefix
 from grok.serving.requests import Cancel, Request
 from grok.serving.results import Completion, TokenEvent, error_completion
 from grok.serving.text import TextStream
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(eq=False)
@@ -63,6 +68,7 @@ class _Stream:
     held: list = dataclasses.field(default_factory=list)   # TokenEvents whose text is not final
     inserted: bool = False                 # the slot holds its KV (release it when done)
     cache_hit: Optional[Hit] = None        # the prefix-cache entry it continues (pinned)
+    looked_up: bool = False                # the prefix cache was asked for its prompt
     done: bool = False
 
 
@@ -206,7 +212,6 @@ class Scheduler:
                          TextStream(self.tokenizer, prompt_ids, request.stop))
         self._streams[stream.request_id] = stream
         self._prefilling.append(stream)
-        self._prefix_lookup(stream)
 
     # ---- prefill ----------------------------------------------------------------------------
     def _prefill(self, events: list) -> list:
@@ -220,6 +225,7 @@ class Scheduler:
                 inserted += self._prefill_batch(batch, events)
                 continue
             stream = self._prefilling[0]
+            self._prefix_lookup(stream)
             size = min(self.largest_chunk, budget or self.largest_chunk,
                        len(stream.prompt_ids) - stream.prefilled)
             if spent and budget is not None and spent + size > budget:
@@ -236,6 +242,9 @@ class Scheduler:
             return []
         batch = []
         for stream in itertools.islice(self._prefilling, self.max_prefill_batch):
+            if self._shares_prefix(stream, batch):
+                break           # it continues that one's Prefix from the cache once it is kept
+            self._prefix_lookup(stream)
             n = len(stream.prompt_ids)
             if (stream.prefilled or stream.request.echo or n > self.largest_chunk
                     or (budget is not None and spent + n > budget and (spent or batch))):
@@ -286,18 +295,32 @@ class Scheduler:
         self._prefix_store(stream, prefix)
 
     # ---- the prefix cache (grok.serving.prefix_cache) --------------------------------------
-    # Hooks: a lookup at admission (the hit's positions count as prefilled), storing the
-    # prompt's Prefix once it is inserted into its slot, and unpinning the hit's entry then
-    # (or when the request ends before). Echo requests bypass the cache: they need every
-    # prompt position's logprobs, which a hit would skip.
+    # Hooks: a lookup when a prompt's prefill is about to start (not at admission, so a prompt
+    # admitted with an earlier one that shares its start finds that one's Prefix once it is
+    # kept; the hit's positions count as prefilled), storing the prompt's Prefix once it is
+    # inserted into its slot, and unpinning the hit's entry then (or when the request ends
+    # before). Echo requests bypass the cache: they need every prompt position's logprobs,
+    # which a hit would skip.
     def _prefix_lookup(self, stream: _Stream) -> None:
-        if self.prefix_cache is None or stream.request.echo:
+        if self.prefix_cache is None or stream.request.echo or stream.looked_up:
             return
+        stream.looked_up = True
         self.prefix_cache_query_tokens += len(stream.prompt_ids)
-        hit = self.prefix_cache.acquire(stream.prompt_ids)
+        try:
+            hit = self.prefix_cache.acquire(stream.prompt_ids)
+        except Exception:  # the cache is an optimisation: a failed lookup is a miss
+            logger.exception("prefix cache lookup failed for %s", stream.request_id)
+            return
         if hit is not None:
             stream.cache_hit, stream.prefix, stream.prefilled = hit, hit.prefix, hit.length
             self.prefix_cache_hit_tokens += hit.length
+
+    def _shares_prefix(self, stream: _Stream, batch: list) -> bool:
+        """Whether the prompt starts like one in `batch` (at least one cache block)."""
+        if self.prefix_cache is None or stream.request.echo:
+            return False
+        ids = np.asarray(stream.prompt_ids)
+        return any(common_prefix(np.asarray(s.prompt_ids), ids) >= BLOCK_TOKENS for s in batch)
 
     def _prefix_release(self, stream: _Stream) -> None:
         if stream.cache_hit is not None:
