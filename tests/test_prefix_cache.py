@@ -300,8 +300,8 @@ def test_tiny_model_outputs_equal_with_and_without_the_cache(engine):
                             logprobs=True))               # the hit ends at a chunk boundary
     cached, scheduler = run_requests(engine, requests, 4096, warm)
     plain, _ = run_requests(engine, requests, 0)
-    # Hits: 37 positions (mid-block, a slice of w0's prompt) for each of the three, shared at
-    # once; 32 (a slice of w1's) for "a".
+    # Hits: 37 positions (mid-block: a slice of a cached prompt) for each of the three, which
+    # then decode in three slots at once; 32 (a chunk boundary, a slice of w1's) for "a".
     assert scheduler.prefix_cache_hit_tokens == 3 * 37 + 32
     for r in requests:
         got, want = cached[r.request_id], plain[r.request_id]

@@ -5,16 +5,16 @@ the engine API (grok.engine.api.Engine). Each `step()`:
 
 1. takes this step's decisions: the queued requests that get a free slot (tokenized and
    checked, grok.serving.admission) and the cancels asked since the last step; a multi-process
-   job publishes them here (grok.serving.decisions) and the other processes replay them.
-   An admitted prompt continues the longest prefix the prefix cache holds
-   (grok.serving.prefix_cache; every process's cache evolves alike), and its Prefix joins the
-   cache once prefilled;
+   job publishes them here (grok.serving.decisions) and the other processes replay them;
 2. applies the cancels (a running request's slot is released at once);
 3. prefills at most `prefill_budget` prompt tokens (one largest bucket by default): a long
    prompt goes one chunk per step, continued through `existing_prefix`, and is inserted into
    its slot after its last chunk, so running streams keep decoding meanwhile. Several short
    prompts go in one batched call where the engine offers it. With no stream decoding there is
    nobody to keep waiting, and every admitted prompt is prefilled at once;
+   a prompt whose prefill starts continues the longest prefix the prefix cache holds
+   (grok.serving.prefix_cache: only the rest is prefilled; every process's cache evolves
+   alike) and its Prefix joins the cache once inserted;
 4. dispatches one decode step for every running slot, then reads the previous step's tokens
    (step n+1 is on the device while the host handles step n; a slot that finished in step n
    ran one more step whose token is ignored) and the first tokens of the prompts inserted.
