@@ -71,25 +71,32 @@ def long_prompt(args) -> list:
 def measure(runner, args, budget: int, tag: str) -> dict:
     """One arrival of the long prompt among running streams: TTFT and the longest gap."""
     scheduler = Scheduler(runner.engine, runner.tokenizer, prefill_budget=budget)
-    room = runner.config.sequence_len - 8
-    streams = [Request(prompt=f"stream {i}:", temperature=0.0, max_len=room, stream=True,
-                       request_id=f"{tag}-s{i}") for i in range(args.streams)]
+    prompts = [f"stream {i}:" for i in range(args.streams)]
+    room = runner.config.sequence_len - max(map(len, prompts))   # bytes = tokens
+    streams = [Request(prompt=p, temperature=0.0, max_len=room, stream=True,
+                       request_id=f"{tag}-s{i}") for i, p in enumerate(prompts)]
     scheduler.submit(streams)
     last_token: dict = {}
     while len(last_token) < args.streams or min(n for n, _ in last_token.values()) < TOKENS_BEFORE:
         for e in scheduler.step():
             if isinstance(e, TokenEvent):
                 last_token[e.request_id] = (e.index + 1, time.perf_counter())
+            elif isinstance(e, Completion):
+                raise RuntimeError(f"stream {e.request_id} ended early: {e.finish_reason} {e.error}")
     long_id = f"{tag}-long"
     scheduler.submit(Request(prompt=long_prompt(args), temperature=0.0, max_len=2, stream=True,
                              request_id=long_id))
     arrival, gaps, ttft = time.perf_counter(), [], None
     seen = {rid: t for rid, (_, t) in last_token.items()}
     while ttft is None:
+        if scheduler.idle():
+            raise RuntimeError("the long prompt was not served")
         events = scheduler.step()
         now = time.perf_counter()
         for e in events:
             if e.request_id == long_id and isinstance(e, (TokenEvent, Completion)):
+                if isinstance(e, Completion) and e.finish_reason == "error":
+                    raise RuntimeError(f"the long prompt failed: {e.error}")
                 ttft = now - arrival
             elif isinstance(e, TokenEvent):
                 gaps.append(now - seen[e.request_id])
