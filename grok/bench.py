@@ -16,6 +16,7 @@ BENCHMARKS = {
     "sampling": "grok.benchmarks.sampling",   # sample_token: greedy vs top-k/top-p slots
     "interleave": "grok.benchmarks.interleave",   # stream token gaps while a long prompt prefills
     "prefill_batch": "grok.benchmarks.prefill_batch",   # N prompts in one prefill call vs one each
+    "prefix": "grok.benchmarks.prefix",   # time to first token with and without the prefix cache
 }
 DEFAULT = "decode"
 
