@@ -459,7 +459,7 @@ def run(args, runner=None, stdin=None) -> int:
     if runner is None:
         runner = build_runner(args)
     if follower:
-        from grok.parallel.multihost import follow
+        from grok.serving.multihost import follow
 
         follow(runner)
         return 0
