@@ -55,7 +55,6 @@ class FakeScheduler:
 
     def submit(self, item) -> list:
         for request in item if isinstance(item, list) else [item]:
-            request = getattr(request, "request", request)   # compat.StopRequest
             self.waiting.append(request)
             self.submitted += 1
         return []

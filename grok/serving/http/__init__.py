@@ -3,8 +3,7 @@
 Layout: protocol (request bodies, validation), errors (OpenAI's error body), chat_template,
 metrics (Prometheus), engine_loop (the thread owning the scheduler), streams (one HTTP
 request's events on its asyncio task), generation (completions and chat), responses (OpenAI
-response bodies), app (routes), server (flags, uvicorn, signals), compat (the scheduler API
-over this tree's scheduler).
+response bodies), app (routes) and server (flags, uvicorn, signals).
 
 Entry: `add_serve_arguments(parser)` and `serve(args, build_runner)`; `python -m
 grok.serving.http [model flags] [server flags]` runs it standalone.

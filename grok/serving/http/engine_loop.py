@@ -20,6 +20,8 @@ import time
 from typing import Any, Callable, Optional
 
 from grok.serving.http.metrics import ServerMetrics
+from grok.serving.results import error_completion
+from grok.serving.scheduler import scheduler_for
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +40,12 @@ class Backend:
     sequence_len: int       # prompt plus new tokens at most
 
 
-def backend_for(runner) -> Backend:
-    """The Backend of an initialized InferenceRunner."""
-    from grok.serving.http.compat import build_scheduler
-
-    return Backend(build_scheduler(runner), runner.batch_size, runner.tokenizer,
-                   runner.config.vocab_size, runner.config.sequence_len)
+def backend_for(runner, log=None) -> Backend:
+    """The Backend of an initialized InferenceRunner; `log`: a multi-host admission log
+    (grok.serving.decisions.AdmissionLog) that process 0 publishes its decisions to."""
+    engine = runner.engine
+    return Backend(scheduler_for(runner, log=log), engine.batch_size, runner.tokenizer,
+                   engine.vocab_size, engine.sequence_len)
 
 
 class QueueFull(Exception):
@@ -143,7 +145,7 @@ class EngineLoop(threading.Thread):
         if command[0] == "submit":
             _, requests, deliver, arrival = command
             for request in requests:
-                self._routes[_request_id(request)] = _Route(deliver, arrival)
+                self._routes[request.request_id] = _Route(deliver, arrival)
             self._guarded(lambda: self.scheduler.submit(requests))
         elif command[0] == "cancel":
             for request_id in command[1]:
@@ -186,12 +188,5 @@ class EngineLoop(threading.Thread):
         self._fail_all("the server is shutting down")
 
     def _fail_all(self, message: str) -> None:
-        from grok.serving.requests import Completion
-
         for request_id in list(self._routes):
-            self._route(Completion("", request_id=request_id, finish_reason="error",
-                                   error=message))
-
-
-def _request_id(request) -> str:
-    return getattr(request, "request_id", None) or request.request.request_id
+            self._route(error_completion(request_id, message))

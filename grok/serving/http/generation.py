@@ -19,10 +19,10 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, StreamingResponse
 
 from grok.serving.http import responses as bodies
-from grok.serving.http.compat import make_request
 from grok.serving.http.engine_loop import NotReady, QueueFull, is_completion
 from grok.serving.http.errors import APIError, invalid
-from grok.serving.http.protocol import (MAX_SEED, ChatCompletionRequest, CompletionRequest)
+from grok.serving.http.protocol import MAX_SEED, ChatCompletionRequest, CompletionRequest
+from grok.serving.requests import Request
 from grok.serving.http.streams import RequestStream, collect_unless_disconnected
 
 DEFAULT_TEMPERATURE = 1.0       # OpenAI's defaults
@@ -105,7 +105,7 @@ def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = ()) 
             request_id = f"{response_id}-{index}"
             text = prompts[p] if isinstance(prompts[p], str) else backend.tokenizer.decode(ids)
             choices.append(Choice(index, request_id, p, text))
-            requests.append(make_request(
+            requests.append(Request(
                 prompt=ids, request_id=request_id, max_len=max_tokens,
                 temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
                 nucleus_p=DEFAULT_TOP_P if body.top_p is None else body.top_p,
@@ -222,7 +222,7 @@ async def _completion_events(server, job: Job, stream: RequestStream) -> AsyncIt
             yield chunk(choice, "", event.finish_reason, None, getattr(event, "stop_reason", None))
             continue
         lp = None
-        if job.logprobs and event.token_id >= 0:
+        if job.logprobs:
             lp = builders[choice.index].build([event.token_id], [event.logprob],
                                               [getattr(event, "top_logprobs", None)])
         choice.sent += event.text
@@ -260,7 +260,7 @@ async def _chat_events(server, job: Job, stream: RequestStream) -> AsyncIterator
             yield chunk(choice, {}, event.finish_reason)
             continue
         lp = None
-        if job.logprobs and event.token_id >= 0:
+        if job.logprobs:
             lp = bodies.chat_logprobs(tokenizer, job.num_top, [event.token_id], [event.logprob],
                                       [getattr(event, "top_logprobs", None)])
         choice.sent += event.text

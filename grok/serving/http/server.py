@@ -150,24 +150,28 @@ def serve(args, build_runner: Callable[[], Any]) -> int:
 
 
 def _serve_multihost(args, build_runner, template) -> int:
-    """Process 0 serves; the others replay its admissions. Needs a scheduler whose admissions
-    (and cancels) other processes can replay: grok.serving.http.compat.NATIVE."""
+    """Every process builds the model (its compiled steps are collectives); process 0 serves
+    HTTP and publishes each step's admissions and cancels (grok.serving.multihost.ChannelLog);
+    the others replay them in lockstep until process 0 closes the channel at shutdown."""
     import jax
 
-    from grok.serving.http import compat
+    from grok.parallel import multihost
+    from grok.serving.multihost import ChannelLog, follow
 
-    if not compat.NATIVE:
-        raise ValueError("multi-host serving needs grok.serving.scheduler.Scheduler with a "
-                         "multi-host admission source; this tree has the older Engine")
     runner = build_runner()
-    if jax.process_index() != 0:
-        from grok.parallel.multihost import follow
-
+    if not multihost.is_leader():
         follow(runner)
         return 0
+    log = ChannelLog(multihost.command_channel())
     name = args.served_model_name or default_model_name(args)
-    server = make_server(lambda: backend_for(runner), model_name=name, host=args.host,
-                         port=args.port, api_key=args.api_key, max_queue=args.max_queue,
-                         chat_template=template, shutdown_grace=args.shutdown_grace)
-    server.run()
+    try:
+        server = make_server(lambda: backend_for(runner, log=log), model_name=name,
+                             host=args.host, port=args.port, api_key=args.api_key,
+                             max_queue=args.max_queue, chat_template=template,
+                             shutdown_grace=args.shutdown_grace)
+        print(f"Serving '{name}' on http://{args.host}:{args.port} (process 0 of "
+              f"{jax.process_count()})", file=sys.stderr, flush=True)
+        server.run()
+    finally:
+        log.close()     # the followers' replay ends
     return 0
