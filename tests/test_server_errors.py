@@ -1,6 +1,8 @@
 """HTTP server against a fake scheduler (no model): OpenAI error bodies for bad requests,
 auth, unknown model, not ready, queue full, and the normal path still working after each."""
 
+import argparse
+import json
 import threading
 import time
 
@@ -10,6 +12,7 @@ import pytest
 
 from server_fakes import FakeScheduler, ServerThread, fake_backend, fake_token
 from grok.serving.http.chat_template import ChatTemplate
+from grok.serving.http.server import add_serve_arguments, check_serve_arguments, default_model_name
 
 KEY = "sekret"
 MODEL = "fake"
@@ -201,3 +204,69 @@ def test_failed_build_is_reported():
         response = httpx.post(s.url + "/v1/completions", json=GOOD)
         assert_error(response, 503)
         assert "no such checkpoint" in response.json()["error"]["message"]
+
+
+def test_client_gone_cancels_non_streaming_request():
+    scheduler = FakeScheduler(slots=2, step_s=0.01)
+    with ServerThread(lambda: fake_backend(scheduler)) as s:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(s.url + "/v1/completions", json={**GOOD, "max_tokens": 250}, timeout=0.3)
+        deadline = time.monotonic() + 3
+        while scheduler.num_running or scheduler.num_waiting:
+            assert time.monotonic() < deadline, "the abandoned request kept its slot"
+            time.sleep(0.02)
+        metrics = httpx.get(s.url + "/metrics").text
+        assert 'grok_requests_total{finish_reason="cancelled"} 1.0' in metrics
+
+
+def test_bad_requests_do_not_disturb_a_running_stream():
+    scheduler = FakeScheduler(slots=2, step_s=0.005)
+    with ServerThread(lambda: fake_backend(scheduler)) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
+        stream = client.completions.create(model=MODEL, prompt="steady", max_tokens=40,
+                                           stream=True)
+        text = ""
+        for i, chunk in enumerate(stream):
+            text += chunk.choices[0].text if chunk.choices else ""
+            if i < len(BAD_COMPLETIONS):
+                assert httpx.post(s.url + "/v1/completions",
+                                  json=BAD_COMPLETIONS[i][0]).status_code in (400, 404)
+        assert text == expected_text("steady", 40)
+
+
+def test_chat_template_file(tmp_path):
+    path = tmp_path / "template.json"
+    path.write_text(json.dumps({"system": "<s>{content}</s>", "user": "<u>{content}</u>",
+                                "assistant": "<a>{content}</a>", "generation_prompt": "<a>",
+                                "stop": ["</a>"]}))
+    template = ChatTemplate.load(str(path))
+    assert template.render([("developer", "be nice"), ("user", "hi")]) == \
+        "<s>be nice</s><u>hi</u><a>"
+    assert template.stop == ("</a>",)
+    scheduler = FakeScheduler()
+    with ServerThread(lambda: fake_backend(scheduler), chat_template=template) as s:
+        tokens = httpx.post(s.url + "/tokenize", json={"messages": [
+            {"role": "user", "content": "hi"}]}).json()["tokens"]
+        assert tokens == [b + 3 for b in b"<u>hi</u><a>"]
+    for bad in ({"user": "no placeholder"}, {"stop": "x"}, {"colour": "red"}, [1]):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="chat-template"):
+            ChatTemplate.load(str(path))
+    with pytest.raises(ValueError, match="chat-template"):
+        ChatTemplate.load(str(tmp_path / "missing.json"))
+
+
+def test_serve_arguments(monkeypatch):
+    monkeypatch.setenv("GROK_API_KEY", "from-env")
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.host, args.port, args.api_key) == ("127.0.0.1", 8000, "from-env")
+    check_serve_arguments(args)
+    for flags, name in ((["--port", "70000"], "--port"), (["--max-queue", "-1"], "--max-queue"),
+                        (["--api-key", " "], "--api-key")):
+        with pytest.raises(ValueError, match=name):
+            check_serve_arguments(parser.parse_args(flags))
+    named = argparse.Namespace(checkpoint="/data/my-model/", config=None)
+    assert default_model_name(named) == "my-model"
+    assert default_model_name(argparse.Namespace(checkpoint="checkpoints", config=None)) == "grok-1"
