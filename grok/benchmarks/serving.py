@@ -8,7 +8,7 @@ Sends --num-prompts streaming /v1/completions requests, either --concurrency at 
 arriving as a Poisson process at --request-rate per second, and measures per request:
 TTFT (request sent -> first token), TPOT ((end - first token) / (tokens - 1)), the gaps
 between its streamed chunks (ITL) and end to end latency; overall: requests and tokens per
-second over the run. Prints a table and returns (and with --json writes) the figures.
+second over the run (after --warmup untimed requests). Prints a table and returns (and with --json writes) the figures.
 Bounded: --num-prompts requests at most, and none sent after --max-duration seconds.
 
 Prompts are words drawn with a fixed seed, about --input-len tokens for a byte or
@@ -17,7 +17,8 @@ asks for exactly --output-len tokens with its own seed (a model that writes EOS 
 stops earlier; the token counts are what came back).
 
 Without --url, a server for the demo model is started on 127.0.0.1 (a free port, the
---batch-size slots) and stopped with SIGTERM at the end.
+--batch-size slots, --precompile-all so no compile falls inside the run) and stopped with
+SIGTERM at the end.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ WORDS = ("the model of a mixture experts runs each token through two of eight fe
 SERVER_START_TIMEOUT_S = 300  # compile time of the demo on a slow CPU, with margin
 SERVER_STOP_TIMEOUT_S = 60
 PERCENTILES = (50, 99)
+DEFAULT_WARMUP = 8            # one full batch of the default 8 slots
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-len", type=int, default=32, help="new tokens per request")
     p.add_argument("--max-duration", type=float, default=600.0, help="seconds: no request "
                    "is sent after this")
+    p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, metavar="N", help="untimed "
+                   "requests sent N at once first (compiles of new shapes fall on them)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8, help="slots of the server this "
                    "benchmark starts (without --url)")
@@ -67,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args) -> None:
+    if args.warmup < 0:
+        raise SystemExit("--warmup must be >= 0")
     for name in ("num_prompts", "input_len", "output_len", "batch_size"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
@@ -199,11 +205,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_demo_server(batch_size: int) -> tuple[subprocess.Popen, str]:
+def start_demo_server(batch_size: int, precompile_all: bool = False
+                      ) -> tuple[subprocess.Popen, str]:
     """The demo model served on 127.0.0.1 (a free port) in a child process, once healthy."""
     port = _free_port()
+    flags = ["--precompile-all"] if precompile_all else []
     process = subprocess.Popen([sys.executable, "-m", "grok.serving.http", "--port", str(port),
-                                "--batch-size", str(batch_size)],
+                                "--batch-size", str(batch_size)] + flags,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -235,7 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     process = None
     url = args.url
     if url is None:
-        process, url = start_demo_server(args.batch_size)
+        process, url = start_demo_server(args.batch_size, precompile_all=True)
     try:
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         model = args.model or httpx.get(url + "/v1/models", headers=headers,
@@ -247,6 +255,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                  timeout=30).json()["count"]
             per_word = counted / len(WORDS)
         prompts = make_prompts(args.num_prompts, round(args.input_len / per_word), args.seed)
+        if args.warmup:
+            warm = argparse.Namespace(**{**vars(args), "concurrency": args.warmup,
+                                         "request_rate": None, "seed": args.seed + 10**6})
+            asyncio.run(_run(url, warm, model, prompts[:args.warmup]))
         results, duration = asyncio.run(_run(url, args, model, prompts))
     finally:
         if process is not None:

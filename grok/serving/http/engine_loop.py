@@ -40,10 +40,14 @@ class Backend:
     sequence_len: int       # prompt plus new tokens at most
 
 
-def backend_for(runner, log=None) -> Backend:
-    """The Backend of an initialized InferenceRunner; `log`: a multi-host admission log
-    (grok.serving.decisions.AdmissionLog) that process 0 publishes its decisions to."""
+def backend_for(runner, log=None, precompile_all: bool = False) -> Backend:
+    """The Backend of an initialized InferenceRunner. `log`: a multi-host admission log
+    (grok.serving.decisions.AdmissionLog) that process 0 publishes its decisions to.
+    `precompile_all`: compile every prefill shape (continuations, batches) now, so no request
+    ever waits for XLA (the runner compiles only each bucket's first chunk and decode)."""
     engine = runner.engine
+    if precompile_all:
+        engine.precompile_all()
     return Backend(scheduler_for(runner, log=log), engine.batch_size, runner.tokenizer,
                    engine.vocab_size, engine.sequence_len)
 

@@ -51,6 +51,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     group.add_argument("--chat-template", metavar="FILE.json", help="chat template replacing "
                        "the plain 'User:/Assistant:' transcript (see grok.serving.http."
                        "chat_template)")
+    group.add_argument("--precompile-all", action="store_true", help="before reporting "
+                       "ready, compile every prefill shape (continuation chunks, batched "
+                       "prompts), so no request waits for a compile; a slower start")
     group.add_argument("--shutdown-grace", type=float, default=DEFAULT_SHUTDOWN_GRACE_S,
                        metavar="S", help="on SIGTERM/SIGINT, seconds in-flight requests may "
                        "take to finish before they are cancelled")
@@ -131,7 +134,7 @@ def serve(args, build_runner: Callable[[], Any]) -> int:
 
     def build() -> Backend:
         try:
-            backend = backend_for(build_runner())
+            backend = backend_for(build_runner(), precompile_all=args.precompile_all)
         except BaseException as e:   # a bad checkpoint, mesh, ...: stop serving, exit 2
             failure.append(e)
             server.should_exit = True
@@ -165,7 +168,8 @@ def _serve_multihost(args, build_runner, template) -> int:
     log = ChannelLog(multihost.command_channel())
     name = args.served_model_name or default_model_name(args)
     try:
-        server = make_server(lambda: backend_for(runner, log=log), model_name=name,
+        server = make_server(lambda: backend_for(runner, log, args.precompile_all),
+                             model_name=name,
                              host=args.host, port=args.port, api_key=args.api_key,
                              max_queue=args.max_queue, chat_template=template,
                              shutdown_grace=args.shutdown_grace)
