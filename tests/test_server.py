@@ -37,7 +37,7 @@ def url(server):
 
 @pytest.fixture(scope="module")
 def client(url):
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=2)  # keep-alive races
 
 
 def stream_text(stream, chat=False):

@@ -4,7 +4,9 @@ their events back to OpenAI responses, whole or streamed as server-sent events.
 Each choice (prompt x n) is one scheduler request. They are always streamed from the
 scheduler (the server measures time to first token from them); a non-streaming response is
 built from the Completions. Prompts are tokenized here so every length problem is a 400
-naming the field before anything is queued.
+naming the field before anything is queued. A streamed `echo` sends the prompt's text first,
+without prompt logprobs (the engine scores the prompt with the last prefill chunk; the
+non-streamed response has them).
 """
 
 from __future__ import annotations
