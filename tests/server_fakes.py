@@ -95,7 +95,7 @@ class FakeScheduler:
 
 def fake_backend(scheduler: FakeScheduler) -> Backend:
     return Backend(scheduler, scheduler.slots, scheduler.tokenizer, ByteTokenizer.vocab_size,
-                   SEQUENCE_LEN)
+                   SEQUENCE_LEN, pad_token=0)
 
 
 class ServerThread:

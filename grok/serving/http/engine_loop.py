@@ -38,6 +38,7 @@ class Backend:
     tokenizer: Any          # encode(str) -> ids, decode(ids) -> str
     vocab_size: int
     sequence_len: int       # prompt plus new tokens at most
+    pad_token: int = 0
 
 
 def backend_for(runner, log=None, precompile_all: bool = False) -> Backend:
@@ -49,7 +50,7 @@ def backend_for(runner, log=None, precompile_all: bool = False) -> Backend:
     if precompile_all:
         engine.precompile_all()
     return Backend(scheduler_for(runner, log=log), engine.batch_size, runner.tokenizer,
-                   engine.vocab_size, engine.sequence_len)
+                   engine.vocab_size, engine.sequence_len, engine.pad_token)
 
 
 class QueueFull(Exception):

@@ -24,11 +24,16 @@ from grok.serving.http import responses as bodies
 from grok.serving.http.engine_loop import NotReady, QueueFull, is_completion
 from grok.serving.http.errors import APIError, invalid
 from grok.serving.http.protocol import MAX_SEED, ChatCompletionRequest, CompletionRequest
+from grok.serving.admission import ModelLimits, prepare
 from grok.serving.requests import Request
 from grok.serving.http.streams import RequestStream, collect_unless_disconnected
 
 DEFAULT_TEMPERATURE = 1.0       # OpenAI's defaults
 DEFAULT_TOP_P = 1.0
+# Request field (as admission's errors name it) -> the OpenAI field it came from.
+REQUEST_TO_API_FIELD = {"max_len": "max_tokens", "top_k": "top_k", "temperature": "temperature",
+                        "nucleus_p": "top_p", "rng_seed": "seed",
+                        "stop_tokens": "stop_token_ids", "stop": "stop"}
 
 
 @dataclasses.dataclass
@@ -60,7 +65,10 @@ class Job:
 def prompt_token_ids(server, prompt: Union[str, list[int]], param: str) -> list[int]:
     """A prompt's token ids, checked against the vocabulary (400 naming `param`)."""
     backend = server.backend()
-    ids = backend.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    try:
+        ids = backend.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    except ValueError as e:   # e.g. a lone surrogate ("\ud800") in the JSON string
+        raise invalid(f"{param} cannot be tokenized: {e}", param) from None
     if not ids:
         raise invalid(f"{param} encodes to no tokens", param)
     bad = [t for t in ids if not 0 <= t < backend.vocab_size]
@@ -107,14 +115,29 @@ def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = ()) 
             request_id = f"{response_id}-{index}"
             text = prompts[p] if isinstance(prompts[p], str) else backend.tokenizer.decode(ids)
             choices.append(Choice(index, request_id, p, text))
-            requests.append(Request(
+            requests.append(_admissible(backend, param, dict(
                 prompt=ids, request_id=request_id, max_len=max_tokens,
                 temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
                 nucleus_p=DEFAULT_TOP_P if body.top_p is None else body.top_p,
                 top_k=body.top_k, rng_seed=seed, stop_tokens=tuple(body.stop_token_ids or ()),
                 stop=body.stop_strings + tuple(extra_stops), stream=True, logprobs=logprobs,
-                echo=echo))
+                echo=echo)))
     return Job(response_id, chat, body, prompt_ids, choices, requests, num_top, logprobs)
+
+
+def _admissible(backend, prompt_param: str, fields: dict) -> Request:
+    """The Request, checked now as the scheduler will check it at admission (so what it would
+    refuse is a 400 naming the field, not a failed generation)."""
+    try:
+        request = Request(**fields)
+        prepare(request, backend.tokenizer, ModelLimits(backend.vocab_size,
+                                                        backend.sequence_len, backend.pad_token))
+    except ValueError as e:
+        message = str(e)
+        name = message.removeprefix("Request.").split(" ")[0].split(":")[0]
+        param = prompt_param if name == "prompt" else REQUEST_TO_API_FIELD.get(name)
+        raise invalid(message, param) from None
+    return request
 
 
 def start(server, job: Job) -> RequestStream:
