@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 BENCHMARKS = {
     "decode": "grok.benchmarks.decode",   # load, compile, prefill and decode of the runner
+    "interleave": "grok.benchmarks.interleave",   # stream token gaps while a long prompt prefills
     "serve": "grok.benchmarks.serving",   # an OpenAI-compatible server under load
 }
 DEFAULT = "decode"

@@ -175,11 +175,12 @@ class InferenceRunner:
     def run(self):
         """The request generator (reference protocol); see grok.serving.scheduler.serve.
 
-        In a multi-process job this is process 0's (grok.parallel.multihost.serve_multihost): it
-        broadcasts every admitted request; the other processes run grok.parallel.multihost.follow.
+        In a multi-process job this is process 0's (grok.serving.multihost.serve_multihost): it
+        publishes every step's admissions and cancels; the other processes run
+        grok.serving.multihost.follow.
         """
         if jax.process_count() > 1:
-            from grok.parallel.multihost import serve_multihost
+            from grok.serving.multihost import serve_multihost
 
             return serve_multihost(self)
         from grok.serving.scheduler import serve
