@@ -18,7 +18,7 @@ import time
 from typing import Any, AsyncIterator, Optional, Union
 
 from starlette.requests import Request as HTTPRequest
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse
 
 from grok.serving.http import responses as bodies
 from grok.serving.http.engine_loop import NotReady, QueueFull, is_completion
@@ -26,7 +26,8 @@ from grok.serving.http.errors import APIError, invalid
 from grok.serving.http.protocol import MAX_SEED, ChatCompletionRequest, CompletionRequest
 from grok.serving.admission import ModelLimits, prepare
 from grok.serving.requests import Request
-from grok.serving.http.streams import RequestStream, collect_unless_disconnected
+from grok.serving.http.streams import (CancellingStreamingResponse, RequestStream,
+                                       collect_unless_disconnected)
 
 DEFAULT_TEMPERATURE = 1.0       # OpenAI's defaults
 DEFAULT_TOP_P = 1.0
@@ -155,8 +156,9 @@ def start(server, job: Job) -> RequestStream:
 async def respond(server, job: Job, http_request: HTTPRequest):
     stream = start(server, job)
     if job.body.stream:
-        return StreamingResponse(_sse(server, job, stream), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return CancellingStreamingResponse(_sse(server, job, stream), stream,
+                                           media_type="text/event-stream",
+                                           headers={"Cache-Control": "no-cache"})
     done = await collect_unless_disconnected(stream, http_request)
     if done is None:                 # the client has gone: nobody reads this
         return JSONResponse({}, status_code=499)

@@ -13,6 +13,7 @@ import asyncio
 from typing import Any, AsyncIterator
 
 from starlette.requests import Request as HTTPRequest
+from starlette.responses import StreamingResponse
 
 from grok.serving.http.engine_loop import EngineLoop, is_completion
 
@@ -52,6 +53,22 @@ class RequestStream:
         if self._submitted and self.pending:
             self.engine.cancel(sorted(self.pending))
             self.pending.clear()
+
+
+class CancellingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that cancels `stream`'s unfinished requests however it ends, even
+    when the client goes away before the body's generator has started (a generator that
+    never started runs no `finally`)."""
+
+    def __init__(self, content, stream: RequestStream, **kwargs):
+        super().__init__(content, **kwargs)
+        self.request_stream = stream
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.request_stream.close()
 
 
 async def until_disconnected(request: HTTPRequest) -> None:
