@@ -4,11 +4,8 @@ test stops it with SIGTERM while requests are in flight."""
 
 import asyncio
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import httpx
@@ -191,7 +188,8 @@ def test_dropped_streams_free_their_slots(url):
 def test_metrics(url):
     text = httpx.get(url + "/metrics").text
     for name in ("grok_requests_running", "grok_requests_waiting",
-                 "grok_time_to_first_token_seconds_count", "grok_time_per_output_token_seconds_count",
+                 "grok_time_to_first_token_seconds_count",
+                 "grok_time_per_output_token_seconds_count",
                  "grok_e2e_request_latency_seconds_count", "grok_prompt_tokens_total",
                  "grok_generation_tokens_total", 'grok_requests_total{finish_reason="length"}',
                  "grok_prefix_cache_hit_tokens_total", "grok_prefix_cache_query_tokens_total"):

@@ -8,7 +8,8 @@ Sends --num-prompts streaming /v1/completions requests, either --concurrency at 
 arriving as a Poisson process at --request-rate per second, and measures per request:
 TTFT (request sent -> first token), TPOT ((end - first token) / (tokens - 1)), the gaps
 between its streamed chunks (ITL) and end to end latency; overall: requests and tokens per
-second over the run (after --warmup untimed requests). Prints a table and returns (and with --json writes) the figures.
+second over the run (after --warmup untimed requests). Prints a table and returns (and with
+--json writes) the figures.
 Bounded: --num-prompts requests at most, and none sent after --max-duration seconds.
 
 Prompts are words drawn with a fixed seed, about --input-len tokens for a byte or

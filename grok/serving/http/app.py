@@ -23,7 +23,7 @@ from grok.serving.http import generation
 from grok.serving.http.chat_template import ChatTemplate
 from grok.serving.http.engine_loop import Backend, EngineLoop
 from grok.serving.http.errors import APIError, install_error_handlers, invalid, validation_error
-from grok.serving.http.metrics import CONTENT_TYPE, ServerMetrics
+from grok.serving.http.metrics import CONTENT_TYPE
 from grok.serving.http.protocol import (ChatCompletionRequest, CompletionRequest,
                                         DetokenizeRequest, TokenizeRequest)
 

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import secrets
 import time
-from typing import Any, AsyncIterator, Optional, Union
+from typing import Any, AsyncIterator, Union
 
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
