@@ -273,3 +273,22 @@ def test_serve_arguments(monkeypatch):
     named = argparse.Namespace(checkpoint="/data/my-model/", config=None)
     assert default_model_name(named) == "my-model"
     assert default_model_name(argparse.Namespace(checkpoint="checkpoints", config=None)) == "grok-1"
+
+
+def test_scheduler_failure_fails_requests_in_flight_not_the_server():
+    class Failing(FakeScheduler):
+        fail_next = True
+
+        def step(self):
+            if self.fail_next and self.running:
+                self.fail_next = False
+                self.running.clear()
+                raise RuntimeError("device lost")
+            return super().step()
+
+    scheduler = Failing(slots=2)
+    with ServerThread(lambda: fake_backend(scheduler)) as s:
+        response = httpx.post(s.url + "/v1/completions", json=GOOD, timeout=10)
+        assert_error(response, 500)
+        assert "device lost" in response.json()["error"]["message"]
+        assert httpx.post(s.url + "/v1/completions", json=GOOD).status_code == 200

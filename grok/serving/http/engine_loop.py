@@ -97,8 +97,8 @@ class EngineLoop(threading.Thread):
     def submit(self, requests: list, deliver: Deliver) -> None:
         """Queues `requests` (each with a unique request_id); raises QueueFull or NotReady."""
         if not self.ready.is_set() or self._stopping:
-            raise NotReady(self.error or ("shutting down" if self._stopping else
-                                          "the model is still loading"))
+            raise NotReady(self.error or ("the server is shutting down" if self._stopping
+                                          else "the model is still loading"))
         with self._lock:
             waiting = self._outstanding + len(requests) - self.slots
             if self.max_queue is not None and waiting > self.max_queue:
@@ -129,6 +129,15 @@ class EngineLoop(threading.Thread):
             return
         self.ready.set()
         logger.info("engine ready: %d slots", self.slots)
+        try:
+            self._serve()
+        except BaseException as e:   # a bug in this loop: fail what waits, refuse the rest
+            logger.exception("the engine thread failed")
+            self.error = f"the engine thread failed: {type(e).__name__}: {e}"
+            self._stopping = True
+            self._fail_all(self.error)
+
+    def _serve(self) -> None:
         while True:
             block = self.scheduler.idle()
             commands = [self._commands.get()] if block else []
