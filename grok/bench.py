@@ -17,6 +17,7 @@ BENCHMARKS = {
     "interleave": "grok.benchmarks.interleave",   # stream token gaps while a long prompt prefills
     "prefill_batch": "grok.benchmarks.prefill_batch",   # N prompts in one prefill call vs one each
     "prefix": "grok.benchmarks.prefix",   # time to first token with and without the prefix cache
+    "serve": "grok.benchmarks.serving",   # an OpenAI-compatible server under load
 }
 DEFAULT = "decode"
 
