@@ -78,6 +78,7 @@ def test_engine_satisfies_the_protocol(engine):
     assert engine.prefill_buckets == BUCKETS and engine.prefill_batch_sizes == (2, 4)
 
 
+@pytest.mark.slow   # compiles several prefill shapes
 def test_prefix_round_trip_matches_full_forward(engine, reference):
     prompts = {0: make_prompt(3, 0), 1: make_prompt(16, 1), 2: make_prompt(20, 2),
                3: make_prompt(40, 3)}          # 1 chunk, 1 full chunk, 2 and 3 chunks
@@ -145,6 +146,7 @@ def test_insert_clears_the_previous_occupant(engine):
                                    row(getattr(fresh.memory, name), axis), err_msg=name, **TOLERANCE)
 
 
+@pytest.mark.slow   # compiles several prefill shapes
 def test_prefill_batch_equals_one_at_a_time(engine):
     prompts = [make_prompt(3, 40), make_prompt(8, 41), make_prompt(6, 42)]
     samples = [GREEDY, SAMPLED, SAMPLED._replace(seed=9, top_k=0)]
@@ -163,6 +165,7 @@ def test_prefill_batch_equals_one_at_a_time(engine):
                      jax.tree.map(np.asarray, alone_result.arm))
 
 
+@pytest.mark.slow   # compiles several prefill shapes
 def test_echo_scores_the_prompt_across_chunks(engine, reference):
     prompt = make_prompt(20, 50)
     first, r1 = engine.prefill(prompt[:16], GREEDY, echo=True, next_token=prompt[16])

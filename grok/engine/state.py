@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from grok.config import LanguageModelConfig
 from grok.engine.api import Prefix, SlotArm, TokenOutput
@@ -133,7 +133,3 @@ def to_host(array: jax.Array) -> np.ndarray:
     if not array.is_fully_replicated:
         raise ValueError(f"expected a replicated output, got sharding {array.sharding}")
     return np.asarray(array.addressable_data(0))
-
-
-def replicated_like(tree, mesh: Mesh):
-    return jax.tree.map(lambda _: NamedSharding(mesh, jax.sharding.PartitionSpec()), tree)
