@@ -20,6 +20,7 @@ from typing import Optional
 
 import jax
 
+from grok import checkpoint as checkpoint_module
 from grok import demo
 from grok.checkpoint import CheckpointError
 from grok.cli.flags import (BYTE_TOKENIZER, CONFIG_FILE, DEFAULT_CHECKPOINT_DIR,
@@ -149,6 +150,9 @@ def resolve_tokenizer(options: ModelOptions, checkpoint: Optional[str],
             tokenizer = _sentencepiece(found[0], "tokenizer")
         elif byte_vocab or (checkpoint is None and options.config is None):
             tokenizer = ByteTokenizer()
+            if checkpoint is not None and not options.quiet:
+                print(f"Tokenizer: bytes (the model's vocabulary is the byte tokenizer's "
+                      f"{ByteTokenizer.vocab_size} ids)", file=sys.stderr)
         else:
             raise UsageError(f"no tokenizer: pass --tokenizer FILE (Grok-1's "
                              f"{DEFAULT_TOKENIZER}); looked for " + " and ".join(places))
@@ -239,16 +243,20 @@ def load_model(options: ModelOptions) -> tuple[InferenceRunner, StartupTimes]:
     try:
         runner.initialize()
     except CheckpointError as e:
-        hint = ("if the checkpoint is another model, pass its --config FILE"
-                if options.config is None else "is --config this checkpoint's config?")
-        raise UsageError(f"checkpoint {checkpoint}: {e}\n  (model config used: {source}; "
-                         f"{hint})") from None
+        mismatch = getattr(checkpoint_module, "ConfigMismatchError", CheckpointError)
+        hint = ""
+        if isinstance(e, mismatch):   # the files are another model's: say which config we used
+            hint = (f"\n  (model config used: {source}; " +
+                    ("if the checkpoint is another model, pass its --config FILE)"
+                     if options.config is None else "is --config this checkpoint's config?)"))
+        raise UsageError(f"checkpoint {checkpoint}: {e}{hint}") from None
     except ValueError as e:    # a mesh the devices can't make, bad pad sizes, ...
         raise UsageError(f"cannot start the model: {e}") from None
     times.load_s = time.perf_counter() - start
     buckets = ",".join(map(str, runner.pad_sizes))
-    with _CompileProgress(f"prefill (prompt buckets {buckets}) and decode "
-                          f"({runner.batch_size} slots)", options.quiet) as progress:
+    slots = f"{runner.batch_size} slot" + ("s" if runner.batch_size > 1 else "")
+    with _CompileProgress(f"prefill (prompt buckets {buckets}) and decode ({slots})",
+                          options.quiet) as progress:
         runner._precompile()   # InferenceRunner(precompile=False) left this to us, to time it
     times.compile_s = progress.elapsed
     return runner, times
