@@ -2,6 +2,7 @@
 exit status 2 naming the flag the user typed, --stop, the run summary, finite JSON, default
 slots and seeds. One runner (the demo written as a checkpoint) is built per module."""
 
+import io
 import json
 import math
 import os
@@ -33,9 +34,9 @@ def runner(model_argv):
     return cli.build_runner(cli.build_parser().parse_args(model_argv))
 
 
-def run_cli(capsys, argv, runner=None):
+def run_cli(capsys, argv, runner=None, stdin=None):
     capsys.readouterr()
-    status = cli.main(list(argv), runner=runner)
+    status = cli.main(list(argv), runner=runner, stdin=stdin)
     out = capsys.readouterr()
     return status, out.out, out.err
 
@@ -153,3 +154,11 @@ def test_help_on_every_entry_point(capsys):
     out = subprocess.run([sys.executable, "-m", "grok.cli", "--help"], cwd=REPO_DIR,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--max-tokens" in out.stdout and "--stop" in out.stdout
+
+
+def test_repl_survives_input_that_is_not_utf8(runner, model_argv, capsys):
+    stdin = io.TextIOWrapper(io.BytesIO(b"\xff\xfe hi\nmore\n/exit\n"), encoding="utf-8")
+    status, out, err = run_cli(capsys, model_argv + ["--interactive", "--temperature", "0",
+                                                     "--max-tokens", "5"], runner, stdin)
+    assert status == 0 and "Traceback" not in err
+    assert [len(line) for line in out.splitlines()] == [5, 5]      # two answers of 5 bytes
