@@ -1,22 +1,25 @@
-"""Model hyper-parameters: frozen dataclasses with Grok-1's field names.
+"""Model architecture: frozen dataclasses with Grok-1's field names (bound to a checkpoint).
 
 `GROK_1` is the released model. `load_config` reads a JSON file laid out like
 `LanguageModelConfig` with the transformer fields nested under `"model"` (the layout of
 `fixtures/tiny-grok-a/config.json`). Every number the forward pass uses lives here: the
 expert count, the rope base, the attention soft cap and the norm epsilon are fields, never
-constants elsewhere.
+constants elsewhere. How the model is run (MoE implementation, activation dtype, mesh,
+slots, buckets) is a `grok.runtime_config.RuntimeConfig`, not part of these.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
-MOE_IMPLS = ("sparse", "dense")
-FPROP_DTYPES = ("bfloat16", "float32")
+from grok.runtime_config import MOVED_FIELDS, RuntimeConfig, check_moved
+
+logger = logging.getLogger(__name__)
 
 
 def ffn_size(emb_size: int, widening_factor: float) -> int:
@@ -41,14 +44,10 @@ class TransformerConfig:
     rope_base: float = 10000.0
     attn_logit_soft_cap: float = 30.0
     norm_eps: float = 1e-5
-    # How the MoE is computed; both give the same numbers (tests/test_model.py).
-    moe_impl: str = "sparse"
-    # Sparse MoE: rows per block when an expert runs on its routed tokens (prefill sizes).
-    moe_block_rows: int = 256
 
     def __post_init__(self):
         for name in ("emb_size", "key_size", "num_q_heads", "num_kv_heads", "num_layers",
-                     "num_experts", "num_selected_experts", "moe_block_rows"):
+                     "num_experts", "num_selected_experts"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
@@ -68,8 +67,6 @@ class TransformerConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"TransformerConfig.{name} must be a finite number > 0, got {value!r}")
-        if self.moe_impl not in MOE_IMPLS:
-            raise ValueError(f"TransformerConfig.moe_impl must be one of {MOE_IMPLS}, got {self.moe_impl!r}")
 
     @property
     def ffn_size(self) -> int:
@@ -91,9 +88,14 @@ class LanguageModelConfig:
     sequence_len: int = 8192
     embedding_multiplier_scale: float = 1.0
     output_multiplier_scale: float = 1.0
-    fprop_dtype: str = "bfloat16"
+    # Deprecated: runtime options given the old way (`fprop_dtype=...` here, or
+    # `replace(moe_impl=...)`), as ((old name, value), ...). Kept so that code written before
+    # the split keeps running; grok.runtime_config.runtime_for applies them. Not part of
+    # equality, repr or to_dict: they are not architecture.
+    legacy_runtime: tuple = dataclasses.field(default=(), compare=False, repr=False)
+    fprop_dtype: dataclasses.InitVar[Optional[str]] = None   # deprecated: RuntimeConfig.activation_dtype
 
-    def __post_init__(self):
+    def __post_init__(self, fprop_dtype: Optional[str] = None):
         if not isinstance(self.model, TransformerConfig):
             raise ValueError("LanguageModelConfig.model must be a TransformerConfig")
         for name in ("vocab_size", "sequence_len"):
@@ -106,19 +108,46 @@ class LanguageModelConfig:
                 raise ValueError(
                     f"LanguageModelConfig.{name}={value!r} is not a token id below "
                     f"vocab_size={self.vocab_size}")
-        if self.fprop_dtype not in FPROP_DTYPES:
-            raise ValueError(
-                f"LanguageModelConfig.fprop_dtype must be one of {FPROP_DTYPES}, got {self.fprop_dtype!r}")
+        legacy = dict(self.legacy_runtime)
+        if fprop_dtype is not None:
+            legacy["fprop_dtype"] = fprop_dtype
+        try:
+            check_moved(legacy)
+        except ValueError as e:
+            raise ValueError(f"LanguageModelConfig.{e}") from None
+        object.__setattr__(self, "legacy_runtime", tuple(sorted(legacy.items())))
 
     def replace(self, **changes) -> "LanguageModelConfig":
-        """A copy with fields changed; transformer fields may be given at top level too."""
+        """A copy with fields changed; transformer fields may be given at top level too.
+
+        Moved runtime fields (fprop_dtype, moe_impl, moe_block_rows) are still accepted
+        (deprecated): they are carried for grok.runtime_config.runtime_for.
+        """
+        moved = {k: changes.pop(k) for k in list(changes) if k in MOVED_FIELDS}
         model_fields = {f.name for f in dataclasses.fields(TransformerConfig)}
         model_changes = {k: changes.pop(k) for k in list(changes) if k in model_fields}
         model = dataclasses.replace(self.model, **model_changes)
-        return dataclasses.replace(self, model=model, **changes)
+        legacy = tuple({**dict(self.legacy_runtime), **moved}.items())
+        # fprop_dtype=None: the InitVar would otherwise be re-read from the property below.
+        return dataclasses.replace(self, model=model, legacy_runtime=legacy, fprop_dtype=None,
+                                   **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The architecture as a JSON-able dict (config.json's layout; no runtime options)."""
+        data = dataclasses.asdict(self)
+        data.pop("legacy_runtime")
+        return data
+
+
+def _moved_value(config: LanguageModelConfig, old: str):
+    """Deprecated read of a moved field: the value given the old way, else the runtime default."""
+    legacy = dict(config.legacy_runtime)
+    return legacy[old] if old in legacy else getattr(RuntimeConfig(), MOVED_FIELDS[old])
+
+
+# Old reads (`config.fprop_dtype`) keep working until their callers take a RuntimeConfig.
+for _old in MOVED_FIELDS:
+    setattr(LanguageModelConfig, _old, property(lambda self, _old=_old: _moved_value(self, _old)))
 
 
 GROK_1 = LanguageModelConfig(
@@ -146,14 +175,22 @@ def config_from_dict(data: Mapping[str, Any]) -> LanguageModelConfig:
     """Builds a config from a mapping laid out like `LanguageModelConfig`, `model` nested."""
     if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
         raise ValueError("config: expected an object with a nested 'model' object")
-    lm_fields = {f.name for f in dataclasses.fields(LanguageModelConfig)} - {"model"}
+    lm_fields = {f.name for f in dataclasses.fields(LanguageModelConfig)} - {"model", "legacy_runtime"}
     tf_fields = {f.name for f in dataclasses.fields(TransformerConfig)}
-    unknown = (set(data) - lm_fields - {"model"}) | (set(data["model"]) - tf_fields)
+    top, nested = dict(data), dict(data["model"])
+    # Runtime options in an old config.json: mapped (see grok.runtime_config), with a warning.
+    moved = {k: d.pop(k) for d in (top, nested) for k in list(d) if k in MOVED_FIELDS}
+    for old, value in moved.items():
+        logger.warning("config: %r is a runtime option now (RuntimeConfig.%s); using %r from the "
+                       "file", old, MOVED_FIELDS[old], value)
+    unknown = (set(top) - lm_fields - {"model"}) | (set(nested) - tf_fields)
     if unknown:
         raise ValueError(f"config: unknown field(s) {sorted(unknown)}")
     try:
-        model = TransformerConfig(**data["model"])
-        return LanguageModelConfig(model=model, **{k: data[k] for k in data if k != "model"})
+        check_moved(moved)
+        model = TransformerConfig(**nested)
+        return LanguageModelConfig(model=model, legacy_runtime=tuple(sorted(moved.items())),
+                                   **{k: top[k] for k in top if k != "model"})
     except TypeError as e:  # a missing required field
         raise ValueError(f"config: {e}") from None
 

@@ -1,12 +1,20 @@
 """Tokenizers: the Grok-1 SentencePiece model, and a byte tokenizer for the embedded demo.
 
-Both give `encode(text) -> list[int]` (no BOS, as the reference) and `decode(ids) -> str`.
+Both give `encode(text) -> list[int]` (no BOS, as the reference), `decode(ids) -> str`, and
+`min_tokens(text) -> int`: a lower bound on `len(encode(text))` found without tokenizing, so a
+prompt far too long for the model is refused before it is tokenized.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from typing import Sequence
+
+# NFKC (SentencePiece's normalizer) may compose up to 3 alphanumeric code points into one
+# (Hangul jamo L+V+T -> a syllable); it never removes an alphanumeric one.
+NFKC_MAX_COMPOSITION = 3
 
 
 class SentencePieceTokenizer:
@@ -25,6 +33,19 @@ class SentencePieceTokenizer:
         ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
         return self.processor.decode(ids)
 
+    @functools.cached_property
+    def longest_piece(self) -> int:
+        """Characters in the longest vocabulary piece (16 for Grok-1's)."""
+        return max(len(self.processor.id_to_piece(i)) for i in range(self.vocab_size))
+
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on len(encode(text)): each alphanumeric character survives
+        normalization (up to NFKC_MAX_COMPOSITION of them merged into one) and a token covers
+        at most `longest_piece` characters. Whitespace and controls are not counted (the
+        normalizer may drop them)."""
+        visible = sum(map(str.isalnum, text))
+        return math.ceil(visible / (NFKC_MAX_COMPOSITION * self.longest_piece))
+
 
 class ByteTokenizer:
     """UTF-8 bytes shifted past the special ids: 0 pad, 1 bos, 2 eos, 3.. = bytes 0..255."""
@@ -39,6 +60,10 @@ class ByteTokenizer:
         data = bytes(int(i) - self.NUM_SPECIAL for i in ids
                      if self.NUM_SPECIAL <= int(i) < self.vocab_size)
         return data.decode("utf-8", errors="replace")
+
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on len(encode(text)): every character is at least one byte."""
+        return len(text)
 
 
 def load_tokenizer(path: str | os.PathLike | None):

@@ -10,6 +10,7 @@ from jax.sharding import PartitionSpec as P
 from grok.parallel import sharding
 from grok.config import GROK_1, LanguageModelConfig, TransformerConfig, config_from_dict, load_config
 from grok.model.transformer import abstract_params
+from grok.runtime_config import RuntimeConfig, runtime_for
 
 
 def test_grok1_preset_matches_spec():
@@ -31,7 +32,6 @@ def test_load_fixture_config(fixture_dir):
     (dict(key_size=7), "even"),
     (dict(num_layers=0), "num_layers"),
     (dict(rope_base=float("nan")), "rope_base"),
-    (dict(moe_impl="fast"), "moe_impl"),
 ])
 def test_transformer_config_errors(changes, message):
     fields = dict(emb_size=32, key_size=8, num_q_heads=4, num_kv_heads=2, num_layers=1)
@@ -43,8 +43,8 @@ def test_language_model_config_errors(tmp_path):
     model = TransformerConfig(emb_size=32, key_size=8, num_q_heads=4, num_kv_heads=2, num_layers=1)
     with pytest.raises(ValueError, match="eos_token"):
         LanguageModelConfig(model=model, vocab_size=16, eos_token=16)
-    with pytest.raises(ValueError, match="fprop_dtype"):
-        LanguageModelConfig(model=model, vocab_size=16, fprop_dtype="int8")
+    with pytest.raises(ValueError, match="fprop_dtype.*activation_dtype"):
+        LanguageModelConfig(model=model, vocab_size=16, fprop_dtype="int8")   # the old way
     with pytest.raises(ValueError, match="unknown field"):
         config_from_dict({"vocab_size": 16, "modle": 1, "model": {}})
     bad = tmp_path / "bad.json"
@@ -57,6 +57,52 @@ def test_config_round_trips_through_json(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps(GROK_1.to_dict()))
     assert load_config(path) == GROK_1
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(moe_impl="fast"), "moe_impl"),
+    (dict(activation_dtype="int8"), "activation_dtype"),
+    (dict(moe_block_rows=0), "moe_block_rows"),
+    (dict(prefill_buckets=()), "prefill_buckets"),
+    (dict(prefill_buckets=(8, 0)), "prefill_buckets"),
+    (dict(local_mesh_config=(1, 0)), "local_mesh_config"),
+    (dict(between_hosts_config=(1,)), "between_hosts_config"),
+    (dict(bs_per_device=float("inf")), "bs_per_device"),
+    (dict(prefill_chunk_tokens=-1), "prefill_chunk_tokens"),
+    (dict(max_prefill_batch=0), "max_prefill_batch"),
+])
+def test_runtime_config_errors(changes, message):
+    with pytest.raises(ValueError, match=message):
+        RuntimeConfig(**changes)
+
+
+def test_runtime_config_normalises():
+    runtime = RuntimeConfig(prefill_buckets=[16, 8, 16], local_mesh_config=[2, 4])
+    assert runtime.prefill_buckets == (8, 16) and runtime.local_mesh_config == (2, 4)
+    assert runtime.chunk_tokens == 16 and runtime.replace(prefill_chunk_tokens=40).chunk_tokens == 40
+    assert json.loads(json.dumps(runtime.to_dict()))["prefill_buckets"] == [8, 16]
+
+
+def test_moved_fields_still_load(tmp_path, caplog):
+    """A config.json (or old code) that still carries runtime options: mapped, with a warning."""
+    data = GROK_1.to_dict()
+    assert not {"fprop_dtype", "moe_impl", "moe_block_rows"} & (set(data) | set(data["model"]))
+    data["fprop_dtype"] = "float32"
+    data["model"]["moe_impl"] = "dense"
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    config = load_config(path)
+    assert "RuntimeConfig.activation_dtype" in caplog.text and "RuntimeConfig.moe_impl" in caplog.text
+    assert config == GROK_1 and config.to_dict() == GROK_1.to_dict()   # the same architecture
+    runtime = runtime_for(config, RuntimeConfig(prefill_buckets=(8,)))
+    assert (runtime.activation_dtype, runtime.moe_impl, runtime.prefill_buckets) == ("float32", "dense", (8,))
+    assert runtime_for(GROK_1) == RuntimeConfig()
+    old = GROK_1.replace(fprop_dtype="float32", moe_block_rows=4, num_layers=2)   # old code
+    assert (old.model.num_layers, old.fprop_dtype, old.moe_block_rows, old.moe_impl) == (2, "float32", 4, "sparse")
+    assert runtime_for(old.replace(vocab_size=64)).activation_dtype == "float32"   # carried along
+    data["model"]["moe_impl"] = "fast"
+    with pytest.raises(ValueError, match="moe_impl"):
+        config_from_dict(data)
 
 
 def test_grok1_partition_rules_on_8_devices():

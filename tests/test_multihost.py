@@ -44,6 +44,7 @@ def _driver(argv):
     args = parser.parse_args(argv)
 
     from grok.parallel import multihost
+    from grok.serving.multihost import follow, serve_multihost
 
     multihost.initialize(args.coordinator, args.num_processes, args.process_id)
     if args.fixture:
@@ -51,9 +52,9 @@ def _driver(argv):
     else:
         runner = _tiny_runner(args.mesh, args.hosts)
     if not multihost.is_leader():
-        multihost.follow(runner)
+        follow(runner)
         return
-    server = multihost.serve_multihost(runner) if args.hosts != (1, 1) else runner.run()
+    server = serve_multihost(runner) if args.hosts != (1, 1) else runner.run()
     prompts, max_len = _fixture_prompts(args.fixture) if args.fixture else (TINY_PROMPTS, 8)
     for completion in _serve(server, prompts, max_len, args.rounds):
         print("RESULT", json.dumps({"request_id": completion.request_id,
@@ -121,17 +122,18 @@ def _serve(server, prompts: list, max_len: int, rounds: int):
 
 # ---- the tests ---------------------------------------------------------------------------
 
-def test_requests_cross_processes_as_json_unchanged():
-    from grok.parallel.multihost import decode_command, encode_admissions
+def test_decisions_cross_processes_as_json_unchanged():
+    from grok.serving.decisions import Admission, Decisions, decode, encode
     from grok.serving.requests import Request
 
-    admitted = [(Request(prompt="héllo \ud800", temperature=0.7, nucleus_p=0.9, rng_seed=2**32 - 1,
-                         max_len=5, top_k=3, stop_tokens=[np.int64(7)], stream=True,
-                         logprobs=True, echo=True, request_id="a"), "a"),
-                (Request(prompt=np.arange(3, 9, dtype=np.int32)), "req-1")]
-    assert decode_command(encode_admissions(admitted)) == admitted
-    assert decode_command(encode_admissions([])) == []
-    assert decode_command(b'{"op": "stop"}') is None
+    admitted = [Admission(Request(prompt="héllo", temperature=0.7, nucleus_p=0.9,
+                                  rng_seed=2**32 - 1, max_len=5, top_k=3,
+                                  stop_tokens=[np.int64(7)], stop=["\n\n", "é"], stream=True,
+                                  logprobs=True, echo=True, request_id="a"), "a"),
+                Admission(Request(prompt=np.arange(3, 9, dtype=np.int32)), "req-1")]
+    decisions = Decisions(admitted, ["b", "c"])
+    assert decode(encode(decisions)) == decisions
+    assert decode(encode(Decisions([], []))) == Decisions([], [])
 
 
 @pytest.fixture

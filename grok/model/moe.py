@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from grok.config import TransformerConfig
+from grok.runtime_config import RuntimeConfig
 from grok.ops.layers import no_init
 from grok.ops.quantization import QuantizedWeight8bit, qmatmul, qmatmul_experts
 from grok.parallel.sharding import MODEL_AXIS
@@ -52,9 +53,10 @@ def _expert_weight(module: hk.Module, name: str, shape) -> QuantizedWeight8bit:
 
 
 class MoELayer(hk.Module):
-    def __init__(self, config: TransformerConfig, name: str = "moe"):
+    def __init__(self, config: TransformerConfig, runtime: RuntimeConfig, name: str = "moe"):
         super().__init__(name=name)
         self.config = config
+        self.runtime = runtime   # moe_impl, moe_block_rows
 
     def __call__(self, x: jax.Array, gates: jax.Array, experts: jax.Array) -> jax.Array:
         """x [M, D], gates/experts [M, k] -> [M, D]."""
@@ -67,9 +69,9 @@ class MoELayer(hk.Module):
         combine = jnp.zeros((x.shape[0], e), jnp.float32)
         combine = combine.at[jnp.arange(x.shape[0])[:, None], experts].add(gates)
         combine = combine.astype(x.dtype)
-        if c.moe_impl == "dense":
+        if self.runtime.moe_impl == "dense":
             return _dense(x, combine, w_gate, w_value, w_down)
-        sparse = functools.partial(_sparse, block_rows=c.moe_block_rows)
+        sparse = functools.partial(_sparse, block_rows=self.runtime.moe_block_rows)
         return _per_model_shard(sparse, x, combine, w_gate, w_value, w_down)
 
 

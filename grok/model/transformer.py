@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from grok.model.attention import AttentionContext, LayerKV, MultiHeadAttention, make_context
 from grok.config import LanguageModelConfig, TransformerConfig
+from grok.runtime_config import RuntimeConfig, runtime_for
 from grok.ops.layers import RMSNorm, no_init
 from grok.model.moe import MoELayer, Router
 from grok.ops.quantization import QuantizedWeight8bit
@@ -34,16 +35,17 @@ class Memory(NamedTuple):
     valid: jax.Array  # [B, S] bool: the cached key is a real token, not padding
 
 
-def init_memory(config: LanguageModelConfig, batch_size: int, sequence_len: int) -> Memory:
+def init_memory(config: LanguageModelConfig, batch_size: int, sequence_len: int,
+                runtime: Optional[RuntimeConfig] = None) -> Memory:
     c = config.model
     shape = (c.num_layers, batch_size, c.num_kv_heads, sequence_len, c.key_size)
-    dtype = jnp.dtype(config.fprop_dtype)
+    dtype = jnp.dtype(runtime_for(config, runtime).activation_dtype)
     return Memory(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
                   jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size, sequence_len), bool))
 
 
-def decoder_layer(config: TransformerConfig, x: jax.Array, ctx: AttentionContext,
-                  kv: Optional[LayerKV]) -> tuple[jax.Array, Optional[LayerKV]]:
+def decoder_layer(config: TransformerConfig, runtime: RuntimeConfig, x: jax.Array,
+                  ctx: AttentionContext, kv: Optional[LayerKV]) -> tuple[jax.Array, Optional[LayerKV]]:
     """One pre- and post-normed attention + MoE block on x [B, T, D]."""
     eps = config.norm_eps
     a, kv = MultiHeadAttention(config)(RMSNorm(eps, "rms_norm")(x), ctx, kv)
@@ -51,15 +53,16 @@ def decoder_layer(config: TransformerConfig, x: jax.Array, ctx: AttentionContext
     b, t, d = x.shape
     h = RMSNorm(eps, "rms_norm_2")(x).reshape(b * t, d)                        # [M, D]
     gates, experts = Router(config)(h)
-    m = MoELayer(config)(h, gates, experts).reshape(b, t, d)
+    m = MoELayer(config, runtime)(h, gates, experts).reshape(b, t, d)
     x = x + RMSNorm(eps, "rms_norm_3")(m)
     return x, kv
 
 
 class Transformer(hk.Module):
-    def __init__(self, config: TransformerConfig, name: str = "transformer"):
+    def __init__(self, config: TransformerConfig, runtime: RuntimeConfig, name: str = "transformer"):
         super().__init__(name=name)
         self.config = config
+        self.runtime = runtime
 
     def __call__(self, x: jax.Array, ctx: AttentionContext,
                  kv: Optional[LayerKV]) -> tuple[jax.Array, Optional[LayerKV]]:
@@ -68,12 +71,12 @@ class Transformer(hk.Module):
         stack = hk.layer_stack(c.num_layers, with_per_layer_inputs=True, name="decoder_layer")
         layers = jnp.arange(c.num_layers, dtype=jnp.int32)
         if kv is None:
-            x, _ = stack(lambda x, _: (decoder_layer(c, x, ctx, None)[0], None))(x, layers)
+            x, _ = stack(lambda x, _: (decoder_layer(c, self.runtime, x, ctx, None)[0], None))(x, layers)
             return x, None
 
         def layer(carry, index):
             x, k, v = carry
-            x, kv = decoder_layer(c, x, ctx, LayerKV(k, v, index))
+            x, kv = decoder_layer(c, self.runtime, x, ctx, LayerKV(k, v, index))
             return (x, kv.k, kv.v), None
 
         (x, k, v), _ = stack(layer)((x, kv.k, kv.v), layers)
@@ -95,14 +98,16 @@ class InOutEmbed(hk.Module):
 class LanguageModel(hk.Module):
     """Scaled input embedding, the transformer, final norm and tied output projection."""
 
-    def __init__(self, config: LanguageModelConfig, name: str = "language_model"):
+    def __init__(self, config: LanguageModelConfig, runtime: RuntimeConfig,
+                 name: str = "language_model"):
         super().__init__(name=name)
         self.config = config
+        self.runtime = runtime
 
     def __call__(self, transformer: Transformer, tokens: jax.Array, memory: Optional[Memory],
                  lengths: Optional[jax.Array], output_index: Optional[jax.Array]):
         c = self.config
-        dtype = jnp.dtype(c.fprop_dtype)
+        dtype = jnp.dtype(self.runtime.activation_dtype)
         table = InOutEmbed(c)().astype(dtype)                                 # [V, D]
         x = table[tokens] * jnp.asarray(c.embedding_multiplier_scale, dtype)    # [B, T, D]
         if memory is None:
@@ -120,15 +125,20 @@ class LanguageModel(hk.Module):
         return logits, new_memory
 
 
-def build_forward(config: LanguageModelConfig):
+def build_forward(config: LanguageModelConfig, runtime: Optional[RuntimeConfig] = None):
     """A pure function forward(params, tokens, memory=None, lengths=None, output_index=None).
+
+    `runtime` gives the MoE implementation and the activation dtype (default RuntimeConfig(),
+    with any moved fields `config` still carries: grok.runtime_config.runtime_for).
 
     Returns (logits [B, T, V] float32 — or [B, 1, V] at output_index —, new memory or None).
     With a memory, row b's first lengths[b] tokens are appended to its cache.
     """
+    runtime = runtime_for(config, runtime)
+
     def fn(tokens, memory=None, lengths=None, output_index=None):
-        transformer = Transformer(config.model)
-        return LanguageModel(config)(transformer, tokens, memory, lengths, output_index)
+        transformer = Transformer(config.model, runtime)
+        return LanguageModel(config, runtime)(transformer, tokens, memory, lengths, output_index)
 
     transformed = hk.without_apply_rng(hk.transform(fn))
     return transformed.apply
@@ -147,7 +157,9 @@ def abstract_params(config: LanguageModelConfig, scale_groups: int = 1) -> dict:
 
     def fn(tokens):
         with hk.custom_creator(creator):
-            return LanguageModel(config)(Transformer(config.model), tokens, None, None, None)
+            runtime = runtime_for(config)
+            return LanguageModel(config, runtime)(Transformer(config.model, runtime), tokens,
+                                                  None, None, None)
 
     tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
     params = jax.eval_shape(lambda t: hk.transform(fn).init(None, t), tokens)

@@ -1,17 +1,13 @@
-"""One serving job over several processes (hosts): joining, one request stream, dead peers.
+"""One serving job over several processes (hosts): joining, a command channel, dead peers.
 
 Every process runs the same program: `initialize()` joins the job (`jax.distributed`), the
-mesh tiles `local_mesh_config` per process by `between_hosts_config` (grok.parallel.sharding.make_mesh),
-the checkpoint loader places only each process's own shards, and every process compiles the
-same functions. Then process 0 (the leader) serves with `serve_multihost(runner)`, the usual
-generator protocol (grok.serving.scheduler), while the others run `follow(runner)`.
-
-Lockstep: every jitted call spans all processes, so all must make the same calls in the same
-order. The leader publishes one command per `Engine.advance()` before its device work: the
-requests it admits (JSON, never pickle), or "stop" when its generator closes. Followers run
-the same advance with the same admissions; everything else the engine decides (finishing,
-releasing slots) follows from step outputs that are replicated, hence equal, on every process.
-Results exist everywhere; only the leader yields (prints) them.
+mesh tiles `local_mesh_config` per process by `between_hosts_config`
+(grok.parallel.sharding.make_mesh), the checkpoint loader places only each process's own
+shards, and every process compiles the same functions. Then process 0 (the leader) serves and
+the others follow it in lockstep (grok.serving.multihost): every jitted call spans all
+processes, so all must make the same calls in the same order. The leader publishes what only
+it knows (its scheduler's decisions, once per step) on `command_channel()`; this module
+carries those bytes and knows nothing of what they mean.
 
 Commands travel through the coordination service's key-value store (process 0's
 jax.distributed service), not device collectives: a device broadcast would wait for the decode
@@ -27,7 +23,6 @@ preempted/died"). A process that does not join within `init_timeout_s` gets a cl
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import json
 import logging
 import os
@@ -37,10 +32,6 @@ import time
 from typing import Optional
 
 import jax
-import numpy as np
-
-from grok.serving.requests import Request
-from grok.serving.scheduler import Engine, _error, serve
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +48,9 @@ PEER_LOST_EXIT_CODE = 75       # EX_TEMPFAIL: the job can be restarted
 KEY_PREFIX = "grok/multihost"
 _COMMAND_BLOCK = 256           # commands per key directory; read directories are deleted
 _DONE = "done"                 # a heartbeat value: this process has finished cleanly
-_STOP = b'{"op": "stop"}'      # the command that ends the followers' loop
+_CLOSED = b"\x00closed"        # the command that ends the followers' loop (never valid JSON)
 _WATCHDOG: Optional[_Watchdog] = None   # this process's, once it joined a job
-_CHANNEL: Optional[_Channel] = None     # the job's one command stream, made on first use
+_CHANNEL: Optional["CommandChannel"] = None   # the job's one command stream, made on first use
 
 
 # ---- joining the job ---------------------------------------------------------------------
@@ -296,16 +287,17 @@ class _Watchdog(threading.Thread):
 
 
 def _at_exit():
-    if _CHANNEL is not None and _CHANNEL.open:
-        _CHANNEL.publish(_STOP)  # followers would wait for process 0 forever
+    if _CHANNEL is not None:
+        _CHANNEL.close()  # followers would wait for process 0 forever
     if _WATCHDOG is not None:
         _WATCHDOG.finish()
 
 
 # ---- the command stream ------------------------------------------------------------------
 
-class _Channel:
-    """Process 0's commands, numbered, to every other process, through the key-value store.
+class CommandChannel:
+    """Process 0's commands (bytes), numbered, to every other process, through the key-value
+    store. `close()` ends the stream: the followers' `receive()` then returns None.
 
     Command n lives at `.../command/{n // 256}/{n % 256}`. Followers record the block they
     read (`.../ack/{process}`); the leader deletes blocks every follower has moved past.
@@ -315,7 +307,7 @@ class _Channel:
         self.client, self.process_id, self.num_processes = client, process_id, num_processes
         self.sent = 0              # commands published (leader) or read (followers)
         self.deleted_blocks = 0
-        self.open = False          # the leader published commands since its last stop
+        self.open = False          # the leader published commands since its last close
 
     def _key(self, n: int) -> str:
         return f"{KEY_PREFIX}/command/{n // _COMMAND_BLOCK}/{n % _COMMAND_BLOCK}"
@@ -325,7 +317,12 @@ class _Channel:
             self._delete_read_blocks()
         self.client.key_value_set_bytes(self._key(self.sent), payload)
         self.sent += 1
-        self.open = payload != _STOP
+        self.open = payload != _CLOSED
+
+    def close(self):
+        """Leader: ends the followers' loop (a later publish starts a new one)."""
+        if self.open:
+            self.publish(_CLOSED)
 
     def _delete_read_blocks(self):
         acks = dict(self.client.key_value_dir_get(f"{KEY_PREFIX}/ack/"))
@@ -336,8 +333,9 @@ class _Channel:
             self.client.key_value_delete(f"{KEY_PREFIX}/command/{block}")
         self.deleted_blocks = max(self.deleted_blocks, reached)
 
-    def receive(self, poll_ms: int = 1000) -> bytes:
-        """The next command; waits as long as process 0 takes (it may wait for user input)."""
+    def receive(self, poll_ms: int = 1000) -> Optional[bytes]:
+        """The next command, None when the leader closed the stream; waits as long as
+        process 0 takes (it may wait for user input)."""
         n = self.sent
         if n % _COMMAND_BLOCK == 0:
             self.client.key_value_set(f"{KEY_PREFIX}/ack/{self.process_id}",
@@ -350,137 +348,21 @@ class _Channel:
                 if "DEADLINE_EXCEEDED" not in str(e):
                     raise
         self.sent += 1
-        return payload
+        return None if payload == _CLOSED else payload
 
 
-def _channel() -> _Channel:
+def command_channel() -> CommandChannel:
     """The job's one command stream (successive generators continue its numbering)."""
     global _CHANNEL
     if _CHANNEL is None:
         if not jax.distributed.is_initialized():
             raise RuntimeError("multi-process serving needs grok.parallel.multihost.initialize() first")
-        _CHANNEL = _Channel(_client(), jax.process_index(), jax.process_count())
+        _CHANNEL = CommandChannel(_client(), jax.process_index(), jax.process_count())
     return _CHANNEL
 
 
-def encode_admissions(admitted: list) -> bytes:
-    """[(Request, request_id)] -> a command (JSON bytes; a Request holds only Python values)."""
-    items = [{"request_id": request_id, "request": dataclasses.asdict(request)}
-             for request, request_id in admitted]
-    return json.dumps({"op": "advance", "admit": items}).encode()
-
-
-def decode_command(payload: bytes) -> Optional[list]:
-    """A command -> [(Request, request_id)] to admit, or None for "stop"."""
-    command = json.loads(payload.decode())
-    if command["op"] == "stop":
-        return None
-    return [(Request(**item["request"]), item["request_id"]) for item in command["admit"]]
-
-
-# ---- the engine ----------------------------------------------------------------------------
-
-class MultiHostEngine(Engine):
-    """An Engine whose admissions process 0 decides and every process runs."""
-
-    def __init__(self, runner, channel: Optional[_Channel] = None):
-        super().__init__(runner)
-        self.channel = channel or _channel()
-        self.leader = is_leader()
-        self._received: list = []    # followers: what the current command admits
-        self._published = False      # leader: the current advance's command went out
-
-    def submit(self, item) -> list:
-        if not self.leader:
-            raise RuntimeError("only process 0 takes requests; the others run follow()")
-        queued = len(self.queue)
-        events = super().submit(item)
-        new = [self.queue.pop() for _ in range(len(self.queue) - queued)][::-1]
-        for request, request_id in new:
-            try:
-                encode_admissions([(request, request_id)])
-                self.queue.append((request, request_id))
-            except (TypeError, ValueError) as e:  # it could not reach the other processes
-                events.append(_error(request_id, [], f"request cannot be sent to the other "
-                                                     f"processes: {e}"))
-        return events
-
-    def _take_admissions(self) -> list:
-        if not self.leader:
-            taken, self._received = self._received, []
-            return taken
-        taken = [(self._with_token_ids(request), request_id)
-                 for request, request_id in super()._take_admissions()]
-        self.channel.publish(encode_admissions(taken))  # before any device work of this step
-        self._published = True
-        return taken
-
-    def _with_token_ids(self, request: Request) -> Request:
-        """Text prompts go out tokenized, so no other host's tokenizer can disagree."""
-        if isinstance(request.prompt, str):
-            try:
-                ids = self.tokenizer.encode(request.prompt)
-                return dataclasses.replace(request, prompt=tuple(int(t) for t in ids))
-            except Exception:  # no ids: every process fails it alike in Engine._prompt_ids
-                pass
-        return request
-
-    def advance(self) -> list:
-        self._published = False
-        events = super().advance()
-        if self.leader and not self._published:
-            # Followers run one advance per command. Without admissions this advance's only
-            # collective work was the decode step, which needs no command first.
-            self.channel.publish(encode_admissions([]))
-        return events
-
-    def _to_host(self, array) -> np.ndarray:
-        """Outputs are replicated over the whole mesh: this process's copy is the value."""
-        if array.is_fully_addressable:
-            return np.asarray(array)
-        if not array.is_fully_replicated:
-            raise ValueError(f"expected a replicated output, got sharding {array.sharding}")
-        return np.asarray(array.addressable_data(0))
-
-    def follow(self):
-        """Followers: runs process 0's commands, each an advance, until one says stop."""
-        while (admitted := decode_command(self.channel.receive())) is not None:
-            self._received = admitted
-            self.advance()
-
-    def stop(self):
-        if self.leader and self.channel.open:
-            self.channel.publish(_STOP)
-
-
-def _explained(error: BaseException):
-    """A runtime error in a collective is most often a lost peer: let the watchdog say so."""
+def explain_failure(error: BaseException) -> None:
+    """A runtime error in a collective is most often a lost peer: lets the watchdog say so
+    (this process then exits naming the peer); returns when the peers are fine."""
     if _WATCHDOG is not None and isinstance(error, jax.errors.JaxRuntimeError):
         _WATCHDOG.await_verdict()
-
-
-def serve_multihost(runner):
-    """Process 0's request generator (grok.serving.scheduler protocol); closing it stops the others."""
-    if not is_leader():
-        raise RuntimeError("serve_multihost runs on process 0; the other processes run follow()")
-    engine = MultiHostEngine(runner)
-    try:
-        yield from serve(runner, engine)
-    except Exception as e:
-        _explained(e)
-        raise
-    finally:
-        engine.stop()
-
-
-def follow(runner) -> None:
-    """The other processes: run process 0's steps in lockstep until its generator closes."""
-    if is_leader():
-        raise RuntimeError("follow() runs on processes other than 0; process 0 serves")
-    engine = MultiHostEngine(runner)
-    try:
-        engine.follow()
-    except Exception as e:
-        _explained(e)
-        raise
-    logger.info("process %d: process 0 stopped serving", jax.process_index())

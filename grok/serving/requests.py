@@ -1,8 +1,18 @@
-"""What users send to the runner and what they get back.
+"""What users send to the scheduler: `Request` (one prompt to continue) and `Cancel`.
 
 `Request` keeps the reference's fields (prompt, temperature, nucleus_p, rng_seed, max_len) and
-adds top_k, stop tokens, streaming, logprobs and echo scoring. Every field is checked when the
-request is made: a bad one raises `ValueError` naming it, before it reaches the runner.
+adds top_k, stop tokens, stop strings, streaming, logprobs and echo scoring. Every field is
+checked and normalised when the request is made (Python values only, every number bounded):
+a bad one raises `ValueError` naming it, before it reaches the scheduler. A Request is frozen;
+the scheduler re-validates it when it admits it, so one changed behind the dataclass's back
+(`object.__setattr__`) fails alone instead of reaching the device.
+
+What depends on the model (top_k <= vocabulary, token ids in the vocabulary, a prompt of pad
+ids only, the prompt's length against sequence_len) is checked at admission
+(grok.serving.admission).
+
+The results (`Completion`, `TokenEvent`) live in grok.serving.results; they are re-exported
+here because callers import all three from this module.
 """
 
 from __future__ import annotations
@@ -14,12 +24,18 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from grok.serving.results import Completion, TokenEvent  # noqa: F401 (re-exported)
+
 Prompt = Union[str, Sequence[int]]
+
+MAX_INT32 = 2**31 - 1      # token ids, top_k and max_len travel to the device as int32
+SEED_LIMIT = 2**32         # seeds are uint32 PRNG keys
+_SEQUENCES = (list, tuple, np.ndarray)
 
 
 def _is_int(x) -> bool:
     """Python or NumPy integers, not bools."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
 
 
 def _is_real(x) -> bool:
@@ -27,99 +43,126 @@ def _is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
+def _int_field(name: str, value, low: int, high: int, what: str) -> int:
+    """`value` as a Python int in [low, high], else ValueError naming `Request.<name>`."""
+    if not _is_int(value) or not low <= value <= high:
+        raise ValueError(f"Request.{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def _float_field(name: str, value, ok, what: str) -> float:
+    """`value` as a finite Python float with ok(value), else ValueError naming the field.
+
+    Huge ints (10**400) overflow float(): that is the field's error too."""
+    try:
+        number = float(value) if _is_real(value) else None
+    except OverflowError:
+        number = None
+    if number is None or not math.isfinite(number) or not ok(number):
+        raise ValueError(f"Request.{name} must be {what}, got {_short(value)}")
+    return number
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _valid_text(name: str, text: str) -> str:
+    """Refuses text that is not valid Unicode (lone surrogates cannot reach a tokenizer)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"Request.{name} is not valid Unicode ({e.reason} at character "
+                         f"{e.start})") from None
+    return text
+
+
+def _token_ids(name: str, value, allow_empty: bool) -> tuple:
+    """A sequence of token ids as a tuple of Python ints in [0, MAX_INT32]."""
+    if isinstance(value, np.ndarray) and value.ndim != 1:
+        raise ValueError(f"Request.{name} as token ids must be one-dimensional, got shape "
+                         f"{value.shape}")
+    ids = list(value)
+    if (not ids and not allow_empty) or not all(_is_int(t) and 0 <= t <= MAX_INT32 for t in ids):
+        raise ValueError(f"Request.{name} must be a {'' if allow_empty else 'non-empty '}list of "
+                         f"token ids (ints in [0, 2**31)), got {_short(value)}")
+    return tuple(int(t) for t in ids)
+
+
 @dataclasses.dataclass(frozen=True)
 class Request:
-    prompt: Prompt
-    temperature: float = 1.0
-    nucleus_p: float = 1.0
-    rng_seed: int = 0
-    max_len: int = 100
-    top_k: int = 0
-    stop_tokens: Sequence[int] = ()
+    prompt: Prompt                # text, or token ids (no BOS added in either case)
+    temperature: float = 1.0      # 0 = greedy
+    nucleus_p: float = 1.0        # top-p, in (0, 1]
+    rng_seed: int = 0             # in [0, 2**32)
+    max_len: int = 100            # new tokens at most, >= 1
+    top_k: int = 0                # 0 = off; at most the vocabulary (checked at admission)
+    stop_tokens: Sequence[int] = ()   # token ids that end the output (not included)
     stream: bool = False          # the generator also yields a TokenEvent per new token
-    logprobs: bool = False        # per-token logprobs and top alternatives in the Completion
+    logprobs: bool = False        # per-token logprobs and top alternatives
     echo: bool = False            # also score the prompt: log p(token_t | tokens before t)
-    request_id: Optional[str] = None
+    request_id: Optional[str] = None  # None: the scheduler names it (never a caller's id)
+    stop: Sequence[str] = ()      # stop strings: the text ends before the first one found
 
     def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)
         p = self.prompt
         if isinstance(p, str):
             if not p:
                 raise ValueError("Request.prompt is empty")
-        elif isinstance(p, (list, tuple, np.ndarray)):
-            ids = [int(t) if _is_int(t) else t for t in list(p)]
-            if not ids or not all(_is_int(t) and t >= 0 for t in ids):
-                raise ValueError("Request.prompt as token ids must be a non-empty list of ints >= 0")
-            object.__setattr__(self, "prompt", tuple(ids))
+            _valid_text("prompt", p)
+        elif isinstance(p, _SEQUENCES):
+            set_("prompt", _token_ids("prompt", p, allow_empty=False))
         else:
-            raise ValueError(f"Request.prompt must be a str or a list of token ids, got {type(p).__name__}")
-        if not _is_real(self.temperature) or not math.isfinite(self.temperature) \
-                or self.temperature < 0:
-            raise ValueError(f"Request.temperature must be a finite number >= 0, got {self.temperature!r}")
-        if not _is_real(self.nucleus_p) or not 0 < self.nucleus_p <= 1:
-            raise ValueError(f"Request.nucleus_p must be in (0, 1], got {self.nucleus_p!r}")
-        if not _is_int(self.rng_seed) or not 0 <= self.rng_seed < 2**32:
-            raise ValueError(f"Request.rng_seed must be an int in [0, 2**32), got {self.rng_seed!r}")
-        if not _is_int(self.max_len) or self.max_len < 1:
-            raise ValueError(f"Request.max_len must be an int >= 1, got {self.max_len!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
-            raise ValueError(f"Request.top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
-        stops = (list(self.stop_tokens)
-                 if isinstance(self.stop_tokens, (list, tuple, set, frozenset, np.ndarray)) else None)
-        if stops is None or not all(_is_int(t) and t >= 0 for t in stops):
-            raise ValueError(f"Request.stop_tokens must be a list of token ids, got {self.stop_tokens!r}")
-        object.__setattr__(self, "stop_tokens", tuple(int(t) for t in stops))
-        for name, kind in (("temperature", float), ("nucleus_p", float), ("rng_seed", int),
-                           ("max_len", int), ("top_k", int)):  # NumPy scalars -> Python
-            object.__setattr__(self, name, kind(getattr(self, name)))
+            raise ValueError(f"Request.prompt must be a str or a list of token ids, "
+                             f"got {type(p).__name__}")
+        set_("temperature", _float_field("temperature", self.temperature, lambda x: x >= 0,
+                                         "a finite number >= 0"))
+        set_("nucleus_p", _float_field("nucleus_p", self.nucleus_p, lambda x: 0 < x <= 1,
+                                       "in (0, 1]"))
+        set_("rng_seed", _int_field("rng_seed", self.rng_seed, 0, SEED_LIMIT - 1,
+                                    "an int in [0, 2**32)"))
+        set_("max_len", _int_field("max_len", self.max_len, 1, MAX_INT32, "an int >= 1"))
+        set_("top_k", _int_field("top_k", self.top_k, 0, MAX_INT32, "an int >= 0 (0 = off)"))
+        if not isinstance(self.stop_tokens, _SEQUENCES + (set, frozenset)):
+            raise ValueError(f"Request.stop_tokens must be a list of token ids, "
+                             f"got {_short(self.stop_tokens)}")
+        stops = sorted(self.stop_tokens) if isinstance(self.stop_tokens, (set, frozenset)) \
+            else self.stop_tokens
+        set_("stop_tokens", _token_ids("stop_tokens", stops, allow_empty=True))
+        set_("stop", self._stop_strings(self.stop))
         for name in ("stream", "logprobs", "echo"):
-            if not isinstance(getattr(self, name), bool):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"Request.{name} must be a bool, got {getattr(self, name)!r}")
-        if self.request_id is not None and not isinstance(self.request_id, str):
-            raise ValueError(f"Request.request_id must be a str or None, got {self.request_id!r}")
+            set_(name, bool(getattr(self, name)))
+        if self.request_id is not None:
+            if not isinstance(self.request_id, str) or not self.request_id:
+                raise ValueError(f"Request.request_id must be a non-empty str or None, "
+                                 f"got {self.request_id!r}")
+            _valid_text("request_id", self.request_id)
+
+    @staticmethod
+    def _stop_strings(stop) -> tuple:
+        """One string or a sequence of them -> a tuple of non-empty, valid strings."""
+        items = (stop,) if isinstance(stop, str) else stop
+        if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) and s for s in items):
+            raise ValueError(f"Request.stop must be a non-empty string or a list of them, "
+                             f"got {_short(stop)}")
+        return tuple(_valid_text("stop", s) for s in items)
+
+    def validated(self) -> "Request":
+        """A freshly validated copy: catches fields changed after construction."""
+        return dataclasses.replace(self)
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenEvent:
-    """One new token of a streaming request, yielded as soon as it is made — or, when it ends
-    mid-character, with the token that completes the character (or at the request's end), so
-    `text` is always final and the texts of a request's events add up to its Completion."""
+class Cancel:
+    """Ends the request `request_id` (queued or running) at the next step; its Completion has
+    finish_reason "cancelled" and the tokens made so far. Unknown ids are ignored."""
 
     request_id: str
-    index: int            # position in the output (0 = first new token)
-    token_id: int
-    text: str             # the text this token adds (may be "" mid-character)
-    logprob: float
 
-
-class Completion(str):
-    """A finished request. It *is* its text (so reference-style code gets a string), with:
-
-    request_id, prompt_ids, output_ids (new tokens, stop token excluded), finish_reason
-    ("stop", "length" or "error"), error (message or None), logprobs (per output token, when
-    asked), top_logprobs (per output token: [(token_id, logprob), ...]), prompt_logprobs
-    (aligned with prompt_ids, None first, when echo was asked).
-    """
-
-    def __new__(cls, text: str, **fields):
-        obj = super().__new__(cls, text)
-        obj.text = text
-        obj.request_id = fields.pop("request_id")
-        obj.prompt_ids = list(fields.pop("prompt_ids", []))
-        obj.output_ids = list(fields.pop("output_ids", []))
-        obj.finish_reason = fields.pop("finish_reason", "stop")
-        obj.error = fields.pop("error", None)
-        obj.logprobs = fields.pop("logprobs", None)
-        obj.top_logprobs = fields.pop("top_logprobs", None)
-        obj.prompt_logprobs = fields.pop("prompt_logprobs", None)
-        if fields:
-            raise TypeError(f"Completion: unknown fields {sorted(fields)}")
-        return obj
-
-    def to_dict(self) -> dict:
-        out = {"request_id": self.request_id, "prompt_ids": self.prompt_ids,
-               "output_ids": self.output_ids, "text": self.text, "finish_reason": self.finish_reason}
-        for name in ("error", "logprobs", "top_logprobs", "prompt_logprobs"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
-        return out
+    def __post_init__(self):
+        if not isinstance(self.request_id, str):
+            raise ValueError(f"Cancel.request_id must be a str, got {self.request_id!r}")

@@ -1,244 +1,378 @@
-"""The host side of serving: slots, admission, chunked prefill, stopping, streaming.
+"""The host loop: slots, admission, prefill interleaved with decode, stopping, cancel.
 
-`serve(runner)` is the generator behind `InferenceRunner.run()`. Protocol (the reference's,
-extended):
+`Scheduler` owns the queue and the slots of one model and touches the device only through
+the engine API (grok.engine.api.Engine). Each `step()`:
 
-    gen = runner.run()
-    next(gen)                                # -> None: ready for requests
-    out = gen.send(Request(...))             # a Request, or a list of them
-    out = next(gen)                          # or gen.send(None): keep going
+1. takes this step's decisions: the queued requests that get a free slot (tokenized and
+   checked, grok.serving.admission) and the cancels asked since the last step; a multi-process
+   job publishes them here (grok.serving.decisions) and the other processes replay them;
+2. applies the cancels (a running request's slot is released at once);
+3. prefills at most `prefill_budget` prompt tokens (one largest bucket by default): a long
+   prompt goes one chunk per step, continued through `existing_prefix`, and is inserted into
+   its slot after its last chunk, so running streams keep decoding meanwhile. Several short
+   prompts go in one batched call where the engine offers it. With no stream decoding there is
+   nobody to keep waiting, and every admitted prompt is prefilled at once;
+4. dispatches one decode step for every running slot, then reads the previous step's tokens
+   (step n+1 is on the device while the host handles step n; a slot that finished in step n
+   ran one more step whose token is ignored) and the first tokens of the prompts inserted.
 
-Each `send`/`next` returns the next result: a `Completion` (a str subclass: the text, with
-request_id, output_ids, logprobs, ...) or, for streaming requests, a `TokenEvent`; or `None`
-when nothing is in flight (send more requests). A request that cannot be served (prompt too
-long for sequence_len, token ids outside the vocabulary) comes back as a Completion with
-finish_reason "error" and never disturbs the other slots.
+Any exception while admitting, prefilling or handling one request's tokens ends that request
+alone with finish_reason "error" and its message; its slot is freed and the others go on.
 
-Decode steps overlap with the host: step n+1 is dispatched before step n's output (one
-packed array) is read, so a finished slot may run one extra step whose token is ignored.
+Glossary: B slots, T tokens in a prefill chunk.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import heapq
 import itertools
+import secrets
 from typing import Optional
 
-import numpy as np
+from grok.engine.api import Engine, Prefix, PrefillResult, SampleParams, TokenOutput
+from grok.serving.admission import ModelLimits, prepare
+from grok.serving.decisions import Admission, AdmissionLog, Decisions
+from grok.serving.requests import Cancel, Request
+from grok.serving.results import Completion, TokenEvent, error_completion
+from grok.serving.text import TextStream
 
-from grok.serving.requests import Completion, Request, TokenEvent
-from grok.engine.runner import unpack_output
 
-
-@dataclasses.dataclass
-class _Active:
-    """A request occupying a slot."""
+@dataclasses.dataclass(eq=False)
+class _Stream:
+    """An admitted request: holding a slot, prefilling or decoding."""
 
     request: Request
     request_id: str
     prompt_ids: list
     slot: int
+    text: TextStream
+    prefix: Optional[Prefix] = None        # the prompt's KV so far (prefilling)
+    prefilled: int = 0                     # prompt tokens in `prefix`
+    echo_results: list = dataclasses.field(default_factory=list)   # PrefillResults with echo
+    first: Optional[PrefillResult] = None  # the last chunk's result, until its token is read
     output_ids: list = dataclasses.field(default_factory=list)
     logprobs: list = dataclasses.field(default_factory=list)
     top_logprobs: list = dataclasses.field(default_factory=list)
     prompt_logprobs: Optional[list] = None
-    streamed_tokens: int = 0       # output tokens already sent as TokenEvents
-    streamed_text: str = ""        # the text those events carried
+    held: list = dataclasses.field(default_factory=list)   # TokenEvents whose text is not final
+    inserted: bool = False                 # the slot holds its KV (release it when done)
     done: bool = False
 
 
-class Engine:
-    """Owns the device state and the slots of one InferenceRunner."""
+class Scheduler:
+    """Serves Requests on an Engine; see the module docstring.
 
-    def __init__(self, runner):
-        self.runner = runner
-        self.config = runner.config
-        self.tokenizer = runner.tokenizer
-        self.state = runner.new_memory()
-        self.free_slots = list(range(runner.batch_size))
-        self.slots: dict[int, _Active] = {}
-        self.queue: collections.deque = collections.deque()
-        self.inflight = None                   # (packed output of the last step, slot snapshot)
-        self._ids = itertools.count()
+    `prefill_budget`: prompt tokens prefilled between two decode steps (0: one largest
+    bucket). `max_prefill_batch`: most prompts in one batched prefill (1: never batch).
+    `log`: where process 0 publishes its decisions (None: a single process).
+    """
 
-    # ---- admission --------------------------------------------------------------------------
-    def submit(self, item) -> list:
-        requests = list(item) if isinstance(item, (list, tuple)) else [item]
-        events = []
-        for request in requests:
-            request_id = getattr(request, "request_id", None) or f"req-{next(self._ids)}"
-            if not isinstance(request, Request):
-                events.append(_error(request_id, [], f"expected a Request, got {type(request).__name__}"))
-                continue
-            if request_id in self._ids_in_flight():   # results could not be told apart
-                events.append(_error(request_id, [], f"request_id {request_id!r} is already in flight"))
-                continue
-            self.queue.append((request, request_id))
-        return events
+    def __init__(self, engine: Engine, tokenizer, *, prefill_budget: int = 0,
+                 max_prefill_batch: int = 1, log: Optional[AdmissionLog] = None):
+        self.engine, self.tokenizer, self.log = engine, tokenizer, log
+        self.limits = ModelLimits.of(engine)
+        self.eos_token = int(engine.eos_token)
+        self.largest_chunk = int(engine.prefill_buckets[-1])
+        self.prefill_budget = int(prefill_budget) or self.largest_chunk
+        self.max_prefill_batch = max(1, int(max_prefill_batch))
+        self.state = engine.init_state()
+        self._free = list(range(engine.batch_size))          # a heap: lowest slot first
+        self._waiting: collections.OrderedDict = collections.OrderedDict()  # id -> Request
+        self._prefilling: collections.deque = collections.deque()   # _Streams, in order
+        self._running: dict = {}                 # slot -> _Stream, decoding
+        self._streams: dict = {}                 # request_id -> admitted _Stream
+        self._cancels: dict = {}                 # request_ids to cancel at the next step
+        self._inflight = None                    # (StepHandle, {slot: _Stream}) being computed
+        self._auto_prefix = f"req-{secrets.token_hex(4)}-"
+        self._auto_ids = itertools.count()
 
-    def _ids_in_flight(self) -> set:
-        return {rid for _, rid in self.queue} | {a.request_id for a in self.slots.values()}
+    # ---- the API the generator and the HTTP server use ---------------------------------------
+    @property
+    def num_running(self) -> int:
+        """Requests holding a slot (prefilling or decoding)."""
+        return len(self._streams)
 
-    def _prompt_ids(self, request: Request) -> list:
-        if isinstance(request.prompt, str):
-            ids = self.tokenizer.encode(request.prompt)
-        else:
-            ids = list(request.prompt)
-        if not ids:
-            raise ValueError("Request.prompt encodes to no tokens")
-        bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
-        if bad:
-            raise ValueError(f"Request.prompt has token ids outside the vocabulary "
-                             f"[0, {self.config.vocab_size}): {bad[:5]}")
-        total = len(ids) + request.max_len
-        if total > self.config.sequence_len:
-            raise ValueError(f"Request: prompt ({len(ids)} tokens) plus max_len ({request.max_len}) "
-                             f"is {total}, beyond sequence_len {self.config.sequence_len}")
-        return ids
+    @property
+    def num_waiting(self) -> int:
+        """Requests queued for a slot."""
+        return len(self._waiting)
 
-    def _take_admissions(self) -> list:
-        """The queued (request, request_id) pairs that get a slot now.
-
-        A hook: a multi-process job decides this on process 0 and broadcasts it.
-        """
-        taken = []
-        while len(taken) < len(self.free_slots) and self.queue:
-            taken.append(self.queue.popleft())
-        return taken
-
-    def _to_host(self, array) -> np.ndarray:
-        """A replicated device array as NumPy (a hook for multi-process jobs)."""
-        return np.asarray(array)
-
-    def _admit(self) -> list:
-        events = []
-        for request, request_id in self._take_admissions():
-            try:
-                ids = self._prompt_ids(request)
-            except Exception as e:  # a bad prompt fails its request alone
-                events.append(_error(request_id, [], str(e)))
-                continue
-            slot = self.free_slots.pop(0)
-            active = _Active(request, request_id, ids, slot)
-            self.slots[slot] = active
-            events += self._prefill(active)
-        return events
-
-    def _chunks(self, n: int):
-        """(start, length, bucket) covering n prompt tokens; long prompts in largest buckets."""
-        largest, start = self.runner.pad_sizes[-1], 0
-        while start < n:
-            length = min(largest, n - start)
-            bucket = next(p for p in self.runner.pad_sizes if p >= length)
-            yield start, length, bucket
-            start += length
-
-    def _prefill(self, active: _Active) -> list:
-        r, ids = active.request, active.prompt_ids
-        settings = (r.temperature, r.nucleus_p, r.top_k)
-        echo = []
-        for start, length, bucket in self._chunks(len(ids)):
-            tokens = np.zeros(bucket, np.int32)
-            tokens[:length] = ids[start:start + length]
-            targets = np.zeros(bucket, np.int32)
-            nxt = ids[start + 1:start + length + 1]
-            targets[:len(nxt)] = nxt
-            args = self.runner.prefill_args(tokens, targets, length, active.slot, start == 0,
-                                            settings, r.rng_seed)
-            self.state, out = self.runner.prefill_memory(self.state, *args, echo=r.echo)
-            if r.echo:
-                echo.extend(self._to_host(out["echo"])[:length].tolist())
-        if r.echo:
-            active.prompt_logprobs = [None] + echo[:len(ids) - 1]
-        return self._on_token(active, unpack_output(self._to_host(out["sample"])), 0)
-
-    # ---- decoding ---------------------------------------------------------------------------
     def idle(self) -> bool:
-        return not self.slots and not self.queue and self.inflight is None
+        return not self._waiting and not self._streams and self._inflight is None
 
-    def advance(self) -> list:
-        """Admits what fits, dispatches one decode step, and handles the previous step's output."""
-        events = self._admit()
-        dispatched = None
-        if self.slots:
-            snapshot = dict(self.slots)
-            self.state, packed = self.runner.sample_step(self.runner.params, self.state)
-            packed.copy_to_host_async()
-            dispatched = (packed, snapshot)
-        if self.inflight is not None:
-            packed, snapshot = self.inflight
-            step_out = unpack_output(self._to_host(packed))
-            for slot, active in snapshot.items():
-                if not active.done:
-                    events += self._on_token(active, step_out, slot)
-        self.inflight = dispatched
-        return events
-
-    def _on_token(self, active: _Active, step_out: tuple, row: int) -> list:
-        """Takes row `row` of an unpacked step output (see `unpack_output`) for `active`."""
-        token_ids, logprobs, top_ids, top_lps = step_out
-        token, logprob = int(token_ids[row]), float(logprobs[row])
-        r = active.request
-        stopped = token == self.config.eos_token or token in r.stop_tokens
-        if not stopped:
-            active.output_ids.append(token)
-            active.logprobs.append(logprob)
-            active.top_logprobs.append(list(zip(top_ids[row].tolist(), top_lps[row].tolist())))
-        finished = stopped or len(active.output_ids) >= r.max_len
-        events = self._token_events(active, finished) if r.stream else []
-        if finished:
-            events.append(self._finish(active, "stop" if stopped else "length"))
-        return events
-
-    def _token_events(self, active: _Active, finished: bool) -> list:
-        """TokenEvents for the output tokens not streamed yet.
-
-        A token that leaves an incomplete UTF-8 character is held back until a later token
-        completes it (or the request ends), so every event's text is final and the events'
-        texts concatenate to the Completion's text.
-        """
-        n = len(active.output_ids)
-        text = self.tokenizer.decode(active.output_ids)
-        if active.streamed_tokens == n or (text.endswith("\ufffd") and not finished):
-            return []
+    def submit(self, item) -> list:
+        """Queues a Request (or a list; a Cancel in it cancels). Returns the events of what
+        failed at once (not a Request, an id already in flight)."""
         events = []
-        for index in range(active.streamed_tokens, n):
-            delta = text[len(active.streamed_text):] if index == n - 1 else ""
-            events.append(TokenEvent(active.request_id, index, active.output_ids[index], delta,
-                                     active.logprobs[index]))
-        active.streamed_tokens, active.streamed_text = n, text
+        for request in (list(item) if isinstance(item, (list, tuple)) else [item]):
+            if isinstance(request, Cancel):
+                events += self.cancel(request.request_id)
+                continue
+            given = request.request_id if isinstance(request, Request) else None
+            request_id = given if given is not None else self._new_id()
+            if not isinstance(request, Request):
+                events.append(error_completion(
+                    request_id, f"expected a Request, got {type(request).__name__}"))
+            elif request_id in self._waiting or request_id in self._streams:
+                events.append(error_completion(  # its results could not be told apart
+                    request_id, f"request_id {request_id!r} is already in flight"))
+            else:
+                self._waiting[request_id] = request
         return events
 
-    def _finish(self, active: _Active, reason: str) -> Completion:
-        active.done = True
-        del self.slots[active.slot]
-        self.state = self.runner.release_slot(self.state, np.int32(active.slot))
-        self.free_slots.append(active.slot)
-        self.free_slots.sort()
-        r = active.request
-        return Completion(
-            self.tokenizer.decode(active.output_ids), request_id=active.request_id,
-            prompt_ids=active.prompt_ids, output_ids=active.output_ids, finish_reason=reason,
-            logprobs=active.logprobs if r.logprobs else None,
-            top_logprobs=active.top_logprobs if r.logprobs else None,
-            prompt_logprobs=active.prompt_logprobs)
+    def cancel(self, request_id: str) -> list:
+        """Ends a queued request now (its Completion is returned) or a running one at the next
+        step; an unknown id does nothing."""
+        if request_id in self._waiting:
+            del self._waiting[request_id]
+            return [Completion("", request_id=request_id, finish_reason="cancelled")]
+        if request_id in self._streams:
+            self._cancels[request_id] = None
+        return []
+
+    def step(self, decisions: Optional[Decisions] = None) -> list:
+        """One scheduler step (see the module docstring). `decisions`: the leader's, replayed
+        by another process; None: decide here (and publish them where there is a log)."""
+        events = []
+        if decisions is None:
+            decisions = self._decide(events)
+            if self.log is not None:
+                self.log.publish(decisions)
+        for request_id in decisions.cancelled:
+            stream = self._streams.get(request_id)
+            if stream is not None:
+                events += self._finish(stream, "cancelled")
+        for admission in decisions.admitted:
+            self._admit(admission)
+        inserted = self._prefill(events)
+        dispatched = None
+        if self._running:
+            self.state, handle = self.engine.generate(self.state)
+            dispatched = (handle, dict(self._running))
+        if self._inflight is not None:
+            handle, snapshot = self._inflight
+            out = self.engine.read(handle)
+            for slot, stream in snapshot.items():
+                if not stream.done:
+                    events += self._guarded(stream, self._on_token, out, slot)
+        self._inflight = dispatched
+        for stream in inserted:
+            if not stream.done:
+                events += self._guarded(stream, self._on_first_token)
+        return events
+
+    # ---- decisions and admission ------------------------------------------------------------
+    def _new_id(self) -> str:
+        """An automatic id: a per-scheduler random prefix and a counter, never one in flight."""
+        while True:
+            request_id = f"{self._auto_prefix}{next(self._auto_ids)}"
+            if request_id not in self._waiting and request_id not in self._streams:
+                return request_id
+
+    def _decide(self, events: list) -> Decisions:
+        cancelled, self._cancels = list(self._cancels), {}
+        admitted = []
+        while self._waiting and len(admitted) < len(self._free):
+            request_id, request = self._waiting.popitem(last=False)
+            try:
+                request, ids = prepare(request, self.tokenizer, self.limits)
+            except Exception as e:  # a bad request fails alone
+                events.append(error_completion(request_id, str(e)))
+                continue
+            admitted.append(Admission(dataclasses.replace(request, prompt=tuple(ids)),
+                                      request_id))
+        return Decisions(admitted, cancelled)
+
+    def _admit(self, admission: Admission) -> None:
+        request, prompt_ids = admission.request, list(admission.request.prompt)
+        slot = heapq.heappop(self._free)
+        stream = _Stream(request, admission.request_id, prompt_ids, slot,
+                         TextStream(self.tokenizer, prompt_ids, request.stop))
+        self._streams[stream.request_id] = stream
+        self._prefilling.append(stream)
+
+    # ---- prefill ----------------------------------------------------------------------------
+    def _prefill(self, events: list) -> list:
+        """Prefills within the budget; returns the streams inserted into their slots."""
+        budget = self.prefill_budget if self._running else None
+        spent, inserted = 0, []
+        while self._prefilling:
+            batch = self._batchable(budget, spent)
+            if len(batch) > 1:
+                spent += sum(len(s.prompt_ids) for s in batch)
+                inserted += self._prefill_batch(batch, events)
+                continue
+            stream = self._prefilling[0]
+            size = min(self.largest_chunk, budget or self.largest_chunk,
+                       len(stream.prompt_ids) - stream.prefilled)
+            if spent and budget is not None and spent + size > budget:
+                break
+            spent += size
+            events += self._guarded(stream, self._prefill_chunk, size)
+            if stream.inserted and not stream.done:
+                inserted.append(stream)
+        return inserted
+
+    def _batchable(self, budget: Optional[int], spent: int) -> list:
+        """The leading streams that fit one batched prefill: whole short prompts, no echo."""
+        if self.max_prefill_batch < 2 or not callable(getattr(self.engine, "prefill_batch", None)):
+            return []
+        batch = []
+        for stream in itertools.islice(self._prefilling, self.max_prefill_batch):
+            n = len(stream.prompt_ids)
+            if (stream.prefilled or stream.request.echo or n > self.largest_chunk
+                    or (budget is not None and spent + n > budget and (spent or batch))):
+                break
+            batch.append(stream)
+            spent += n
+        return batch
+
+    def _prefill_batch(self, batch: list, events: list) -> list:
+        try:
+            results = self.engine.prefill_batch([s.prompt_ids for s in batch],
+                                                [self._sample_params(s.request) for s in batch])
+        except Exception:  # whose fault? one at a time, so a bad one fails alone
+            results = [None] * len(batch)
+        for stream, done in zip(batch, results):
+            if done is None:
+                events += self._guarded(stream, self._prefill_chunk, len(stream.prompt_ids))
+            else:
+                stream.prefix, stream.prefilled = done[0], len(stream.prompt_ids)
+                events += self._guarded(stream, self._insert, done[1])
+        return [s for s in batch if s.inserted and not s.done]
+
+    @staticmethod
+    def _sample_params(request: Request) -> SampleParams:
+        return SampleParams(request.temperature, request.nucleus_p, request.top_k,
+                            request.rng_seed)
+
+    def _prefill_chunk(self, stream: _Stream, size: int) -> None:
+        """The stream's next prompt chunk; after its last one, its insertion into its slot."""
+        ids, start = stream.prompt_ids, stream.prefilled
+        echo = stream.request.echo
+        end = start + size
+        prefix, result = self.engine.prefill(
+            ids[start:end], self._sample_params(stream.request), existing_prefix=stream.prefix,
+            echo=echo, next_token=ids[end] if echo and end < len(ids) else None)
+        stream.prefix, stream.prefilled = prefix, end
+        if echo:
+            stream.echo_results.append((result, size))
+        if end == len(ids):
+            self._insert(stream, result)
+
+    def _insert(self, stream: _Stream, result: PrefillResult) -> None:
+        self.state = self.engine.insert(stream.prefix, result.arm, self.state, stream.slot)
+        stream.prefix, stream.first, stream.inserted = None, result, True
+        self._prefilling.remove(stream)
+        self._running[stream.slot] = stream
+
+    # ---- tokens -----------------------------------------------------------------------------
+    def _guarded(self, stream: _Stream, work, *args) -> list:
+        """work(stream, *args) -> its events (None: none); an exception ends `stream` alone
+        with finish_reason "error" and returns its Completion instead."""
+        try:
+            return work(stream, *args) or []
+        except Exception as e:
+            return self._finish(stream, "error", error=f"{type(e).__name__}: {e}")
+
+    def _on_first_token(self, stream: _Stream) -> list:
+        result, stream.first = stream.first, None
+        if stream.request.echo:
+            lps = []
+            for echo_result, size in stream.echo_results:
+                lps += self.engine.read_echo(echo_result)[:size].tolist()
+            stream.prompt_logprobs = [None] + lps[:len(stream.prompt_ids) - 1]
+            stream.echo_results = []
+        return self._on_token(stream, self.engine.read(result), 0)
+
+    def _on_token(self, stream: _Stream, out: TokenOutput, row: int) -> list:
+        """Takes row `row` of a TokenOutput for `stream`."""
+        token, r = int(out.token_ids[row]), stream.request
+        if token == self.eos_token or token in r.stop_tokens:
+            return self._finish(stream, "stop", token if token in r.stop_tokens else None)
+        logprob = float(out.logprobs[row])
+        top = list(zip(out.top_ids[row].tolist(), out.top_logprobs[row].tolist()))
+        stream.output_ids.append(token)
+        stream.logprobs.append(logprob)
+        stream.top_logprobs.append(top)
+        released, stop = stream.text.add(token)
+        if r.stream:
+            stream.held.append(TokenEvent(stream.request_id, len(stream.output_ids) - 1, token,
+                                          released, logprob, top if r.logprobs else None))
+        if stop is not None:
+            return self._finish(stream, "stop", stop)
+        if len(stream.output_ids) >= r.max_len:
+            return self._finish(stream, "length")
+        if stream.text.holding:
+            return []
+        events, stream.held = stream.held, []
+        return events
+
+    def _finish(self, stream: _Stream, reason: str, stop_reason=None,
+                error: Optional[str] = None) -> list:
+        """Ends an admitted stream: frees its slot; returns its last events and Completion."""
+        if stream.done:
+            return []
+        stream.done = True
+        del self._streams[stream.request_id]
+        if reason in ("length", "stop", "cancelled") and error is None:
+            try:
+                tail, stop = stream.text.finish()
+                if stop is not None and reason != "cancelled":
+                    reason, stop_reason = "stop", stop
+                if stream.held:
+                    last = stream.held[-1]
+                    stream.held[-1] = dataclasses.replace(last, text=last.text + tail)
+            except Exception as e:
+                reason, error = "error", f"{type(e).__name__}: {e}"
+        if stream.inserted:
+            self._running.pop(stream.slot, None)
+            self.state = self.engine.release(self.state, stream.slot)
+        else:
+            self._prefilling.remove(stream)
+            stream.prefix = None
+        heapq.heappush(self._free, stream.slot)
+        r = stream.request
+        completion = Completion(
+            stream.text.text, request_id=stream.request_id, prompt_ids=stream.prompt_ids,
+            output_ids=stream.output_ids, finish_reason=reason, stop_reason=stop_reason,
+            error=error, logprobs=stream.logprobs if r.logprobs else None,
+            top_logprobs=stream.top_logprobs if r.logprobs else None,
+            prompt_logprobs=stream.prompt_logprobs)
+        events, stream.held = stream.held, []
+        return events + [completion]
 
 
-def _error(request_id: str, prompt_ids: list, message: str) -> Completion:
-    return Completion("", request_id=request_id, prompt_ids=prompt_ids, finish_reason="error",
-                      error=message)
+def scheduler_for(runner, log: Optional[AdmissionLog] = None) -> Scheduler:
+    """The Scheduler of an InferenceRunner: its engine, tokenizer and runtime budget."""
+    runtime = getattr(runner, "runtime", None)
+    return Scheduler(runner.engine, runner.tokenizer,
+                     prefill_budget=getattr(runtime, "prefill_chunk_tokens", 0),
+                     max_prefill_batch=getattr(runtime, "max_prefill_batch", 1), log=log)
 
 
-def serve(runner, engine: Optional[Engine] = None):
-    """The generator protocol described in the module docstring (`engine`: a subclass's,
-    e.g. grok.parallel.multihost's; default a new Engine)."""
-    engine = Engine(runner) if engine is None else engine
+def serve(source):
+    """The request generator (the reference's protocol, extended) over a Scheduler, or over
+    an InferenceRunner's (`scheduler_for`):
+
+        gen = serve(scheduler)
+        next(gen)                        # -> None: ready for requests
+        out = gen.send(Request(...))     # a Request, a list of them, or Cancel(request_id)
+        out = next(gen)                  # or gen.send(None): keep going
+
+    Each send/next returns the next result: a Completion (a str: the text, with request_id,
+    output_ids, ...), a TokenEvent for streaming requests, or None when nothing is in flight.
+    """
+    scheduler = source if isinstance(source, Scheduler) else scheduler_for(source)
     pending: collections.deque = collections.deque()
     incoming = yield None
     while True:
-        if incoming is not None:
-            pending.extend(engine.submit(incoming))
-        while not pending and not engine.idle():
-            pending.extend(engine.advance())
+        if isinstance(incoming, Cancel):
+            pending.extend(scheduler.cancel(incoming.request_id))
+        elif incoming is not None:
+            pending.extend(scheduler.submit(incoming))
+        while not pending and not scheduler.idle():
+            pending.extend(scheduler.step())
         incoming = yield (pending.popleft() if pending else None)

@@ -1,0 +1,260 @@
+"""JaxEngine: the Engine API (grok.engine.api) on compiled JAX functions over one mesh.
+
+Every device function (grok.engine.steps) is jitted with explicit shardings and cached by
+its static shape key, so each shape compiles once and nothing recompiles while serving:
+- prefill: one program per (prefix capacity in, chunk bucket T, echo); a prompt's first
+  chunk has no prefix in and gives a prefix of capacity T;
+- batched prefill: one per (N, T);
+- insert: one per prefix capacity P;
+- sample_step (`generate`) and release: one each.
+`precompile()` compiles what a prompt of every bucket needs up front (first chunks, their
+inserts, the decode step); `precompile_all()` adds every continuation and batch shape.
+
+Glossary: B slots, N prompts per batched call, T chunk bucket, P prefix capacity,
+S sequence_len, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from grok.config import LanguageModelConfig
+from grok.engine import steps
+from grok.engine.api import (GREEDY, Handle, Prefix, PrefillResult, SampleParams, SlotArm,
+                             StepHandle, TokenOutput)
+from grok.engine.state import (DecodeState, capacity_for, empty_prefix, new_state,
+                               prefix_capacities, prefix_shardings, state_shardings, to_host,
+                               unpack_output)
+from grok.model.transformer import init_memory
+from grok.parallel import sharding
+from grok.runtime_config import RuntimeConfig
+
+SETTINGS_FIELDS = 3   # temperature, top_p, top_k as one float32 row
+
+
+def _batch_sizes(largest: int) -> tuple[int, ...]:
+    """Batched-prefill sizes N: powers of two from 2 up to `largest`, and `largest`."""
+    sizes, n = set(), 2
+    while n < largest:
+        sizes.add(n)
+        n *= 2
+    return tuple(sorted(sizes | ({largest} if largest > 1 else set())))
+
+
+def _settings_row(sample: SampleParams) -> np.ndarray:
+    return np.asarray([sample.temperature, sample.top_p, sample.top_k], np.float32)
+
+
+class JaxEngine:
+    """The Engine protocol (see grok.engine.api) for one model, mesh and set of weights."""
+
+    def __init__(self, config: LanguageModelConfig, runtime: RuntimeConfig, mesh: Mesh,
+                 forward: Callable, params: Any, param_shardings: Any, batch_size: int):
+        self.config, self.runtime, self.mesh = config, runtime, mesh
+        self.params = params
+        self.batch_size = batch_size
+        self.prefill_buckets = runtime.prefill_buckets
+        self.sequence_len = config.sequence_len
+        self.prefix_capacities = prefix_capacities(self.prefill_buckets, self.sequence_len)
+        self.prefill_batch_sizes = _batch_sizes(runtime.max_prefill_batch)
+        self.vocab_size, self.eos_token, self.pad_token = (
+            config.vocab_size, config.eos_token, config.pad_token)
+        self._forward = forward
+        self._params_sh = param_shardings
+        self._rep = sharding.replicated(mesh)
+        make_state = functools.partial(new_state, config, runtime, batch_size)
+        self._state_sh = state_shardings(jax.eval_shape(make_state), mesh)
+        self._jits: dict[tuple, Any] = {}
+        # The reference's names for the compiled functions.
+        self.new_memory = jax.jit(make_state, out_shardings=self._state_sh)
+        self.sample_step = jax.jit(functools.partial(steps.generate, forward),
+                                   in_shardings=(param_shardings, self._state_sh),
+                                   out_shardings=(self._state_sh, self._rep), donate_argnums=(1,))
+        self.release_slot = jax.jit(steps.release, in_shardings=(self._state_sh, self._rep),
+                                    out_shardings=self._state_sh, donate_argnums=(0,))
+
+    # ---- shardings and compiled functions, by static key ---------------------------------------
+    def _prefix_sh(self, capacity: int) -> Prefix:
+        shape = jax.eval_shape(lambda: empty_prefix(self.config, self.runtime, capacity))
+        return prefix_shardings(shape, self.mesh)
+
+    def _arm_sharding(self) -> SlotArm:
+        return SlotArm(self._rep, self._rep, steps.SampleSettings(*(self._rep,) * 4))
+
+    def _jit(self, key: tuple, build: Callable[[], Any]):
+        if key not in self._jits:
+            self._jits[key] = build()
+        return self._jits[key]
+
+    def prefill_fn(self, capacity_in: Optional[int], bucket: int, echo: bool):
+        """The compiled prefill for a prefix of capacity_in (None: a first chunk) and bucket."""
+        capacity = capacity_for((capacity_in or 0) + bucket, self.prefix_capacities)
+        rep, forward = self._rep, self._forward
+        outs = (self._prefix_sh(capacity), rep, self._arm_sharding()) + ((rep,) if echo else ())
+
+        def fn(params, tokens, length, prefix, targets, settings, seed):
+            if prefix is None:
+                prefix = empty_prefix(self.config, self.runtime, capacity)
+            out = steps.prefill(forward, params, tokens, length, prefix, targets, settings,
+                                seed, capacity=capacity, echo=echo)
+            return out if echo else out[:3]
+
+        def build():
+            prefix_sh = None if capacity_in is None else self._prefix_sh(capacity_in)
+            ins = (self._params_sh, rep, rep, prefix_sh, rep if echo else None, rep, rep)
+            return jax.jit(fn, in_shardings=ins, out_shardings=outs)
+        return self._jit(("prefill", capacity_in, bucket, echo), build)
+
+    def prefill_batch_fn(self, n: int, bucket: int):
+        capacity = capacity_for(bucket, self.prefix_capacities)
+        empty = lambda rows, positions: init_memory(self.config, rows, positions, self.runtime)
+
+        def build():
+            rep = self._rep
+            outs = ((self._prefix_sh(capacity),) * n, (rep,) * n, (self._arm_sharding(),) * n)
+            fn = functools.partial(steps.prefill_batch, self._forward, empty, capacity=capacity)
+
+            def rows(*args):
+                prefixes, packed, arms = fn(*args)
+                return prefixes, tuple(packed[i:i + 1] for i in range(n)), arms
+            return jax.jit(rows, in_shardings=(self._params_sh,) + (rep,) * 4, out_shardings=outs)
+        return self._jit(("prefill_batch", n, bucket), build)
+
+    def insert_fn(self, capacity: int):
+        def build():
+            ins = (self._state_sh, self._prefix_sh(capacity), self._arm_sharding(), self._rep)
+            return jax.jit(steps.insert, in_shardings=ins, out_shardings=self._state_sh,
+                           donate_argnums=(0,))
+        return self._jit(("insert", capacity), build)
+
+    def prefill_into_slot_fn(self, echo: bool):
+        """The pre-engine-API `prefill_memory(params, state, tokens, targets, length, slot,
+        reset, settings, seed)` (see steps.prefill_into_slot)."""
+        def build():
+            rep = self._rep
+            fn = functools.partial(steps.prefill_into_slot, self._forward, echo=echo)
+            return jax.jit(fn, in_shardings=(self._params_sh, self._state_sh) + (rep,) * 7,
+                           out_shardings=(self._state_sh, rep), donate_argnums=(1,))
+        return self._jit(("prefill_into_slot", echo), build)
+
+    # ---- the Engine API --------------------------------------------------------------------------
+    def init_state(self) -> DecodeState:
+        return self.new_memory()
+
+    def bucket_for(self, n: int) -> int:
+        """The smallest prefill bucket holding n tokens (ValueError past the largest)."""
+        if not 1 <= n <= self.prefill_buckets[-1]:
+            raise ValueError(f"a prefill chunk must have 1 to {self.prefill_buckets[-1]} tokens "
+                             f"(the largest prefill bucket), got {n}")
+        return next(b for b in self.prefill_buckets if b >= n)
+
+    def _padded(self, tokens: Sequence[int], bucket: int) -> np.ndarray:
+        row = np.full((bucket,), self.pad_token, np.int32)
+        row[:len(tokens)] = np.asarray(tokens, np.int32)
+        return row
+
+    def prefill(self, tokens: Sequence[int], sample: SampleParams = GREEDY, *,
+                existing_prefix: Optional[Prefix] = None, echo: bool = False,
+                next_token: Optional[int] = None) -> tuple[Prefix, PrefillResult]:
+        """See grok.engine.api.Engine.prefill."""
+        n = len(tokens)
+        bucket = self.bucket_for(n)
+        capacity_in = None if existing_prefix is None else existing_prefix.capacity
+        fn = self.prefill_fn(capacity_in, bucket, echo)
+        targets = None
+        if echo:
+            following = list(tokens[1:]) + [self.pad_token if next_token is None else next_token]
+            targets = self._padded(following, bucket)[None]
+        out = fn(self.params, self._padded(tokens, bucket)[None], np.int32(n), existing_prefix,
+                 targets, _settings_row(sample), np.uint32(sample.seed))
+        prefix, packed, arm = out[:3]
+        return prefix, PrefillResult(packed, arm, out[3] if echo else None)
+
+    def prefill_batch(self, prompts: Sequence[Sequence[int]], samples: Sequence[SampleParams]
+                      ) -> list[tuple[Prefix, PrefillResult]]:
+        """See grok.engine.api.Engine.prefill_batch; more prompts than the largest batch size
+        run in several calls, a single prompt as `prefill`."""
+        if len(prompts) != len(samples):
+            raise ValueError(f"prefill_batch: {len(prompts)} prompts but {len(samples)} samples")
+        largest = self.prefill_batch_sizes[-1] if self.prefill_batch_sizes else 1
+        results = []
+        for start in range(0, len(prompts), largest):
+            group, settings = prompts[start:start + largest], samples[start:start + largest]
+            if len(group) == 1:
+                results.append(self.prefill(group[0], settings[0]))
+                continue
+            bucket = self.bucket_for(max(len(p) for p in group))
+            for p in group:
+                self.bucket_for(len(p))   # every prompt non-empty
+            n = next(s for s in self.prefill_batch_sizes if s >= len(group))
+            tokens = np.full((n, bucket), self.pad_token, np.int32)
+            lengths, rows = np.zeros((n,), np.int32), np.zeros((n, SETTINGS_FIELDS), np.float32)
+            seeds = np.zeros((n,), np.uint32)
+            for i, (p, s) in enumerate(zip(group, settings)):
+                tokens[i], lengths[i] = self._padded(p, bucket), len(p)
+                rows[i], seeds[i] = _settings_row(s), s.seed
+            prefixes, packed, arms = self.prefill_batch_fn(n, bucket)(
+                self.params, tokens, lengths, rows, seeds)
+            results += [(prefixes[i], PrefillResult(packed[i], arms[i], None))
+                        for i in range(len(group))]
+        return results
+
+    def insert(self, prefix: Prefix, arm: SlotArm, state: DecodeState, slot: int) -> DecodeState:
+        """See grok.engine.api.Engine.insert (donates `state`)."""
+        self._check_slot(slot)
+        return self.insert_fn(prefix.capacity)(state, prefix, arm, np.int32(slot))
+
+    def generate(self, state: DecodeState) -> tuple[DecodeState, StepHandle]:
+        """See grok.engine.api.Engine.generate (donates `state`; starts the host copy)."""
+        state, packed = self.sample_step(self.params, state)
+        packed.copy_to_host_async()
+        return state, StepHandle(packed)
+
+    def release(self, state: DecodeState, slot: int) -> DecodeState:
+        self._check_slot(slot)
+        return self.release_slot(state, np.int32(slot))
+
+    def read(self, handle: Handle) -> TokenOutput:
+        return unpack_output(to_host(handle.packed))
+
+    def read_echo(self, result: PrefillResult) -> np.ndarray:
+        if result.echo is None:
+            raise ValueError("read_echo: this prefill ran without echo=True")
+        return to_host(result.echo)
+
+    def _check_slot(self, slot: int) -> None:
+        if not (isinstance(slot, (int, np.integer)) and 0 <= slot < self.batch_size):
+            raise ValueError(f"slot must be an int in [0, {self.batch_size}), got {slot!r}")
+
+    # ---- compiling ahead of time ---------------------------------------------------------------
+    def precompile(self) -> None:
+        """Compiles every bucket's first chunk, its insert, and the decode step (as the reference
+        compiles its buckets before serving), by running them once on an empty state."""
+        state = self.init_state()
+        for bucket in self.prefill_buckets:
+            prefix, result = self.prefill([1] * bucket)
+            state = self.insert(prefix, result.arm, state, 0)
+        state, handle = self.generate(state)
+        state = self.release(state, 0)
+        jax.block_until_ready((state, handle))
+
+    def precompile_all(self) -> None:
+        """`precompile`, plus every continuation chunk (from each capacity that can hold a
+        prompt) and every batched-prefill shape, so no request ever waits for XLA."""
+        self.precompile()
+        state = self.init_state()
+        for capacity in self.prefix_capacities:
+            prefix = empty_prefix(self.config, self.runtime, capacity)
+            prefix = jax.device_put(prefix, self._prefix_sh(capacity))
+            for bucket in self.prefill_buckets:
+                out, result = self.prefill([1] * bucket, existing_prefix=prefix)
+                state = self.insert(out, result.arm, state, 0)
+        for n in self.prefill_batch_sizes:
+            for bucket in self.prefill_buckets:
+                self.prefill_batch([[1] * bucket] * n, [GREEDY] * n)
+        jax.block_until_ready(state)

@@ -1,0 +1,138 @@
+"""The device functions the engine compiles: prefill, batched prefill, insert, decode, release.
+
+Pure functions of (params, device values); `forward` is grok.model.build_forward's function
+(traced under the mesh). grok.engine.engine jits them with explicit shardings; the names of
+the reference's compiled functions, `prefill_memory` and `sample_step`, are kept there.
+
+Glossary: B slots, N prompts in a batched prefill, T chunk bucket, P / Q prefix capacity
+(in / out), S sequence_len, L layers, K kv heads, d key_size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from grok.engine.api import Prefix, SlotArm
+from grok.engine.sampling import SampleSettings, sample_token, token_logprobs
+from grok.engine.state import DecodeState, arm_slot, pack_output
+from grok.model.transformer import Memory
+
+Forward = Callable
+
+
+def _grow(prefix: Prefix, capacity: int) -> Memory:
+    """The prefix as a one-row Memory of `capacity` >= P positions (zeros and invalid after)."""
+    pad = capacity - prefix.k.shape[3]
+    widen = lambda a: jnp.pad(a, [(0, 0)] * 3 + [(0, pad), (0, 0)])            # [L, 1, K, Q, d]
+    return Memory(widen(prefix.k), widen(prefix.v), prefix.length[None],
+                  jnp.pad(prefix.valid, [(0, 0), (0, pad)]))
+
+
+def _settings_rows(settings: jax.Array) -> SampleSettings:
+    """settings [N, 3] float32 (temperature, top_p, top_k) -> SampleSettings rows, active."""
+    return SampleSettings(settings[:, 0], settings[:, 1], settings[:, 2].astype(jnp.int32),
+                          jnp.ones(settings.shape[:1], bool))
+
+
+def _sample_first(logits: jax.Array, settings: jax.Array, seeds: jax.Array):
+    """The first token of N prompts from their last logits [N, V]: (packed [N, ...], arms).
+
+    Each slot's key is split from PRNGKey(seed): one half samples, the other is kept.
+    """
+    keys = jax.vmap(lambda s: jax.random.split(jax.random.PRNGKey(s)))(seeds)  # [N, 2, 2]
+    rows = _settings_rows(settings)
+    out = sample_token(logits, rows, keys[:, 1])
+    return pack_output(out), SlotArm(out.token_id, keys[:, 0], rows)
+
+
+def prefill(forward: Forward, params, tokens, length, prefix: Prefix, targets, settings, seed,
+            *, capacity: int, echo: bool):
+    """One prompt chunk after `prefix` (empty for a prompt's first chunk).
+
+    tokens, targets [1, T] (right-padded; targets: each position's next prompt token, for
+    echo); length []: real tokens in the chunk; settings [3]; seed [] uint32. Returns
+    (Prefix of `capacity` positions, packed first-token sample [1, 2 + 2A], SlotArm,
+    echo logprobs [T] or None). `prefix` is only read.
+    """
+    memory = _grow(prefix, capacity)
+    logits, memory = forward(params, tokens, memory, length[None],
+                             None if echo else (length - 1)[None])
+    out = Prefix(memory.k, memory.v, memory.valid, memory.step[0])
+    last = logits[:, length - 1] if echo else logits[:, 0]                      # [1, V]
+    packed, arm = _sample_first(last, settings[None], seed[None])
+    arm = jax.tree.map(lambda a: a[0], arm)
+    return out, packed, arm, (token_logprobs(logits, targets)[0] if echo else None)
+
+
+def prefill_batch(forward: Forward, empty_memory: Callable[[int, int], Memory], params, tokens,
+                  lengths, settings, seeds, *, capacity: int):
+    """N whole prompts at once: tokens [N, T], lengths [N] (0 for padding rows), settings
+    [N, 3], seeds [N]; empty_memory(rows, positions) -> a zero Memory. Returns (N Prefixes of
+    `capacity` positions, packed [N, 2 + 2A], N SlotArms)."""
+    n, _ = tokens.shape
+    memory = empty_memory(n, capacity)
+    last = jnp.maximum(lengths - 1, 0)
+    logits, memory = forward(params, tokens, memory, lengths, last)
+    packed, arms = _sample_first(logits[:, 0], settings, seeds)
+    prefixes = tuple(Prefix(memory.k[:, i:i + 1], memory.v[:, i:i + 1], memory.valid[i:i + 1],
+                            memory.step[i]) for i in range(n))
+    return prefixes, packed, tuple(jax.tree.map(lambda a: a[i], arms) for i in range(n))
+
+
+def insert(state: DecodeState, prefix: Prefix, arm: SlotArm, slot) -> DecodeState:
+    """The state with `slot` holding exactly `prefix`: its KV and validity written, every
+    position after the prefix zeroed and invalid (no key of the previous occupant survives),
+    step = the prefix's length; armed with `arm` and active."""
+    mem = state.memory
+    row = _grow(prefix, mem.k.shape[3])                                          # S positions
+    put = lambda a, r, axis: jax.lax.dynamic_update_slice_in_dim(a, r.astype(a.dtype), slot, axis)
+    memory = Memory(put(mem.k, row.k, 1), put(mem.v, row.v, 1), put(mem.step, row.step, 0),
+                    put(mem.valid, row.valid, 0))
+    return arm_slot(state._replace(memory=memory), arm, slot)
+
+
+def generate(forward: Forward, params, state: DecodeState):
+    """One decode step for every slot; inactive slots are left exactly as they were.
+
+    Returns (state, packed [B, 2 + 2A])."""
+    active = state.settings.active
+    b = active.shape[0]
+    logits, memory = forward(params, state.last_tokens[:, None], state.memory,
+                             active.astype(jnp.int32), jnp.zeros((b,), jnp.int32))
+    keys = jax.vmap(jax.random.split)(state.rngs)                               # [B, 2, 2]
+    out = sample_token(logits[:, 0], state.settings, keys[:, 1])
+    rngs = jnp.where(active[:, None], keys[:, 0], state.rngs)
+    tokens = jnp.where(active, out.token_id, state.last_tokens)
+    return DecodeState(memory, state.settings, rngs, tokens), pack_output(out)
+
+
+def release(state: DecodeState, slot) -> DecodeState:
+    settings = state.settings._replace(active=state.settings.active.at[slot].set(False))
+    return state._replace(settings=settings)
+
+
+def slot_prefix(state: DecodeState, slot, keep) -> Prefix:
+    """Slot's KV as a Prefix of S positions (empty where not `keep`): the reference-shaped
+    `prefill_memory`, which continues a prompt inside its slot, builds on this."""
+    mem = state.memory
+    take = lambda a, axis: jax.lax.dynamic_slice_in_dim(a, slot, 1, axis)
+    clear = lambda a: jnp.where(keep, a, jnp.zeros_like(a))
+    return Prefix(clear(take(mem.k, 1)), clear(take(mem.v, 1)), clear(take(mem.valid, 0)),
+                  jnp.where(keep, take(mem.step, 0)[0], 0))
+
+
+def prefill_into_slot(forward: Forward, params, state: DecodeState, tokens, targets, length,
+                      slot, reset, settings, seed, *, echo: bool):
+    """The pre-engine-API `prefill_memory`: one chunk into a slot (reset: its first chunk).
+
+    Kept for callers written against it (today's scheduler, the decode benchmark); equal to
+    prefill from the slot's KV, then insert. Returns (state, {"sample", "echo"?}).
+    """
+    prefix = slot_prefix(state, slot, ~reset)
+    prefix, packed, arm, echo_lps = prefill(forward, params, tokens, length, prefix, targets,
+                                            settings, seed, capacity=prefix.k.shape[3], echo=echo)
+    state = insert(state, prefix, arm, slot)
+    return state, ({"sample": packed, "echo": echo_lps} if echo else {"sample": packed})

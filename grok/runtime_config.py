@@ -1,0 +1,128 @@
+"""Runtime choices: how a model is run, as opposed to what the model is (grok.config).
+
+`grok.config.LanguageModelConfig` is bound to a checkpoint (shapes, Grok-1's field names,
+the GROK_1 preset); `RuntimeConfig` holds everything one may change without touching the
+weights: the MoE implementation, the activation dtype, the device mesh, the number of slots,
+the prefill buckets and the scheduler's prefill budget. Both are frozen; a multi-process job
+checks that every process runs with equal ones (grok.parallel.multihost.check_consistent).
+
+Before the split, `fprop_dtype` (LanguageModelConfig) and `moe_impl` / `moe_block_rows`
+(TransformerConfig) lived in the architecture config. `MOVED_FIELDS` maps those names to
+their RuntimeConfig fields; configs that still carry them (a config.json, or old code calling
+`config.replace(fprop_dtype=...)`) keep working: `runtime_for` applies them on top of the
+RuntimeConfig (deprecated; pass a RuntimeConfig instead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Optional
+
+MOE_IMPLS = ("sparse", "dense")
+ACTIVATION_DTYPES = ("bfloat16", "float32")
+# Reference defaults: Grok-1's run.py prefills prompts in one 1024-token bucket; the reference
+# ModelRunner's bs_per_device is 2.0; rows per sparse-MoE block measured on CPU (README, "Speed").
+DEFAULT_PREFILL_BUCKETS = (1024,)
+DEFAULT_BS_PER_DEVICE = 2.0
+DEFAULT_MOE_BLOCK_ROWS = 256
+# Batched prefill: at most this many prompts in one call (more costs compile variants and
+# memory for little gain; see grok/benchmarks/prefill_batch.py).
+DEFAULT_MAX_PREFILL_BATCH = 4
+
+# Old architecture-config field -> RuntimeConfig field.
+MOVED_FIELDS = {"fprop_dtype": "activation_dtype", "moe_impl": "moe_impl",
+                "moe_block_rows": "moe_block_rows"}
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _mesh_shape(value) -> bool:
+    return (isinstance(value, tuple) and len(value) == 2 and all(_positive_int(v) for v in value))
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """How to run a model (see module docstring). Every field has a working default."""
+
+    # Mixture-of-Experts computation; all give the same numbers (tests/test_model.py).
+    moe_impl: str = "sparse"
+    # Sparse MoE: rows per block when an expert runs on its routed tokens (prefill sizes).
+    moe_block_rows: int = DEFAULT_MOE_BLOCK_ROWS
+    # Activations and the KV cache (the reference's fprop_dtype); weights stay int8 + scales.
+    activation_dtype: str = "bfloat16"
+    # Device mesh (data, model) per host, and how hosts tile it (the reference's arguments).
+    local_mesh_config: tuple[int, int] = (1, 1)
+    between_hosts_config: tuple[int, int] = (1, 1)
+    # Slots = max(1, int(bs_per_device * devices)) (the reference's rule).
+    bs_per_device: float = DEFAULT_BS_PER_DEVICE
+    # Prompt chunk sizes T (the reference's pad_sizes): each compiles once.
+    prefill_buckets: tuple[int, ...] = DEFAULT_PREFILL_BUCKETS
+    # Prompt tokens the scheduler may prefill between two decode steps; 0 = one largest bucket.
+    prefill_chunk_tokens: int = 0
+    # Most prompts one batched prefill call takes (1 turns batched prefill off).
+    max_prefill_batch: int = DEFAULT_MAX_PREFILL_BATCH
+
+    def __post_init__(self):
+        if self.moe_impl not in MOE_IMPLS:
+            raise ValueError(f"RuntimeConfig.moe_impl must be one of {MOE_IMPLS}, got {self.moe_impl!r}")
+        if self.activation_dtype not in ACTIVATION_DTYPES:
+            raise ValueError(f"RuntimeConfig.activation_dtype must be one of {ACTIVATION_DTYPES}, "
+                             f"got {self.activation_dtype!r}")
+        for name in ("moe_block_rows", "max_prefill_batch"):
+            if not _positive_int(getattr(self, name)):
+                raise ValueError(f"RuntimeConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        chunk = self.prefill_chunk_tokens
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
+            raise ValueError(f"RuntimeConfig.prefill_chunk_tokens must be an int >= 0, got {chunk!r}")
+        for name in ("local_mesh_config", "between_hosts_config"):
+            value = getattr(self, name)
+            value = tuple(value) if isinstance(value, (list, tuple)) else value
+            if not _mesh_shape(value):
+                raise ValueError(f"RuntimeConfig.{name} must be two positive ints, got {value!r}")
+            object.__setattr__(self, name, value)
+        bs = self.bs_per_device
+        if not (isinstance(bs, (int, float)) and not isinstance(bs, bool) and math.isfinite(bs) and bs > 0):
+            raise ValueError(f"RuntimeConfig.bs_per_device must be a finite number > 0, got {bs!r}")
+        buckets = self.prefill_buckets
+        if (not isinstance(buckets, (list, tuple)) or not buckets
+                or not all(_positive_int(b) for b in buckets)):
+            raise ValueError(f"RuntimeConfig.prefill_buckets (pad_sizes) must be positive ints, "
+                             f"got {buckets!r}")
+        object.__setattr__(self, "prefill_buckets", tuple(sorted(set(buckets))))
+
+    def replace(self, **changes) -> "RuntimeConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def chunk_tokens(self) -> int:
+        """The scheduler's prefill budget per decode step, resolved (0 -> largest bucket)."""
+        return self.prefill_chunk_tokens or self.prefill_buckets[-1]
+
+
+def check_moved(legacy: Mapping[str, Any]) -> None:
+    """Validates moved fields given the old way; the ValueError names the old and new field."""
+    for old, value in legacy.items():
+        new = MOVED_FIELDS[old]
+        try:
+            RuntimeConfig(**{new: value})
+        except ValueError as e:
+            raise ValueError(f"{old} (now RuntimeConfig.{new}): {e}") from None
+
+
+def runtime_for(config, runtime: Optional[RuntimeConfig] = None) -> RuntimeConfig:
+    """`runtime` (default RuntimeConfig()) with the moved fields `config` still carries applied.
+
+    `config` is a grok.config.LanguageModelConfig; it carries moved fields only when built the
+    old way (see module docstring).
+    """
+    runtime = RuntimeConfig() if runtime is None else runtime
+    legacy = dict(getattr(config, "legacy_runtime", ()))
+    if not legacy:
+        return runtime
+    return dataclasses.replace(runtime, **{MOVED_FIELDS[k]: v for k, v in legacy.items()})

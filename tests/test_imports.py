@@ -1,0 +1,162 @@
+"""No import cycles inside grok, and every module imports on its own.
+
+The graph: an edge A -> B for every `import`/`from ... import` of a grok module B at the top
+level of module A (including B's parent packages, whose `__init__` runs first, except A's own
+ancestors, which are already importing). It must be
+acyclic. An import inside a function runs later, so it cannot break the import itself, but
+one that goes back up the graph (its target imports the importer) hides a cycle: it is
+allowed only for the reference protocol's `InferenceRunner.run()`, which returns the serving
+loop's generator from the engine layer (LAZY_ALLOWED).
+"""
+
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (importer, imported) pairs whose lazy import may point back up the graph
+LAZY_ALLOWED = {("grok.engine.runner", "grok.serving.scheduler"),
+                ("grok.engine.runner", "grok.serving.multihost"),
+                ("grok.engine.runner", "grok.serving.requests")}
+
+
+def grok_modules() -> dict:
+    """module name -> source path, for every .py file under grok/."""
+    modules = {}
+    for root, _, files in os.walk(os.path.join(REPO, "grok")):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                parts = os.path.relpath(path, REPO)[:-3].split(os.sep)
+                if parts[-1] == "__init__":
+                    parts = parts[:-1]
+                modules[".".join(parts)] = path
+    return modules
+
+
+def _targets(node, importer: str, modules: dict) -> list:
+    """The grok modules an Import/ImportFrom node imports (with their parent packages)."""
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    else:
+        base = node.module or ""
+        if node.level:   # relative: resolve against the importer's package
+            package = importer.split(".")
+            package = package[:len(package) - node.level + (importer in _packages(modules))]
+            base = ".".join(package + ([base] if base else []))
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+    found = set()
+    for name in names:
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            if ".".join(parts[:i]) in modules:
+                found.add(".".join(parts[:i]))
+    # A module's own ancestor packages are already importing when it runs (a package's
+    # __init__ importing its submodules, which import siblings, is no cycle).
+    ancestors = {importer.rsplit(".", i)[0] for i in range(importer.count(".") + 1)}
+    return sorted(found - ancestors)
+
+
+def _packages(modules: dict) -> set:
+    return {m for m, path in modules.items() if path.endswith("__init__.py")}
+
+
+def import_graph(modules: dict) -> tuple[dict, list]:
+    """({module: set of modules it imports at top level}, [(importer, imported, line)] of
+    imports inside functions or classes)."""
+    graph, lazy = {m: set() for m in modules}, []
+    for module, path in modules.items():
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        top = set(map(id, tree.body))
+        for stmt in tree.body:   # `if TYPE_CHECKING:` / try blocks at top level count too
+            if isinstance(stmt, (ast.If, ast.Try)):
+                top |= {id(n) for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for target in _targets(node, module, modules):
+                    if id(node) in top:
+                        graph[module].add(target)
+                    else:
+                        lazy.append((module, target, node.lineno))
+    return graph, lazy
+
+
+def find_cycle(graph: dict):
+    """A list of modules forming a cycle, or None."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def reaches(graph: dict, start: str, goal: str) -> bool:
+    seen, todo = set(), [start]
+    while todo:
+        node = todo.pop()
+        if node == goal:
+            return True
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph[node])
+    return False
+
+
+def test_the_checker_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_no_import_cycles_in_grok():
+    modules = grok_modules()
+    assert "grok.serving.scheduler" in modules and "grok.parallel.multihost" in modules
+    graph, lazy = import_graph(modules)
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+    hidden = [(a, b, line) for a, b, line in lazy
+              if (a, b) not in LAZY_ALLOWED and reaches(graph, b, a)]
+    assert hidden == [], f"imports inside functions that hide a cycle: {hidden}"
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    """Each module imported first (grok's modules dropped before each), in one interpreter."""
+    names = sorted(m for m in grok_modules() if m != "grok.__main__")
+    script = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    for loaded in [m for m in sys.modules if m == 'grok' or m.startswith('grok.')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as e:\n"
+        "        print(f'FAILED {name}: {type(e).__name__}: {e}')\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "FAILED" not in done.stdout, done.stdout
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
