@@ -7,7 +7,7 @@ import os
 import pty
 import re
 import select
-import signal
+import subprocess
 import sys
 import time
 
@@ -27,16 +27,12 @@ class Terminal:
     """A child process on a pty; `expect` reads until a pattern shows up (bounded)."""
 
     def __init__(self, argv, env, cwd):
-        # pty.fork: the child gets its own session with the pty as controlling terminal, so
-        # Ctrl-C typed into it raises SIGINT in the child, as in a real terminal
-        pid, self.master = pty.fork()
-        if pid == 0:
-            try:
-                os.chdir(cwd)
-                os.execve(argv[0], argv, env)
-            finally:
-                os._exit(127)
-        self.pid, self.status = pid, None
+        self.master, slave = pty.openpty()
+        # The wrapper (a fresh interpreter: no threads) makes the pty its controlling terminal,
+        # so Ctrl-C typed into it raises SIGINT in the REPL, as in a real terminal.
+        self.proc = subprocess.Popen([sys.executable, "-c", _CONTROLLING_TTY] + argv,
+                                     stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd)
+        os.close(slave)
         self.seen = b""
 
     def read_until(self, predicate, timeout):
@@ -70,25 +66,28 @@ class Terminal:
     def text(self) -> str:
         return self.seen.decode("utf-8", "replace")
 
-    def exit_status(self, timeout) -> int:
-        """The child's exit status, waiting at most `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while self.status is None and time.monotonic() < deadline:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = os.waitstatus_to_exitcode(status)
-            else:
-                time.sleep(0.05)
-        return self.status
+    def exit_status(self, timeout):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def running(self) -> bool:
-        return self.exit_status(0) is None
+        return self.proc.poll() is None
 
     def close(self):
         if self.running():
-            os.kill(self.pid, signal.SIGKILL)
-            self.exit_status(30)
+            self.proc.kill()
+        self.proc.wait(timeout=30)
         os.close(self.master)
+
+
+_CONTROLLING_TTY = """
+import fcntl, os, sys, termios
+os.setsid()
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from grok.cli.flags import (BYTE_TOKENIZER, CONFIG_FILE, DEFAULT_CHECKPOINT_DIR,
                             DEFAULT_TOKENIZER, LARGEST_DEFAULT_PAD)
 from grok.config import GROK_1, LanguageModelConfig, load_config
 from grok.engine.runner import InferenceRunner, ModelRunner
+from grok.runtime_config import RuntimeConfig, runtime_for
 from grok.tokenizer import ByteTokenizer, SentencePieceTokenizer
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -99,7 +100,7 @@ def _config_beside(checkpoint: str) -> Optional[str]:
 
 def resolve_config(options: ModelOptions, checkpoint: Optional[str]
                    ) -> tuple[LanguageModelConfig, str]:
-    """(config with --dtype and --moe applied, where it came from)."""
+    """(the model config, where it came from)."""
     path = options.config
     if path is None and checkpoint is not None:
         path = _config_beside(checkpoint)
@@ -115,13 +116,38 @@ def resolve_config(options: ModelOptions, checkpoint: Optional[str]
         config, source = demo.DEMO, "the demo"
     else:
         config, source = GROK_1, GROK_1_SOURCE
-    if options.dtype != "auto":
-        config = config.replace(fprop_dtype=options.dtype)
-    elif jax.default_backend() == "cpu":
-        config = config.replace(fprop_dtype="float32")
-    if options.moe is not None:
-        config = config.replace(moe_impl=options.moe)
     return config, source
+
+
+# RuntimeConfig field -> the flag that sets it, so its errors name the flag.
+_RUNTIME_FLAGS = {"activation_dtype": "--dtype", "moe_impl": "--moe", "local_mesh_config": "--mesh",
+                  "between_hosts_config": "--hosts", "bs_per_device": "--batch-size",
+                  "prefill_buckets": "--pad-sizes"}
+
+
+def resolve_runtime(options: ModelOptions, config: LanguageModelConfig, is_demo: bool
+                    ) -> RuntimeConfig:
+    """How to run it: --dtype (auto: float32 on CPU, where it is faster and closer to the
+    reference, else the config's or bfloat16), --moe, --mesh, --hosts, slots, --pad-sizes."""
+    base = runtime_for(config)
+    dtype = options.dtype
+    if dtype == "auto":
+        dtype = "float32" if jax.default_backend() == "cpu" else base.activation_dtype
+    pad_sizes = options.pad_sizes or (demo.DEMO_PAD_SIZES if is_demo else
+                                      (min(LARGEST_DEFAULT_PAD, config.sequence_len),))
+    mesh = options.mesh or ((1, 1) if is_demo else (1, jax.local_device_count()))
+    num_devices = math.prod(mesh) * math.prod(options.hosts)
+    changes = dict(activation_dtype=dtype, moe_impl=options.moe or base.moe_impl,
+                   local_mesh_config=tuple(mesh), between_hosts_config=tuple(options.hosts),
+                   bs_per_device=bs_per_device(options.slots, num_devices),
+                   prefill_buckets=tuple(pad_sizes))
+    try:
+        return base.replace(**changes)
+    except ValueError as e:
+        message = str(e)
+        for field, flag in _RUNTIME_FLAGS.items():
+            message = message.replace(f"RuntimeConfig.{field}", flag)
+        raise UsageError(message) from None
 
 
 def _sentencepiece(path: str, flag: str):
@@ -220,9 +246,7 @@ def load_model(options: ModelOptions) -> tuple[InferenceRunner, StartupTimes]:
     is_demo = checkpoint is None and options.config is None
     config, source = resolve_config(options, checkpoint)
     tokenizer = resolve_tokenizer(options, checkpoint, config)
-    pad_sizes = options.pad_sizes or (demo.DEMO_PAD_SIZES if is_demo else
-                                      (min(LARGEST_DEFAULT_PAD, config.sequence_len),))
-    mesh = options.mesh or ((1, 1) if is_demo else (1, jax.local_device_count()))
+    runtime = resolve_runtime(options, config, is_demo)
     params = demo.demo_params(config) if is_demo else None
     if is_demo:
         _notice(options, demo.RANDOM_WEIGHTS_NOTICE.format(seed=demo.DEMO_SEED))
@@ -231,13 +255,9 @@ def load_model(options: ModelOptions) -> tuple[InferenceRunner, StartupTimes]:
                 f"(seed {ModelRunner.rng_seed}); its output is meaningless.")
     elif options.config is None and source != GROK_1_SOURCE:
         _notice(options, f"Model config: {source}")
-    num_devices = math.prod(mesh) * math.prod(options.hosts)
-    runner = InferenceRunner(
-        ModelRunner(model=config, bs_per_device=bs_per_device(options.slots, num_devices),
-                    checkpoint_path=checkpoint),
-        name="local", load=checkpoint, local_mesh_config=tuple(mesh),
-        between_hosts_config=tuple(options.hosts), pad_sizes=tuple(pad_sizes),
-        tokenizer=tokenizer, params=params, precompile=False)
+    runner = InferenceRunner(ModelRunner(model=config, checkpoint_path=checkpoint),
+                             name="local", load=checkpoint, tokenizer=tokenizer, params=params,
+                             precompile=False, runtime=runtime)
     times = StartupTimes()
     start = time.perf_counter()
     try:
@@ -257,7 +277,7 @@ def load_model(options: ModelOptions) -> tuple[InferenceRunner, StartupTimes]:
     slots = f"{runner.batch_size} slot" + ("s" if runner.batch_size > 1 else "")
     with _CompileProgress(f"prefill (prompt buckets {buckets}) and decode ({slots})",
                           options.quiet) as progress:
-        runner._precompile()   # InferenceRunner(precompile=False) left this to us, to time it
+        runner.engine.precompile()   # InferenceRunner(precompile=False) left it to us, to time it
     times.compile_s = progress.elapsed
     return runner, times
 
