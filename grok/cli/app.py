@@ -18,8 +18,8 @@ from grok.cli.output import ResultPrinter, RunStats
 from grok.cli.repl import Repl
 from grok.serving.requests import TokenEvent
 
-# Where the HTTP server lives (helper modules may settle on either name); each offers
-# `add_serve_arguments(parser)` and `main(args)`.
+# Where the HTTP server lives; it offers `add_serve_arguments(parser)` (its flags) and
+# `serve(args, build_runner)` (serves until SIGTERM/SIGINT, returns the exit status).
 SERVER_MODULES = ("grok.serving.http", "grok.server")
 SUBCOMMANDS = {"run": "generate from prompts, a file or a REPL (the default)",
                "serve": "an OpenAI-compatible HTTP server",
@@ -112,6 +112,17 @@ def server_module():
     return None
 
 
+def _serve(module, args) -> int:
+    """The HTTP server on the model the flags name (slots: --batch-size, else the cap)."""
+    if module is None or not hasattr(module, "serve"):
+        raise UsageError("--serve: this build has no HTTP server "
+                         f"(none of {', '.join(SERVER_MODULES)})")
+    init_multihost(args)
+    slots = args.batch_size or DEFAULT_MAX_SLOTS
+    try:
+        return module.serve(args, lambda: build_runner(args, slots)) or 0
+    except ValueError as e:   # UsageError included: a bad flag, checkpoint or server setting
+        raise UsageError(str(e)) from None
 
 
 def main(argv: Optional[Sequence[str]] = None, runner=None, stdin=None,
@@ -127,10 +138,7 @@ def main(argv: Optional[Sequence[str]] = None, runner=None, stdin=None,
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.serve:
-            if module is None:
-                raise UsageError("--serve: this build has no HTTP server "
-                                 f"(none of {', '.join(SERVER_MODULES)})")
-            return module.main(args) or 0
+            return _serve(module, args)
         init_multihost(args)
         _check_flags(args)
         return run(args, runner, stdin)
