@@ -305,6 +305,10 @@ def test_bare_run_prints_a_demo_completion_and_says_weights_are_random(bare_run)
     completion = bare_run.stdout[len(header):].rstrip("\n")
     assert len(completion) >= 20 and all(c.isprintable() or c == "\n" for c in completion)
     assert "RANDOM weights" in bare_run.stderr
+    assert "Compiling prefill" in bare_run.stderr          # the progress line while compiling
+    summary = bare_run.stderr.split("Run summary: ")[1]
+    for part in ("load ", "compile ", "prefill ", "tokens/s", "1 of 1 slots used"):
+        assert part in summary, summary
 
 
 @pytest.mark.slow

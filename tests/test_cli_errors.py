@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -162,3 +163,21 @@ def test_repl_survives_input_that_is_not_utf8(runner, model_argv, capsys):
                                                      "--max-tokens", "5"], runner, stdin)
     assert status == 0 and "Traceback" not in err
     assert [len(line) for line in out.splitlines()] == [5, 5]      # two answers of 5 bytes
+
+
+def test_serve_flag_hands_the_parsed_flags_to_the_server(monkeypatch, capsys):
+    calls = []
+    fake = types.ModuleType("grok.serving.http")
+    fake.add_serve_arguments = lambda parser: parser.add_argument("--port", type=int)
+    fake.serve = lambda args, build_runner: calls.append((args, build_runner)) or 0
+    monkeypatch.setitem(sys.modules, "grok.serving.http", fake)
+    assert cli.main(["--serve", "--port", "9", "--checkpoint", "x"]) == 0
+    assert cli.grok_main(["serve", "--port", "10"]) == 0
+    assert [(a.port, a.checkpoint, callable(b)) for a, b in calls] == [(9, "x", True),
+                                                                       (10, None, True)]
+    fake.serve = lambda args, build_runner: build_runner()   # the model flags are checked
+    assert cli.main(["--serve", "--checkpoint", "/absent"]) == 2
+    assert "--checkpoint /absent" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "grok.serving.http", None)
+    monkeypatch.setitem(sys.modules, "grok.server", None)
+    assert cli.main(["--serve"]) == 2 and "no HTTP server" in capsys.readouterr().err
