@@ -24,7 +24,7 @@ from grok.cli.flags import DEFAULT_MAX_SLOTS, DEFAULT_MAX_TOKENS
 from grok.cli.inputs import HAS_STOP_STRINGS, REQUEST_ERRORS, request_seed
 from grok.cli.model import ModelOptions, StartupTimes, load_model
 from grok.cli.output import apply_stop
-from grok.serving.requests import Completion, Request, TokenEvent
+from grok.serving.requests import Cancel, Completion, Request, TokenEvent
 
 Prompt = Union[str, Sequence[int]]
 PROGRESS_BAR_MIN_PROMPTS = 2        # one prompt needs no progress bar
@@ -137,20 +137,38 @@ class LLM:
         results: list = [None] * len(requests)
         bar = self._progress_bar(len(requests), use_tqdm)
         gen = self._generator()
-        out = gen.send(requests)
-        while out is not None:
-            if isinstance(out, Completion) and out.request_id in index:
-                i = index[out.request_id]
-                results[i] = apply_stop(out, params[i].stop)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str(f"{sum(len(r.output_ids) for r in results if r)} tokens")
-            elif not isinstance(out, (Completion, TokenEvent)):
-                raise RuntimeError(f"unexpected result from the generator: {out!r}")
-            out = next(gen)
-        if bar is not None:
-            bar.close()
+        try:
+            out = gen.send(requests)
+            while out is not None:
+                if isinstance(out, Completion) and out.request_id in index:
+                    i = index[out.request_id]
+                    results[i] = apply_stop(out, params[i].stop)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix_str(f"{sum(len(r.output_ids) for r in results if r)} "
+                                            "tokens")
+                elif not isinstance(out, (Completion, TokenEvent)):
+                    raise RuntimeError(f"unexpected result from the generator: {out!r}")
+                out = next(gen)
+        except KeyboardInterrupt:   # leave no request of this call running in the generator
+            self._cancel([r.request_id for r, done in zip(requests, results) if done is None])
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
         return results
+
+    def _cancel(self, request_ids: list) -> None:
+        gen = self._gen
+        if gen is None or gen.gi_frame is None:
+            return   # the interrupt ended the generator; the next call starts a fresh one
+        try:
+            for request_id in request_ids:
+                gen.send(Cancel(request_id))
+            while gen.send(None) is not None:   # drain what the cancels produced
+                pass
+        except KeyboardInterrupt:
+            self._gen = None
 
     def _progress_bar(self, total: int, use_tqdm: bool):
         if not use_tqdm or self.quiet or total < PROGRESS_BAR_MIN_PROMPTS:

@@ -112,7 +112,7 @@ class RunStats:
             parts.append(f"compile {self.compile_s:.1f} s")
         if self.first_token is not None:
             parts.append(f"prefill {1e3 * (self.first_token - self.start):.0f} ms "
-                         f"(first {self.first_wave} prompt(s), to their first tokens)")
+                         "(to the first token)")
             decoded = self.output_tokens - self.started
             seconds = (self.end or self.first_token) - self.first_token
             rate = f"{decoded / seconds:.1f} tokens/s" if seconds > 0 and decoded > 0 else "-"
