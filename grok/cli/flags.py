@@ -69,8 +69,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """--checkpoint, --config, --tokenizer, --dtype, --moe, --mesh, --hosts, --batch-size,
     --pad-sizes: what builds the runner (shared by `grok run` and `grok serve`)."""
     model = p.add_argument_group("model")
-    model.add_argument("--checkpoint", metavar="DIR", help="directory holding ckpt-0/ (default: "
-                       f"./{DEFAULT_CHECKPOINT_DIR}/ if it has ckpt-0, else the random-weight demo)")
+    model.add_argument("--checkpoint", metavar="DIR", help="directory holding ckpt-0/ "
+                       f"(default: ./{DEFAULT_CHECKPOINT_DIR}/ if it has ckpt-0, else the "
+                       "random-weight demo)")
     model.add_argument("--config", metavar="FILE.json", help=f"model config (default: "
                        f"DIR/{CONFIG_FILE} when present, else Grok-1)")
     model.add_argument("--tokenizer", metavar="FILE", help=f"SentencePiece model, or "

@@ -18,7 +18,8 @@ def init_multihost(args) -> bool:
         if e.name != "grok.parallel.multihost":
             raise
         if any(v is not None for v in flags) or any(os.environ.get(n) for n in MULTIHOST_ENV):
-            raise UsageError("multi-host support not available (grok.parallel.multihost is missing)")
+            raise UsageError("multi-host support not available "
+                             "(grok.parallel.multihost is missing)")
         return False
     try:
         return bool(multihost.initialize(*flags))
