@@ -39,8 +39,9 @@ def default_slots(args, items: list[Item]) -> int:
 
 
 def build_runner(args, slots: Optional[int] = None, times: Optional[StartupTimes] = None):
-    """The initialized InferenceRunner for these arguments (weights loaded, steps compiled)."""
-    slots = slots if slots is not None else (args.batch_size or 1)
+    """The initialized InferenceRunner for these arguments (weights loaded, steps compiled).
+    slots: default --batch-size, else DEFAULT_MAX_SLOTS (a server's; `run` passes its own)."""
+    slots = slots if slots is not None else (args.batch_size or DEFAULT_MAX_SLOTS)
     runner, measured = load_model(ModelOptions.from_args(args, slots))
     if times is not None:
         times.load_s, times.compile_s = measured.load_s, measured.compile_s
@@ -118,9 +119,8 @@ def _serve(module, args) -> int:
         raise UsageError("--serve: this build has no HTTP server "
                          f"(none of {', '.join(SERVER_MODULES)})")
     init_multihost(args)
-    slots = args.batch_size or DEFAULT_MAX_SLOTS
     try:
-        return module.serve(args, lambda: build_runner(args, slots)) or 0
+        return module.serve(args, lambda: build_runner(args)) or 0
     except ValueError as e:   # UsageError included: a bad flag, checkpoint or server setting
         raise UsageError(str(e)) from None
 
