@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 
 BENCHMARKS = {
     "decode": "grok.benchmarks.decode",   # load, compile, prefill and decode of the runner
+    "interleave": "grok.benchmarks.interleave",   # stream token gaps while a long prompt prefills
+    "prefill_batch": "grok.benchmarks.prefill_batch",   # N prompts in one prefill call vs one each
 }
 DEFAULT = "decode"
 

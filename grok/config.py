@@ -18,6 +18,8 @@ import os
 from typing import Any, Mapping, Optional
 
 from grok.runtime_config import MOVED_FIELDS, RuntimeConfig, check_moved
+# Deprecated aliases (the choices moved with their fields to grok.runtime_config).
+from grok.runtime_config import ACTIVATION_DTYPES as FPROP_DTYPES, MOE_IMPLS  # noqa: F401
 
 logger = logging.getLogger(__name__)
 

@@ -142,3 +142,20 @@ def test_mesh_errors():
         sharding.make_mesh((0, 1))
     with pytest.raises(ValueError, match="spans 2 processes"):
         sharding.make_mesh((1, 4), (2, 1))
+
+
+def test_package_exports_resolve_lazily():
+    """`import grok` starts no JAX; every public name resolves from the package."""
+    import subprocess
+    import sys
+
+    import grok
+
+    code = "import sys, grok; grok.RuntimeConfig; grok.GROK_1; print('jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    for name in grok.__all__:
+        assert getattr(grok, name) is not None, name
+    assert grok.RuntimeConfig is RuntimeConfig and grok.GROK_1 is GROK_1
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        grok.Nope

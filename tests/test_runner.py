@@ -19,7 +19,9 @@ from grok import checkpoint
 from grok.config import LanguageModelConfig, TransformerConfig
 from grok.model.transformer import build_forward, init_memory
 from grok.serving.requests import Completion, Request, TokenEvent
+from grok.engine.api import Engine
 from grok.engine.runner import InferenceRunner, ModelRunner, sample_from_model
+from grok.runtime_config import RuntimeConfig
 from grok.tokenizer import ByteTokenizer
 
 SEED = 42                # ModelRunner's default rng_seed for random weights
@@ -487,3 +489,74 @@ def test_completion_to_dict(runner, alone):
     assert d["request_id"] == "d" and d["prompt_ids"] == ByteTokenizer().encode("hi")
     assert d["output_ids"] == got.output_ids and d["text"] == str(got)
     assert d["logprobs"] == got.logprobs and "error" not in d and "prompt_logprobs" not in d
+
+
+# ---- runtime config and the engine ----------------------------------------------------------
+def test_runner_exposes_its_engine_and_resolved_runtime(runner):
+    assert isinstance(runner.engine, Engine) and runner.engine.batch_size == runner.batch_size == 4
+    runtime = runner.runtime
+    assert (runtime.prefill_buckets, runtime.local_mesh_config, runtime.bs_per_device) == (PAD_SIZES, (2, 2), 1)
+    assert runtime.activation_dtype == "float32"      # tiny_config's fprop_dtype, the old way
+    assert runner.pad_sizes == runner.engine.prefill_buckets == PAD_SIZES
+
+
+def test_runtime_config_drives_the_runner(config, host_params):
+    runtime = RuntimeConfig(local_mesh_config=(1, 2), bs_per_device=1.5, prefill_buckets=(8, 4))
+    ir = InferenceRunner(ModelRunner(config), runtime=runtime, tokenizer=ByteTokenizer(),
+                         params=host_params, precompile=False)
+    ir.initialize()
+    assert ir.batch_size == 3 and ir.pad_sizes == (4, 8) and ir.runner.mesh.devices.shape == (1, 2)
+    assert ir.engine.prefix_capacities == (4, 8, 16, 32, 64, 128)
+    assert ir.params["language_model/in_out_embed"]["embeddings"].dtype == np.float32
+    bad = InferenceRunner(ModelRunner(config), runtime=runtime, pad_sizes=(8, 0),
+                          tokenizer=ByteTokenizer(), params=host_params, precompile=False)
+    with pytest.raises(ValueError, match="pad_sizes"):
+        bad.initialize()
+
+
+# ---- cancel and stop strings through the real engine (scheduler level) ----------------------
+def test_cancel_frees_slots_for_what_comes_next(runner, alone):
+    from grok.serving.requests import Cancel
+
+    requests = [Request(prompt=make_prompt(6 + i, 70 + i), temperature=0, max_len=40,
+                        stream=True, request_id=f"c{i}") for i in range(runner.batch_size + 1)]
+    gen = new_generator(runner)
+    out, results = gen.send(requests), []
+    while not (isinstance(out, TokenEvent) and out.request_id == "c0" and out.index >= 2):
+        results.append(out)
+        out = next(gen)
+    results.append(out)
+    results.append(gen.send(Cancel(requests[-1].request_id)))        # queued: ends at once
+    results += run_all(gen, Cancel("c0"))                              # running: next step
+    done = by_id(results)
+    assert (done["c0"].finish_reason, done[requests[-1].request_id].finish_reason) == (
+        "cancelled", "cancelled")
+    full = alone(dataclasses.replace(requests[0], stream=False)).output_ids
+    assert 3 <= len(done["c0"].output_ids) < len(full)
+    assert done["c0"].output_ids == full[:len(done["c0"].output_ids)]
+    for r in requests[1:-1]:
+        assert done[r.request_id].output_ids == alone(dataclasses.replace(r, stream=False)).output_ids
+    after = Request(prompt=[runner.config.pad_token, 5], temperature=0, max_len=6)
+    (again,) = run_all(gen, after)                       # a reused slot: no stale keys
+    assert again.output_ids == alone(after).output_ids
+
+
+def test_stop_string_through_the_model(runner, alone):
+    def clean_window(request):   # (its text, where 2 whole characters follow each other)
+        text = alone(request).text
+        return text, next((i for i in range(2, len(text) - 2)
+                           if "\ufffd" not in text[i:i + 2]), None)
+
+    base, (text, at) = next((r, w) for r in (
+        Request(prompt=make_prompt(9, seed), temperature=1.0, rng_seed=seed, max_len=30,
+                stop_tokens=[1]) for seed in range(80, 140))
+        if (w := clean_window(r))[1] is not None)
+    stop = text[at:at + 2]
+    request = dataclasses.replace(base, stop=[stop], stream=True, logprobs=True, request_id="st")
+    results = run_all(new_generator(runner), request)
+    (done,) = by_id(results).values()
+    events = [e for e in results if isinstance(e, TokenEvent)]
+    assert (done.text, done.finish_reason, done.stop_reason) == (
+        text[:text.index(stop)], "stop", stop)
+    assert "".join(e.text for e in events) == done.text
+    assert [e.top_logprobs for e in events] == done.top_logprobs

@@ -368,7 +368,7 @@ def prepare_run(args, config: LanguageModelConfig, params: dict, mesh, batch: in
     executables, compile_s, compile_cpu_s = compile_functions(ir, args.prompt_len)
     prompts = make_prompts(config, batch, args.prompt_len, args.seed)
     state, prefill_ms, first_tokens = measure_prefill(ir, executables, prompts)
-    run = {"layers": config.model.num_layers, "moe": config.model.moe_impl, "batch_size": batch,
+    run = {"layers": config.model.num_layers, "moe": config.moe_impl, "batch_size": batch,
            "dtype": config.fprop_dtype, "compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
            "prefill_ms": prefill_ms}
     return {"ir": ir, "executables": executables, "state": state, "first_tokens": first_tokens,

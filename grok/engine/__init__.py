@@ -1,1 +1,7 @@
-"""The device side of serving: compiled prefill and decode over per-slot KV memory, sampling."""
+"""The device side of serving: the engine API (api.py) and its JAX implementation.
+
+api.py (the typed seam: Prefix, SlotArm, SampleParams, TokenOutput, Engine) <- state.py
+(DecodeState, prefix capacities, shardings, packing) <- steps.py (the pure device functions)
+<- engine.py (JaxEngine: compiled, cached by shape) <- runner.py (ModelRunner,
+InferenceRunner: the reference-shaped facade). sampling.py: the pure sampling functions.
+"""

@@ -3,8 +3,8 @@
 The host loop drives a model only through an `Engine`:
 
     state = engine.init_state()                         # every slot empty
-    prefix, result = engine.prefill(ids[:1024], params)  # a prompt's KV, in no slot
-    prefix, result = engine.prefill(ids[1024:], params, existing_prefix=prefix)  # next chunk
+    prefix, result = engine.prefill(ids[:1024], sample)  # a prompt's KV, in no slot
+    prefix, result = engine.prefill(ids[1024:], sample, existing_prefix=prefix)  # next chunk
     first = engine.read(result)                          # TokenOutput, one row
     state = engine.insert(prefix, result.arm, state, slot)
     state, handle = engine.generate(state)               # one decode step for every slot
@@ -23,7 +23,11 @@ Roles (JetStream's engine_api shape, with these differences):
   sees the previous occupant's keys (issue 8 item 4).
 - `generate` is the compiled `sample_step`; it starts the device->host copy of its output, so
   the host reads step n after dispatching step n+1 (the overlap that keeps the device busy).
-- Device code knows nothing of requests: no ids, no stop tokens, no text.
+- `trim` keeps a prefix's first n positions (a prefix cache's partial hit), then `prefill`
+  continues it.
+- Device code knows nothing of requests: no ids, no stop tokens, no text; the host loop keeps
+  a prompt plus its output within sequence_len (a prefix's length is a device value, so the
+  engine does not check it; positions past the end are dropped).
 - Compiled once per shape bucket; nothing recompiles while serving.
 
 Everything a handle or result holds is a device value until `read` (or `read_echo`) brings
@@ -123,6 +127,7 @@ class Engine(Protocol):
     prefill_buckets: tuple[int, ...]    # chunk sizes T, ascending; a chunk is <= the largest
     prefix_capacities: tuple[int, ...]  # prefix sizes P, ascending; the last is sequence_len
     prefill_batch_sizes: tuple[int, ...]  # N buckets of `prefill_batch`, ascending
+    prefill_chunk_tokens: int           # the scheduler's prompt-token budget between steps
     sequence_len: int                   # S: positions per slot (prompt + output)
     vocab_size: int
     eos_token: int
@@ -148,6 +153,11 @@ class Engine(Protocol):
 
         Equal to `prefill` of each alone (no echo, no existing prefix).
         """
+
+    def trim(self, prefix: Prefix, length: int) -> Prefix:
+        """The prefix's first `length` positions, in the smallest capacity that holds them
+        (positions after `length` zeroed and invalid). `prefix` is not modified. For a prefix
+        cache: keep the shared part of a longer prompt, then continue it with `prefill`."""
 
     def insert(self, prefix: Prefix, arm: SlotArm, state, slot: int):
         """The state with `slot` holding exactly `prefix` (everything else in it cleared),

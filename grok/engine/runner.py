@@ -123,7 +123,8 @@ class InferenceRunner:
         if jax.process_count() > 1:   # every process must compile the same programs
             from grok.parallel.multihost import check_consistent
 
-            check_consistent({"config": runner.model.to_dict(), "runtime": self.runtime.to_dict()})
+            # The architecture and every runtime field (flat, so a mismatch names the field).
+            check_consistent({"config": runner.model.to_dict(), **self.runtime.to_dict()})
         runner.runtime = self.runtime
         runner.initialize(None)
         if self.tokenizer is None:
@@ -142,7 +143,12 @@ class InferenceRunner:
         self.release_slot = self.engine.release_slot
         self.prefill_jit = {echo: self.engine.prefill_into_slot_fn(echo) for echo in (False, True)}
         if self.precompile:
-            self.engine.precompile()
+            self._precompile()
+
+    def _precompile(self):
+        """Compiles what `run()` uses before the first request (as the reference does): the
+        engine's first chunk of every bucket, its insert, and the decode step."""
+        self.engine.precompile()
 
     def _resolve_runtime(self) -> RuntimeConfig:
         """The runtime config with this runner's reference-style arguments applied."""

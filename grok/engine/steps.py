@@ -82,6 +82,15 @@ def prefill_batch(forward: Forward, empty_memory: Callable[[int, int], Memory], 
     return prefixes, packed, tuple(jax.tree.map(lambda a: a[i], arms) for i in range(n))
 
 
+def trim(prefix: Prefix, length, *, capacity: int) -> Prefix:
+    """The prefix's first `length` positions in `capacity` <= P positions: K/V zeroed and
+    invalid after `length` (a prefix cache keeps a shorter shared part of a longer prompt)."""
+    keep = jnp.arange(capacity) < length                                         # [Q]
+    cut = lambda a: jnp.where(keep[:, None], a[:, :, :, :capacity], jnp.zeros((), a.dtype))
+    return Prefix(cut(prefix.k), cut(prefix.v), prefix.valid[:, :capacity] & keep[None],
+                  jnp.minimum(prefix.length, length).astype(jnp.int32))
+
+
 def insert(state: DecodeState, prefix: Prefix, arm: SlotArm, slot) -> DecodeState:
     """The state with `slot` holding exactly `prefix`: its KV and validity written, every
     position after the prefix zeroed and invalid (no key of the previous occupant survives),
