@@ -4,4 +4,5 @@ import sys
 
 from grok.cli.app import grok_main
 
-sys.exit(grok_main())
+if __name__ == "__main__":
+    sys.exit(grok_main())

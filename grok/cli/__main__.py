@@ -4,4 +4,5 @@ import sys
 
 from grok.cli.app import main
 
-sys.exit(main(prog="python -m grok.cli"))
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m grok.cli"))
