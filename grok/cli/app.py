@@ -57,14 +57,17 @@ def serve_items(runner, items: list[Item], printer: ResultPrinter) -> None:
             printer.on_result(item.index, None)
     requests = [item.request for item in items if item.request is not None]
     printer.stats.begin(len(requests), runner.batch_size)
-    out = gen.send(requests) if requests else None
-    while out is not None:
-        index = int(out.request_id)
-        if isinstance(out, TokenEvent):
-            printer.on_token(index, out)
-        else:
-            printer.on_result(index, out)
-        out = next(gen)
+    try:
+        out = gen.send(requests) if requests else None
+        while out is not None:
+            index = int(out.request_id)
+            if isinstance(out, TokenEvent):
+                printer.on_token(index, out)
+            else:
+                printer.on_result(index, out)
+            out = next(gen)
+    finally:
+        printer.stats.close()
     gen.close()   # multi-process: tells the other processes to stop
     printer.finish()
 

@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any, Optional
 
+import jax
+
 from grok.cli.inputs import Item
 from grok.serving.requests import Completion
 
@@ -79,8 +81,20 @@ def finite_json(value: Any) -> tuple[Any, int]:
     return value, 0
 
 
+# jax.monitoring events whose durations add up to the time spent compiling a new shape.
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+REPORTED_COMPILE_S = 0.05     # compiling while serving below this is not worth a mention
+
+
 class RunStats:
-    """Times of one run, from the events it saw; `summary()` is the line printed at the end."""
+    """Times of one run, from the events it saw; `summary()` is the line printed at the end.
+
+    Shapes first met while serving (a batch of prompts no start-up compile covered) are
+    compiled then; that time is counted apart (jax.monitoring's compile events), so prefill
+    and decode figures are the model's own.
+    """
 
     def __init__(self, load_s: Optional[float] = None, compile_s: Optional[float] = None):
         self.load_s, self.compile_s = load_s, compile_s
@@ -89,15 +103,32 @@ class RunStats:
         self.end: Optional[float] = None
         self.output_tokens = self.prompt_tokens = self.requests = self.started = 0
         self.slots = self.first_wave = 0
+        self.compiling_s = 0.0                 # compile time while serving
+        self.compiling_before_first = 0.0      # ... of it before the first token
+        self._listening = False
+
+    def _on_event(self, event: str, duration: float, **_) -> None:
+        if event in COMPILE_EVENTS:
+            self.compiling_s += duration
 
     def begin(self, requests: int, slots: int) -> None:
         self.start, self.requests, self.slots = time.perf_counter(), requests, slots
         self.first_wave = min(requests, slots)
+        if not self._listening:
+            jax.monitoring.register_event_duration_secs_listener(self._on_event)
+            self._listening = True
+
+    def close(self) -> None:
+        """Stops counting compile time (call when the run is over)."""
+        if self._listening:
+            jax.monitoring.unregister_event_duration_listener(self._on_event)
+            self._listening = False
 
     def on_first_token(self) -> None:
         self.started += 1
         if self.first_token is None:
             self.first_token = time.perf_counter()
+            self.compiling_before_first = self.compiling_s
 
     def on_result(self, completion: Completion) -> None:
         self.end = time.perf_counter()
@@ -105,18 +136,23 @@ class RunStats:
         self.prompt_tokens += len(completion.prompt_ids)
 
     def summary(self) -> str:
+        self.close()
         parts = []
         if self.load_s is not None:
             parts.append(f"load {self.load_s:.1f} s")
         if self.compile_s is not None:
             parts.append(f"compile {self.compile_s:.1f} s")
         if self.first_token is not None:
-            parts.append(f"prefill {1e3 * (self.first_token - self.start):.0f} ms "
-                         "(to the first token)")
+            prefill = self.first_token - self.start - self.compiling_before_first
+            parts.append(f"prefill {1e3 * max(prefill, 0):.0f} ms (to the first token)")
             decoded = self.output_tokens - self.started
-            seconds = (self.end or self.first_token) - self.first_token
+            seconds = ((self.end or self.first_token) - self.first_token
+                       - (self.compiling_s - self.compiling_before_first))
             rate = f"{decoded / seconds:.1f} tokens/s" if seconds > 0 and decoded > 0 else "-"
-            parts.append(f"decode {decoded} tokens in {seconds:.2f} s = {rate}")
+            parts.append(f"decode {decoded} tokens in {max(seconds, 0):.2f} s = {rate}")
+        if self.compiling_s >= REPORTED_COMPILE_S:
+            parts.append(f"compiling new shapes while serving {self.compiling_s:.1f} s "
+                         "(not in prefill or decode)")
         parts.append(f"{self.first_wave} of {self.slots} slots used")
         parts.append(f"{self.prompt_tokens} prompt + {self.output_tokens} generated tokens")
         return "Run summary: " + ", ".join(parts)

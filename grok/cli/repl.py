@@ -123,6 +123,7 @@ class Repl:
                 print(text, end="", flush=True)
                 out = next(self.gen)
         except KeyboardInterrupt:
+            stats.close()
             self._cancel(request.request_id)
             print("", flush=True)
             print("(stopped)", file=sys.stderr, flush=True)
