@@ -97,7 +97,8 @@ def long_demo(tmp_path_factory):
 
 
 def test_repl_ctrl_c_help_clear_and_eof_through_a_terminal(long_demo, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}   # one CPU device
+    env = {k: v for k, v in os.environ.items()        # one CPU device; history in HOME
+           if k not in ("XLA_FLAGS", "GROK_HISTORY")}
     env.update(JAX_PLATFORMS="cpu", TERM="dumb", HOME=str(tmp_path))
     term = Terminal([sys.executable, os.path.join(REPO_DIR, "run.py"), "--checkpoint", long_demo,
                      "--mesh", "1,1", "--pad-sizes", "128", "--interactive",
@@ -126,6 +127,8 @@ def test_repl_ctrl_c_help_clear_and_eof_through_a_terminal(long_demo, tmp_path):
         term.send(b"\x04")                                  # Ctrl-D: quit
         assert term.exit_status(STEP_TIMEOUT_S) == 0
         term.read_until(lambda s: b"\n" in s[prompt_end:], 5)   # the newline after the prompt
+        history = (tmp_path / ".grok_history").read_text()       # readline kept the lines
+        assert "Hello" in history and "/clear" in history
         assert "Traceback" not in term.text()
         assert not re.search(r"\^\[\[", term.text())
     finally:

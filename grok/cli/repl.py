@@ -3,11 +3,13 @@
 Each line extends the conversation and the model continues it, its text printed as it comes.
 Ctrl-C stops the answer being written and returns to the prompt with the conversation kept
 (the words printed so far stay in it); Ctrl-C at the prompt abandons the line. On a terminal
-`readline` gives line editing and history. Bytes that are not UTF-8 are replaced, not fatal.
+`readline` gives line editing and history (kept in ~/.grok_history, or $GROK_HISTORY). Bytes
+that are not UTF-8 are replaced, not fatal.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional
 
@@ -18,6 +20,9 @@ from grok.serving import requests as requests_module
 from grok.serving.requests import Completion, TokenEvent
 
 PROMPT = ">>> "
+HISTORY_FILE = "~/.grok_history"     # earlier sessions' lines, for the up arrow
+HISTORY_ENV = "GROK_HISTORY"         # another file for them
+HISTORY_LINES = 1000
 HELP = """Each line continues the conversation; the model's answer is printed as it is written.
   /help    this text
   /clear   forget the conversation
@@ -36,13 +41,34 @@ class Repl:
         if self.budget < 1:
             raise UsageError(f"--max-tokens {args.max_tokens} leaves no room for context in "
                              f"sequence_len {runner.config.sequence_len}")
+        self.history_file = None
         if self.tty and stdin is sys.stdin:
-            try:
-                import readline  # noqa: F401  (input() gains line editing and history)
-            except ImportError:
-                pass
+            self._load_history()
         if hasattr(stdin, "reconfigure"):
             stdin.reconfigure(errors="replace")   # a stray non-UTF-8 byte becomes U+FFFD
+
+    def _load_history(self) -> None:
+        """Line editing and history for input() (readline), with earlier sessions' lines."""
+        try:
+            import readline
+        except ImportError:
+            return
+        self.history_file = os.environ.get(HISTORY_ENV) or os.path.expanduser(HISTORY_FILE)
+        readline.set_history_length(HISTORY_LINES)
+        try:
+            readline.read_history_file(self.history_file)
+        except OSError:   # none yet, or unreadable: start empty
+            pass
+
+    def _save_history(self) -> None:
+        if self.history_file is None:
+            return
+        import readline
+
+        try:
+            readline.write_history_file(self.history_file)
+        except OSError:   # a read-only home: history is a convenience, not worth an error
+            pass
 
     def _start(self) -> None:
         self.gen = self.runner.run()
@@ -82,6 +108,7 @@ class Repl:
             if line is None or command == "/exit":
                 if line is None and self.tty:
                     print("", file=sys.stderr)    # end the prompt's line
+                self._save_history()
                 self.gen.close()
                 return 0
             if command == "/clear":
