@@ -13,6 +13,7 @@ import types
 import pytest
 
 from grok import cli, demo
+from grok.cli.model import ModelOptions, resolve_config, resolve_tokenizer
 from grok.cli.output import ResultPrinter, RunStats, finite_json
 from grok.serving.requests import Completion
 
@@ -46,6 +47,19 @@ def test_config_json_beside_the_checkpoint_is_used(runner, demo_dir, capsys):
     assert runner.config.vocab_size == demo.DEMO.vocab_size            # not Grok-1's 131072
     assert runner.config.model.num_layers == demo.DEMO.model.num_layers
     assert type(runner.tokenizer).__name__ == "ByteTokenizer"
+
+
+def test_a_byte_vocabulary_checkpoint_ignores_groks_tokenizer_in_the_cwd(demo_dir, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tokenizer.model").write_bytes(b"Grok-1's tokenizer would be here")
+    options = ModelOptions(checkpoint=demo_dir)
+    config, source = resolve_config(options, demo_dir)
+    assert source == os.path.join(demo_dir, "config.json")
+    assert type(resolve_tokenizer(options, demo_dir, config)).__name__ == "ByteTokenizer"
+    grok1_like = config.replace(vocab_size=4096)       # a larger vocabulary takes ./tokenizer.model
+    with pytest.raises(cli.UsageError, match="not a SentencePiece model"):
+        resolve_tokenizer(options, demo_dir, grok1_like)
 
 
 def test_checkpoint_not_matching_its_config_names_the_config_and_flag(demo_dir, tmp_path, capsys):

@@ -169,12 +169,14 @@ def resolve_tokenizer(options: ModelOptions, checkpoint: Optional[str],
             raise UsageError(f"--tokenizer {options.tokenizer}: no such file")
         tokenizer = _sentencepiece(options.tokenizer, "--tokenizer")
     else:
-        places = [DEFAULT_TOKENIZER] + ([os.path.join(checkpoint, DEFAULT_TOKENIZER)]
-                                        if checkpoint is not None else [])
+        beside = [os.path.join(checkpoint, DEFAULT_TOKENIZER)] if checkpoint is not None else []
+        # ./tokenizer.model is Grok-1's (the reference's place); a byte-vocabulary model
+        # takes only a tokenizer shipped beside its own checkpoint
+        places = beside if byte_vocab else [DEFAULT_TOKENIZER] + beside
         found = [p for p in places if os.path.isfile(p)]
-        if found and not (checkpoint is None and byte_vocab):
+        if found:
             tokenizer = _sentencepiece(found[0], "tokenizer")
-        elif byte_vocab or (checkpoint is None and options.config is None):
+        elif byte_vocab:
             tokenizer = ByteTokenizer()
             if checkpoint is not None and not options.quiet:
                 print(f"Tokenizer: bytes (the model's vocabulary is the byte tokenizer's "
