@@ -3,8 +3,8 @@ which tokenizer, how many slots; then load and compile, timed, with a progress l
 
 Discovery, in order: `--checkpoint DIR` (else ./checkpoints, else the checkpoints/ beside
 run.py, else the embedded demo); `--config` (else DIR/config.json, else Grok-1); `--tokenizer`
-(else ./tokenizer.model, DIR/tokenizer.model, or the byte tokenizer for a model whose
-vocabulary is exactly the byte tokenizer's, like the demo). Every problem is a `UsageError`
+(else ./tokenizer.model or DIR/tokenizer.model; for a model whose vocabulary is exactly the
+byte tokenizer's 259 ids, like the demo, DIR/tokenizer.model or else the byte tokenizer). Every problem is a `UsageError`
 naming the flag to change.
 """
 
