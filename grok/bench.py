@@ -13,8 +13,11 @@ from typing import Optional, Sequence
 
 BENCHMARKS = {
     "decode": "grok.benchmarks.decode",   # load, compile, prefill and decode of the runner
+    "sampling": "grok.benchmarks.sampling",   # sample_token: greedy vs top-k/top-p slots
     "interleave": "grok.benchmarks.interleave",   # stream token gaps while a long prompt prefills
     "prefill_batch": "grok.benchmarks.prefill_batch",   # N prompts in one prefill call vs one each
+    "prefix": "grok.benchmarks.prefix",   # time to first token with and without the prefix cache
+    "serve": "grok.benchmarks.serving",   # an OpenAI-compatible server under load
 }
 DEFAULT = "decode"
 

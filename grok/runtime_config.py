@@ -29,6 +29,10 @@ DEFAULT_MOE_BLOCK_ROWS = 256
 # Batched prefill: at most this many prompts in one call (more costs compile variants and
 # memory for little gain; see grok/benchmarks/prefill_batch.py).
 DEFAULT_MAX_PREFILL_BATCH = 4
+# Prefix cache budget in positions (grok.serving.prefix_cache): Grok-1's sequence_len, i.e.
+# at most one more slot's KV (2.1 GB for Grok-1 in bf16), enough for a long system prompt
+# and a few conversations, small beside the 320 GB of weights.
+DEFAULT_PREFIX_CACHE_TOKENS = 8192
 
 # Old architecture-config field -> RuntimeConfig field.
 MOVED_FIELDS = {"fprop_dtype": "activation_dtype", "moe_impl": "moe_impl",
@@ -64,6 +68,8 @@ class RuntimeConfig:
     prefill_chunk_tokens: int = 0
     # Most prompts one batched prefill call takes (1 turns batched prefill off).
     max_prefill_batch: int = DEFAULT_MAX_PREFILL_BATCH
+    # Positions of prompt KV the prefix cache keeps on the device (0 turns the cache off).
+    prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS
 
     def __post_init__(self):
         if self.moe_impl not in MOE_IMPLS:
@@ -74,9 +80,10 @@ class RuntimeConfig:
         for name in ("moe_block_rows", "max_prefill_batch"):
             if not _positive_int(getattr(self, name)):
                 raise ValueError(f"RuntimeConfig.{name} must be a positive int, got {getattr(self, name)!r}")
-        chunk = self.prefill_chunk_tokens
-        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
-            raise ValueError(f"RuntimeConfig.prefill_chunk_tokens must be an int >= 0, got {chunk!r}")
+        for name in ("prefill_chunk_tokens", "prefix_cache_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"RuntimeConfig.{name} must be an int >= 0, got {value!r}")
         for name in ("local_mesh_config", "between_hosts_config"):
             value = getattr(self, name)
             value = tuple(value) if isinstance(value, (list, tuple)) else value

@@ -24,6 +24,12 @@ PRINTABLE_FIRST, PRINTABLE_COUNT = 3 + 32, 95
 class FakePrefix(NamedTuple):
     tokens: tuple
 
+    @property
+    def capacity(self) -> int:
+        """Positions "held": the length rounded up to a power of two (>= 8), like the
+        engine's capacity buckets (FakeEngine.prefix_capacities, for power-of-two lengths)."""
+        return max(8, 1 << max(0, len(self.tokens) - 1).bit_length())
+
 
 class FakeArm(NamedTuple):
     token: int
@@ -49,7 +55,8 @@ class FakeEngine:
                  eos_token=2, pad_token=0, script=None, fail_prefill=None, batched=False):
         self.batch_size = batch_size
         self.prefill_buckets = tuple(buckets)
-        self.prefix_capacities = (sequence_len,)
+        self.prefix_capacities = tuple(1 << i for i in range(3, sequence_len.bit_length())
+                                       if 1 << i < sequence_len) + (sequence_len,)
         self.prefill_batch_sizes = (1, 2, 4)
         self.sequence_len, self.vocab_size = sequence_len, vocab_size
         self.eos_token, self.pad_token = eos_token, pad_token
@@ -128,6 +135,11 @@ class FakeEngine:
         self.calls.append(("release", slot))
         state["slots"][slot] = None
         return state
+
+    def slice_prefix(self, prefix, length):
+        assert 1 <= length <= len(prefix.tokens), (length, len(prefix.tokens))
+        self.calls.append(("slice_prefix", length))
+        return FakePrefix(prefix.tokens[:length])
 
     def read(self, handle) -> TokenOutput:
         return handle.out

@@ -403,3 +403,108 @@ def test_save_rejects_incomplete_or_invalid_tensors(written, tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="tensor 1 "):
         ckpt.save_checkpoint(bad, tmp_path, config)
     assert not (tmp_path / "ckpt-0").exists()        # validated before anything was written
+
+
+# --- issue 8: the blame for a G mismatch, config mismatches, non-finite weights -------------------
+
+def test_a_group_mismatch_blames_the_layer_that_differs(damaged):
+    """Layer 0 is the first in layer order: the old check blamed layer 1, which is unmodified."""
+    ckpt_dir, config, layout = damaged
+    spec = layout["transformer/decoder_layer_0/multi_head_attention/linear/w"]
+    odd = QuantizedWeight8bit(np.ones(spec.shape, np.int8), np.ones((4, 32), ml_dtypes.bfloat16))
+    ckpt.write_tensor_file(ckpt_dir / spec.file_name(), odd)
+    message = _expect_error(ckpt_dir, config, spec, "G=4", "need the same G")
+    assert "decoder_layer_1/" not in message
+
+
+def test_a_shape_the_config_does_not_have_says_the_config_does_not_match(damaged):
+    ckpt_dir, config, layout = damaged
+    wider = tiny_config(key_size=16)                       # the attention shapes differ
+    spec = {s.ckpt_path: s for s in ckpt.checkpoint_layout(wider)}[
+        "transformer/decoder_layer_0/multi_head_attention/key/w"]
+    with pytest.raises(ckpt.ConfigMismatchError) as info:
+        ckpt.load_checkpoint(ckpt_dir, wider, progress=False)
+    for fragment in (spec.ckpt_path, spec.file_name(), "does not match the config"):
+        assert fragment in str(info.value), str(info.value)
+
+
+def test_a_config_with_more_layers_says_the_config_does_not_match(written):
+    directory, _, _ = written
+    with pytest.raises(ckpt.ConfigMismatchError) as info:
+        ckpt.load_checkpoint(directory, tiny_config(num_layers=NUM_LAYERS + 2), progress=False)
+    message = str(info.value)
+    files = len(ckpt.checkpoint_layout(tiny_config()))
+    for fragment in (f"has {files} tensor files", f"needs {files + 24}",
+                     "does not match the config", f"num_layers={NUM_LAYERS + 2}"):
+        assert fragment in message, message
+
+
+def test_a_file_missing_in_the_middle_is_still_missing(damaged):
+    ckpt_dir, config, layout = damaged
+    spec = layout["transformer/decoder_layer_7/router/w"]
+    os.remove(ckpt_dir / spec.file_name())
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load_checkpoint(ckpt_dir, config, progress=False)
+    assert not isinstance(info.value, ckpt.ConfigMismatchError)
+    assert "missing" in str(info.value)
+
+
+def test_a_non_regular_file_in_the_checkpoint_is_named(damaged):
+    ckpt_dir, config, layout = damaged
+    spec = layout["transformer/decoder_layer_3/rms_norm/scale"]
+    os.remove(ckpt_dir / spec.file_name())
+    os.mkfifo(ckpt_dir / spec.file_name())
+    message = _expect_error(ckpt_dir, config, spec, "a FIFO", "not a regular file")
+    assert "missing" not in message
+
+
+def with_non_finite(tensor, where, value):
+    """A copy of a float array, or of a QuantizedWeight8bit with scales changed, with `value`
+    at `where`."""
+    if isinstance(tensor, QuantizedWeight8bit):
+        return QuantizedWeight8bit(tensor.weight, with_non_finite(tensor.scales, where, value))
+    tensor = np.array(tensor)
+    tensor[where] = value
+    return tensor
+
+
+NON_FINITE_CASES = [
+    ("transformer/decoder_layer_10/moe/linear_1/w", (...,), np.nan, "scales"),  # all NaN scales
+    ("transformer/decoder_layer_2/multi_head_attention/query/w", (0, 5), np.inf, "scales"),
+    ("language_model/in_out_embed/embeddings", (7,), np.nan, "row 7"),
+    ("transformer/decoder_layer_0/rms_norm_2/scale", (3,), -np.inf, "1 non-finite"),
+]
+
+
+@pytest.mark.parametrize("path, where, value, words", NON_FINITE_CASES)
+def test_non_finite_weights_are_refused_naming_the_tensor(written, damaged, path, where, value,
+                                                          words):
+    """Checked on the device as placed (load_checkpoint) and on the host (read level)."""
+    _, _, tensors = written
+    ckpt_dir, config, layout = damaged
+    spec = layout[path]
+    damaged_tensor = with_non_finite(tensors[path], where, value)
+    ckpt.write_tensor_file(ckpt_dir / spec.file_name(), damaged_tensor)
+    message = _expect_error(ckpt_dir, config, spec, "non-finite", words)
+    assert str(ckpt_dir / spec.file_name()) in message
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.read_checkpoint_tensors(ckpt_dir, config)
+    for fragment in (spec.ckpt_path, str(ckpt_dir / spec.file_name()), "non-finite"):
+        assert fragment in str(info.value), str(info.value)
+
+
+def test_non_finite_scales_are_found_on_a_sharded_mesh(written, damaged):
+    """The check runs where the shards lie (a 2x4 mesh) and still names the layer's file."""
+    _, _, tensors = written
+    ckpt_dir, config, layout = damaged
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
+    shardings = jax.tree.map(lambda x: NamedSharding(mesh, _partition(x.shape)),
+                             ckpt.stack_params(tensors, config))
+    path = "transformer/decoder_layer_10/moe/linear/w"                 # one layer of eleven
+    spec = layout[path]
+    ckpt.write_tensor_file(ckpt_dir / spec.file_name(),
+                           with_non_finite(tensors[path], (2, 0, 40), np.nan))
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load_checkpoint(ckpt_dir, config, shardings, progress=False)
+    for fragment in (str(ckpt_dir / spec.file_name()), f"{path}, scales", "1 non-finite"):
+        assert fragment in str(info.value), str(info.value)

@@ -219,3 +219,116 @@ def test_payload_bytes_are_never_unpickled(tmp_path, marker):
     path = tmp_path / "t"
     ckpt.write_tensor_file(path, array)
     np.testing.assert_array_equal(ckpt.read_tensor_file(path), array)
+
+
+# --- a file must not move where its arrays are read from (issue 8, item 1) ---------------------
+
+def pickle_with_payload_build(array: np.ndarray, state: bytes, shape: bytes = b"") -> bytes:
+    """`array` pickled (protocol 3, no framing) with `BUILD (None, state)` applied to its data
+    payload right after the payload is pushed; `shape`, if given, replaces the shape tuple."""
+    data = pickle.dumps(array, protocol=3)
+    payload = array.tobytes()
+    end = data.rindex(payload) + len(payload)
+    data = data[:end] + b"N" + state + b"\x86b" + data[end:]
+    if shape:
+        old_shape = b"K" + bytes([array.size]) + b"\x85"
+        assert data.count(old_shape) == 1
+        data = data.replace(old_shape, shape)
+    return data
+
+
+def slot_state(**fields) -> bytes:
+    """A pickled {name: value} dict, the slot state BUILD sets with setattr."""
+    return pickle.dumps(fields, protocol=3)[2:-1]
+
+
+TERABYTES_4 = 4 * 2 ** 40
+
+
+@pytest.mark.parametrize("fields, shape", [
+    ({"offset": 0}, b""),                                    # would read the pickle header
+    ({"offset": -8}, b""),
+    ({"offset": 2 ** 62}, b""),
+    ({"offset": "0"}, b""),
+    ({"length": TERABYTES_4}, b"\x8a\x06" + (TERABYTES_4 // 4).to_bytes(6, "little") + b"\x85"),
+])
+def test_build_on_an_array_payload_is_refused(tmp_path, fields, shape):
+    """BUILD on the payload stand-in would rewrite its offset/length after the walk checked
+    them: a 200-byte file could claim a 4 TB array, or have its header read as weights."""
+    data = pickle_with_payload_build(np.arange(64, dtype=np.float32), slot_state(**fields), shape)
+    load_refused(tmp_path, data, "setting state on an array payload is not allowed")
+
+
+def test_the_payload_build_stream_is_otherwise_valid(tmp_path):
+    """So the refusal above is for BUILD: with the state left out the crafted file loads."""
+    array = np.arange(64, dtype=np.float32)
+    data = pickle.dumps(array, protocol=3)
+    end = data.rindex(array.tobytes()) + array.nbytes
+    path = tmp_path / "t"
+    path.write_bytes(data[:end] + b"N0" + data[end:])   # push None, pop it: a no-op
+    np.testing.assert_array_equal(ckpt.read_tensor_file(path), array)
+
+
+# --- copyreg extension codes skip find_class (issue 8, item 2) --------------------------------
+
+EXT_CODE = 240
+EXT_SCRIPT = r"""
+import copyreg, json, os, pickle, runpy, sys
+marker, live_marker, ckpt_dir, config, repo = sys.argv[1:]
+copyreg.add_extension("os", "system", {code})
+assert pickle.loads(b"\x80\x02\x82\xf0.") is os.system          # registered and used: cached
+def system_call(path):                                          # EXT1 240, (cmd,), REDUCE
+    cmd = f"touch {{path}}".encode()
+    return b"\x80\x02\x82\xf0X" + len(cmd).to_bytes(4, "little") + cmd + b"\x85R."
+pickle.loads(system_call(live_marker))                          # the payload is live
+target = os.path.join(ckpt_dir, "ckpt-0", "tensor00001_000")
+with open(target, "wb") as f:
+    f.write(system_call(marker))
+sys.path.insert(0, repo)
+from grok.checkpoint import CheckpointError, tensor_file
+try:
+    tensor_file.read_tensor_file(target)
+    read_error = None
+except CheckpointError as e:
+    read_error = str(e)
+sys.argv = ["run.py", "--checkpoint", ckpt_dir, "--config", config, "--tokenizer", "bytes",
+            "--mesh", "1,1", "--prompt", "x"]
+try:
+    runpy.run_path(os.path.join(repo, "run.py"), run_name="__main__")
+    status = 0
+except SystemExit as e:
+    status = e.code
+print(json.dumps({{"read_error": read_error, "status": status}}))
+""".format(code=EXT_CODE)
+
+
+@pytest.mark.slow
+def test_ext_opcodes_are_refused_with_the_extension_registered(tmp_path):
+    """In a process where copyreg maps code 240 to os.system (and has used it), a checkpoint
+    naming it by EXT1 is refused by the reader and by run.py (exit 2), and runs nothing."""
+    import json
+    import subprocess
+    import sys
+
+    from grok import demo
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ckpt_dir = demo.write_demo_checkpoint(str(tmp_path / "demo"))
+    marker, live = tmp_path / "pwned", tmp_path / "live"
+    run = subprocess.run(
+        [sys.executable, "-c", EXT_SCRIPT, str(marker), str(live), ckpt_dir,
+         os.path.join(ckpt_dir, "config.json"), repo],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert live.exists(), run.stderr                   # plain pickle did run the payload
+    assert not marker.exists(), "the checkpoint ran os.system"
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    target = os.path.join(ckpt_dir, "ckpt-0", "tensor00001_000")
+    assert "refused opcode EXT1" in result["read_error"] and target in result["read_error"]
+    assert result["status"] == 2, run.stderr
+    assert "refused opcode EXT1" in run.stderr and target in run.stderr
+
+
+@pytest.mark.parametrize("opcode", [b"\x82\xf0", b"\x83\xf0\x00", b"\x84\xf0\x00\x00\x00"])
+def test_ext_opcodes_are_refused_when_unregistered(tmp_path, opcode):
+    load_refused(tmp_path, b"\x80\x02" + opcode + b".", "refused opcode EXT",
+                 "nothing from this file was executed")

@@ -1,7 +1,6 @@
 """Request validation, incremental detokenization and stop strings (no model, no JAX)."""
 
 import dataclasses
-import math
 import os
 
 import numpy as np

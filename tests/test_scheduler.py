@@ -6,10 +6,8 @@ must come out the same whatever its slot, its company and the interleaving.
 """
 
 import copy
-import dataclasses
 import pickle
 
-import pytest
 
 from fake_engine import FailingTokenizer, FakeEngine
 from grok.serving.decisions import Decisions, decode, encode
@@ -207,7 +205,8 @@ def test_cancel_queued_running_and_unknown():
     streamed = [e for _ in range(4) for e in scheduler.step() if isinstance(e, TokenEvent)]
     assert scheduler.cancel("nobody") == []
     (queued,) = scheduler.cancel("queued")
-    assert (queued.request_id, queued.finish_reason, queued.output_ids) == ("queued", "cancelled", [])
+    assert (queued.request_id, queued.finish_reason, queued.output_ids) == (
+        "queued", "cancelled", [])
     assert scheduler.cancel("run") == []                  # ends at the next step
     events = scheduler.step()
     done = completions(events)["run"]
@@ -334,7 +333,8 @@ def test_automatic_ids_never_collide():
     assert len(set(auto)) == 2
     (dup,) = scheduler.submit(Request(prompt=prompt(3), request_id=auto[0]))
     assert "already in flight" in dup.error
-    scheduler.submit([Request(prompt=prompt(3), max_len=3, request_id=f"req-{i}") for i in range(3)])
+    scheduler.submit([Request(prompt=prompt(3), max_len=3, request_id=f"req-{i}")
+                      for i in range(3)])
     done = completions(drain(scheduler))
     assert len(done) == 5 and all(d.finish_reason == "length" for d in done.values())
 

@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from grok.checkpoint import store as ckpt, tensor_file
+from grok.checkpoint import loader, store as ckpt, stored_array, tensor_file
 from grok.ops.quantization import QuantizedWeight8bit
 
 PAGE = 4096  # tensor_file reads whole rows where a row of the block is shorter than this
@@ -50,9 +50,10 @@ class CountingFile:
 
 @pytest.fixture
 def bytes_read(monkeypatch):
-    """[n]: every byte grok.checkpoint.tensor_file reads from any file, counted where it is read."""
+    """[n]: every byte the checkpoint reader reads from any file, counted where it is read (all
+    its files are opened by grok.checkpoint.stored_array.open_regular)."""
     counter = [0]
-    monkeypatch.setattr(tensor_file, "open",
+    monkeypatch.setattr(stored_array, "open",
                         lambda *a, **k: CountingFile(builtins.open(*a, **k), counter),
                         raising=False)
     return counter
@@ -162,9 +163,9 @@ def test_a_file_shortened_after_locating_fails_to_read(weight_file, tmp_path):
     path, _ = weight_file
     copy = tmp_path / "copy"
     copy.write_bytes(path.read_bytes())
-    located = tensor_file.locate_tensor_file(copy)
+    located = tensor_file.locate_tensor_file(copy, "tensor 7: x/w")
     os.truncate(copy, located.offset + 1000)
-    with pytest.raises(ckpt.CheckpointError, match="copy: truncated"):
+    with pytest.raises(ckpt.CheckpointError, match=r"copy \(tensor 7: x/w\): truncated"):
         located.read()
 
 
@@ -195,7 +196,7 @@ class HalfOnThisProcess:
 
 
 def test_the_process_block_bounds_its_devices_shards():
-    assert ckpt._process_block((8, 6), HalfOnThisProcess()) == (slice(0, 4), slice(0, 6))
+    assert loader._process_block((8, 6), HalfOnThisProcess()) == (slice(0, 4), slice(0, 6))
 
 
 def test_a_stacked_leaf_block_reads_each_layer_files_part(tmp_path, bytes_read):
@@ -204,11 +205,11 @@ def test_a_stacked_leaf_block_reads_each_layer_files_part(tmp_path, bytes_read):
     ckpt_dir = ckpt.save_checkpoint(tensors, tmp_path, config)
     host = ckpt.stack_params(tensors, config)["transformer/decoder_layer/moe/linear"]["w"]
     with ThreadPoolExecutor(2) as pool:
-        leaf = ckpt._locate(ckpt_dir, ckpt.checkpoint_layout(config), pool)[
+        leaf = loader._locate(ckpt_dir, ckpt.checkpoint_layout(config), pool)[
             ("transformer/decoder_layer/moe/linear", "w")]
         box = (slice(1, 3), slice(2, 4), slice(None), slice(0, 176))       # [L, E, D, F]
         bytes_read[0], counted = 0, []
-        block = ckpt._read_leaf_block(leaf.weight, box, pool, counted.append)
+        block = loader._read_leaf_block(leaf.weight, box, pool, counted.append)
     np.testing.assert_array_equal(block, host.weight[box])
     assert bytes_read[0] == sum(counted) == block.nbytes == host.weight.nbytes // 4
 
@@ -229,3 +230,86 @@ def test_loading_on_a_mesh_reads_each_payload_byte_once(tmp_path, bytes_read):
     assert payload <= bytes_read[0] <= headers            # 8 devices, yet every byte read once
     for loaded, expected in zip(jax.tree.leaves(params), jax.tree.leaves(host)):
         np.testing.assert_array_equal(np.asarray(loaded).view(np.uint8), expected.view(np.uint8))
+
+
+# --- offsets re-checked where bytes are read; regular files only (issue 8, items 1 and 7) ----
+
+@pytest.mark.parametrize("offset, words", [
+    (-1, "corrupt array location"), ("0", "corrupt array location"),
+    (True, "corrupt array location"), (2 ** 62, "runs past the end"),
+])
+def test_a_located_array_is_rechecked_where_it_is_read(weight_file, offset, words):
+    """Whoever built the description, reading checks offset and length against the file."""
+    import dataclasses
+    located = dataclasses.replace(tensor_file.locate_tensor_file(weight_file[0]), offset=offset,
+                                  what="tensor 7: w")
+    for read in (located.read, lambda: located.read_into(np.empty(located.shape, np.int8))):
+        with pytest.raises(ckpt.CheckpointError) as info:
+            read()
+        assert f"{weight_file[0]} (tensor 7: w)" in str(info.value) and words in str(info.value)
+
+
+def test_a_small_file_cannot_claim_terabytes(weight_file):
+    import dataclasses
+    located = dataclasses.replace(tensor_file.locate_tensor_file(weight_file[0]),
+                                  shape=(2 ** 20, 2 ** 22))                  # 4 TiB of int8
+    with pytest.raises(ckpt.CheckpointError, match="4398046511104-byte array"):
+        located.read()                                                  # before allocating
+
+
+def make_fifo(path):
+    os.mkfifo(path)
+    return "a FIFO"
+
+
+def make_directory(path):
+    os.mkdir(path)
+    return "a directory"
+
+
+def make_dev_zero_link(path):
+    os.symlink("/dev/zero", path)
+    return "a symlink to /dev/zero (a character device)"
+
+
+def make_dangling_link(path):
+    os.symlink(str(path) + ".absent", path)
+    return "which is missing"
+
+
+@pytest.fixture
+def no_hang():
+    """Fails a test that blocks for HANG_SECONDS (e.g. opening a FIFO that has no writer)."""
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("blocked: opening a FIFO hangs")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(HANG_SECONDS)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+HANG_SECONDS = 20
+
+
+@pytest.mark.parametrize("make", [make_fifo, make_directory, make_dev_zero_link,
+                                  make_dangling_link])
+def test_only_regular_files_are_read(tmp_path, no_hang, make):
+    """A FIFO (opening it must not hang), a directory, a device: the message says what it is."""
+    path = tmp_path / "tensor00003_000"
+    what = make(path)
+    with pytest.raises(ckpt.CheckpointError) as info:
+        tensor_file.locate_tensor_file(path, "tensor 3: x/w")
+    message = str(info.value)
+    assert f"{path} (tensor 3: x/w)" in message and what in message, message
+    if make is not make_dangling_link:
+        assert "not a regular file" in message and "missing" not in message, message
+
+
+def test_a_symlink_to_a_regular_file_is_read(weight_file, tmp_path):
+    link = tmp_path / "link"
+    os.symlink(weight_file[0], link)
+    np.testing.assert_array_equal(tensor_file.read_tensor_file(link), weight_file[1])

@@ -82,7 +82,8 @@ def measure(runner, args, budget: int, tag: str) -> dict:
             if isinstance(e, TokenEvent):
                 last_token[e.request_id] = (e.index + 1, time.perf_counter())
             elif isinstance(e, Completion):
-                raise RuntimeError(f"stream {e.request_id} ended early: {e.finish_reason} {e.error}")
+                raise RuntimeError(f"stream {e.request_id} ended early: {e.finish_reason} "
+                                   f"{e.error}")
     long_id = f"{tag}-long"
     scheduler.submit(Request(prompt=long_prompt(args), temperature=0.0, max_len=2, stream=True,
                              request_id=long_id))

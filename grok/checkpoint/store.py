@@ -2,9 +2,10 @@
 
 Files hold one tensor per layer (`transformer/decoder_layer_{l}/...`, numbered in string order);
 the model stacks each per-layer parameter on a leading [L] axis under `transformer/decoder_layer/`.
-Files are untrusted: grok.checkpoint.tensor_file reads them without running anything they name. Loading
-validates every file's header first, then each process reads only the blocks of the files that
-its own devices hold. Written files are byte-identical to the release's.
+Files are untrusted: grok.checkpoint.tensor_file reads them without running anything they name.
+The parts: layout (which file holds what), validation (against the config), loader (onto
+devices); this module stacks host tensors, reads and writes whole checkpoints, makes random ones.
+Written files are byte-identical to the release's.
 
 Glossary: L layers, E experts, D emb_size, F ffn_size, V vocab, Hd/Kd = q/kv heads × key_size;
 a quantized weight is int8 [*lead, In, Out] with scales [*lead, G, Out], G groups dividing In.
@@ -12,322 +13,56 @@ a quantized weight is int8 [*lead, In, Out] with scales [*lead, G, Out], G group
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import sys
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import jax
-import ml_dtypes
 import numpy as np
-from tqdm.auto import tqdm
 
+from grok.checkpoint.layout import (FLOAT_DTYPES, SCALES_DTYPE, TensorSpec, checkpoint_layout,
+                                    leaf_groups)
+from grok.checkpoint.loader import load_checkpoint
+from grok.checkpoint.tensor_file import (CheckpointError, read_tensor_file, write_tensor_file)
+from grok.checkpoint.validation import (ConfigMismatchError, check_files, check_keys,
+                                        check_same_groups, check_tensor, checkpoint_dir)
 from grok.config import LanguageModelConfig
-from grok.ops.quantization import QuantizedWeight8bit, quantize
-from grok.checkpoint.tensor_file import (CheckpointError, StoredArray, locate_tensor_file, read_tensor_file,
-                              write_tensor_file)
+from grok.ops.quantization import quantize
 
-__all__ = ["CheckpointError", "TensorSpec", "checkpoint_layout", "check_tensor", "load_checkpoint",
-           "read_checkpoint_tensors", "read_tensor_file", "write_tensor_file", "save_checkpoint",
-           "stack_params", "quantize_tensors", "random_tensors", "random_params"]
-
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
-SCALES_DTYPE = np.dtype(ml_dtypes.bfloat16)  # the model's, whatever float the file stores
-# The release has G = 8 where In was sharded 8 ways when it was written, else G = 1.
-_GROUPED_BY_8 = ("multi_head_attention/linear", "moe/linear_1")
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    """One checkpoint file: its shape, and where it goes in the stacked parameter tree."""
-
-    index: int                     # N in tensorNNNNN_000
-    ckpt_path: str                 # e.g. transformer/decoder_layer_0/moe/linear/w
-    shape: tuple[int, ...]         # per-file shape (the int8 weight's, for quantized tensors)
-    quantized: bool                # QuantizedWeight8bit (int8 + scales) or a float array
-    module: str                    # stacked module path, e.g. transformer/decoder_layer/moe/linear
-    name: str                      # 'w', 'scale' or 'embeddings'
-    layer: Optional[int]           # decoder layer, None outside the stack
-    release_groups: Optional[int]  # G the release uses (quantize_tensors' default); None if float
-
-    def file_name(self) -> str:
-        return f"tensor{self.index:05d}_000"
-
-
-def _layer_tensors(config: LanguageModelConfig) -> list[tuple[str, str, tuple, Optional[int]]]:
-    """(module suffix, name, per-file shape, release G or None if float) per layer tensor."""
-    c = config.model
-    e, d, f = c.num_experts, c.emb_size, c.ffn_size
-    hd, kd = c.num_q_heads * c.key_size, c.num_kv_heads * c.key_size
-    projections = {"moe/linear": (e, d, f), "moe/linear_1": (e, f, d), "moe/linear_v": (e, d, f),
-                   "multi_head_attention/query": (d, hd), "multi_head_attention/key": (d, kd),
-                   "multi_head_attention/value": (d, kd), "multi_head_attention/linear": (hd, d)}
-    norms = ("rms_norm", "rms_norm_1", "rms_norm_2", "rms_norm_3")
-    return ([(module, "w", shape, 8 if module in _GROUPED_BY_8 and shape[-2] % 8 == 0 else 1)
-             for module, shape in projections.items()]
-            + [(norm, "scale", (d,), None) for norm in norms] + [("router", "w", (d, e), None)])
-
-
-def checkpoint_layout(config: LanguageModelConfig) -> list[TensorSpec]:
-    """Every checkpoint file of `config`, in index order (Haiku's sorted-key flattening)."""
-    d = config.model.emb_size
-    specs = [TensorSpec(0, "language_model/in_out_embed/embeddings", (config.vocab_size, d), False,
-                        "language_model/in_out_embed", "embeddings", None, None),
-             TensorSpec(0, "language_model/rms_norm/scale", (d,), False, "language_model/rms_norm",
-                        "scale", None, None)]
-    for layer in range(config.model.num_layers):
-        for suffix, name, shape, groups in _layer_tensors(config):
-            specs.append(TensorSpec(0, f"transformer/decoder_layer_{layer}/{suffix}/{name}", shape,
-                                    groups is not None, f"transformer/decoder_layer/{suffix}",
-                                    name, layer, groups))
-    # jax flattens a dict of dicts by sorted module key, then sorted parameter name.
-    specs.sort(key=lambda spec: (spec.ckpt_path.rsplit("/", 1)[0], spec.name))
-    return [dataclasses.replace(spec, index=index) for index, spec in enumerate(specs)]
-
-
-# Validation and stacking, shared by the loader and stack_params. The checks look only at dtype
-# and shape, so they run alike on arrays in memory and on StoredArrays (still in their files).
-
-def _check_array(arr, shape, dtypes, spec: TensorSpec, where: str, label: str):
-    what = f"tensor {spec.index} ({spec.ckpt_path}) in {where}: {label}"
-    if not isinstance(arr, (np.ndarray, StoredArray)):
-        raise CheckpointError(f"{what} is a {type(arr).__name__}, expected a numpy array")
-    if arr.dtype.newbyteorder("=") not in dtypes:
-        raise CheckpointError(f"{what} dtype expected {' or '.join(map(str, dtypes))}, "
-                              f"found {arr.dtype}")
-    if shape is not None and arr.shape != tuple(shape):
-        raise CheckpointError(f"{what} shape expected {tuple(shape)}, found {arr.shape}")
-    return arr
-
-
-def _checked(spec: TensorSpec, value, where: str):
-    """`value` (numpy arrays or StoredArrays) checked against its spec, not converted."""
-    if not spec.quantized:
-        return _check_array(value, spec.shape, FLOAT_DTYPES, spec, where, "array")
-    if not isinstance(value, QuantizedWeight8bit):  # a float array where int8 is expected
-        value = QuantizedWeight8bit(value, None)
-    weight = _check_array(value.weight, spec.shape, (np.dtype(np.int8),), spec, where, "weight")
-    scales = _check_array(value.scales, None, FLOAT_DTYPES, spec, where, "scales")
-    *lead, contracting, out = spec.shape
-    groups = scales.shape[-2] if len(scales.shape) >= 2 else 0  # a wrong ndim fails below
-    if groups < 1 or contracting % groups:
-        raise CheckpointError(f"tensor {spec.index} ({spec.ckpt_path}) in {where}: scales "
-                              f"{scales.shape}: G={groups} does not divide In={contracting}")
-    _check_array(scales, (*lead, groups, out), FLOAT_DTYPES, spec, where, "scales")
-    return QuantizedWeight8bit(weight, scales)
-
-
-def check_tensor(spec: TensorSpec, value, where: str) -> np.ndarray | QuantizedWeight8bit:
-    """Validates one per-layer tensor against its spec; floats → float32, scales → bfloat16."""
-    value = _checked(spec, value, where)
-    if not spec.quantized:
-        return value.astype(np.float32, copy=False)  # no copy of a float32 embedding table
-    return QuantizedWeight8bit(value.weight, value.scales.astype(SCALES_DTYPE, copy=False))
-
-
-def _check_same_groups(specs: list[TensorSpec], tensors: list, wheres: list[str]) -> None:
-    """The layers of one stacked quantized leaf share one scales array [L, *lead, G, Out]."""
-    if not specs[0].quantized:
-        return
-    for spec, tensor, where in zip(specs, tensors, wheres):
-        if tensor.scales.shape != tensors[0].scales.shape:
-            raise CheckpointError(f"tensor {spec.index} ({spec.ckpt_path}) in {where}: scales "
-                                  f"{tensor.scales.shape}: layers of one leaf need the same G")
-
-
-def _leaf_groups(layout: list[TensorSpec]) -> dict[tuple[str, str], list[TensorSpec]]:
-    groups: dict[tuple[str, str], list[TensorSpec]] = {}  # (stacked module, name) -> specs
-    for spec in sorted(layout, key=lambda s: -1 if s.layer is None else s.layer):  # layer order
-        groups.setdefault((spec.module, spec.name), []).append(spec)
-    return groups
-
-
-def _check_keys(tensors: Mapping[str, Any], layout: list[TensorSpec]) -> None:
-    expected = {spec.ckpt_path for spec in layout}
-    missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or extra:
-        raise CheckpointError(f"tensors do not match the config: missing {missing[:4]}"
-                              f"{'...' if len(missing) > 4 else ''}, unexpected {extra[:4]}")
+__all__ = ["CheckpointError", "ConfigMismatchError", "FLOAT_DTYPES", "SCALES_DTYPE", "TensorSpec",
+           "checkpoint_layout", "check_tensor", "load_checkpoint", "read_checkpoint_tensors",
+           "read_tensor_file", "write_tensor_file", "save_checkpoint", "stack_params",
+           "quantize_tensors", "random_tensors", "random_params"]
 
 
 def stack_params(tensors: Mapping[str, Any], config: LanguageModelConfig) -> dict:
     """Per-layer host tensors (ckpt_path -> array / QuantizedWeight8bit) -> stacked model tree."""
     layout = checkpoint_layout(config)
-    _check_keys(tensors, layout)
+    check_keys(tensors, layout)
     params: dict[str, dict] = {}
-    for (module, name), specs in _leaf_groups(layout).items():
+    for (module, name), specs in leaf_groups(layout).items():
         checked = [check_tensor(spec, tensors[spec.ckpt_path], "tensors") for spec in specs]
-        _check_same_groups(specs, checked, ["tensors"] * len(specs))
+        check_same_groups(specs, checked, ["tensors"] * len(specs))
         if specs[0].layer is not None:  # decoder layers: one leaf [L, ...] in layer order
             checked = [jax.tree.map(lambda *layers: np.stack(layers), *checked)]
         params.setdefault(module, {})[name] = checked[0]
     return params
 
 
-# Loading.
-
-def _checkpoint_dir(directory: str | os.PathLike) -> str:
-    directory = os.fspath(directory)
-    for candidate in (os.path.join(directory, "ckpt-0"), directory):
-        if os.path.exists(os.path.join(candidate, "tensor00000_000")):
-            return candidate
-    raise CheckpointError(f"no checkpoint in {directory} (looked for ckpt-0/tensor00000_000)")
-
-
-def _check_files(ckpt_dir: str, layout: list[TensorSpec]) -> None:
-    """Fails before reading anything if a file is missing or there are more."""
-    for spec in layout:
-        path = os.path.join(ckpt_dir, spec.file_name())
-        if not os.path.isfile(path):
-            raise CheckpointError(f"missing checkpoint file {path} (tensor {spec.index}: "
-                                  f"{spec.ckpt_path})")
-    # Without this a 64-layer checkpoint read with num_layers=2 would load layers 0, 1 and 10.
-    extra = os.path.join(ckpt_dir, f"tensor{len(layout):05d}_000")
-    if os.path.exists(extra):
-        raise CheckpointError(f"{extra} exists but the config has only {len(layout)} tensors: "
-                              f"the checkpoint was written for another config (num_layers?)")
-
-
-@dataclasses.dataclass(frozen=True)
-class _StoredLeaf:
-    """One model array still in its files: one file's array, or (`stacked`) one per layer on a
-    leading [L] axis; `dtype` is the model's (float32, int8, or bfloat16 for scales)."""
-
-    parts: tuple[StoredArray, ...]
-    stacked: bool
-    dtype: np.dtype
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self.parts),) * self.stacked + self.parts[0].shape
-
-    def pieces(self, box: tuple[slice, ...]) -> list[tuple[StoredArray, tuple, Any]]:
-        """(file's array, its block, where in the leaf's block) per file the block `box` needs."""
-        box = tuple(slice(*axis.indices(n)[:2]) for axis, n in zip(box, self.shape))
-        if not self.stacked:
-            return [(self.parts[0], box, ...)]
-        layers = range(box[0].start, box[0].stop)
-        return [(self.parts[layer], box[1:], n) for n, layer in enumerate(layers)]
-
-    def bytes_to_read(self, box: tuple[slice, ...]) -> int:
-        return sum(part.bytes_to_read(block) for part, block, _ in self.pieces(box))
-
-
-def _results(futures: list[Future], on_result: Callable[[Any], Any] = lambda _: None) -> list:
-    """The futures' results in order; after an error, those not started yet are cancelled."""
-    try:
-        results = []
-        for future in futures:
-            results.append(future.result())  # re-raises a worker's CheckpointError
-            on_result(results[-1])
-        return results
-    finally:
-        for future in futures:
-            future.cancel()
-
-
-def _locate(ckpt_dir: str, layout: list[TensorSpec], pool: ThreadPoolExecutor) -> dict:
-    """(module, name) -> _StoredLeaf (or a QuantizedWeight8bit of two): every file's header read
-    and checked, in parallel, before any array data is read."""
-    def locate(spec: TensorSpec):
-        path = os.path.join(ckpt_dir, spec.file_name())
-        return _checked(spec, locate_tensor_file(path, f"tensor {spec.index}: {spec.ckpt_path}"),
-                        path)
-
-    located = dict(zip(layout, _results([pool.submit(locate, spec) for spec in layout])))
-    leaves = {}
-    for key, specs in _leaf_groups(layout).items():
-        tensors, stacked = [located[spec] for spec in specs], specs[0].layer is not None
-        _check_same_groups(specs, tensors, [os.path.join(ckpt_dir, s.file_name()) for s in specs])
-        if specs[0].quantized:
-            leaves[key] = QuantizedWeight8bit(
-                _StoredLeaf(tuple(t.weight for t in tensors), stacked, np.dtype(np.int8)),
-                _StoredLeaf(tuple(t.scales for t in tensors), stacked, SCALES_DTYPE))
-        else:
-            leaves[key] = _StoredLeaf(tuple(tensors), stacked, np.dtype(np.float32))
-    return leaves
-
-
-def _process_block(shape: tuple[int, ...], sharding) -> tuple[slice, ...]:
-    """The smallest block holding every shard this process's devices keep: the whole array on
-    one host; on a host of a multi-host job, usually just its part."""
-    indices = sharding.addressable_devices_indices_map(shape).values()
-    bounds = [[axis.indices(n)[:2] for axis, n in zip(index, shape)] for index in indices]
-    if not bounds:
-        return tuple(slice(0, 0) for _ in shape)
-    return tuple(slice(min(b[axis][0] for b in bounds), max(b[axis][1] for b in bounds))
-                 for axis in range(len(shape)))
-
-
-def _plan(leaf, sharding) -> list[tuple[_StoredLeaf, Any, tuple[slice, ...]]]:
-    """(array, sharding, this process's block) for a leaf's array, or its weight and scales."""
-    if isinstance(leaf, QuantizedWeight8bit):
-        sharding = sharding or QuantizedWeight8bit(None, None)
-        if not isinstance(sharding, QuantizedWeight8bit):
-            raise ValueError("a quantized leaf needs a QuantizedWeight8bit of two shardings")
-        return _plan(leaf.weight, sharding.weight) + _plan(leaf.scales, sharding.scales)
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return [(leaf, sharding, _process_block(leaf.shape, sharding))]
-
-
-def _read_leaf_block(leaf: _StoredLeaf, box: tuple[slice, ...], pool: ThreadPoolExecutor,
-                     on_read: Callable[[int], Any] = lambda _: None) -> np.ndarray:
-    """The block `box` of `leaf`, in the model's dtype: each file's part of it read in parallel
-    (only those bytes); `on_read` gets each file's count of bytes read."""
-    block = np.empty([len(range(*axis.indices(n))) for axis, n in zip(box, leaf.shape)], leaf.dtype)
-    _results([pool.submit(part.read_into, block[where], part_box)
-              for part, part_box, where in leaf.pieces(box)], on_read)
-    return block
-
-
-def _read_and_place(leaf: _StoredLeaf, sharding, box: tuple[slice, ...],
-                    pool: ThreadPoolExecutor, on_read: Callable[[int], Any]) -> jax.Array:
-    """Reads this process's block of `leaf` and places its shards."""
-    block = _read_leaf_block(leaf, box, pool, on_read)
-
-    def shard(index: tuple[slice, ...]) -> np.ndarray:  # called for this process's devices only
-        bounds = [axis.indices(n)[:2] for axis, n in zip(index, leaf.shape)]
-        return block[tuple(slice(a - b.start, z - b.start) for (a, z), b in zip(bounds, box))]
-
-    return jax.make_array_from_callback(leaf.shape, sharding, shard)
-
-
-def load_checkpoint(directory: str | os.PathLike, config: LanguageModelConfig, shardings=None, *,
-                    max_workers: int = 8, progress: bool = True) -> dict:
-    """Reads `directory/ckpt-0` (or `directory` itself) into the model's stacked param tree.
-
-    `shardings`: None (default device) or a tree like the params with a Sharding per array
-    (a QuantizedWeight8bit of two for quantized leaves). Every file's header is read and checked
-    first. Then, one leaf at a time, the block of it that this process's devices hold is read
-    (only those byte ranges, its files in parallel) into one host buffer, placed, and freed:
-    peak host memory is about the largest leaf's block, not the checkpoint. (Placing per layer
-    and stacking on device would need twice the leaf in device memory, the scarcer one.)"""
-    ckpt_dir, layout = _checkpoint_dir(directory), checkpoint_layout(config)
-    _check_files(ckpt_dir, layout)
-    params: dict[str, dict] = {}
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        plans = {(module, name): _plan(leaf, None if shardings is None else shardings[module][name])
-                 for (module, name), leaf in _locate(ckpt_dir, layout, pool).items()}
-        total = sum(leaf.bytes_to_read(box) for plan in plans.values() for leaf, _, box in plan)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="loading checkpoint",
-                  file=sys.stderr, disable=not progress) as bar:
-            for (module, name), plan in plans.items():
-                placed = [_read_and_place(*array, pool, bar.update) for array in plan]
-                params.setdefault(module, {})[name] = (
-                    QuantizedWeight8bit(*placed) if len(placed) == 2 else placed[0])
-    return params
-
-
 def read_checkpoint_tensors(directory: str | os.PathLike, config: LanguageModelConfig) -> dict:
     """Every file of a checkpoint, validated, as ckpt_path -> host tensor (tests, conversion)."""
-    ckpt_dir, layout = _checkpoint_dir(directory), checkpoint_layout(config)
-    _check_files(ckpt_dir, layout)
+    ckpt_dir, layout = checkpoint_dir(directory), checkpoint_layout(config)
+    check_files(ckpt_dir, layout, config)
     tensors = {}
     for spec in layout:
         path = os.path.join(ckpt_dir, spec.file_name())
-        tensor = read_tensor_file(path, f"tensor {spec.index}: {spec.ckpt_path}")
-        tensors[spec.ckpt_path] = check_tensor(spec, tensor, path)
+        what = f"tensor {spec.index}: {spec.ckpt_path}"
+        tensors[spec.ckpt_path] = tensor = check_tensor(spec, read_tensor_file(path, what), path)
+        for label, array in ([("scales", tensor.scales)] if spec.quantized else [("", tensor)]):
+            nonfinite = array.size - np.count_nonzero(np.isfinite(array))
+            if nonfinite:
+                raise CheckpointError(f"{path} ({what}{f', {label}' if label else ''}): "
+                                      f"{nonfinite} non-finite values (NaN or Inf): the weights "
+                                      f"are damaged")
     return tensors
 
 
@@ -336,7 +71,7 @@ def save_checkpoint(tensors: Mapping[str, Any], directory: str | os.PathLike,
     """Writes `directory/ckpt-0/tensorNNNNN_000` (floats as float32, scales as bfloat16, like the
     release) from ckpt_path -> float array / QuantizedWeight8bit; returns the ckpt-0 path."""
     layout = checkpoint_layout(config)
-    _check_keys(tensors, layout)
+    check_keys(tensors, layout)
     checked = [check_tensor(spec, tensors[spec.ckpt_path], "tensors") for spec in layout]
     ckpt_dir = os.path.join(os.fspath(directory), "ckpt-0")
     os.makedirs(ckpt_dir, exist_ok=True)
@@ -351,7 +86,7 @@ def quantize_tensors(float_tensors: Mapping[str, np.ndarray], config: LanguageMo
 
     G defaults to TensorSpec.release_groups; `groups` maps a path suffix ("moe/linear_1") to G."""
     layout = checkpoint_layout(config)
-    _check_keys(float_tensors, layout)
+    check_keys(float_tensors, layout)
     out = {}
     for spec in layout:
         value = np.asarray(float_tensors[spec.ckpt_path], np.float32)

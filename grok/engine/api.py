@@ -11,6 +11,7 @@ The host loop drives a model only through an `Engine`:
     state, later = engine.generate(state)                # dispatched before `handle` is read
     out = engine.read(handle)                            # TokenOutput, one row per slot
     state = engine.release(state, slot)
+    shorter = engine.slice_prefix(prefix, 700)           # its first 700 positions (a new Prefix)
 
 Roles (JetStream's engine_api shape, with these differences):
 - A `Prefix` is an immutable device value: a prompt's keys/values, which positions are real
@@ -168,6 +169,11 @@ class Engine(Protocol):
 
     def release(self, state, slot: int):
         """The state with `slot` inactive (its KV stays until the next insert clears it)."""
+
+    def slice_prefix(self, prefix: Prefix, length: int) -> Prefix:
+        """The first `length` positions of `prefix` (1 <= length <= prefix.length) as a new
+        Prefix of the smallest capacity holding them; `prefix` is not modified (a prefix
+        cache continues a hit that ends inside a cached prompt from this)."""
 
     def read(self, handle: Handle) -> TokenOutput:
         """A step's or a prefill's sampled tokens on the host (waits for the device)."""

@@ -28,8 +28,8 @@ from grok.engine import steps
 from grok.engine.api import (GREEDY, Handle, Prefix, PrefillResult, SampleParams, SlotArm,
                              StepHandle, TokenOutput)
 from grok.engine.state import (DecodeState, capacity_for, empty_prefix, new_state,
-                               prefix_capacities, prefix_shardings, state_shardings, to_host,
-                               unpack_output)
+                               prefix_capacities, prefix_shardings, slice_prefix,
+                               state_shardings, to_host, unpack_output)
 from grok.model.transformer import init_memory
 from grok.parallel import sharding
 from grok.runtime_config import RuntimeConfig
@@ -233,6 +233,21 @@ class JaxEngine:
     def release(self, state: DecodeState, slot: int) -> DecodeState:
         self._check_slot(slot)
         return self.release_slot(state, np.int32(slot))
+
+    def slice_prefix(self, prefix: Prefix, length: int) -> Prefix:
+        """See grok.engine.api.Engine.slice_prefix (one program per capacity pair)."""
+        if not 1 <= length <= prefix.capacity:
+            raise ValueError(f"slice_prefix: length must be in [1, {prefix.capacity}], "
+                             f"got {length}")
+        capacity = capacity_for(length, self.prefix_capacities)
+        capacity = min(capacity, prefix.capacity)
+
+        def build():
+            fn = functools.partial(slice_prefix, capacity=capacity)
+            return jax.jit(fn, in_shardings=(self._prefix_sh(prefix.capacity), self._rep),
+                           out_shardings=self._prefix_sh(capacity))
+        return self._jit(("slice_prefix", prefix.capacity, capacity), build)(
+            prefix, np.int32(length))
 
     def read(self, handle: Handle) -> TokenOutput:
         return unpack_output(to_host(handle.packed))

@@ -71,6 +71,20 @@ def capacity_for(positions: int, capacities: tuple[int, ...]) -> int:
     return next((p for p in capacities if p >= positions), capacities[-1])
 
 
+def slice_prefix(prefix: Prefix, length, capacity: int) -> Prefix:
+    """The prefix's first `length` positions ([] int32, <= prefix.length) as a Prefix of
+    `capacity` (static, >= length) positions; the rest zero and invalid, as in any Prefix.
+
+    A prefix cache hit that covers only part of a cached prompt continues from this (the
+    cached prefix itself is only read). K and V of position p depend on tokens[:p + 1] alone,
+    so the first `length` positions are exactly the KV of that shorter prompt.
+    """
+    keep = jnp.arange(capacity) < length                                        # [P']
+    cut = lambda a: jnp.where(keep[:, None], a[:, :, :, :capacity], jnp.zeros((), a.dtype))
+    return Prefix(cut(prefix.k), cut(prefix.v), prefix.valid[:, :capacity] & keep[None],
+                  jnp.asarray(length, jnp.int32))
+
+
 def arm_slot(state: DecodeState, arm: SlotArm, slot) -> DecodeState:
     """The state with slot's sampling settings, PRNG key and next input token from `arm`."""
     put = lambda a, r: a.at[slot].set(r.astype(a.dtype))

@@ -69,7 +69,8 @@ class Completion(str):
 
     def to_dict(self) -> dict:
         out = {"request_id": self.request_id, "prompt_ids": self.prompt_ids,
-               "output_ids": self.output_ids, "text": self.text, "finish_reason": self.finish_reason}
+               "output_ids": self.output_ids, "text": self.text,
+               "finish_reason": self.finish_reason}
         for name in ("stop_reason", "error", "logprobs", "top_logprobs", "prompt_logprobs"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)

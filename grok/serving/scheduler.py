@@ -12,6 +12,9 @@ the engine API (grok.engine.api.Engine). Each `step()`:
    its slot after its last chunk, so running streams keep decoding meanwhile. Several short
    prompts go in one batched call where the engine offers it. With no stream decoding there is
    nobody to keep waiting, and every admitted prompt is prefilled at once;
+   a prompt whose prefill starts continues the longest prefix the prefix cache holds
+   (grok.serving.prefix_cache: only the rest is prefilled; every process's cache evolves
+   alike) and its Prefix joins the cache once inserted;
 4. dispatches one decode step for every running slot, then reads the previous step's tokens
    (step n+1 is on the device while the host handles step n; a slot that finished in step n
    ran one more step whose token is ignored) and the first tokens of the prompts inserted.
@@ -28,15 +31,21 @@ import collections
 import dataclasses
 import heapq
 import itertools
+import logging
 import secrets
 from typing import Optional
+
+import numpy as np
 
 from grok.engine.api import Engine, Prefix, PrefillResult, SampleParams, TokenOutput
 from grok.serving.admission import ModelLimits, prepare
 from grok.serving.decisions import Admission, AdmissionLog, Decisions
+from grok.serving.prefix_cache import BLOCK_TOKENS, Hit, PrefixCache, common_prefix
 from grok.serving.requests import Cancel, Request
 from grok.serving.results import Completion, TokenEvent, error_completion
 from grok.serving.text import TextStream
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(eq=False)
@@ -58,6 +67,8 @@ class _Stream:
     prompt_logprobs: Optional[list] = None
     held: list = dataclasses.field(default_factory=list)   # TokenEvents whose text is not final
     inserted: bool = False                 # the slot holds its KV (release it when done)
+    cache_hit: Optional[Hit] = None        # the prefix-cache entry it continues (pinned)
+    looked_up: bool = False                # the prefix cache was asked for its prompt
     done: bool = False
 
 
@@ -67,10 +78,14 @@ class Scheduler:
     `prefill_budget`: prompt tokens prefilled between two decode steps (0: one largest
     bucket). `max_prefill_batch`: most prompts in one batched prefill (1: never batch).
     `log`: where process 0 publishes its decisions (None: a single process).
+    `prefix_cache_tokens`: positions the prefix cache may hold on the device (0: no cache;
+    see grok.serving.prefix_cache); `prefix_cache_hit_tokens` / `prefix_cache_query_tokens`
+    count prompt tokens served from it / looked up in it.
     """
 
     def __init__(self, engine: Engine, tokenizer, *, prefill_budget: int = 0,
-                 max_prefill_batch: int = 1, log: Optional[AdmissionLog] = None):
+                 max_prefill_batch: int = 1, log: Optional[AdmissionLog] = None,
+                 prefix_cache_tokens: int = 0):
         self.engine, self.tokenizer, self.log = engine, tokenizer, log
         self.limits = ModelLimits.of(engine)
         self.eos_token = int(engine.eos_token)
@@ -87,6 +102,11 @@ class Scheduler:
         self._inflight = None                    # (StepHandle, {slot: _Stream}) being computed
         self._auto_prefix = f"req-{secrets.token_hex(4)}-"
         self._auto_ids = itertools.count()
+        self.prefix_cache = (
+            PrefixCache(int(prefix_cache_tokens), engine.slice_prefix, engine.prefix_capacities)
+            if prefix_cache_tokens and hasattr(engine, "slice_prefix") else None)
+        self.prefix_cache_hit_tokens = 0
+        self.prefix_cache_query_tokens = 0
 
     # ---- the API the generator and the HTTP server use ---------------------------------------
     @property
@@ -205,6 +225,7 @@ class Scheduler:
                 inserted += self._prefill_batch(batch, events)
                 continue
             stream = self._prefilling[0]
+            self._prefix_lookup(stream)
             size = min(self.largest_chunk, budget or self.largest_chunk,
                        len(stream.prompt_ids) - stream.prefilled)
             if spent and budget is not None and spent + size > budget:
@@ -221,6 +242,9 @@ class Scheduler:
             return []
         batch = []
         for stream in itertools.islice(self._prefilling, self.max_prefill_batch):
+            if self._shares_prefix(stream, batch):
+                break           # it continues that one's Prefix from the cache once it is kept
+            self._prefix_lookup(stream)
             n = len(stream.prompt_ids)
             if (stream.prefilled or stream.request.echo or n > self.largest_chunk
                     or (budget is not None and spent + n > budget and (spent or batch))):
@@ -264,9 +288,49 @@ class Scheduler:
 
     def _insert(self, stream: _Stream, result: PrefillResult) -> None:
         self.state = self.engine.insert(stream.prefix, result.arm, self.state, stream.slot)
+        prefix = stream.prefix
         stream.prefix, stream.first, stream.inserted = None, result, True
         self._prefilling.remove(stream)
         self._running[stream.slot] = stream
+        self._prefix_store(stream, prefix)
+
+    # ---- the prefix cache (grok.serving.prefix_cache) --------------------------------------
+    # Hooks: a lookup when a prompt's prefill is about to start (not at admission, so a prompt
+    # admitted with an earlier one that shares its start finds that one's Prefix once it is
+    # kept; the hit's positions count as prefilled), storing the prompt's Prefix once it is
+    # inserted into its slot, and unpinning the hit's entry then (or when the request ends
+    # before). Echo requests bypass the cache: they need every prompt position's logprobs,
+    # which a hit would skip.
+    def _prefix_lookup(self, stream: _Stream) -> None:
+        if self.prefix_cache is None or stream.request.echo or stream.looked_up:
+            return
+        stream.looked_up = True
+        self.prefix_cache_query_tokens += len(stream.prompt_ids)
+        try:
+            hit = self.prefix_cache.acquire(stream.prompt_ids)
+        except Exception:  # the cache is an optimisation: a failed lookup is a miss
+            logger.exception("prefix cache lookup failed for %s", stream.request_id)
+            return
+        if hit is not None:
+            stream.cache_hit, stream.prefix, stream.prefilled = hit, hit.prefix, hit.length
+            self.prefix_cache_hit_tokens += hit.length
+
+    def _shares_prefix(self, stream: _Stream, batch: list) -> bool:
+        """Whether the prompt starts like one in `batch` (at least one cache block)."""
+        if self.prefix_cache is None or stream.request.echo:
+            return False
+        ids = np.asarray(stream.prompt_ids)
+        return any(common_prefix(np.asarray(s.prompt_ids), ids) >= BLOCK_TOKENS for s in batch)
+
+    def _prefix_release(self, stream: _Stream) -> None:
+        if stream.cache_hit is not None:
+            self.prefix_cache.release(stream.cache_hit)
+            stream.cache_hit = None
+
+    def _prefix_store(self, stream: _Stream, prefix: Prefix) -> None:
+        self._prefix_release(stream)
+        if self.prefix_cache is not None and not stream.request.echo:
+            self.prefix_cache.insert(stream.prompt_ids, prefix, prefix.capacity)
 
     # ---- tokens -----------------------------------------------------------------------------
     def _guarded(self, stream: _Stream, work, *args) -> list:
@@ -332,6 +396,7 @@ class Scheduler:
             self.state = self.engine.release(self.state, stream.slot)
         else:
             self._prefilling.remove(stream)
+            self._prefix_release(stream)
             stream.prefix = None
         heapq.heappush(self._free, stream.slot)
         r = stream.request
@@ -350,7 +415,8 @@ def scheduler_for(runner, log: Optional[AdmissionLog] = None) -> Scheduler:
     runtime = getattr(runner, "runtime", None)
     return Scheduler(runner.engine, runner.tokenizer,
                      prefill_budget=getattr(runtime, "prefill_chunk_tokens", 0),
-                     max_prefill_batch=getattr(runtime, "max_prefill_batch", 1), log=log)
+                     max_prefill_batch=getattr(runtime, "max_prefill_batch", 1), log=log,
+                     prefix_cache_tokens=getattr(runtime, "prefix_cache_tokens", 0))
 
 
 def serve(source):
