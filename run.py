@@ -1,15 +1,19 @@
 """Runs Grok-1 (checkpoints/ckpt-0), another checkpoint, or the embedded demo.
 
     python run.py                      # demo: a tiny model with random weights, runs anywhere
-    python run.py --checkpoint checkpoints --tokenizer tokenizer.model --prompt "Hello"
+    python run.py --checkpoint DIR --prompt "Hello"    # DIR holds ckpt-0/ (and config.json)
     python run.py --help               # every flag
 
-All the work is in grok/cli.py.
+Works from any directory (this file's directory is put first on the import path). All the
+work is in grok/cli/.
 """
 
+import os
 import sys
 
-from grok.cli import main
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from grok.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

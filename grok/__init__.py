@@ -3,6 +3,7 @@
 The public names are importable from the package (`from grok import InferenceRunner`); each is
 imported on first use, so `import grok` (the CLI, `--help`, `__version__`) does not start JAX.
 
+- The one-call API: `LLM(checkpoint).generate(prompts, SamplingParams(...))` (grok.llm).
 - Configs: `LanguageModelConfig`, `TransformerConfig`, `GROK_1`, `load_config` (the
   architecture, bound to a checkpoint) and `RuntimeConfig` (how it runs: mesh, slots,
   buckets, MoE implementation, activation dtype).
@@ -20,6 +21,7 @@ import importlib
 __version__ = "0.2.0"
 
 _EXPORTS = {
+    "grok.llm": ("LLM", "SamplingParams"),
     "grok.config": ("GROK_1", "LanguageModelConfig", "TransformerConfig", "load_config"),
     "grok.runtime_config": ("RuntimeConfig",),
     "grok.engine.runner": ("ModelRunner", "InferenceRunner", "sample_from_model"),

@@ -11,16 +11,19 @@ byte tokenizer's, so every id decodes; see `demo_tensors` for how the random wei
 kept to printable text.
 
 `python -m grok.demo DIR` writes the same weights as `DIR/ckpt-0` (the release's file format)
-and `DIR/config.json`: `run.py --checkpoint DIR --config DIR/config.json --tokenizer bytes`
-then prints what the bare `run.py` prints.
+and `DIR/config.json`; `python run.py --checkpoint DIR` then runs it like any checkpoint. Its
+tokenizer is the byte tokenizer: no tokenizer.model is written, and the command line picks the
+byte tokenizer for a model whose vocab_size is the byte tokenizer's 259 ids. With the bare
+run's prompt bucket (`--pad-sizes 128 --mesh 1,1`) it prints exactly what the bare `run.py`
+prints.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
-import sys
 
 import numpy as np
 
@@ -96,7 +99,17 @@ def write_demo_checkpoint(directory: str, config: LanguageModelConfig = DEMO,
     return directory
 
 
+def main(argv=None) -> str:
+    """`python -m grok.demo DIR`."""
+    parser = argparse.ArgumentParser(prog="python -m grok.demo", description=(
+        "Writes the embedded demo model (random weights, byte tokenizer) as a checkpoint in "
+        "the Grok-1 release's format: DIR/ckpt-0/ and DIR/config.json."))
+    parser.add_argument("directory", metavar="DIR", help="where to write (created if needed)")
+    directory = write_demo_checkpoint(parser.parse_args(argv).directory)
+    print(f"Wrote {os.path.join(directory, 'ckpt-0')} and {os.path.join(directory, 'config.json')}."
+          f" Run it with: python run.py --checkpoint {directory}")
+    return directory
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m grok.demo DIR   (writes DIR/ckpt-0 and DIR/config.json)")
-    print(write_demo_checkpoint(sys.argv[1]))
+    main()

@@ -196,8 +196,11 @@ def test_stream(fixture_dir, tokenizer_path, runners, capsys):
     assert status == 0 and out == f"Output for prompt: Hello {text}\n"
     status, out, err = run_cli(runners, capsys, model_argv, greedy + [
         "--prompt", "Hello", "--prompt", "World", "--stream", "--json"])
-    assert [r["prompt"] for r in json_lines(out)] == ["Hello", "World"]   # stdout: JSON only
-    assert "[0] " in err and "[1] " in err
+    records = json_lines(out)
+    assert [r["prompt"] for r in records] == ["Hello", "World"]   # stdout: JSON only
+    # readable: each request's text in one piece under its header, in input order
+    pieces = "".join(f"Output for prompt: {r['prompt']} {r['text']}\n" for r in records)
+    assert err.startswith(pieces), err
 
 
 def test_interactive_keeps_history_clears_and_exits(fixture_dir, tokenizer_path, runners, capsys):
@@ -229,7 +232,7 @@ def test_clear_errors_for_missing_checkpoint_tokenizer_and_bad_flags(
               "absent.model: no such file"),
              (["--config", write(tmp_path / "bad.json", "{")], "--config"),
              (["--temperature", "-1"], "temperature"),
-             (["--top-p", "0"], "nucleus_p"),
+             (["--top-p", "0"], "--top-p"),
              (["--interactive", "--prompt", "x"], "--interactive"),
              (["--batch-size", "0"], "--batch-size"),
              (["--pad-sizes", "0"], "pad_sizes"),
@@ -274,7 +277,7 @@ def test_make_request_fields():
     args = cli.build_parser().parse_args(["--temperature", "0.5", "--seed", "10", "--max-len", "7"])
     request = cli.make_request({"prompt": "x", "top_p": 0.9, "echo_logprobs": True}, args, 3)
     assert (request.prompt, request.temperature, request.nucleus_p, request.rng_seed,
-            request.max_len, request.echo) == ("x", 0.5, 0.9, 13, 7, True)
+            request.max_len, request.echo) == ("x", 0.5, 0.9, cli.request_seed(10, 3), 7, True)
     request = cli.make_request({"prompt_ids": [5, 6], "seed": 1, "max_len": 2, "top_k": 4}, args, 0)
     assert (request.prompt, request.rng_seed, request.max_len, request.top_k) == ((5, 6), 1, 2, 4)
     for record, words in [({"prompt": "x", "max_len": 1.5}, "max_len"),
@@ -302,6 +305,10 @@ def test_bare_run_prints_a_demo_completion_and_says_weights_are_random(bare_run)
     completion = bare_run.stdout[len(header):].rstrip("\n")
     assert len(completion) >= 20 and all(c.isprintable() or c == "\n" for c in completion)
     assert "RANDOM weights" in bare_run.stderr
+    assert "Compiling prefill" in bare_run.stderr          # the progress line while compiling
+    summary = bare_run.stderr.split("Run summary: ")[1]
+    for part in ("load ", "compile ", "prefill ", "tokens/s", "1 of 1 slots used"):
+        assert part in summary, summary
 
 
 @pytest.mark.slow

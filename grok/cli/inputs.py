@@ -1,0 +1,175 @@
+"""Requests from the command line and input files: `read_items` and `make_request`.
+
+Every request gets a seed of its own: request 0 uses `--seed` itself (so a single prompt
+samples like the reference's run.py), request i > 0 a seed hashed from (--seed, i), so the
+streams of one run never repeat those of a run with another --seed. A bad field is a
+`ValueError` naming what the user typed: the flag (`--top-p`) or the record key (`top_p`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from typing import Any, Optional
+
+from grok.cli.flags import FIELD_NAMES, RECORD_FIELDS, RECORD_KEYS
+from grok.cli.model import UsageError
+from grok.serving.requests import Request
+
+SEED_SPACE = 2**32                 # Request.rng_seed is a uint32
+REQUEST_FIELDS = {f.name for f in dataclasses.fields(Request)}
+HAS_STOP_STRINGS = "stop" in REQUEST_FIELDS   # Request.stop: the scheduler ends at them
+REQUEST_ERRORS = (ValueError, TypeError, OverflowError)   # what a bad Request field raises
+_PROBE_PROMPT = "x"                # a valid prompt, to find which field a Request refused
+
+
+@dataclasses.dataclass
+class Item:
+    """One input request: a Request, or the error that stopped it being one."""
+    index: int
+    label: str                      # the prompt as shown in text output
+    request: Any = None             # grok.serving.requests.Request
+    error: Optional[str] = None
+    user_id: Optional[str] = None   # the record's own request_id, echoed in JSON output
+    stop: tuple = ()                # stop strings (applied by the CLI when Request lacks them)
+
+
+def request_seed(seed: int, index: int) -> int:
+    """Request `index`'s seed: `seed` itself for 0, else a hash of (seed, index)."""
+    if index == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % SEED_SPACE
+
+
+def _stop_strings(value, name: str) -> tuple:
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, (list, tuple)) or not all(isinstance(s, str) and s for s in values):
+        raise ValueError(f"{name} must be a non-empty string or a list of them, got {value!r}")
+    return tuple(values)
+
+
+def _culprit(fields: dict, error: Exception) -> Optional[str]:
+    """The Request field a construction error is about."""
+    named = re.search(r"Request\.(\w+)", str(error))
+    if named and named.group(1) in fields:
+        return named.group(1)
+    for name, value in fields.items():
+        try:
+            Request(prompt=_PROBE_PROMPT, **{name: value})
+        except REQUEST_ERRORS:
+            return name
+    return None
+
+
+def _named_error(fields: dict, from_record: dict, error: Exception) -> ValueError:
+    """`error` reworded to name the flag or record key that set the bad field."""
+    field = _culprit(fields, error)
+    message = str(error) or type(error).__name__
+    if field is None:
+        return ValueError(message)
+    name = from_record.get(field) or FIELD_NAMES.get(field, (field,))[0]
+    if f"Request.{field}" in message:
+        return ValueError(message.replace(f"Request.{field}", name))
+    return ValueError(f"{name}: {message}")
+
+
+def make_request(record, args, index: int) -> Request:
+    """A Request from a prompt string or an input object; ValueError names a bad field."""
+    return _make(record, args, index)[0]
+
+
+def _make(record, args, index: int) -> tuple[Request, tuple]:
+    """(Request, stop strings) — see make_request."""
+    if isinstance(record, str):
+        record = {"prompt": record}
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a prompt string or an object, got {type(record).__name__}")
+    unknown = sorted(set(record) - RECORD_KEYS)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown}; known: {sorted(RECORD_KEYS)}")
+    if ("prompt" in record) == ("prompt_ids" in record):
+        raise ValueError("give exactly one of 'prompt' (text) and 'prompt_ids' (token ids)")
+    key, kind = ("prompt", str) if "prompt" in record else ("prompt_ids", list)
+    if not isinstance(record[key], kind):
+        raise ValueError(f"'{key}' must be a {kind.__name__}, got {type(record[key]).__name__}")
+    fields = dict(temperature=args.temperature, nucleus_p=args.top_p, top_k=args.top_k,
+                  max_len=args.max_tokens, rng_seed=request_seed(args.seed, index),
+                  stop_tokens=tuple(args.stop_tokens), logprobs=args.logprobs,
+                  echo=args.echo_logprobs)
+    stop = _stop_strings(args.stop, "--stop") if args.stop else ()
+    from_record = {}
+    for name, field in RECORD_FIELDS.items():
+        if name in record:
+            fields[field] = record[name]
+            from_record[field] = repr(name)
+    if "stop" in fields:
+        stop = _stop_strings(fields.pop("stop"), "'stop'")
+    if HAS_STOP_STRINGS:
+        fields["stop"] = stop
+    try:
+        # stream=True always: the CLI times the first token and streams in input order.
+        request = Request(prompt=record[key], request_id=str(index), stream=True, **fields)
+    except REQUEST_ERRORS as e:
+        raise _named_error(fields, from_record, e) from None
+    return request, stop
+
+
+def _read_records(path: str) -> list:
+    """[(where, record or an Exception)] from a text, .jsonl or .json file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--input-file {path}: {e}") from None
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--input-file {path}: not valid JSON: {e}") from None
+        if not isinstance(data, list):
+            raise UsageError(f"--input-file {path}: expected a JSON list of prompts or objects")
+        return [(f"{path}[{i}]", record) for i, record in enumerate(data)]
+    lines = [(f"{path}:{n}", line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    return [(where, _json_record(line)) for where, line in lines] if path.endswith(".jsonl") \
+        else lines
+
+
+def _json_record(line: str):
+    """A JSONL line's value, or the ValueError that its request will report."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        return ValueError(f"not valid JSON: {e}")
+    except RecursionError:
+        return ValueError("not valid JSON: nested too deeply")
+
+
+def read_items(args, default_prompt: str) -> list[Item]:
+    """Every request of this run, in input order (bad ones carry their error)."""
+    records = [(f"--prompt {i + 1}", p) for i, p in enumerate(args.prompt or [])]
+    if args.input_file is not None:
+        from_file = _read_records(args.input_file)
+        if not from_file:
+            raise UsageError(f"--input-file {args.input_file}: no prompts in it (it is empty "
+                             "or only blank lines)")
+        records += from_file
+    if not records:
+        records = [("default prompt", default_prompt)]
+    items = []
+    for index, (where, record) in enumerate(records):
+        fields = record if isinstance(record, dict) else {
+            "prompt": record if isinstance(record, str) else where}
+        item = Item(index, str(fields.get("prompt", fields.get("prompt_ids", where))))
+        user_id = fields.get("request_id", fields.get("id"))
+        item.user_id = None if user_id is None else str(user_id)
+        try:
+            if isinstance(record, Exception):
+                raise record
+            item.request, item.stop = _make(record, args, index)
+        except ValueError as e:
+            item.error = f"{where}: {e}"
+        items.append(item)
+    return items

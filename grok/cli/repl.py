@@ -1,0 +1,183 @@
+"""`--interactive`: a REPL over one running conversation.
+
+Each line extends the conversation and the model continues it, its text printed as it comes.
+Ctrl-C stops the answer being written and returns to the prompt with the conversation kept
+(the words printed so far stay in it); Ctrl-C at the prompt abandons the line. On a terminal
+`readline` gives line editing and history (kept in ~/.grok_history, or $GROK_HISTORY). Bytes
+that are not UTF-8 are replaced, not fatal.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+from grok.cli.inputs import make_request
+from grok.cli.model import UsageError
+from grok.cli.output import RunStats, StopText
+from grok.serving import requests as requests_module
+from grok.serving.requests import Completion, TokenEvent
+
+PROMPT = ">>> "
+HISTORY_FILE = "~/.grok_history"     # earlier sessions' lines, for the up arrow
+HISTORY_ENV = "GROK_HISTORY"         # another file for them
+HISTORY_LINES = 1000
+HELP = """Each line continues the conversation; the model's answer is printed as it is written.
+  /help    this text
+  /clear   forget the conversation
+  /exit    quit (also Ctrl-D)
+  Ctrl-C   stop the answer being written (the conversation is kept)"""
+COMMANDS = ("/help", "/clear", "/exit")
+
+
+class Repl:
+    def __init__(self, runner, args, stdin, stats: RunStats):
+        self.runner, self.args, self.stdin, self.stats = runner, args, stdin, stats
+        self.tty = stdin.isatty()
+        self.gen = None
+        self.turn = 0
+        self.budget = runner.config.sequence_len - args.max_tokens   # context that fits
+        if self.budget < 1:
+            raise UsageError(f"--max-tokens {args.max_tokens} leaves no room for context in "
+                             f"sequence_len {runner.config.sequence_len}")
+        self.history_file = None
+        if self.tty and stdin is sys.stdin:
+            self._load_history()
+        if hasattr(stdin, "reconfigure"):
+            stdin.reconfigure(errors="replace")   # a stray non-UTF-8 byte becomes U+FFFD
+
+    def _load_history(self) -> None:
+        """Line editing and history for input() (readline), with earlier sessions' lines."""
+        try:
+            import readline
+        except ImportError:
+            return
+        self.history_file = os.environ.get(HISTORY_ENV) or os.path.expanduser(HISTORY_FILE)
+        readline.set_history_length(HISTORY_LINES)
+        try:
+            readline.read_history_file(self.history_file)
+        except OSError:   # none yet, or unreadable: start empty
+            pass
+
+    def _save_history(self) -> None:
+        if self.history_file is None:
+            return
+        import readline
+
+        try:
+            readline.write_history_file(self.history_file)
+        except OSError:   # a read-only home: history is a convenience, not worth an error
+            pass
+
+    def _start(self) -> None:
+        self.gen = self.runner.run()
+        next(self.gen)
+
+    def _read_line(self) -> Optional[str]:
+        """The next line without its newline; None at end of input."""
+        try:
+            if self.tty and self.stdin is sys.stdin:
+                line = input(PROMPT)
+            else:
+                if self.tty:
+                    print(PROMPT, end="", file=sys.stderr, flush=True)
+                line = self.stdin.readline()
+                if not line:
+                    return None
+        except EOFError:
+            return None
+        except UnicodeDecodeError:
+            print("(that line was not valid UTF-8; ignored)", file=sys.stderr)
+            return ""
+        # lone surrogates (undecodable input) become '?', so the tokenizer never sees them
+        return line.rstrip("\n").encode("utf-8", "replace").decode("utf-8")
+
+    def run(self) -> int:
+        self._start()
+        print("Interactive: each line continues the conversation; /help lists commands, "
+              "Ctrl-C stops an answer, /exit or Ctrl-D quits.", file=sys.stderr)
+        history = ""
+        while True:
+            try:
+                line = self._read_line()
+            except KeyboardInterrupt:      # at the prompt: abandon the line
+                print("", file=sys.stderr)
+                continue
+            command = (line or "").strip()
+            if line is None or command == "/exit":
+                if line is None and self.tty:
+                    print("", file=sys.stderr)    # end the prompt's line
+                self._save_history()
+                self.gen.close()
+                return 0
+            if command == "/clear":
+                history = ""
+                print("(conversation cleared)", file=sys.stderr)
+                continue
+            if command == "/help":
+                print(HELP, file=sys.stderr)
+                continue
+            if command.startswith("/") and command.split()[0] not in COMMANDS \
+                    and len(command.split()) == 1:
+                print(f"unknown command {command}; /help lists them", file=sys.stderr)
+                continue
+            if not command:
+                continue
+            history = f"{history}\n{line}" if history else line
+            history += self._answer(history)
+
+    def _answer(self, history: str) -> str:
+        """Prints the model's continuation of `history` as it comes; returns its text."""
+        ids = self.runner.tokenizer.encode(history)[-self.budget:]  # recent context that fits
+        try:
+            request, stops = make_request({"prompt_ids": ids}, self.args, self.turn), self.args.stop
+        except ValueError as e:
+            print(f"Error: {e}", flush=True)
+            return ""
+        self.turn += 1
+        stop = StopText(tuple(stops))
+        printed = []
+        stats = RunStats(*((self.stats.load_s, self.stats.compile_s) if self.turn == 1 else ()))
+        stats.begin(1, self.runner.batch_size)
+        try:
+            out = self.gen.send(request)
+            while isinstance(out, TokenEvent):
+                if not printed:
+                    stats.on_first_token()
+                text = stop.feed(out.text)
+                printed.append(text)
+                print(text, end="", flush=True)
+                out = next(self.gen)
+        except KeyboardInterrupt:
+            stats.close()
+            self._cancel(request.request_id)
+            print("", flush=True)
+            print("(stopped)", file=sys.stderr, flush=True)
+            return "".join(printed)
+        tail = stop.flush()
+        printed.append(tail)
+        print(tail, flush=True)
+        if isinstance(out, Completion):
+            stats.on_result(out)
+            if out.error is not None:
+                print(f"Error: {out.error}", flush=True)
+        if not self.args.quiet:
+            print(stats.summary(), file=sys.stderr, flush=True)
+        return "".join(printed)
+
+    def _cancel(self, request_id: str) -> None:
+        """Ends `request_id`: through the scheduler's Cancel when the generator survived the
+        interrupt and has one, else by starting a fresh generator (slots empty)."""
+        cancel = getattr(requests_module, "Cancel", None)
+        if self.gen.gi_frame is not None and cancel is not None:
+            try:
+                out = self.gen.send(cancel(request_id))
+                while out is not None and not (isinstance(out, Completion)
+                                               and out.request_id == request_id):
+                    out = next(self.gen)
+                return
+            except KeyboardInterrupt:
+                pass
+        self.gen.close()
+        self._start()

@@ -1,0 +1,181 @@
+"""The one-call Python API: `LLM(checkpoint).generate(prompts, SamplingParams(...))`.
+
+    import grok
+    llm = grok.LLM("checkpoints")                    # DIR holding ckpt-0/ (and config.json)
+    for out in llm.generate(["Hello", "The answer is"], grok.SamplingParams(max_tokens=32)):
+        print(out.text, out.finish_reason)
+
+`generate` returns one `Completion` per prompt, in order (a str: its text, with request_id,
+prompt_ids, output_ids, finish_reason, error, logprobs, ...); a prompt that cannot be served
+comes back with finish_reason "error" and the others still run. Many prompts show a progress
+bar. Underneath is the reference's generator protocol, still there as `llm.runner.run()`.
+Model discovery (DIR/config.json, the tokenizer, the demo when checkpoint is None) is the
+command line's: see grok.cli.model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+from typing import Optional, Sequence, Union
+
+from grok.cli.flags import DEFAULT_MAX_SLOTS, DEFAULT_MAX_TOKENS
+from grok.cli.inputs import HAS_STOP_STRINGS, REQUEST_ERRORS, request_seed
+from grok.cli.model import ModelOptions, StartupTimes, load_model
+from grok.cli.output import apply_stop
+from grok.serving.requests import Cancel, Completion, Request, TokenEvent
+
+Prompt = Union[str, Sequence[int]]
+PROGRESS_BAR_MIN_PROMPTS = 2        # one prompt needs no progress bar
+DEFAULT_SEED = 0                    # base of the per-request seeds when SamplingParams.seed is None
+# SamplingParams field -> the Request field it fills.
+_REQUEST_FIELD = {"max_tokens": "max_len", "temperature": "temperature", "top_p": "nucleus_p",
+                  "top_k": "top_k", "seed": "rng_seed", "stop_token_ids": "stop_tokens",
+                  "logprobs": "logprobs", "prompt_logprobs": "echo", "stop": "stop"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one request (vLLM's names).
+
+    temperature 0 is greedy; top_p (nucleus) and top_k (0 = off) narrow the choice; seed None
+    gives each request its own seed (distinct across calls of this LLM, the same in every run
+    of the same program); stop strings end the text (not included), as do stop_token_ids and
+    EOS; logprobs adds per-token logprobs and the top alternatives; prompt_logprobs scores the
+    prompt.
+    """
+
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: Optional[int] = None
+    stop: Sequence[str] = ()
+    stop_token_ids: Sequence[int] = ()
+    logprobs: bool = False
+    prompt_logprobs: bool = False
+
+    def __post_init__(self):
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+            raise ValueError(f"SamplingParams.stop must be a string or a list of non-empty "
+                             f"strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(stop))
+        self.request("x", "check", 0)    # every other field, checked by the Request it makes
+
+    def request(self, prompt: Prompt, request_id: str, seed: int) -> Request:
+        """The Request for `prompt` (`seed` when self.seed is None); ValueError names the field."""
+        fields = {"max_len": self.max_tokens, "temperature": self.temperature,
+                  "nucleus_p": self.top_p, "top_k": self.top_k,
+                  "rng_seed": seed if self.seed is None else self.seed,
+                  "stop_tokens": tuple(self.stop_token_ids), "logprobs": self.logprobs,
+                  "echo": self.prompt_logprobs}
+        if HAS_STOP_STRINGS:
+            fields["stop"] = self.stop
+        try:
+            return Request(prompt=prompt, request_id=request_id, **fields)
+        except REQUEST_ERRORS as e:
+            message = str(e)
+            for name, field in _REQUEST_FIELD.items():
+                message = message.replace(f"Request.{field}", f"SamplingParams.{name}")
+            raise ValueError(message) from None
+
+
+class LLM:
+    """A loaded model serving lists of prompts (see the module docstring).
+
+    checkpoint: a directory holding ckpt-0/ (None: ./checkpoints if it has one, else the
+    embedded demo); config: a config JSON (default DIR/config.json, else Grok-1); tokenizer:
+    a SentencePiece file or "bytes" (default: DIR/tokenizer.model, or bytes for a byte-vocab
+    model); max_slots: requests decoded together; mesh: the local (data, model) device mesh;
+    dtype: "auto", "bfloat16" or "float32"; moe: "sparse" or "dense"; pad_sizes: prompt buckets.
+    """
+
+    def __init__(self, checkpoint: Optional[str] = None, *, config: Optional[str] = None,
+                 tokenizer: Optional[str] = None, max_slots: int = DEFAULT_MAX_SLOTS,
+                 mesh: Optional[tuple] = None, dtype: str = "auto", moe: Optional[str] = None,
+                 pad_sizes: Optional[Sequence[int]] = None, quiet: bool = False):
+        options = ModelOptions(checkpoint=checkpoint, config=config, tokenizer=tokenizer,
+                               dtype=dtype, moe=moe, mesh=None if mesh is None else tuple(mesh),
+                               slots=max_slots, quiet=quiet,
+                               pad_sizes=None if pad_sizes is None else tuple(pad_sizes))
+        self.runner, self.startup_times = load_model(options)   # StartupTimes
+        self.quiet = quiet
+        self._gen = None
+        self._requests = itertools.count()   # numbers every request of this LLM
+
+    @property
+    def tokenizer(self):
+        return self.runner.tokenizer
+
+    def _generator(self):
+        if self._gen is None or self._gen.gi_frame is None:   # first use, or interrupted
+            self._gen = self.runner.run()
+            next(self._gen)
+        return self._gen
+
+    def generate(self, prompts: Union[Prompt, Sequence[Prompt]],
+                 sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
+                 *, use_tqdm: bool = True) -> list[Completion]:
+        """One Completion per prompt, in order. `prompts`: a string, a list of token ids, or a
+        list of either; `sampling_params`: one for all, or one per prompt (default
+        SamplingParams())."""
+        if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
+                                        and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        params = sampling_params if sampling_params is not None else SamplingParams()
+        params = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(params)} SamplingParams")
+        requests = []
+        for i, (prompt, p) in enumerate(zip(prompts, params)):
+            number = next(self._requests)
+            requests.append(p.request(prompt, f"llm-{number}", request_seed(DEFAULT_SEED, number)))
+        index = {r.request_id: i for i, r in enumerate(requests)}
+        results: list = [None] * len(requests)
+        bar = self._progress_bar(len(requests), use_tqdm)
+        gen = self._generator()
+        try:
+            out = gen.send(requests)
+            while out is not None:
+                if isinstance(out, Completion) and out.request_id in index:
+                    i = index[out.request_id]
+                    results[i] = apply_stop(out, params[i].stop)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix_str(f"{sum(len(r.output_ids) for r in results if r)} "
+                                            "tokens")
+                elif not isinstance(out, (Completion, TokenEvent)):
+                    raise RuntimeError(f"unexpected result from the generator: {out!r}")
+                out = next(gen)
+        except KeyboardInterrupt:   # leave no request of this call running in the generator
+            self._cancel([r.request_id for r, done in zip(requests, results) if done is None])
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return results
+
+    def _cancel(self, request_ids: list) -> None:
+        gen = self._gen
+        if gen is None or gen.gi_frame is None:
+            return   # the interrupt ended the generator; the next call starts a fresh one
+        try:
+            for request_id in request_ids:
+                gen.send(Cancel(request_id))
+            while gen.send(None) is not None:   # drain what the cancels produced
+                pass
+        except KeyboardInterrupt:
+            self._gen = None
+
+    def _progress_bar(self, total: int, use_tqdm: bool):
+        if not use_tqdm or self.quiet or total < PROGRESS_BAR_MIN_PROMPTS:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc="generate", unit="prompt", file=sys.stderr)
+
+
+__all__ = ["LLM", "SamplingParams", "StartupTimes"]
