@@ -61,9 +61,15 @@ def dequantize(qw: QuantizedWeight8bit, dtype=jnp.float32) -> jax.Array:
 
 
 def _dot(x: jax.Array, w: jax.Array, dims) -> jax.Array:
-    """A dot with the int8 operand as it is: XLA converts it inside the matmul (no float copy
-    of the weight is made) and accumulates in float32."""
-    return jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
+    """x (activations) times the int8 weight w, accumulated in float32.
+
+    The int8 -> x.dtype convert is the dot's own operand, adjacent to it: on GPU, XLA's GEMM
+    fusion pulls such a convert into the matmul kernel, which then reads each weight byte
+    once (check: `python -m grok.benchmarks.hlo_check DUMP_DIR` on the optimised HLO). A
+    mixed int8 x float dot_general would instead be lowered by JAX with both operands
+    converted to the float32 accumulation type: an f32 copy of the weight and an f32 matmul.
+    """
+    return jax.lax.dot_general(x, w.astype(x.dtype), dims, preferred_element_type=jnp.float32)
 
 
 def qmatmul(x: jax.Array, qw: QuantizedWeight8bit) -> jax.Array:
