@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from grok.config import TransformerConfig
 from grok.ops.layers import QuantizedLinear, apply_rope
+from grok.ops.quantization import matmul_dtype
 
 MASKED_SCORE = -1e30  # the reference's fill for invisible keys (scores are float32)
 
@@ -88,7 +89,8 @@ class MultiHeadAttention(hk.Module):
             k, v = _live(kv.k, kv.layer, kv_len), _live(kv.v, kv.layer, kv_len)  # [B, K, S, d]
 
         q = q.reshape(b, t, c.num_kv_heads, c.q_per_kv, c.key_size)             # [B, T, K, G, d]
-        scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype),
+        dtype = matmul_dtype(x.dtype)          # bf16 operands, float32 accumulation
+        scores = jnp.einsum("btkgd,bksd->bkgts", q.astype(dtype), k.astype(dtype),
                             preferred_element_type=jnp.float32)                 # [B, K, G, T, S]
         scores = scores * c.attn_output_multiplier
         cap = c.attn_logit_soft_cap
@@ -98,7 +100,8 @@ class MultiHeadAttention(hk.Module):
         weights = jax.nn.softmax(scores, axis=-1)
         # A query with no visible key (a pad-only prompt) would otherwise average every key.
         weights = jnp.where(jnp.any(visible, axis=-1, keepdims=True), weights, 0)
-        out = jnp.einsum("bkgts,bksd->btkgd", weights.astype(x.dtype), v.astype(x.dtype),
+        weights = weights.astype(x.dtype).astype(dtype)       # the reference's bf16 weights
+        out = jnp.einsum("bkgts,bksd->btkgd", weights, v.astype(dtype),
                          preferred_element_type=jnp.float32).astype(x.dtype)
         out = out.reshape(b, t, c.num_q_heads * c.key_size)                    # [B, T, H*d]
         return QuantizedLinear(c.emb_size, name="linear")(out), kv

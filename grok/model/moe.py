@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from grok.config import TransformerConfig
 from grok.ops.layers import no_init
-from grok.ops.quantization import QuantizedWeight8bit, qmatmul, qmatmul_experts
+from grok.ops.quantization import QuantizedWeight8bit, matmul_dtype, qmatmul, qmatmul_experts
 from grok.parallel.sharding import MODEL_AXIS
 
 
@@ -160,7 +160,8 @@ def _ragged_qmatmul(x, qw: QuantizedWeight8bit, group_sizes, pair_expert):
     out = jnp.zeros((x.shape[0], n), jnp.float32)
     for i in range(g):
         part = slice(i * k // g, (i + 1) * k // g)
-        partial = jax.lax.ragged_dot(x[:, part], qw.weight[:, part].astype(x.dtype),
+        dtype = matmul_dtype(x.dtype)
+        partial = jax.lax.ragged_dot(x[:, part].astype(dtype), qw.weight[:, part].astype(dtype),
                                      group_sizes, preferred_element_type=jnp.float32)
         out = out + partial * scales[:, i]
     return out.astype(x.dtype)
