@@ -25,7 +25,7 @@ SLOTS = 2
 
 
 @pytest.fixture(scope="module")
-def sample_step_hlo():
+def lowered_sample_step():
     params = checkpoint.stack_params(
         checkpoint.quantize_tensors(checkpoint.random_tensors(CONFIG, 0), CONFIG), CONFIG)
     runner = ModelRunner(CONFIG, bs_per_device=SLOTS / np.prod(MESH))
@@ -33,7 +33,12 @@ def sample_step_hlo():
                          tokenizer=object(), precompile=False)
     ir.initialize()
     assert ir.batch_size == SLOTS
-    return ir.sample_step.lower(ir.params, ir.new_memory()).compile().as_text()
+    return ir.sample_step.lower(ir.params, ir.new_memory())
+
+
+@pytest.fixture(scope="module")
+def sample_step_hlo(lowered_sample_step):
+    return lowered_sample_step.compile().as_text()
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +52,13 @@ def test_the_layer_loop_is_found(layer_loop):
 
 def test_two_all_reduces_per_layer(layer_loop):
     assert layer_loop.collectives == ["all-reduce", "all-reduce"]
+
+
+def test_the_all_reduces_are_in_the_activation_dtype(lowered_sample_step):
+    """Both are explicit row-parallel sums (attention's output projection, the MoE) of bf16
+    activations; XLA:CPU widens them to f32 afterwards, a GPU does not."""
+    types = hlo_check.lowered_all_reduce_types(lowered_sample_step.as_text())
+    assert types == ["bf16", "bf16"]
 
 
 def test_no_conditional_in_the_layer_loop(layer_loop):

@@ -168,6 +168,13 @@ def analyse(text: str) -> LoopReport:
                       copies)
 
 
+def lowered_all_reduce_types(stablehlo_text: str) -> list[str]:
+    """Element types of the all-reduces a program asks for (its lowered StableHLO text: the
+    explicit psums; XLA:CPU later widens bf16 all-reduces to f32, GPUs keep them)."""
+    return re.findall(r'"stablehlo\.all_reduce".*?\}\) : \(tensor<[\dx]*x(\w+)>\)',
+                      stablehlo_text, flags=re.S)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m grok.benchmarks.hlo_check",
                                 description=__doc__.split("\n")[0])

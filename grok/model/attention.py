@@ -104,7 +104,7 @@ class MultiHeadAttention(hk.Module):
         out = jnp.einsum("bkgts,bksd->btkgd", weights, v.astype(dtype),
                          preferred_element_type=jnp.float32).astype(x.dtype)
         out = out.reshape(b, t, c.num_q_heads * c.key_size)                    # [B, T, H*d]
-        return QuantizedLinear(c.emb_size, name="linear")(out), kv
+        return QuantizedLinear(c.emb_size, name="linear", row_parallel=True)(out), kv
 
 
 def make_context(tokens: jax.Array, pad_token: int, step: Optional[jax.Array] = None,

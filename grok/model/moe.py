@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from grok.config import TransformerConfig
 from grok.ops.layers import no_init
+from grok.ops.model_parallel import model_axis_size, sum_over_model_axis
 from grok.ops.quantization import QuantizedWeight8bit, matmul_dtype, qmatmul, qmatmul_experts
 from grok.parallel.sharding import MODEL_AXIS
 
@@ -87,22 +88,18 @@ def _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down):
     """Runs moe_fn on each device's slice of the FFN axis, then one all-reduce.
 
     Under plain GSPMD every selected expert's down projection ends in its own all-reduce;
-    here each device sums its partial outputs over all experts first. Needs the mesh in
-    context (the runner traces under jax.sharding.use_abstract_mesh) and the FFN axis and
-    down-projection scale groups divisible by the model axis; otherwise moe_fn runs as it
-    is, with the same result.
+    here each device sums its partial outputs over all experts first (grok.ops.model_parallel).
+    Needs the FFN axis and down-projection scale groups divisible by the model axis;
+    otherwise moe_fn runs as it is, with the same result.
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    n = 1 if mesh.empty or MODEL_AXIS not in mesh.axis_names else mesh.shape[MODEL_AXIS]
-    groups = w_down.scales.shape[-2]
+    n, groups = model_axis_size(), w_down.num_groups
     if n == 1 or w_gate.weight.shape[-1] % n or (groups > 1 and groups % n):
         return moe_fn(x, gates, experts, w_gate, w_value, w_down)
     up = QuantizedWeight8bit(P(None, None, MODEL_AXIS), P(None, None, MODEL_AXIS))   # [E, D, F]
     down = QuantizedWeight8bit(P(None, MODEL_AXIS, None),                             # [E, F, D]
                                P(None, MODEL_AXIS if groups > 1 else None, None))
-    local = lambda *args: jax.lax.psum(moe_fn(*args), MODEL_AXIS)
-    return jax.shard_map(local, in_specs=(P(), P(), P(), up, up, down), out_specs=P(),
-                         check_vma=False)(x, gates, experts, w_gate, w_value, w_down)
+    return sum_over_model_axis(moe_fn, (P(), P(), P(), up, up, down),
+                               x, gates, experts, w_gate, w_value, w_down)
 
 
 def _select(qw: QuantizedWeight8bit, expert) -> QuantizedWeight8bit:
