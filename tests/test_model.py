@@ -144,19 +144,22 @@ def test_meshes_where_heads_and_groups_do_not_divide(mesh_shape):
     np.testing.assert_allclose(sharded, single, rtol=1e-4, atol=1e-4 * np.abs(single).max())
 
 
-@pytest.mark.parametrize("mesh_shape, groups", [((1, 4), 4), ((2, 2), 1), ((1, 8), 8)])
-def test_moe_per_model_shard_matches_single_device(mesh_shape, groups):
-    """With the mesh in context the sparse MoE runs under shard_map (one all-reduce)."""
+@pytest.mark.parametrize("mesh_shape, groups, block_rows",   # 4 rows: the grouped path
+                         [((1, 4), 4, 4), ((2, 2), 1, 256), ((1, 8), 8, 256)])
+def test_moe_per_model_shard_matches_single_device(mesh_shape, groups, block_rows):
+    """With the mesh in context the sparse MoE and attention's output projection run under
+    shard_map (one all-reduce each)."""
+    config = TINY.replace(moe_block_rows=block_rows)
     tensors = tiny_tensors(seed=5, groups={"moe/linear_1": groups})
     params = checkpoint.stack_params(tensors, TINY)
     tokens = np.random.default_rng(5).integers(1, TINY.vocab_size, (2, 6))
-    single = run_forward(TINY, params, tokens, (1, 1))
+    single = run_forward(TINY.replace(moe_impl="dense"), params, tokens, (1, 1))
     mesh = sharding.make_mesh(mesh_shape)
     placed = jax.device_put(params, sharding.param_shardings(abstract_params(TINY), mesh))
 
     def forward(p, t):
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return build_forward(TINY)(p, t)[0]
+            return build_forward(config)(p, t)[0]
 
     assert "shard_map" in str(jax.make_jaxpr(forward)(placed, tokens))
     sharded = np.asarray(jax.jit(forward)(placed, tokens))
