@@ -166,6 +166,7 @@ def test_moe_per_model_shard_matches_single_device(mesh_shape, groups, block_row
     np.testing.assert_allclose(sharded, single, rtol=1e-4, atol=1e-4 * np.abs(single).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block_rows", [256, 4])   # routed (decode) / grouped (prefill) path
 def test_moe_paths_agree_with_scale_groups(block_rows):
     tensors = tiny_tensors(seed=6, groups={"moe/linear": 4, "moe/linear_v": 2, "moe/linear_1": 2})
@@ -223,6 +224,7 @@ def test_live_kv_len_buckets():
         live_kv_len(65, 64)
 
 
+@pytest.mark.slow
 def test_decoding_over_the_live_cache_matches_the_whole_cache():
     """Attention over kv_len = a bucket >= the longest row gives the full cache's logits."""
     params = checkpoint.stack_params(tiny_tensors(seed=9), TINY)
