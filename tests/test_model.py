@@ -13,7 +13,7 @@ from grok import checkpoint
 from grok.parallel import sharding
 from grok.config import LanguageModelConfig, TransformerConfig, load_config
 from grok.model import moe
-from grok.model.transformer import abstract_params, build_forward, init_memory, live_kv_len
+from grok.model.transformer import abstract_params, build_forward, init_memory, kv_len_buckets, live_kv_len
 from grok.ops.quantization import QuantizedWeight8bit
 
 TINY = LanguageModelConfig(
@@ -222,6 +222,8 @@ def test_live_kv_len_buckets():
     assert live_kv_len(40, 64, smallest=8) == 64 and live_kv_len(9, 64, smallest=8) == 16
     with pytest.raises(ValueError, match="sequence_len is 64"):
         live_kv_len(65, 64)
+    assert kv_len_buckets(8192) == [128, 256, 512, 1024, 2048, 4096, 8192]
+    assert kv_len_buckets(100) == [100] and kv_len_buckets(1000) == [128, 256, 512, 1000]
 
 
 @pytest.mark.slow

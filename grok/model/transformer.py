@@ -59,6 +59,13 @@ def live_kv_len(longest: int, sequence_len: int, smallest: int = MIN_KV_LEN) -> 
     return min(bucket, sequence_len)
 
 
+def kv_len_buckets(sequence_len: int, smallest: int = MIN_KV_LEN) -> list[int]:
+    """Every cache length live_kv_len can pick: the decode-step variants to compile."""
+    return sorted({live_kv_len(1 << i, sequence_len, smallest)
+                   for i in range(sequence_len.bit_length() + 1) if 1 << i <= sequence_len}
+                  | {sequence_len})
+
+
 def _laid_out(x: jax.Array, logical_axes: tuple) -> jax.Array:
     """x constrained to the sharding table's layout for `logical_axes` (a no-op without a
     mesh in context, e.g. a plain jit on one device)."""
