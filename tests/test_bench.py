@@ -9,8 +9,12 @@ import math
 import numpy as np
 import pytest
 
+import jax.numpy as jnp
+
 from grok.benchmarks import decode as bench
+from grok.benchmarks import traffic, weights
 from grok.model.transformer import abstract_params
+from grok.parallel import sharding
 
 TINY_ARGS = ["--vocab", "256", "--emb", "32", "--q-heads", "4", "--kv-heads", "2", "--key-size", "8",
              "--layers", "2", "--experts", "4", "--widening", "2", "--mesh", "1,2",
@@ -22,7 +26,8 @@ NEW_TOKENS = 3
 def tiny_report(tmp_path_factory):
     """One sweep, sparse and dense at 2 slots, read back from its JSON file."""
     path = tmp_path_factory.mktemp("bench") / "bench.json"
-    bench.main(TINY_ARGS + ["--moe", "sparse,dense", "--batch-size", "2", "--json", str(path)])
+    bench.main(TINY_ARGS + ["--moe", "sparse,dense", "--batch-size", "2", "--json", str(path),
+                            "--dump-hlo", str(path.parent / "hlo")])
     return json.loads(path.read_text())
 
 
@@ -41,6 +46,9 @@ def test_json_has_every_metric_positive_and_finite(tiny_report):
             assert all(math.isfinite(v) and v > 0 for v in values), (run["moe"], key, run[key])
         assert run["decode_tokens_per_s"] == pytest.approx(2e3 / run["decode_step_ms"])
         assert run["decode_step_ms_min"] <= run["decode_step_ms"]
+        assert run["kv_len"] == 128 and run["sequence_len"] == 128 and run["experts"] == 4
+        assert 0 < run["of_bandwidth"] and run["useful_gb_per_s"] > run["weight_read_gb_per_s"]
+    assert tiny_report["bandwidth_gb_per_s"] > 0
     assert tiny_report["command"].startswith("python -m grok.bench --vocab 256")
 
 
@@ -62,6 +70,50 @@ def test_comparisons_give_the_sparse_over_dense_speed(tiny_report):
     assert ratio["ratio"] == pytest.approx(expected)
 
 
+@pytest.mark.slow
+def test_dumped_hlo_has_two_collectives_per_layer(tiny_report, tmp_path_factory):
+    for run in tiny_report["runs"]:
+        assert run["hlo"]["collectives_per_layer"] <= 2 and run["hlo"]["conditionals"] == 0
+    [sparse] = [r for r in tiny_report["runs"] if r["moe"] == "sparse"]
+    assert sparse["hlo"]["file"].endswith(".sample_step.txt")
+
+
+def test_expert_and_cache_length_ratios():
+    def run(experts, seq, ms):
+        return {"layers": 2, "experts": experts, "moe": "sparse", "batch_size": 1,
+                "dtype": "float32", "sequence_len": seq, "decode_step_ms": ms,
+                "decode_tokens_per_s": 1e3 / ms}
+    out = bench.comparisons([run(2, 512, 10.0), run(8, 512, 11.0), run(2, 8192, 12.0),
+                             run(8, 8192, 13.0)])
+    by_what = {(c["what"], c.get("sequence_len"), c.get("experts")): c["ratio"] for c in out}
+    assert by_what[("decode_step_ms experts 8 / 2", 512, None)] == pytest.approx(1.1)
+    assert by_what[("decode_step_ms sequence_len 8192 / 512", None, 8)] == pytest.approx(13 / 11)
+    assert len(out) == 4
+
+
+def test_layers_fit_extrapolates_the_compiled_memory(monkeypatch):
+    measured = {2: 1000, 3: 1300}   # bytes: 400 fixed + 300 per layer
+    monkeypatch.setattr(traffic, "decode_memory_bytes",
+                        lambda config, batch, mesh: measured[config.model.num_layers])
+    config = bench.base_config(bench.parse_args(TINY_ARGS))
+    assert traffic.layers_that_fit(config, 1, None, budget_bytes=400 + 300 * 7 + 299) == 7
+    with pytest.raises(ValueError, match="not even one layer fits"):
+        traffic.layers_that_fit(config, 1, None, budget_bytes=650)
+
+
+def test_the_embedding_table_is_counted_in_the_activation_dtype():
+    config = bench.base_config(bench.parse_args(TINY_ARGS))
+    mesh = sharding.make_mesh((1, 1))
+    shardings = sharding.param_shardings(abstract_params(config), mesh)
+    params = weights.synthetic_params(config, shardings, table_dtype=jnp.bfloat16)
+    table = params["language_model/in_out_embed"]["embeddings"]
+    assert table.dtype == jnp.bfloat16
+    as_f32 = {**params, "language_model/in_out_embed": {"embeddings": table.astype(jnp.float32)}}
+    saved = (traffic.weight_bytes_per_step(as_f32, config, "dense", 1)
+             - traffic.weight_bytes_per_step(params, config, "dense", 1))
+    assert saved == 2 * table.size
+
+
 def test_layer_sweep_reports_compile_ratios():
     def run(layers, seconds):
         return {"layers": layers, "moe": "sparse", "batch_size": 1, "dtype": "float32",
@@ -77,21 +129,21 @@ def test_weight_bytes_count_only_the_selected_experts():
     args = bench.parse_args(TINY_ARGS)
     config = bench.base_config(args)
     params = abstract_params(config)
-    moe_bytes = sum(bench._nbytes(leaf) for module, leaves in params.items() if "/moe/" in module
+    moe_bytes = sum(traffic.nbytes(leaf) for module, leaves in params.items() if "/moe/" in module
                     for w in leaves.values() for leaf in (w.weight, w.scales))
-    dense = bench.weight_bytes_per_step(params, config, "dense", 1)
-    sparse = bench.weight_bytes_per_step(params, config, "sparse", 1)
+    dense = traffic.weight_bytes_per_step(params, config, "dense", 1)
+    sparse = traffic.weight_bytes_per_step(params, config, "sparse", 1)
     e, k = config.model.num_experts, config.model.num_selected_experts
     assert dense - sparse == pytest.approx(moe_bytes * (e - k) / e)
-    assert bench.weight_bytes_per_step(params, config, "sparse", 1000) == pytest.approx(dense)
+    assert traffic.weight_bytes_per_step(params, config, "sparse", 1000) == pytest.approx(dense)
 
 
 def test_hashed_int8_is_symmetric_deterministic_and_spread():
-    w = np.asarray(bench.hashed_int8((3, 64, 128), seed=1))
+    w = np.asarray(weights.hashed_int8((3, 64, 128), seed=1))
     assert w.dtype == np.int8 and w.min() >= -127 and w.max() == 127
-    assert abs(w.mean()) < 1.0 and w.std() == pytest.approx(bench.INT8_UNIFORM_STD, rel=0.02)
-    assert np.array_equal(w, np.asarray(bench.hashed_int8((3, 64, 128), seed=1)))
-    other = np.asarray(bench.hashed_int8((3, 64, 128), seed=2))
+    assert abs(w.mean()) < 1.0 and w.std() == pytest.approx(weights.INT8_UNIFORM_STD, rel=0.02)
+    assert np.array_equal(w, np.asarray(weights.hashed_int8((3, 64, 128), seed=1)))
+    other = np.asarray(weights.hashed_int8((3, 64, 128), seed=2))
     assert np.mean(w == other) < 0.02                  # seeds give unrelated weights
     assert np.mean(w[0] == w[1]) < 0.02                 # so do layers (leading index)
 
@@ -102,6 +154,8 @@ def test_hashed_int8_is_symmetric_deterministic_and_spread():
     (["--mesh", "1,2,3"], "--mesh is DATA,MODEL"),
     (["--checkpoint", "/nowhere", "--layers", "4"], "--layers cannot change a checkpoint"),
     (["--new-tokens", "0"], "--new-tokens must be >= 1"),
+    (["--kv-len", "half"], "invalid choice: 'half'"),
+    (["--experts", "2,0"], "[0] not allowed"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -111,5 +165,7 @@ def test_bad_arguments_are_named(argv, message, capsys):
 
 def test_a_run_longer_than_the_cache_is_refused():
     args = bench.parse_args(TINY_ARGS + ["--sequence-len", "12"])
+    with pytest.raises(ValueError, match="exceeds sequence_len 12"):
+        bench.base_config(bench.parse_args(TINY_ARGS + ["--sequence-len", "512,12"]))
     with pytest.raises(ValueError, match="exceeds sequence_len 12"):
         bench.base_config(args)

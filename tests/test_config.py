@@ -113,11 +113,12 @@ def test_grok1_partition_rules_on_8_devices():
     assert shardings[layer + "moe/linear_1"]["w"].weight.spec == P(None, None, "model", None)
     # scales follow the output axis, replicated along the group axis
     assert shardings[layer + "moe/linear"]["w"].scales.spec == P(None, None, None, "model")
-    assert shardings["language_model/in_out_embed"]["embeddings"].spec == P(None, "model")
+    # the table is split over V (the residual stream stays replicated over "model")
+    assert shardings["language_model/in_out_embed"]["embeddings"].spec == P("model", None)
     mesh = sharding.make_mesh((2, 4))
     shardings = sharding.param_shardings(abstract_params(GROK_1), mesh)
     assert shardings[layer + "moe/linear"]["w"].weight.spec == P(None, None, "data", "model")
-    assert shardings["language_model/in_out_embed"]["embeddings"].spec == P(None, ("data", "model"))
+    assert shardings["language_model/in_out_embed"]["embeddings"].spec == P("model", "data")
 
 
 def test_axes_that_do_not_divide_are_dropped():

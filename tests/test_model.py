@@ -1,4 +1,5 @@
-"""The model's arithmetic: reference parity, cached decoding, a NumPy cross-check, MoE paths."""
+"""The model's arithmetic: reference parity, cached decoding, a NumPy cross-check, MoE paths,
+NaN and stale-cache isolation, attention over the live cache."""
 
 import dataclasses
 
@@ -11,7 +12,9 @@ import numpy_reference
 from grok import checkpoint
 from grok.parallel import sharding
 from grok.config import LanguageModelConfig, TransformerConfig, load_config
-from grok.model.transformer import abstract_params, build_forward, init_memory
+from grok.model import moe
+from grok.model.transformer import abstract_params, build_forward, init_memory, kv_len_buckets, live_kv_len
+from grok.ops.quantization import QuantizedWeight8bit
 
 TINY = LanguageModelConfig(
     model=TransformerConfig(emb_size=32, key_size=8, num_q_heads=4, num_kv_heads=2, num_layers=2,
@@ -141,20 +144,108 @@ def test_meshes_where_heads_and_groups_do_not_divide(mesh_shape):
     np.testing.assert_allclose(sharded, single, rtol=1e-4, atol=1e-4 * np.abs(single).max())
 
 
-@pytest.mark.parametrize("mesh_shape, groups", [((1, 4), 4), ((2, 2), 1), ((1, 8), 8)])
-def test_moe_per_model_shard_matches_single_device(mesh_shape, groups):
-    """With the mesh in context the sparse MoE runs under shard_map (one all-reduce)."""
+@pytest.mark.parametrize("mesh_shape, groups, block_rows",   # 4 rows: the grouped path
+                         [((1, 4), 4, 4), ((2, 2), 1, 256), ((1, 8), 8, 256)])
+def test_moe_per_model_shard_matches_single_device(mesh_shape, groups, block_rows):
+    """With the mesh in context the sparse MoE and attention's output projection run under
+    shard_map (one all-reduce each)."""
+    config = TINY.replace(moe_block_rows=block_rows)
     tensors = tiny_tensors(seed=5, groups={"moe/linear_1": groups})
     params = checkpoint.stack_params(tensors, TINY)
     tokens = np.random.default_rng(5).integers(1, TINY.vocab_size, (2, 6))
-    single = run_forward(TINY, params, tokens, (1, 1))
+    single = run_forward(TINY.replace(moe_impl="dense"), params, tokens, (1, 1))
     mesh = sharding.make_mesh(mesh_shape)
     placed = jax.device_put(params, sharding.param_shardings(abstract_params(TINY), mesh))
 
     def forward(p, t):
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return build_forward(TINY)(p, t)[0]
+            return build_forward(config)(p, t)[0]
 
     assert "shard_map" in str(jax.make_jaxpr(forward)(placed, tokens))
     sharded = np.asarray(jax.jit(forward)(placed, tokens))
     np.testing.assert_allclose(sharded, single, rtol=1e-4, atol=1e-4 * np.abs(single).max())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block_rows", [256, 4])   # routed (decode) / grouped (prefill) path
+def test_moe_paths_agree_with_scale_groups(block_rows):
+    tensors = tiny_tensors(seed=6, groups={"moe/linear": 4, "moe/linear_v": 2, "moe/linear_1": 2})
+    params = checkpoint.stack_params(tensors, TINY)
+    tokens = np.random.default_rng(6).integers(1, TINY.vocab_size, (2, 5))
+    sparse = run_forward(TINY.replace(moe_block_rows=block_rows), params, tokens)
+    dense = run_forward(TINY.replace(moe_impl="dense"), params, tokens)
+    np.testing.assert_allclose(sparse, dense, rtol=1e-4, atol=1e-4 * np.abs(dense).max())
+
+
+def _layer0_experts(params, poisoned: int):
+    """Layer 0's three expert weights with expert `poisoned`'s scales set to NaN."""
+    out = []
+    for name in ("linear", "linear_v", "linear_1"):
+        w = params[f"transformer/decoder_layer/moe/{name}"]["w"]
+        scales = jnp.asarray(w.scales[0], jnp.float32).at[poisoned].set(jnp.nan)
+        out.append(QuantizedWeight8bit(jnp.asarray(w.weight[0]), scales))
+    return out
+
+
+@pytest.mark.parametrize("impl", [moe._dense, moe._routed, moe._grouped])
+def test_nan_expert_does_not_reach_rows_that_did_not_choose_it(impl):
+    """Issue 8 item 5: unrouted rows are excluded, not multiplied by a 0 gate (NaN * 0 = NaN)."""
+    weights = _layer0_experts(checkpoint.stack_params(tiny_tensors(seed=7), TINY), poisoned=3)
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(2, TINY.model.emb_size)), jnp.float32)
+    experts = jnp.array([[3, 0], [1, 2]])          # row 0 chose the NaN expert, row 1 did not
+    gates = jnp.array([[0.6, 0.3], [0.5, 0.4]], jnp.float32)
+    both = np.asarray(impl(x, gates, experts, *weights))
+    alone = np.asarray(impl(x[1:], gates[1:], experts[1:], *weights))
+    assert np.isnan(both[0]).all()                 # the poison is real
+    assert np.isfinite(both[1]).all()
+    np.testing.assert_allclose(both[1], alone[0], rtol=1e-6, atol=1e-6)
+
+
+def test_a_row_with_no_visible_key_attends_to_nothing():
+    """Issue 8 item 4: a pad-only prompt must not average a slot's stale keys and values."""
+    params = checkpoint.stack_params(tiny_tensors(seed=8), TINY)
+    forward = jax.jit(build_forward(TINY))
+    clean = init_memory(TINY, 1, TINY.sequence_len)
+    rng = np.random.default_rng(8)
+    stale = clean._replace(k=jnp.asarray(rng.normal(size=clean.k.shape), clean.k.dtype),
+                           v=jnp.asarray(rng.normal(size=clean.v.shape), clean.v.dtype),
+                           valid=jnp.ones_like(clean.valid))
+    pads = np.full((1, 4), TINY.pad_token, np.int32)
+    lengths = np.array([4], np.int32)
+    from_clean, _ = forward(params, pads, clean, lengths)
+    from_stale, _ = forward(params, pads, stale, lengths)
+    np.testing.assert_array_equal(np.asarray(from_stale), np.asarray(from_clean))
+
+
+def test_live_kv_len_buckets():
+    assert [live_kv_len(n, 8192) for n in (1, 128, 129, 700, 8192)] == [128, 128, 256, 1024, 8192]
+    assert live_kv_len(40, 64, smallest=8) == 64 and live_kv_len(9, 64, smallest=8) == 16
+    with pytest.raises(ValueError, match="sequence_len is 64"):
+        live_kv_len(65, 64)
+    assert kv_len_buckets(8192) == [128, 256, 512, 1024, 2048, 4096, 8192]
+    assert kv_len_buckets(100) == [100] and kv_len_buckets(1000) == [128, 256, 512, 1000]
+
+
+@pytest.mark.slow
+def test_decoding_over_the_live_cache_matches_the_whole_cache():
+    """Attention over kv_len = a bucket >= the longest row gives the full cache's logits."""
+    params = checkpoint.stack_params(tiny_tensors(seed=9), TINY)
+    forward = jax.jit(build_forward(TINY), static_argnums=5)
+    tokens = np.random.default_rng(9).integers(1, TINY.vocab_size, (2, 12)).astype(np.int32)
+    lengths = np.array([6, 4], np.int32)
+    memories = {}
+    for kv_len in (None, "live"):
+        memory = init_memory(TINY, 2, TINY.sequence_len)
+        used = live_kv_len(6, TINY.sequence_len, smallest=8) if kv_len else None
+        logits, memory = forward(params, tokens[:, :6], memory, lengths, None, used)
+        steps = [logits]
+        for i in range(6):
+            longest = int(np.max(np.asarray(memory.step))) + 1
+            used = live_kv_len(longest, TINY.sequence_len, smallest=8) if kv_len else None
+            logits, memory = forward(params, tokens[:, 6 + i:7 + i], memory, np.ones(2, np.int32),
+                                     None, used)
+            steps.append(logits)
+        memories[kv_len] = steps
+    assert live_kv_len(12, TINY.sequence_len, smallest=8) < TINY.sequence_len   # really shorter
+    for whole, live in zip(memories[None], memories["live"]):
+        np.testing.assert_allclose(live, whole, rtol=1e-5, atol=1e-5)

@@ -1,5 +1,11 @@
 """Grouped-query attention with RoPE, a soft cap on scores and a per-row KV cache.
 
+With a cache, a call may read only the first `kv_len` cache positions (a static length the
+caller picks, e.g. a power-of-two bucket >= the longest live row): decode then costs what the
+live context needs, not `sequence_len`. Scores and softmax are float32 (bf16 storage, float32
+accumulation, as flash-attention kernels do); a query with no visible key attends to nothing
+(output 0), so a slot's stale keys can never leak into a new request.
+
 Glossary: B batch, T new tokens, S cache length (or T without a cache), H query heads,
 K kv heads, G = H / K query heads per kv head, d key_size, D emb_size.
 """
@@ -14,6 +20,7 @@ import jax.numpy as jnp
 
 from grok.config import TransformerConfig
 from grok.ops.layers import QuantizedLinear, apply_rope
+from grok.ops.quantization import matmul_dtype
 
 MASKED_SCORE = -1e30  # the reference's fill for invisible keys (scores are float32)
 
@@ -41,13 +48,18 @@ class AttentionContext(NamedTuple):
 def _write(cache: jax.Array, layer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
     """cache [L, B, K, S, d] with new [B, T, K, d] written at layer, positions index [B, T].
 
-    Positions >= S (padding past the end of a last prefill chunk) are dropped.
+    Heads and head width are whole windows of the scatter (only layer, row and position are
+    indexed), so a cache sharded over kv heads is written by each device locally, with no
+    collective. Positions >= S (padding past the end of a last prefill chunk) are dropped.
     """
-    b, _, k, _ = new.shape
-    rows = jnp.arange(b)[:, None, None]
-    heads = jnp.arange(k)[None, :, None]
-    new = jnp.swapaxes(new, 1, 2).astype(cache.dtype)                           # [B, K, T, d]
-    return cache.at[layer, rows, heads, index[:, None, :]].set(new, mode="drop")
+    rows = jnp.arange(new.shape[0])[:, None]                                     # [B, 1]
+    return cache.at[layer, rows, :, index, :].set(new.astype(cache.dtype), mode="drop")
+
+
+def _live(cache: jax.Array, layer: jax.Array, kv_len: int) -> jax.Array:
+    """The layer's first kv_len positions, [B, K, kv_len, d] (a slice XLA fuses into its use)."""
+    _, b, k, _, d = cache.shape
+    return jax.lax.dynamic_slice(cache, (layer, 0, 0, 0, 0), (1, b, k, kv_len, d))[0]
 
 
 class MultiHeadAttention(hk.Module):
@@ -73,28 +85,41 @@ class MultiHeadAttention(hk.Module):
         else:
             kv = kv._replace(k=_write(kv.k, kv.layer, k, ctx.write_index),
                              v=_write(kv.v, kv.layer, v, ctx.write_index))
-            k, v = kv.k[kv.layer], kv.v[kv.layer]                                # [B, K, S, d]
+            kv_len = ctx.key_valid.shape[-1]
+            k, v = _live(kv.k, kv.layer, kv_len), _live(kv.v, kv.layer, kv_len)  # [B, K, S, d]
 
         q = q.reshape(b, t, c.num_kv_heads, c.q_per_kv, c.key_size)             # [B, T, K, G, d]
-        scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype)).astype(jnp.float32)
+        dtype = matmul_dtype(x.dtype)          # bf16 operands, float32 accumulation
+        scores = jnp.einsum("btkgd,bksd->bkgts", q.astype(dtype), k.astype(dtype),
+                            preferred_element_type=jnp.float32)                 # [B, K, G, T, S]
         scores = scores * c.attn_output_multiplier
         cap = c.attn_logit_soft_cap
         scores = cap * jnp.tanh(scores / cap)
-        scores = jnp.where(ctx.key_valid[:, None, None], scores, MASKED_SCORE)
-        weights = jax.nn.softmax(scores, axis=-1).astype(x.dtype)              # [B, K, G, T, S]
-        out = jnp.einsum("bkgts,bksd->btkgd", weights, v.astype(x.dtype))
+        visible = ctx.key_valid[:, None, None]                                  # [B, 1, 1, T, S]
+        scores = jnp.where(visible, scores, MASKED_SCORE)
+        weights = jax.nn.softmax(scores, axis=-1)
+        # A query with no visible key (a pad-only prompt) would otherwise average every key.
+        weights = jnp.where(jnp.any(visible, axis=-1, keepdims=True), weights, 0)
+        weights = weights.astype(x.dtype).astype(dtype)       # the reference's bf16 weights
+        out = jnp.einsum("bkgts,bksd->btkgd", weights, v.astype(dtype),
+                         preferred_element_type=jnp.float32).astype(x.dtype)
         out = out.reshape(b, t, c.num_q_heads * c.key_size)                    # [B, T, H*d]
-        return QuantizedLinear(c.emb_size, name="linear")(out), kv
+        return QuantizedLinear(c.emb_size, name="linear", row_parallel=True)(out), kv
 
 
 def make_context(tokens: jax.Array, pad_token: int, step: Optional[jax.Array] = None,
-                 lengths: Optional[jax.Array] = None, cache_valid: Optional[jax.Array] = None):
+                 lengths: Optional[jax.Array] = None, cache_valid: Optional[jax.Array] = None,
+                 kv_len: Optional[int] = None):
     """Positions and visibility for a call on tokens [B, T]; returns (context, new cache_valid).
 
     Without a cache (step is None) keys are the T tokens themselves. With a cache, row b's
     new tokens go to slots step[b] .. step[b]+T-1, only its first lengths[b] count, and
     cache_valid [B, S] records which cached keys are real tokens (not padding), so a pad
     stays invisible in every later call, as it is in a full forward.
+
+    kv_len (static, default S): attention reads cache positions [0, kv_len) only. The caller
+    must pick kv_len >= max(step + lengths) over the rows whose output it uses; keys at or past
+    kv_len are not seen (they are still written).
     """
     b, t = tokens.shape
     offsets = jnp.arange(t, dtype=jnp.int32)
@@ -107,7 +132,11 @@ def make_context(tokens: jax.Array, pad_token: int, step: Optional[jax.Array] = 
     positions = step[:, None] + offsets[None, :]                                # [B, T]
     rows = jnp.arange(b)[:, None]
     cache_valid = cache_valid.at[rows, positions].set(token_ok, mode="drop")    # [B, S]
-    keys = jnp.arange(cache_valid.shape[1], dtype=jnp.int32)                    # [S]
-    key_ok = (keys[None, :] < (step + lengths)[:, None]) & cache_valid          # [B, S]
+    s = cache_valid.shape[1]
+    kv_len = s if kv_len is None else kv_len
+    if not isinstance(kv_len, int) or not 1 <= kv_len <= s:
+        raise ValueError(f"kv_len must be an int in [1, sequence_len={s}], got {kv_len!r}")
+    keys = jnp.arange(kv_len, dtype=jnp.int32)                                  # [S']
+    key_ok = (keys[None, :] < (step + lengths)[:, None]) & cache_valid[:, :kv_len]  # [B, S']
     causal = keys[None, None, :] <= positions[:, :, None]                       # [B, T, S]
     return AttentionContext(positions, causal & key_ok[:, None, :], positions), cache_valid

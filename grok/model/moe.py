@@ -1,21 +1,27 @@
 """Router and top-k Mixture-of-Experts with gelu-gated experts.
 
-Two implementations with the same numbers (tests/test_model.py checks they agree):
-- `dense`: the readable one. Every expert runs on every token, then the selected outputs are
-  combined. This is the reference's arithmetic and costs E/k times the needed work.
-- `sparse`: a loop over experts; each runs only on the rows routed to it (gathered in blocks),
-  and an expert no row selected is skipped, its int8 weights never read. At decode batch
-  sizes only the selected experts' weights are read (2 of 8 for Grok-1 at batch 1), which is
-  what bounds decode speed; prefill does about k/E of the dense FLOPs. On CPU this measured
-  faster than a sorted grouped matmul (lax.ragged_dot) and than gathering each token's expert
-  weights (see README, "Speed").
+Three implementations with the same numbers (tests/test_model.py checks they agree):
+- `dense` (moe_impl="dense"): the readable one. Every expert runs on every token, then the
+  selected outputs are combined. This is the reference's arithmetic and costs E/k times the
+  needed work.
+- `routed` (moe_impl="sparse", at most moe_block_rows rows: decode): each distinct selected
+  expert, at most min(E, M*k) of them, is indexed on the outermost axis of the layer's stack
+  (`weight[e]`, a slice XLA reads in place) and runs on all M rows; rows that did not choose
+  it are excluded. One batch-1 step reads exactly k experts' weights, with no control flow
+  (a `lax.cond` per expert is a device->host round trip on GPU, and control-flow operands
+  make XLA copy the whole [E, D, F] stack).
+- `grouped` (moe_impl="sparse", more rows: prefill): token-expert pairs sorted by expert and
+  one grouped matmul per weight (`jax.lax.ragged_dot`, the MaxText/megablox shape): k/E of
+  the dense FLOPs, no loop over experts.
 
-Glossary: M tokens (B*T flattened), D emb_size, F ffn_size, E experts, k selected experts.
+Unrouted rows are excluded with `where`, never multiplied by a 0 gate: NaN in an expert no
+row of a request chose cannot reach that request (NaN * 0 is NaN).
+
+Glossary: M tokens (B*T flattened), D emb_size, F ffn_size, E experts, k selected experts,
+P token-expert pairs (M*k), U experts a decode step runs (min(E, M*k)).
 """
 
 from __future__ import annotations
-
-import functools
 
 import haiku as hk
 import jax
@@ -25,7 +31,8 @@ from jax.sharding import PartitionSpec as P
 from grok.config import TransformerConfig
 from grok.runtime_config import RuntimeConfig
 from grok.ops.layers import no_init
-from grok.ops.quantization import QuantizedWeight8bit, qmatmul, qmatmul_experts
+from grok.ops.model_parallel import model_axis_size, sum_over_model_axis
+from grok.ops.quantization import QuantizedWeight8bit, matmul_dtype, qmatmul, qmatmul_experts
 from grok.parallel.sharding import MODEL_AXIS
 
 
@@ -52,6 +59,13 @@ def _expert_weight(module: hk.Module, name: str, shape) -> QuantizedWeight8bit:
     return w
 
 
+def choose_impl(moe_impl: str, block_rows: int, rows: int):
+    """The MoE function for `rows` tokens: dense, routed (decode sizes) or grouped (prefill)."""
+    if moe_impl == "dense":
+        return _dense
+    return _routed if rows <= block_rows else _grouped
+
+
 class MoELayer(hk.Module):
     def __init__(self, config: TransformerConfig, runtime: RuntimeConfig, name: str = "moe"):
         super().__init__(name=name)
@@ -65,83 +79,107 @@ class MoELayer(hk.Module):
         w_gate = _expert_weight(self, "linear", [e, d, f])      # gelu branch   [E, D, F]
         w_value = _expert_weight(self, "linear_v", [e, d, f])   # linear branch [E, D, F]
         w_down = _expert_weight(self, "linear_1", [e, f, d])    # down proj     [E, F, D]
-        # combine[m, e]: the gate of expert e for token m, 0 where e was not selected.
-        combine = jnp.zeros((x.shape[0], e), jnp.float32)
-        combine = combine.at[jnp.arange(x.shape[0])[:, None], experts].add(gates)
-        combine = combine.astype(x.dtype)
-        if self.runtime.moe_impl == "dense":
-            return _dense(x, combine, w_gate, w_value, w_down)
-        sparse = functools.partial(_sparse, block_rows=self.runtime.moe_block_rows)
-        return _per_model_shard(sparse, x, combine, w_gate, w_value, w_down)
+        moe_fn = choose_impl(self.runtime.moe_impl, self.runtime.moe_block_rows, x.shape[0])
+        gates = gates.astype(x.dtype)    # the reference combines with bf16(gate)
+        if moe_fn is _dense:
+            return _dense(x, gates, experts, w_gate, w_value, w_down)
+        return _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down)
 
 
-def _per_model_shard(moe_fn, x, combine, w_gate, w_value, w_down):
+def _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down):
     """Runs moe_fn on each device's slice of the FFN axis, then one all-reduce.
 
     Under plain GSPMD every selected expert's down projection ends in its own all-reduce;
-    here each device sums its partial outputs over all experts first. Needs the mesh in
-    context (the runner traces under jax.sharding.use_abstract_mesh) and the FFN axis and
-    down-projection scale groups divisible by the model axis; otherwise moe_fn runs as it
-    is, with the same result.
+    here each device sums its partial outputs over all experts first (grok.ops.model_parallel).
+    Needs the FFN axis and down-projection scale groups divisible by the model axis;
+    otherwise moe_fn runs as it is, with the same result.
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    n = 1 if mesh.empty or MODEL_AXIS not in mesh.axis_names else mesh.shape[MODEL_AXIS]
-    groups = w_down.scales.shape[-2]
+    n, groups = model_axis_size(), w_down.num_groups
     if n == 1 or w_gate.weight.shape[-1] % n or (groups > 1 and groups % n):
-        return moe_fn(x, combine, w_gate, w_value, w_down)
+        return moe_fn(x, gates, experts, w_gate, w_value, w_down)
     up = QuantizedWeight8bit(P(None, None, MODEL_AXIS), P(None, None, MODEL_AXIS))   # [E, D, F]
     down = QuantizedWeight8bit(P(None, MODEL_AXIS, None),                             # [E, F, D]
                                P(None, MODEL_AXIS if groups > 1 else None, None))
-    local = lambda *args: jax.lax.psum(moe_fn(*args), MODEL_AXIS)
-    return jax.shard_map(local, in_specs=(P(), P(), up, up, down), out_specs=P(),
-                         check_vma=False)(x, combine, w_gate, w_value, w_down)
-
-
-def _dense(x, combine, w_gate, w_value, w_down):
-    h = jax.nn.gelu(qmatmul_experts(x, w_gate)) * qmatmul_experts(x, w_value)    # [E, M, F]
-    y = jnp.stack([qmatmul(h[i], _select(w_down, i)) for i in range(h.shape[0])])  # [E, M, D]
-    return jnp.einsum("emd,me->md", y, combine)
+    return sum_over_model_axis(moe_fn, (P(), P(), P(), up, up, down),
+                               x, gates, experts, w_gate, w_value, w_down)
 
 
 def _select(qw: QuantizedWeight8bit, expert) -> QuantizedWeight8bit:
+    """One expert's weight, indexed on the stack's outermost axis (read in place)."""
     return QuantizedWeight8bit(qw.weight[expert], qw.scales[expert])
 
 
-def _sparse(x, combine, w_gate, w_value, w_down, block_rows: int):
-    """For each expert, only the rows routed to it, in blocks of `block_rows`.
+def _ffn(x, w_gate: QuantizedWeight8bit, w_value: QuantizedWeight8bit, w_down: QuantizedWeight8bit):
+    """One expert on rows x [M, D] -> [M, D]."""
+    return qmatmul(jax.nn.gelu(qmatmul(x, w_gate)) * qmatmul(x, w_value), w_down)
 
-    An expert no row chose is skipped by a lax.cond, and its weights are sliced only inside
-    it (sliced outside, XLA would copy every expert's int8 weights on every call). When all
-    rows fit one block (decode) the expert runs on them all and unrouted rows add gate 0;
-    otherwise routed rows are moved to the front (a stable argsort) and ceil(count / block)
-    blocks run, so prefill does about k/E of the dense path's FLOPs.
+
+def _dense(x, gates, experts, w_gate, w_value, w_down):
+    """Every expert on every row, then each row's selected outputs summed."""
+    e = w_gate.weight.shape[0]
+    h = jax.nn.gelu(qmatmul_experts(x, w_gate)) * qmatmul_experts(x, w_value)    # [E, M, F]
+    y = jnp.stack([qmatmul(h[i], _select(w_down, i)) for i in range(e)])         # [E, M, D]
+    chosen = experts[None, :, :] == jnp.arange(e)[:, None, None]                 # [E, M, k]
+    gate = jnp.sum(jnp.where(chosen, gates[None], 0), axis=-1)                   # [E, M]
+    y = jnp.where(jnp.any(chosen, axis=-1)[..., None], y * gate[..., None], 0)   # [E, M, D]
+    return jnp.sum(y, axis=0)
+
+
+def _routed(x, gates, experts, w_gate, w_value, w_down):
+    """Decode: each distinct selected expert (U = min(E, M*k) slots) on all M rows.
+
+    The slots hold the selected experts in increasing order; slots past the number of distinct
+    experts repeat the first one and are excluded, so no expert outside the selection is read.
     """
-    m = x.shape[0]
-    block = min(m, block_rows)
-    offsets = jnp.arange(block)
+    m, k = experts.shape
+    e = w_gate.weight.shape[0]
+    units = min(e, m * k)
+    picked = jnp.zeros((e,), bool).at[experts.reshape(-1)].set(True)              # [E]
+    slots = jnp.flatnonzero(picked, size=units, fill_value=-1)                    # [U]
+    in_use = slots >= 0
+    slots = jnp.where(in_use, slots, slots[0])
+    out = jnp.zeros(x.shape, jnp.float32)                                         # [M, D]
+    for u in range(units):
+        expert = slots[u]
+        chosen = experts == expert                                                # [M, k]
+        routed = jnp.any(chosen, axis=1) & in_use[u]                              # [M]
+        gate = jnp.sum(jnp.where(chosen, gates, 0), axis=1)                       # [M]
+        y = _ffn(x, *(_select(w, expert) for w in (w_gate, w_value, w_down)))    # [M, D]
+        out = out + jnp.where(routed[:, None], y * gate[:, None], 0).astype(jnp.float32)
+    return out.astype(x.dtype)
 
-    def one_expert(out, xs):
-        expert, gate = xs                                                        # [], [M]
-        routed = gate != 0
-        count = jnp.sum(routed)
 
-        def run(out):
-            wg, wv, wd = (_select(w, expert) for w in (w_gate, w_value, w_down))
-            ffn = lambda rows_x: qmatmul(jax.nn.gelu(qmatmul(rows_x, wg)) * qmatmul(rows_x, wv), wd)
-            if block == m:
-                return out + ffn(x) * gate[:, None]                             # [M, D]
-            order = jnp.argsort(~routed, stable=True)                            # routed first
-            order = jnp.concatenate([order, jnp.zeros((block,), order.dtype)])  # [M + block]
+def _ragged_qmatmul(x, qw: QuantizedWeight8bit, group_sizes, pair_expert):
+    """Rows x [P, K] sorted by expert, row p times expert pair_expert[p]'s weight -> [P, N].
 
-            def run_block(b, out):
-                rows = jax.lax.dynamic_slice_in_dim(order, b * block, block)     # [blk]
-                weight = jnp.where(b * block + offsets < count, gate[rows], 0)  # [blk]
-                return out.at[rows].add(ffn(x[rows]) * weight[:, None])
+    One ragged_dot per scale group (each group's partial sums take their own scales)."""
+    e, k, n = qw.weight.shape
+    g = qw.scales.shape[1]
+    scales = qw.scales.astype(jnp.float32)[pair_expert]                           # [P, G, N]
+    out = jnp.zeros((x.shape[0], n), jnp.float32)
+    for i in range(g):
+        part = slice(i * k // g, (i + 1) * k // g)
+        dtype = matmul_dtype(x.dtype)
+        partial = jax.lax.ragged_dot(x[:, part].astype(dtype), qw.weight[:, part].astype(dtype),
+                                     group_sizes, preferred_element_type=jnp.float32)
+        out = out + partial * scales[:, i]
+    return out.astype(x.dtype)
 
-            return jax.lax.fori_loop(0, (count + block - 1) // block, run_block, out)
 
-        return jax.lax.cond(count > 0, run, lambda out: out, out), None
+def _grouped(x, gates, experts, w_gate, w_value, w_down):
+    """Prefill: the M*k token-expert pairs sorted by expert, one grouped matmul per weight.
 
-    experts = jnp.arange(combine.shape[1])
-    out, _ = jax.lax.scan(one_expert, jnp.zeros_like(x), (experts, combine.T))
-    return out
+    Each pair is computed with its own expert only, so nothing else can reach its row."""
+    m, k = experts.shape
+    e = w_gate.weight.shape[0]
+    flat = experts.reshape(-1)                                                    # [P]
+    order = jnp.argsort(flat, stable=True)                                        # by expert
+    pair_expert = flat[order]
+    sizes = jnp.bincount(flat, length=e).astype(jnp.int32)                        # [E]
+    rows = order // k                                                             # [P] token
+    xs = x[rows]                                                                  # [P, D]
+    h = (jax.nn.gelu(_ragged_qmatmul(xs, w_gate, sizes, pair_expert))
+         * _ragged_qmatmul(xs, w_value, sizes, pair_expert))                      # [P, F]
+    y = _ragged_qmatmul(h, w_down, sizes, pair_expert)                            # [P, D]
+    y = y.astype(jnp.float32) * gates.reshape(-1)[order][:, None]
+    return jnp.zeros(x.shape, jnp.float32).at[rows].add(y).astype(x.dtype)

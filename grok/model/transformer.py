@@ -24,6 +24,10 @@ from grok.runtime_config import RuntimeConfig, runtime_for
 from grok.ops.layers import RMSNorm, no_init
 from grok.model.moe import MoELayer, Router
 from grok.ops.quantization import QuantizedWeight8bit
+from grok.parallel.sharding import LOGITS_AXES, RESIDUAL_AXES, logical_sharding
+
+# The shortest cache length live_kv_len picks: below it a step's cost is the weights' anyway.
+MIN_KV_LEN = 128
 
 
 class Memory(NamedTuple):
@@ -44,17 +48,53 @@ def init_memory(config: LanguageModelConfig, batch_size: int, sequence_len: int,
                   jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size, sequence_len), bool))
 
 
+def live_kv_len(longest: int, sequence_len: int, smallest: int = MIN_KV_LEN) -> int:
+    """The cache length a call should read: the smallest power of two >= `longest` (the
+    longest row's step + lengths after the call), at least `smallest`, at most sequence_len.
+
+    Power-of-two buckets keep the compiled variants few (log2(S / smallest) + 1) while a
+    step reads at most twice the live context.
+    """
+    if longest > sequence_len:
+        raise ValueError(f"a row needs {longest} cache positions; sequence_len is {sequence_len}")
+    bucket = max(smallest, 1 << max(0, longest - 1).bit_length())
+    return min(bucket, sequence_len)
+
+
+def kv_len_buckets(sequence_len: int, smallest: int = MIN_KV_LEN) -> list[int]:
+    """Every cache length live_kv_len can pick: the decode-step variants to compile."""
+    return sorted({live_kv_len(1 << i, sequence_len, smallest)
+                   for i in range(sequence_len.bit_length() + 1) if 1 << i <= sequence_len}
+                  | {sequence_len})
+
+
+def _laid_out(x: jax.Array, logical_axes: tuple) -> jax.Array:
+    """x constrained to the sharding table's layout for `logical_axes` (a no-op without a
+    mesh in context, e.g. a plain jit on one device)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_sharding(x.shape, logical_axes, mesh))
+
+
+def residual_layout(x: jax.Array) -> jax.Array:
+    """x [B, T, D] laid out as the residual stream: batch over the data axis, D replicated
+    over the model axis (Megatron-style: then a layer needs one all-reduce after attention's
+    output projection and one after the MoE)."""
+    return _laid_out(x, RESIDUAL_AXES)
+
+
 def decoder_layer(config: TransformerConfig, runtime: RuntimeConfig, x: jax.Array,
                   ctx: AttentionContext, kv: Optional[LayerKV]) -> tuple[jax.Array, Optional[LayerKV]]:
     """One pre- and post-normed attention + MoE block on x [B, T, D]."""
     eps = config.norm_eps
     a, kv = MultiHeadAttention(config)(RMSNorm(eps, "rms_norm")(x), ctx, kv)
-    x = x + RMSNorm(eps, "rms_norm_1")(a)
+    x = x + RMSNorm(eps, "rms_norm_1")(residual_layout(a))
     b, t, d = x.shape
     h = RMSNorm(eps, "rms_norm_2")(x).reshape(b * t, d)                        # [M, D]
     gates, experts = Router(config)(h)
     m = MoELayer(config, runtime)(h, gates, experts).reshape(b, t, d)
-    x = x + RMSNorm(eps, "rms_norm_3")(m)
+    x = x + RMSNorm(eps, "rms_norm_3")(residual_layout(m))
     return x, kv
 
 
@@ -105,15 +145,18 @@ class LanguageModel(hk.Module):
         self.runtime = runtime
 
     def __call__(self, transformer: Transformer, tokens: jax.Array, memory: Optional[Memory],
-                 lengths: Optional[jax.Array], output_index: Optional[jax.Array]):
+                 lengths: Optional[jax.Array], output_index: Optional[jax.Array],
+                 kv_len: Optional[int] = None):
         c = self.config
         dtype = jnp.dtype(self.runtime.activation_dtype)
         table = InOutEmbed(c)().astype(dtype)                                 # [V, D]
         x = table[tokens] * jnp.asarray(c.embedding_multiplier_scale, dtype)    # [B, T, D]
+        x = residual_layout(x)
         if memory is None:
             ctx, valid = make_context(tokens, c.pad_token)
         else:
-            ctx, valid = make_context(tokens, c.pad_token, memory.step, lengths, memory.valid)
+            ctx, valid = make_context(tokens, c.pad_token, memory.step, lengths, memory.valid,
+                                      kv_len)
         kv = None if memory is None else LayerKV(memory.k, memory.v, jnp.int32(0))
         x, kv = transformer(x, ctx, kv)
         if output_index is not None:                     # only the rows' chosen positions
@@ -121,24 +164,30 @@ class LanguageModel(hk.Module):
         y = RMSNorm(c.model.norm_eps, "rms_norm")(x)
         logits = jnp.einsum("btd,vd->btv", y, table).astype(jnp.float32)
         logits = logits * c.output_multiplier_scale                             # [B, T', V] f32
+        # The table is split over V: one all-gather here keeps sampling local to each device.
+        logits = _laid_out(logits, LOGITS_AXES)
         new_memory = None if memory is None else Memory(kv.k, kv.v, memory.step + lengths, valid)
         return logits, new_memory
 
 
 def build_forward(config: LanguageModelConfig, runtime: Optional[RuntimeConfig] = None):
-    """A pure function forward(params, tokens, memory=None, lengths=None, output_index=None).
+    """A pure function forward(params, tokens, memory=None, lengths=None, output_index=None,
+    kv_len=None).
 
     `runtime` gives the MoE implementation and the activation dtype (default RuntimeConfig(),
     with any moved fields `config` still carries: grok.runtime_config.runtime_for).
 
     Returns (logits [B, T, V] float32 — or [B, 1, V] at output_index —, new memory or None).
-    With a memory, row b's first lengths[b] tokens are appended to its cache.
+    With a memory, row b's first lengths[b] tokens are appended to its cache, and attention
+    reads only its first kv_len positions (a static int, default sequence_len; it must be
+    >= max(step + lengths) over the rows whose logits are used: see `live_kv_len`).
     """
     runtime = runtime_for(config, runtime)
 
-    def fn(tokens, memory=None, lengths=None, output_index=None):
+    def fn(tokens, memory=None, lengths=None, output_index=None, kv_len=None):
         transformer = Transformer(config.model, runtime)
-        return LanguageModel(config, runtime)(transformer, tokens, memory, lengths, output_index)
+        return LanguageModel(config, runtime)(transformer, tokens, memory, lengths, output_index,
+                                              kv_len)
 
     transformed = hk.without_apply_rng(hk.transform(fn))
     return transformed.apply

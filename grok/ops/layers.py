@@ -10,7 +10,11 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from jax.sharding import PartitionSpec as P
+
+from grok.ops.model_parallel import model_axis_size, sum_over_model_axis
 from grok.ops.quantization import QuantizedWeight8bit, qmatmul
+from grok.parallel.sharding import MODEL_AXIS
 
 
 def no_init(shape, dtype):
@@ -34,17 +38,29 @@ class RMSNorm(hk.Module):
 
 
 class QuantizedLinear(hk.Module):
-    """y = x @ W with W a `QuantizedWeight8bit` parameter `w` [K, N] (no bias, like Grok-1)."""
+    """y = x @ W with W a `QuantizedWeight8bit` parameter `w` [K, N] (no bias, like Grok-1).
 
-    def __init__(self, output_size: int, name: str):
+    row_parallel: x's last axis and W's rows are split over the model axis (attention's
+    output projection over heads); each device multiplies its slices and one all-reduce in
+    x's dtype sums them (grok.ops.model_parallel). Without a mesh, or where the model axis
+    does not divide K and W's scale groups, the plain matmul (same numbers).
+    """
+
+    def __init__(self, output_size: int, name: str, row_parallel: bool = False):
         super().__init__(name=name)
         self.output_size = output_size
+        self.row_parallel = row_parallel
 
     def __call__(self, x: jax.Array) -> jax.Array:
         w = hk.get_parameter("w", [x.shape[-1], self.output_size], jnp.int8, init=no_init)
         if not isinstance(w, QuantizedWeight8bit):
             raise TypeError(f"{self.module_name}/w must be a QuantizedWeight8bit, got {type(w).__name__}")
-        return qmatmul(x, w)
+        n, groups = model_axis_size(), w.num_groups
+        if not self.row_parallel or n == 1 or x.shape[-1] % n or (groups > 1 and groups % n):
+            return qmatmul(x, w)
+        x_spec = P(*(None,) * (x.ndim - 1), MODEL_AXIS)                     # [..., K/n]
+        w_spec = QuantizedWeight8bit(P(MODEL_AXIS, None), P(MODEL_AXIS if groups > 1 else None, None))
+        return sum_over_model_axis(qmatmul, (x_spec, w_spec), x, w)
 
 
 def rotate_half(x: jax.Array) -> jax.Array:

@@ -60,10 +60,27 @@ def dequantize(qw: QuantizedWeight8bit, dtype=jnp.float32) -> jax.Array:
     return w.reshape(*lead, k, n)
 
 
+def matmul_dtype(dtype) -> jnp.dtype:
+    """The operand type of a matmul on activations of `dtype` that accumulates in float32.
+
+    Accelerators take bf16 operands with float32 accumulation natively; XLA:CPU's runtime has
+    no bf16 x bf16 -> f32 dot (DotThunk: "Unsupported element type"), so on CPU operands are
+    float32 (the same numbers: a bf16 value is exact in float32)."""
+    return jnp.dtype(jnp.float32) if jax.default_backend() == "cpu" else jnp.dtype(dtype)
+
+
 def _dot(x: jax.Array, w: jax.Array, dims) -> jax.Array:
-    """A dot with the int8 operand as it is: XLA converts it inside the matmul (no float copy
-    of the weight is made) and accumulates in float32."""
-    return jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
+    """x (activations) times the int8 weight w, accumulated in float32.
+
+    The int8 -> float convert is the dot's own operand, adjacent to it: on GPU, XLA's GEMM
+    fusion pulls such a convert into the matmul kernel, which then reads each weight byte
+    once (check: `python -m grok.benchmarks.hlo_check` on the optimised HLO). A mixed
+    int8 x bf16 dot_general would instead be lowered by JAX with both operands converted to
+    the float32 accumulation type: an f32 copy of the weight and an f32 matmul.
+    """
+    dtype = matmul_dtype(x.dtype)
+    return jax.lax.dot_general(x.astype(dtype), w.astype(dtype), dims,
+                               preferred_element_type=jnp.float32)
 
 
 def qmatmul(x: jax.Array, qw: QuantizedWeight8bit) -> jax.Array:

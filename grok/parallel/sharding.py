@@ -30,9 +30,13 @@ MESH_AXES = (DATA_AXIS, MODEL_AXIS)
 LOGICAL_TO_MESH: dict[str, Any] = {
     "layers": None,
     "experts": None,
-    "vocab": None,
+    # The table [V, D] is split over V, not D: a lookup then gives a residual stream that is
+    # replicated over the model axis (one all-reduce, outside the layers), and each layer
+    # needs only its two all-reduces (after attention's output projection, after the MoE).
+    "vocab": MODEL_AXIS,
     "embed": DATA_AXIS,                      # weights' residual dimension (Grok-1: "data")
-    "embed_table": (DATA_AXIS, MODEL_AXIS),  # the embedding table's D dimension
+    "embed_table": DATA_AXIS,                # the embedding table's D dimension
+    "residual": None,                        # activations' D: replicated over the model axis
     "heads": MODEL_AXIS,
     "ffn": MODEL_AXIS,
     "router_experts": None,
@@ -56,6 +60,10 @@ PARAM_RULES: tuple[tuple[str, tuple], ...] = (
     (r"^language_model/rms_norm/scale$", ("norm",)),
 )
 
+# The residual stream x [B, T, D] between sub-layers
+RESIDUAL_AXES = ("batch", None, "residual")
+# Output logits [B, T, V] as sampling reads them: whole rows on every model-axis device
+LOGITS_AXES = ("batch", None, None)
 # Memory.k / Memory.v [L, B, K, S, d], Memory.step [B], Memory.valid [B, S]
 CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")
 STEP_AXES = ("batch",)
@@ -101,6 +109,7 @@ def fit_spec(shape: Sequence[int], axes: Sequence[Any], mesh: Mesh) -> P:
 
 def logical_sharding(shape: Sequence[int], logical_axes: Sequence[str | None], mesh: Mesh,
                      rules: dict[str, Any] = LOGICAL_TO_MESH) -> NamedSharding:
+    """The sharding of an array with these logical axes (`mesh` may be an abstract mesh)."""
     if len(shape) != len(logical_axes):
         raise ValueError(f"shape {tuple(shape)} has {len(shape)} dims, axes {logical_axes} "
                          f"name {len(logical_axes)}")
