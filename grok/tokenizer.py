@@ -1,13 +1,15 @@
 """Tokenizers: the Grok-1 SentencePiece model, and a byte tokenizer for the embedded demo.
 
-Both give `encode(text) -> list[int]` (no BOS, as the reference), `decode(ids) -> str`, and
+Both give `encode(text) -> list[int]` (no BOS, as the reference), `decode(ids) -> str`,
 `min_tokens(text) -> int`: a lower bound on `len(encode(text))` found without tokenizing, so a
-prompt far too long for the model is refused before it is tokenized.
+prompt far too long for the model is refused before it is tokenized, and `fingerprint`: a
+string naming the exact vocabulary.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 from typing import Sequence
@@ -25,6 +27,13 @@ class SentencePieceTokenizer:
             raise FileNotFoundError(f"tokenizer model {os.fspath(path)!r} not found")
         self.processor = sentencepiece.SentencePieceProcessor(model_file=os.fspath(path))
         self.vocab_size = self.processor.vocab_size()
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Names this exact model (a hash of its serialized proto): the processes of a
+        multi-host job compare it, since each applies stop strings with its own copy."""
+        digest = hashlib.sha256(self.processor.serialized_model_proto()).hexdigest()[:16]
+        return f"sentencepiece:{digest}"
 
     def encode(self, text: str) -> list[int]:
         return list(self.processor.encode(text))
@@ -52,6 +61,7 @@ class ByteTokenizer:
 
     NUM_SPECIAL = 3
     vocab_size = 256 + NUM_SPECIAL
+    fingerprint = "bytes"
 
     def encode(self, text: str) -> list[int]:
         return [b + self.NUM_SPECIAL for b in text.encode("utf-8")]

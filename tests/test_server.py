@@ -198,6 +198,18 @@ def test_metrics(url):
     assert metric(url, "grok_time_to_first_token_seconds_count") > 0
 
 
+def test_prefix_cache_counters(client, url):
+    """A prompt that starts like an earlier one is served partly from the prefix cache."""
+    shared = "A long shared system prompt that many requests start with, word for word. "
+    hit_before = metric(url, "grok_prefix_cache_hit_tokens_total")
+    query_before = metric(url, "grok_prefix_cache_query_tokens_total")
+    for suffix in ("First question?", "Second question?"):
+        client.completions.create(model=MODEL, prompt=shared + suffix, max_tokens=2,
+                                  temperature=0)
+    assert metric(url, "grok_prefix_cache_query_tokens_total") >= query_before + 2 * len(shared)
+    assert metric(url, "grok_prefix_cache_hit_tokens_total") >= hit_before + len(shared) // 2
+
+
 def test_load_benchmark_tiny(url, tmp_path):
     path = tmp_path / "serve.json"
     report = bench.main(["--url", url, "--num-prompts", "6", "--concurrency", "3",

@@ -93,6 +93,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     serving.add_argument("--pad-sizes", type=_ints, metavar="T,..", help=f"prompt buckets "
                          f"(default: {LARGEST_DEFAULT_PAD} capped at sequence_len; "
                          f"128 for the demo)")
+    serving.add_argument("--prefix-cache-tokens", type=int, metavar="N",
+                         help="prompt KV positions kept on the devices for reuse by later "
+                         "prompts that start the same way (default 8192; 0 turns it off)")
     hosts = p.add_argument_group("multi-host (or env " + ", ".join(MULTIHOST_ENV) + ")")
     hosts.add_argument("--coordinator", metavar="HOST:PORT")
     hosts.add_argument("--num-processes", type=int, metavar="N")

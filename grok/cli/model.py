@@ -52,13 +52,15 @@ class ModelOptions:
     hosts: tuple = (1, 1)
     slots: int = 1
     pad_sizes: Optional[tuple] = None
+    prefix_cache_tokens: Optional[int] = None
     quiet: bool = False
 
     @classmethod
     def from_args(cls, args, slots: int) -> "ModelOptions":
         return cls(checkpoint=args.checkpoint, config=args.config, tokenizer=args.tokenizer,
                    dtype=args.dtype, moe=args.moe, mesh=args.mesh, hosts=tuple(args.hosts),
-                   slots=slots, pad_sizes=args.pad_sizes, quiet=args.quiet)
+                   slots=slots, pad_sizes=args.pad_sizes,
+                   prefix_cache_tokens=getattr(args, "prefix_cache_tokens", None), quiet=args.quiet)
 
 
 @dataclasses.dataclass
@@ -122,7 +124,7 @@ def resolve_config(options: ModelOptions, checkpoint: Optional[str]
 # RuntimeConfig field -> the flag that sets it, so its errors name the flag.
 _RUNTIME_FLAGS = {"activation_dtype": "--dtype", "moe_impl": "--moe", "local_mesh_config": "--mesh",
                   "between_hosts_config": "--hosts", "bs_per_device": "--batch-size",
-                  "prefill_buckets": "--pad-sizes"}
+                  "prefill_buckets": "--pad-sizes", "prefix_cache_tokens": "--prefix-cache-tokens"}
 
 
 def resolve_runtime(options: ModelOptions, config: LanguageModelConfig, is_demo: bool
@@ -141,6 +143,8 @@ def resolve_runtime(options: ModelOptions, config: LanguageModelConfig, is_demo:
                    local_mesh_config=tuple(mesh), between_hosts_config=tuple(options.hosts),
                    bs_per_device=bs_per_device(options.slots, num_devices),
                    prefill_buckets=tuple(pad_sizes))
+    if options.prefix_cache_tokens is not None:
+        changes["prefix_cache_tokens"] = options.prefix_cache_tokens
     try:
         return base.replace(**changes)
     except ValueError as e:

@@ -120,18 +120,20 @@ class InferenceRunner:
         self.pad_sizes = self.runtime.prefill_buckets
         self.local_mesh_config = self.runtime.local_mesh_config
         self.between_hosts_config = self.runtime.between_hosts_config
-        if jax.process_count() > 1:   # every process must compile the same programs
-            from grok.parallel.multihost import check_consistent
-
-            # The architecture and every runtime field (flat, so a mismatch names the field).
-            check_consistent({"config": runner.model.to_dict(), **self.runtime.to_dict()})
-        runner.runtime = self.runtime
-        runner.initialize(None)
         if self.tokenizer is None:
             if self.tokenizer_path is None:
                 logger.warning("no tokenizer_path: text prompts use the byte tokenizer "
                                "(token-id prompts are unaffected)")
             self.tokenizer = load_tokenizer(self.tokenizer_path)
+        if jax.process_count() > 1:   # every process must compile the same programs
+            from grok.parallel.multihost import check_consistent
+
+            # The architecture, every runtime field (flat, so a mismatch names the field), and
+            # the tokenizer: every process applies stop strings with its own copy.
+            check_consistent({"config": runner.model.to_dict(), **self.runtime.to_dict(),
+                              "tokenizer": getattr(self.tokenizer, "fingerprint", None)})
+        runner.runtime = self.runtime
+        runner.initialize(None)
         self.params = runner.load_or_init(self.params)
         self.batch_size = runner.batch_size
         self.config = runner.model

@@ -92,6 +92,7 @@ class EngineLoop(threading.Thread):
         self._lock = threading.Lock()
         self._outstanding = 0                     # submitted and not finished (any thread)
         self._stopping = False
+        self._prefix_counted = (0, 0)               # prefix-cache (hit, query) tokens reported
 
     # ---- called from HTTP handlers (any thread) -------------------------------------------
     def submit(self, requests: list, deliver: Deliver) -> None:
@@ -154,6 +155,16 @@ class EngineLoop(threading.Thread):
             if not self.scheduler.idle():
                 self._guarded(self.scheduler.step)
             self.metrics.set_load(self.scheduler.num_running, self.scheduler.num_waiting)
+            self._count_prefix_cache()
+
+    def _count_prefix_cache(self) -> None:
+        """Adds what the scheduler's cumulative prefix-cache counters gained since last time."""
+        hit = getattr(self.scheduler, "prefix_cache_hit_tokens", 0)
+        query = getattr(self.scheduler, "prefix_cache_query_tokens", 0)
+        if query != self._prefix_counted[1]:
+            self.metrics.add_prefix_cache(hit - self._prefix_counted[0],
+                                          query - self._prefix_counted[1])
+            self._prefix_counted = (hit, query)
 
     def _handle(self, command: tuple) -> None:
         if command[0] == "submit":
