@@ -272,9 +272,11 @@ def load_model(options: ModelOptions) -> tuple[InferenceRunner, StartupTimes]:
         mismatch = getattr(checkpoint_module, "ConfigMismatchError", CheckpointError)
         hint = ""
         if isinstance(e, mismatch):   # the files are another model's: say which config we used
+            beside = os.path.join(checkpoint, CONFIG_FILE)
             hint = (f"\n  (model config used: {source}; " +
-                    ("if the checkpoint is another model, pass its --config FILE)"
-                     if options.config is None else "is --config this checkpoint's config?)"))
+                    ("if the checkpoint is another model, pass its --config FILE"
+                     if options.config is None else "is --config this checkpoint's config?") +
+                    f" Without --config, {beside} is used when present.)")
         raise UsageError(f"checkpoint {checkpoint}: {e}{hint}") from None
     except ValueError as e:    # a mesh the devices can't make, bad pad sizes, ...
         raise UsageError(f"cannot start the model: {e}") from None
