@@ -151,21 +151,36 @@ def test_budget_holds_over_1000_requests_with_random_prefixes():
                                         - cached.prefix_cache_hit_tokens)
 
 
-def test_interactive_turns_prefill_only_the_new_text():
-    """The REPL sends the whole conversation each turn: a turn prefills only what the last
-    turn's prompt did not hold (the last answer and the new line)."""
-    engine = FakeEngine(batch_size=2, buckets=(8, 16), sequence_len=256)
-    scheduler = Scheduler(engine, BYTES, prefix_cache_tokens=1024)
-    conversation, last_prompt_len = BYTES.encode("You are a helpful assistant. Hello there!"), 0
+@pytest.mark.parametrize("keep_outputs", [True, False])
+def test_interactive_turns_prefill_only_the_new_text(keep_outputs):
+    """The conversation grows turn by turn as token ids (the last prompt + its answer + the
+    new text, as the REPL sends it): with output KV kept, a later turn prefills only its new
+    text, whether the last answer ended by EOS (turn 0, scripted) or by max_len; without, it
+    also re-prefills the last answer."""
+    opening = BYTES.encode("You are a helpful assistant. Hello there!")
+    engine = FakeEngine(batch_size=2, buckets=(8, 16), sequence_len=256,
+                        script={tuple(opening): [40, 41, 2]})          # "EF" then EOS
+    scheduler = Scheduler(engine, BYTES, prefix_cache_tokens=1024,
+                          prefix_cache_outputs=keep_outputs)
+    conversation, answer, prefilled = list(opening), [], []
     for turn in range(5):
         before = prefilled_tokens(engine)
         scheduler.submit(Request(prompt=list(conversation), max_len=6, request_id=f"t{turn}"))
         (done,) = [e for e in drain(scheduler) if isinstance(e, Completion)]
-        new = len(conversation) - last_prompt_len
-        assert prefilled_tokens(engine) - before == (new if turn else len(conversation))
-        last_prompt_len = len(conversation)
-        conversation += done.output_ids + BYTES.encode(f"\nand turn {turn}?")
-    assert len(scheduler.prefix_cache) == 1      # each turn's prompt replaced the last
+        prefilled.append(prefilled_tokens(engine) - before)
+        assert done.prompt_ids == conversation
+        new_text = BYTES.encode(f"\nand turn {turn}?")
+        want = len(new_text) + (0 if keep_outputs else len(answer))
+        if turn:
+            assert prefilled[-1] == want, (turn, prefilled)
+        answer = list(done.output_ids)
+        assert (done.finish_reason, len(answer)) == (("stop", 2) if turn == 0 else ("length", 6))
+        conversation = done.prompt_ids + answer + new_text
+    assert prefilled[0] == len(opening)
+    assert len(scheduler.prefix_cache) == 1      # each turn's entry replaced the last
+    stored = scheduler.prefix_cache.snapshot()[0][0]
+    want_stored = conversation[:-len(new_text)] if keep_outputs else done.prompt_ids
+    assert list(stored) == want_stored
 
 
 def test_a_hit_shared_by_several_slots_at_once():
@@ -226,8 +241,8 @@ def test_echo_bypasses_and_cancel_unpins():
     scheduler.step()                                       # admitted with a hit, one chunk in
     assert [p for *_, p in scheduler.prefix_cache.snapshot()] == [1]
     scheduler.submit(Cancel("long"))
-    drain(scheduler)
-    assert [p for *_, p in scheduler.prefix_cache.snapshot()] == [0]
+    drain(scheduler)                                       # "busy" leaves its output's KV
+    assert [p for *_, p in scheduler.prefix_cache.snapshot()] == [0, 0]
 
 
 class ListLog:

@@ -249,6 +249,23 @@ class JaxEngine:
         return self._jit(("slice_prefix", prefix.capacity, capacity), build)(
             prefix, np.int32(length))
 
+    def extract_prefix(self, state: DecodeState, slot: int, length: int) -> Prefix:
+        """See grok.engine.api.Engine.extract_prefix (one program per capacity; no donation)."""
+        from grok.engine.state import extract_prefix
+
+        self._check_slot(slot)
+        if not 1 <= length <= self.sequence_len:
+            raise ValueError(f"extract_prefix: length must be in [1, {self.sequence_len}] "
+                             f"(sequence_len), got {length}")
+        capacity = capacity_for(length, self.prefix_capacities)
+
+        def build():
+            fn = functools.partial(extract_prefix, capacity=capacity)
+            return jax.jit(fn, in_shardings=(self._state_sh, self._rep, self._rep),
+                           out_shardings=self._prefix_sh(capacity))
+        return self._jit(("extract_prefix", capacity), build)(state, np.int32(slot),
+                                                              np.int32(length))
+
     def read(self, handle: Handle) -> TokenOutput:
         return unpack_output(to_host(handle.packed))
 
