@@ -183,6 +183,69 @@ def test_interactive_turns_prefill_only_the_new_text(keep_outputs):
     assert list(stored) == want_stored
 
 
+class LineReader:
+    """The REPL's stdin (not a terminal): each read first calls `on_read` (a turn has ended)."""
+
+    def __init__(self, lines, on_read):
+        self.lines, self.on_read = list(lines), on_read
+
+    def isatty(self) -> bool:
+        return False
+
+    def readline(self) -> str:
+        self.on_read()
+        return self.lines.pop(0) + "\n" if self.lines else ""
+
+
+class RecordingScheduler(Scheduler):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sent = []
+
+    def submit(self, item):
+        self.sent.append(item)
+        return super().submit(item)
+
+
+def test_repl_turns_prefill_only_the_new_line(capsys):
+    """Five turns through grok.cli.repl.Repl on the fake engine: each later turn prefills
+    exactly its new line's ids ("\n" + line), nothing of the previous answers (turn 0 ends by
+    EOS, the others by max tokens); the prompt sent is the previous prompt + the answer's ids
+    + the line's; the printed text is the answers' text; /clear starts a new conversation."""
+    from types import SimpleNamespace
+
+    from grok.cli.flags import build_parser
+    from grok.cli.output import RunStats
+    from grok.cli.repl import Repl, encode_continuation
+    from grok.serving.scheduler import serve
+
+    lines = ["Hello there, model.", "how are you?", "tell me more", "and more", "bye now",
+             "/clear", "Hello there, model."]
+    engine = FakeEngine(batch_size=1, buckets=(8, 16), sequence_len=512,
+                        script={tuple(BYTES.encode(lines[0])): [40, 41, 2]})    # 2: EOS
+    scheduler = RecordingScheduler(engine, BYTES, prefix_cache_tokens=2048)
+    runner = SimpleNamespace(config=SimpleNamespace(sequence_len=512), tokenizer=BYTES,
+                             batch_size=1, run=lambda: serve(scheduler))
+    args = build_parser().parse_args(["--interactive", "--max-tokens", "6", "--temperature", "0",
+                                      "--quiet"])
+    marks = []
+    stdin = LineReader(lines, lambda: marks.append(prefilled_tokens(engine)))
+    assert Repl(runner, args, stdin, RunStats()).run() == 0
+    prefilled = np.diff(marks).tolist()           # per turn; /clear prefills nothing
+    new_lines = [len(encode_continuation(BYTES, "\n" + line)) for line in lines[1:5]]
+    assert prefilled[1:5] == new_lines and prefilled[5] == 0, prefilled
+    prompts = [list(r.prompt) for r in scheduler.sent]
+    assert prompts[0] == prompts[5] == BYTES.encode(lines[0])    # /clear: a new conversation
+    answers = []
+    for turn in range(1, 5):
+        answer = prompts[turn][len(prompts[turn - 1]):-new_lines[turn - 1]]
+        assert len(answer) == (2 if turn == 1 else 6)        # the whole answer, no EOS
+        answers.append(BYTES.decode(answer))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:4] == answers and printed[0] == "%&"     # ids 40, 41: bytes 37, 38
+    assert prefilled[6] == 1     # the old conversation's entry starts with the same line
+
+
 def test_a_hit_shared_by_several_slots_at_once():
     engine = FakeEngine(batch_size=4, buckets=(8, 16), sequence_len=128)
     scheduler = Scheduler(engine, BYTES, prefix_cache_tokens=1024)
