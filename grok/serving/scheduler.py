@@ -33,8 +33,9 @@ decode step (a token's KV is written by the step that feeds it; every token read
 been fed, because step n + 1 is dispatched before step n's token is read, so f is the whole
 output). The trade: those positions were written by decode steps, one token at a time,
 not by a prefill of the whole text, so a later prompt continuing them can differ from an
-uncached run by rounding (see tests/test_prefix_cache.py for float32 on CPU;
-bf16 within the model tests' tolerance); `prefix_cache_outputs=False` keeps prompt KV only.
+uncached run by rounding (float32 on CPU: the same tokens, logprobs about 5e-7 apart, as
+after a prompt-KV hit that ends inside a chunk; tests/test_prefix_cache.py);
+`prefix_cache_outputs=False` keeps prompt KV only.
 vLLM's automatic prefix caching and SGLang's radix cache keep generated tokens the same way.
 In a multi-process job the choice follows from the finish reason and the outputs, which every
 process sees alike, so no decision is published for it (grok.serving.decisions).
