@@ -432,3 +432,22 @@ def test_tiny_model_conversation_equal_with_and_without_output_kv(engine):
     held = [len(c.prompt_ids) + len(c.output_ids) for c in reused[:-1]]
     assert scheduler.prefix_cache_hit_tokens == sum(held)            # whole previous turns
     assert plain_scheduler.prefix_cache_hit_tokens == sum(len(c.prompt_ids) for c in reused[:-1])
+
+
+def test_extract_prefix_copies_a_slots_first_positions(engine):
+    """extract_prefix: a slot's first n positions as a Prefix of the smallest capacity holding
+    them, equal to the Prefix inserted there (a copy: bitwise), the rest zero and invalid;
+    the state is not donated."""
+    prompt = ids(12, 50)
+    prefix, result = engine.prefill(prompt)                    # capacity 16
+    state = engine.insert(prefix, result.arm, engine.init_state(), 2)
+    kept = engine.extract_prefix(state, 2, 9)
+    assert kept.capacity == 16 and int(kept.length) == 9
+    for got, want in ((kept.k, prefix.k), (kept.v, prefix.v)):
+        got, want = np.asarray(got), np.asarray(want)
+        assert np.array_equal(got[:, :, :, :9], want[:, :, :, :9])
+        assert not got[:, :, :, 9:].any()
+    assert np.asarray(kept.valid).tolist() == [[True] * 9 + [False] * 7]
+    assert not state.memory.k.is_deleted()                     # only read
+    with pytest.raises(ValueError, match="extract_prefix: length"):
+        engine.extract_prefix(state, 2, engine.sequence_len + 1)
