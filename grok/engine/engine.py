@@ -292,7 +292,8 @@ class JaxEngine:
 
     def precompile_all(self) -> None:
         """`precompile`, plus every continuation chunk (from each capacity that can hold a
-        prompt) and every batched-prefill shape, so no request ever waits for XLA."""
+        prompt), every batched-prefill shape and every `extract_prefix` capacity, so no
+        request ever waits for XLA."""
         self.precompile()
         state = self.init_state()
         for capacity in self.prefix_capacities:
@@ -304,4 +305,6 @@ class JaxEngine:
         for n in self.prefill_batch_sizes:
             for bucket in self.prefill_buckets:
                 self.prefill_batch([[1] * bucket] * n, [GREEDY] * n)
+        for capacity in self.prefix_capacities:    # a finished request's KV, for the cache
+            self.extract_prefix(state, 0, capacity)
         jax.block_until_ready(state)
