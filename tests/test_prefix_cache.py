@@ -246,6 +246,44 @@ def test_repl_turns_prefill_only_the_new_line(capsys):
     assert prefilled[6] == 1     # the old conversation's entry starts with the same line
 
 
+def test_repl_ctrl_c_keeps_the_streamed_tokens(capsys):
+    """Ctrl-C during an answer (here: the generator raising KeyboardInterrupt instead of
+    yielding its third token): the next turn's prompt holds exactly the two tokens streamed
+    and printed before it, then the new line."""
+    from types import SimpleNamespace
+
+    from grok.cli.flags import build_parser
+    from grok.cli.output import RunStats
+    from grok.cli.repl import Repl, encode_continuation
+    from grok.serving.requests import TokenEvent
+    from grok.serving.scheduler import serve
+
+    sent, events = [], []
+
+    def run():
+        gen = serve(Scheduler(FakeEngine(batch_size=1, sequence_len=256), BYTES,
+                              prefix_cache_tokens=1024))
+        out = next(gen)
+        while True:
+            incoming = yield out
+            sent.extend([incoming] if isinstance(incoming, Request) else [])
+            out = gen.send(incoming)
+            if isinstance(out, TokenEvent):
+                events.append(out)
+                if len(sent) == 1 and len(events) == 3:
+                    raise KeyboardInterrupt
+
+    runner = SimpleNamespace(config=SimpleNamespace(sequence_len=256), tokenizer=BYTES,
+                             batch_size=1, run=run)
+    args = build_parser().parse_args(["--interactive", "--max-tokens", "6", "--quiet"])
+    stdin = LineReader(["Hello there, model.", "go on"], lambda: None)
+    assert Repl(runner, args, stdin, RunStats()).run() == 0
+    streamed = [e.token_id for e in events[:2]]
+    assert list(sent[1].prompt) == (list(sent[0].prompt) + streamed
+                                    + encode_continuation(BYTES, "\ngo on"))
+    assert capsys.readouterr().out.startswith(BYTES.decode(streamed) + "\n")
+
+
 def test_a_hit_shared_by_several_slots_at_once():
     engine = FakeEngine(batch_size=4, buckets=(8, 16), sequence_len=128)
     scheduler = Scheduler(engine, BYTES, prefix_cache_tokens=1024)

@@ -2,18 +2,21 @@
 
 Each line extends the conversation and the model continues it, its text printed as it comes.
 Ctrl-C stops the answer being written and returns to the prompt with the conversation kept
-(the tokens whose text was printed so far stay in it); Ctrl-C at the prompt abandons the line.
+(the tokens streamed so far stay in it); Ctrl-C at the prompt abandons the line. On a
+terminal `readline` gives line editing and history (kept in ~/.grok_history, or
+$GROK_HISTORY). Bytes that are not UTF-8 are replaced, not fatal.
 
-The conversation is kept as token ids: the last turn's prompt ids + the ids the model sampled,
-then the new line's ids (a newline and the line, `encode_continuation`). Re-encoding the conversation's text
-would not always give back the sampled ids (a tokenizer may merge the answer's last piece
-with the next line's first), and then the prompt would leave the prefix cache's entry (the
-last prompt and answer, grok.serving.scheduler "Output KV") at the old prompt's end; with ids,
-each turn prefills only its new line. What is printed is unchanged. An answer that ended on a
-stop string keeps its sampled ids, the stop string's token included (the model's own text;
-only the display cuts it). On a terminal
-`readline` gives line editing and history (kept in ~/.grok_history, or $GROK_HISTORY). Bytes
-that are not UTF-8 are replaced, not fatal.
+The conversation is kept as token ids: the last turn's prompt ids + the ids the model
+sampled, then the new line's ids (a newline and the line, `encode_continuation`). Re-encoding
+the conversation's text would not always give back the sampled ids (a tokenizer may merge
+the answer's last piece with the next line's first), and then the prompt would leave the
+prefix cache's entry (the last prompt and answer, grok.serving.scheduler "Output KV") at the
+old prompt's end; with ids, each turn prefills only its new line. What is printed is
+unchanged. An answer that ended on a stop string keeps its sampled ids, the stop string's
+token included (the model's own text; only the display cuts it). A stopped (Ctrl-C) answer
+keeps the ids of the tokens streamed before the interrupt, not the few more the scheduler
+made before the cancel reached it (the conversation holds what was shown); it is not kept in
+the prefix cache (cancelled), so the next turn prefills it again.
 """
 
 from __future__ import annotations

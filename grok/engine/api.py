@@ -12,7 +12,7 @@ The host loop drives a model only through an `Engine`:
     out = engine.read(handle)                            # TokenOutput, one row per slot
     state = engine.release(state, slot)
     shorter = engine.slice_prefix(prefix, 700)           # its first 700 positions (a new Prefix)
-    kept = engine.extract_prefix(state, slot, 900)       # a slot's first 900 positions (before release)
+    kept = engine.extract_prefix(state, slot, 900)       # a slot's first 900 positions
 
 Roles (JetStream's engine_api shape, with these differences):
 - A `Prefix` is an immutable device value: a prompt's keys/values, which positions are real
