@@ -70,6 +70,9 @@ class RuntimeConfig:
     max_prefill_batch: int = DEFAULT_MAX_PREFILL_BATCH
     # Positions of prompt KV the prefix cache keeps on the device (0 turns the cache off).
     prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS
+    # The prefix cache also keeps a finished request's output KV (written by decode steps),
+    # so a conversation's next turn prefills only its new text (see grok.serving.scheduler).
+    prefix_cache_outputs: bool = True
 
     def __post_init__(self):
         if self.moe_impl not in MOE_IMPLS:
@@ -84,6 +87,9 @@ class RuntimeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"RuntimeConfig.{name} must be an int >= 0, got {value!r}")
+        if not isinstance(self.prefix_cache_outputs, bool):
+            raise ValueError(f"RuntimeConfig.prefix_cache_outputs must be a bool, "
+                             f"got {self.prefix_cache_outputs!r}")
         for name in ("local_mesh_config", "between_hosts_config"):
             value = getattr(self, name)
             value = tuple(value) if isinstance(value, (list, tuple)) else value

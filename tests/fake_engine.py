@@ -141,6 +141,14 @@ class FakeEngine:
         self.calls.append(("slice_prefix", length))
         return FakePrefix(prefix.tokens[:length])
 
+    def extract_prefix(self, state, slot, length):
+        """The slot's first `length` tokens; only those whose KV a real engine has written
+        (every token but the last sampled one, which no step has fed yet)."""
+        sequence = state["slots"][slot][0]
+        assert 1 <= length <= len(sequence) - 1, (length, len(sequence))
+        self.calls.append(("extract_prefix", length))
+        return FakePrefix(sequence[:length])
+
     def read(self, handle) -> TokenOutput:
         return handle.out
 

@@ -203,16 +203,27 @@ def test_stream(fixture_dir, tokenizer_path, runners, capsys):
     assert err.startswith(pieces), err
 
 
-def test_interactive_keeps_history_clears_and_exits(fixture_dir, tokenizer_path, runners, capsys):
+def test_interactive_keeps_history_clears_and_exits(fixture_dir, tokenizer_path, runners, capsys,
+                                                     tmp_path):
+    """The conversation travels as token ids: the second turn's prompt is the first's prompt
+    and sampled ids, then the new line's (grok.cli.repl.encode_continuation)."""
+    from grok.cli.repl import encode_continuation
+
     model_argv = fixture_model_argv(fixture_dir, tokenizer_path, 8)
     greedy = ["--temperature", "0", "--max-len", "5"]
 
-    def complete(prompt):
-        _, out, _ = run_cli(runners, capsys, model_argv, greedy + ["--prompt", prompt, "--json"])
-        return json_lines(out)[0]["text"]
+    def complete(prompt_ids):
+        path = write(tmp_path / "prompt.json", json.dumps([{"prompt_ids": prompt_ids}]))
+        _, out, _ = run_cli(runners, capsys, model_argv,
+                            greedy + ["--input-file", path, "--json"])
+        return json_lines(out)[0]
 
-    first = complete("Hello")
-    second = complete(f"Hello{first}\nagain")
+    tokenizer = runners.get(model_argv).tokenizer
+    hello = tokenizer.encode("Hello")
+    first = complete(hello)
+    again = encode_continuation(tokenizer, "\nagain")
+    second = complete(hello + first["output_ids"] + again)["text"]
+    first = first["text"]
     stdin = io.StringIO("Hello\nagain\n/clear\nHello\n/exit\nnever read\n")
     status, out, err = run_cli(runners, capsys, model_argv, greedy + ["--interactive"], stdin=stdin)
     assert status == 0

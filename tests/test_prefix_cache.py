@@ -151,21 +151,137 @@ def test_budget_holds_over_1000_requests_with_random_prefixes():
                                         - cached.prefix_cache_hit_tokens)
 
 
-def test_interactive_turns_prefill_only_the_new_text():
-    """The REPL sends the whole conversation each turn: a turn prefills only what the last
-    turn's prompt did not hold (the last answer and the new line)."""
-    engine = FakeEngine(batch_size=2, buckets=(8, 16), sequence_len=256)
-    scheduler = Scheduler(engine, BYTES, prefix_cache_tokens=1024)
-    conversation, last_prompt_len = BYTES.encode("You are a helpful assistant. Hello there!"), 0
+@pytest.mark.parametrize("keep_outputs", [True, False])
+def test_interactive_turns_prefill_only_the_new_text(keep_outputs):
+    """The conversation grows turn by turn as token ids (the last prompt + its answer + the
+    new text, as the REPL sends it): with output KV kept, a later turn prefills only its new
+    text, whether the last answer ended by EOS (turn 0, scripted) or by max_len; without, it
+    also re-prefills the last answer."""
+    opening = BYTES.encode("You are a helpful assistant. Hello there!")
+    engine = FakeEngine(batch_size=2, buckets=(8, 16), sequence_len=256,
+                        script={tuple(opening): [40, 41, 2]})          # "EF" then EOS
+    scheduler = Scheduler(engine, BYTES, prefix_cache_tokens=1024,
+                          prefix_cache_outputs=keep_outputs)
+    conversation, answer, prefilled = list(opening), [], []
     for turn in range(5):
         before = prefilled_tokens(engine)
         scheduler.submit(Request(prompt=list(conversation), max_len=6, request_id=f"t{turn}"))
         (done,) = [e for e in drain(scheduler) if isinstance(e, Completion)]
-        new = len(conversation) - last_prompt_len
-        assert prefilled_tokens(engine) - before == (new if turn else len(conversation))
-        last_prompt_len = len(conversation)
-        conversation += done.output_ids + BYTES.encode(f"\nand turn {turn}?")
-    assert len(scheduler.prefix_cache) == 1      # each turn's prompt replaced the last
+        prefilled.append(prefilled_tokens(engine) - before)
+        assert done.prompt_ids == conversation
+        new_text = BYTES.encode(f"\nand turn {turn}?")
+        want = len(new_text) + (0 if keep_outputs else len(answer))
+        if turn:
+            assert prefilled[-1] == want, (turn, prefilled)
+        answer = list(done.output_ids)
+        assert (done.finish_reason, len(answer)) == (("stop", 2) if turn == 0 else ("length", 6))
+        conversation = done.prompt_ids + answer + new_text
+    assert prefilled[0] == len(opening)
+    assert len(scheduler.prefix_cache) == 1      # each turn's entry replaced the last
+    stored = scheduler.prefix_cache.snapshot()[0][0]
+    want_stored = conversation[:-len(new_text)] if keep_outputs else done.prompt_ids
+    assert list(stored) == want_stored
+
+
+class LineReader:
+    """The REPL's stdin (not a terminal): each read first calls `on_read` (a turn has ended)."""
+
+    def __init__(self, lines, on_read):
+        self.lines, self.on_read = list(lines), on_read
+
+    def isatty(self) -> bool:
+        return False
+
+    def readline(self) -> str:
+        self.on_read()
+        return self.lines.pop(0) + "\n" if self.lines else ""
+
+
+class RecordingScheduler(Scheduler):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sent = []
+
+    def submit(self, item):
+        self.sent.append(item)
+        return super().submit(item)
+
+
+def test_repl_turns_prefill_only_the_new_line(capsys):
+    """Five turns through grok.cli.repl.Repl on the fake engine: each later turn prefills
+    exactly its new line's ids ("\n" + line), nothing of the previous answers (turn 0 ends by
+    EOS, the others by max tokens); the prompt sent is the previous prompt + the answer's ids
+    + the line's; the printed text is the answers' text; /clear starts a new conversation."""
+    from types import SimpleNamespace
+
+    from grok.cli.flags import build_parser
+    from grok.cli.output import RunStats
+    from grok.cli.repl import Repl, encode_continuation
+    from grok.serving.scheduler import serve
+
+    lines = ["Hello there, model.", "how are you?", "tell me more", "and more", "bye now",
+             "/clear", "Hello there, model."]
+    engine = FakeEngine(batch_size=1, buckets=(8, 16), sequence_len=512,
+                        script={tuple(BYTES.encode(lines[0])): [40, 41, 2]})    # 2: EOS
+    scheduler = RecordingScheduler(engine, BYTES, prefix_cache_tokens=2048)
+    runner = SimpleNamespace(config=SimpleNamespace(sequence_len=512), tokenizer=BYTES,
+                             batch_size=1, run=lambda: serve(scheduler))
+    args = build_parser().parse_args(["--interactive", "--max-tokens", "6", "--temperature", "0",
+                                      "--quiet"])
+    marks = []
+    stdin = LineReader(lines, lambda: marks.append(prefilled_tokens(engine)))
+    assert Repl(runner, args, stdin, RunStats()).run() == 0
+    prefilled = np.diff(marks).tolist()           # per turn; /clear prefills nothing
+    new_lines = [len(encode_continuation(BYTES, "\n" + line)) for line in lines[1:5]]
+    assert prefilled[1:5] == new_lines and prefilled[5] == 0, prefilled
+    prompts = [list(r.prompt) for r in scheduler.sent]
+    assert prompts[0] == prompts[5] == BYTES.encode(lines[0])    # /clear: a new conversation
+    answers = []
+    for turn in range(1, 5):
+        answer = prompts[turn][len(prompts[turn - 1]):-new_lines[turn - 1]]
+        assert len(answer) == (2 if turn == 1 else 6)        # the whole answer, no EOS
+        answers.append(BYTES.decode(answer))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:4] == answers and printed[0] == "%&"     # ids 40, 41: bytes 37, 38
+    assert prefilled[6] == 1     # the old conversation's entry starts with the same line
+
+
+def test_repl_ctrl_c_keeps_the_streamed_tokens(capsys):
+    """Ctrl-C during an answer (here: the generator raising KeyboardInterrupt instead of
+    yielding its third token): the next turn's prompt holds exactly the two tokens streamed
+    and printed before it, then the new line."""
+    from types import SimpleNamespace
+
+    from grok.cli.flags import build_parser
+    from grok.cli.output import RunStats
+    from grok.cli.repl import Repl, encode_continuation
+    from grok.serving.requests import TokenEvent
+    from grok.serving.scheduler import serve
+
+    sent, events = [], []
+
+    def run():
+        gen = serve(Scheduler(FakeEngine(batch_size=1, sequence_len=256), BYTES,
+                              prefix_cache_tokens=1024))
+        out = next(gen)
+        while True:
+            incoming = yield out
+            sent.extend([incoming] if isinstance(incoming, Request) else [])
+            out = gen.send(incoming)
+            if isinstance(out, TokenEvent):
+                events.append(out)
+                if len(sent) == 1 and len(events) == 3:
+                    raise KeyboardInterrupt
+
+    runner = SimpleNamespace(config=SimpleNamespace(sequence_len=256), tokenizer=BYTES,
+                             batch_size=1, run=run)
+    args = build_parser().parse_args(["--interactive", "--max-tokens", "6", "--quiet"])
+    stdin = LineReader(["Hello there, model.", "go on"], lambda: None)
+    assert Repl(runner, args, stdin, RunStats()).run() == 0
+    streamed = [e.token_id for e in events[:2]]
+    assert list(sent[1].prompt) == (list(sent[0].prompt) + streamed
+                                    + encode_continuation(BYTES, "\ngo on"))
+    assert capsys.readouterr().out.startswith(BYTES.decode(streamed) + "\n")
 
 
 def test_a_hit_shared_by_several_slots_at_once():
@@ -226,8 +342,8 @@ def test_echo_bypasses_and_cancel_unpins():
     scheduler.step()                                       # admitted with a hit, one chunk in
     assert [p for *_, p in scheduler.prefix_cache.snapshot()] == [1]
     scheduler.submit(Cancel("long"))
-    drain(scheduler)
-    assert [p for *_, p in scheduler.prefix_cache.snapshot()] == [0]
+    drain(scheduler)                                       # "busy" leaves its output's KV
+    assert [p for *_, p in scheduler.prefix_cache.snapshot()] == [0, 0]
 
 
 class ListLog:
@@ -310,3 +426,66 @@ def test_tiny_model_outputs_equal_with_and_without_the_cache(engine):
     # A hit at a chunk boundary replays the uncached chunks exactly: float32 bitwise.
     assert cached["a"].logprobs == plain["a"].logprobs
     assert cached["a"].top_logprobs == plain["a"].top_logprobs
+
+
+def converse(engine, cache_tokens: int, keep_outputs: bool, turns: int = 4):
+    """A conversation on the tiny model, turn by turn as the REPL sends it (the last prompt
+    + its answer's ids + new ids); returns (Completions, the scheduler)."""
+    scheduler = Scheduler(engine, BYTES, prefix_cache_tokens=cache_tokens,
+                          prefix_cache_outputs=keep_outputs)
+    conversation, done = ids(21, 30), []
+    for turn in range(turns):
+        scheduler.submit(Request(prompt=list(conversation), max_len=8, request_id=f"t{turn}",
+                                 temperature=0.0 if turn % 2 else 0.9, rng_seed=turn,
+                                 logprobs=True))
+        (completion,) = [e for e in drain(scheduler) if isinstance(e, Completion)]
+        assert completion.error is None
+        done.append(completion)
+        conversation = list(completion.prompt_ids) + list(completion.output_ids) + ids(5, 40 + turn)
+    return done, scheduler
+
+
+def top_logprobs(completion) -> list:
+    return [lp for row in completion.top_logprobs for _, lp in row]
+
+
+@pytest.mark.slow
+def test_tiny_model_conversation_equal_with_and_without_output_kv(engine):
+    """Turns continuing the previous answer's decode-written KV (extract_prefix) sample the
+    same tokens, with logprobs equal within 1e-5 (float32, not bitwise), as with prompt KV
+    only and as with no cache at all; each later turn hits all of the previous prompt and
+    answer (prompt KV only: the previous prompt)."""
+    reused, scheduler = converse(engine, 4096, True)
+    prompt_only, plain_scheduler = converse(engine, 4096, False)
+    uncached, _ = converse(engine, 0, False)
+    for got, prompt_kv, want in zip(reused, prompt_only, uncached):
+        assert got.prompt_ids == want.prompt_ids and got.output_ids == want.output_ids
+        assert prompt_kv.output_ids == want.output_ids
+        # Not bitwise (about 5e-7 apart here): the positions after a hit are computed in
+        # other chunks than without it, as after a prompt-KV hit that ends inside a chunk.
+        for run in (got, prompt_kv):
+            np.testing.assert_allclose(run.logprobs, want.logprobs, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(top_logprobs(run), top_logprobs(want),
+                                       rtol=1e-5, atol=1e-5)
+    held = [len(c.prompt_ids) + len(c.output_ids) for c in reused[:-1]]
+    assert scheduler.prefix_cache_hit_tokens == sum(held)            # whole previous turns
+    assert plain_scheduler.prefix_cache_hit_tokens == sum(len(c.prompt_ids) for c in reused[:-1])
+
+
+def test_extract_prefix_copies_a_slots_first_positions(engine):
+    """extract_prefix: a slot's first n positions as a Prefix of the smallest capacity holding
+    them, equal to the Prefix inserted there (a copy: bitwise), the rest zero and invalid;
+    the state is not donated."""
+    prompt = ids(12, 50)
+    prefix, result = engine.prefill(prompt)                    # capacity 16
+    state = engine.insert(prefix, result.arm, engine.init_state(), 2)
+    kept = engine.extract_prefix(state, 2, 9)
+    assert kept.capacity == 16 and int(kept.length) == 9
+    for got, want in ((kept.k, prefix.k), (kept.v, prefix.v)):
+        got, want = np.asarray(got), np.asarray(want)
+        assert np.array_equal(got[:, :, :, :9], want[:, :, :, :9])
+        assert not got[:, :, :, 9:].any()
+    assert np.asarray(kept.valid).tolist() == [[True] * 9 + [False] * 7]
+    assert not state.memory.k.is_deleted()                     # only read
+    with pytest.raises(ValueError, match="extract_prefix: length"):
+        engine.extract_prefix(state, 2, engine.sequence_len + 1)

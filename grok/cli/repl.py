@@ -2,9 +2,21 @@
 
 Each line extends the conversation and the model continues it, its text printed as it comes.
 Ctrl-C stops the answer being written and returns to the prompt with the conversation kept
-(the words printed so far stay in it); Ctrl-C at the prompt abandons the line. On a terminal
-`readline` gives line editing and history (kept in ~/.grok_history, or $GROK_HISTORY). Bytes
-that are not UTF-8 are replaced, not fatal.
+(the tokens streamed so far stay in it); Ctrl-C at the prompt abandons the line. On a
+terminal `readline` gives line editing and history (kept in ~/.grok_history, or
+$GROK_HISTORY). Bytes that are not UTF-8 are replaced, not fatal.
+
+The conversation is kept as token ids: the last turn's prompt ids + the ids the model
+sampled, then the new line's ids (a newline and the line, `encode_continuation`). Re-encoding
+the conversation's text would not always give back the sampled ids (a tokenizer may merge
+the answer's last piece with the next line's first), and then the prompt would leave the
+prefix cache's entry (the last prompt and answer, grok.serving.scheduler "Output KV") at the
+old prompt's end; with ids, each turn prefills only its new line. What is printed is
+unchanged. An answer that ended on a stop string keeps its sampled ids, the stop string's
+token included (the model's own text; only the display cuts it). A stopped (Ctrl-C) answer
+keeps the ids of the tokens streamed before the interrupt, not the few more the scheduler
+made before the cancel reached it (the conversation holds what was shown); it is not kept in
+the prefix cache (cancelled), so the next turn prefills it again.
 """
 
 from __future__ import annotations
@@ -29,6 +41,22 @@ HELP = """Each line continues the conversation; the model's answer is printed as
   /exit    quit (also Ctrl-D)
   Ctrl-C   stop the answer being written (the conversation is kept)"""
 COMMANDS = ("/help", "/clear", "/exit")
+# Text encoded before a later line and cut off again (see `encode_continuation`): one plain
+# letter, a token of its own in any vocabulary that splits text at newlines.
+ANCHOR_TEXT = "a"
+
+
+def encode_continuation(tokenizer, text: str) -> list:
+    """The ids of `text` as it continues a conversation: without the start-of-text marks a
+    tokenizer adds to what it encodes alone (SentencePiece's "dummy prefix", a lone "▁" before
+    a leading newline, which the conversation's text would not hold there). Encodes
+    ANCHOR_TEXT + text and drops the anchor's ids; when the two merge (a tokenizer joining
+    them into one piece), the text's own ids."""
+    anchor = tokenizer.encode(ANCHOR_TEXT)
+    ids = tokenizer.encode(ANCHOR_TEXT + text)
+    if ids[:len(anchor)] == anchor and len(ids) > len(anchor):
+        return ids[len(anchor):]
+    return tokenizer.encode(text)
 
 
 class Repl:
@@ -37,6 +65,7 @@ class Repl:
         self.tty = stdin.isatty()
         self.gen = None
         self.turn = 0
+        self.conversation: list[int] = []   # token ids so far: prompts and sampled answers
         self.budget = runner.config.sequence_len - args.max_tokens   # context that fits
         if self.budget < 1:
             raise UsageError(f"--max-tokens {args.max_tokens} leaves no room for context in "
@@ -97,7 +126,6 @@ class Repl:
         self._start()
         print("Interactive: each line continues the conversation; /help lists commands, "
               "Ctrl-C stops an answer, /exit or Ctrl-D quits.", file=sys.stderr)
-        history = ""
         while True:
             try:
                 line = self._read_line()
@@ -112,7 +140,7 @@ class Repl:
                 self.gen.close()
                 return 0
             if command == "/clear":
-                history = ""
+                self.conversation = []
                 print("(conversation cleared)", file=sys.stderr)
                 continue
             if command == "/help":
@@ -124,20 +152,23 @@ class Repl:
                 continue
             if not command:
                 continue
-            history = f"{history}\n{line}" if history else line
-            history += self._answer(history)
+            tokenizer = self.runner.tokenizer
+            new = (encode_continuation(tokenizer, f"\n{line}") if self.conversation
+                   else tokenizer.encode(line))
+            self.conversation = self._answer(self.conversation + new)
 
-    def _answer(self, history: str) -> str:
-        """Prints the model's continuation of `history` as it comes; returns its text."""
-        ids = self.runner.tokenizer.encode(history)[-self.budget:]  # recent context that fits
+    def _answer(self, conversation: list) -> list:
+        """Prints the model's continuation of `conversation` (token ids) as it comes; returns
+        the conversation's ids after it: the prompt sent and the answer's sampled ids."""
+        ids = conversation[-self.budget:]    # recent context that fits
         try:
             request, stops = make_request({"prompt_ids": ids}, self.args, self.turn), self.args.stop
         except ValueError as e:
             print(f"Error: {e}", flush=True)
-            return ""
+            return conversation
         self.turn += 1
         stop = StopText(tuple(stops))
-        printed = []
+        printed, shown_ids = [], []      # text printed, ids of the events it came from
         stats = RunStats(*((self.stats.load_s, self.stats.compile_s) if self.turn == 1 else ()))
         stats.begin(1, self.runner.batch_size)
         try:
@@ -147,6 +178,7 @@ class Repl:
                     stats.on_first_token()
                 text = stop.feed(out.text)
                 printed.append(text)
+                shown_ids.append(out.token_id)
                 print(text, end="", flush=True)
                 out = next(self.gen)
         except KeyboardInterrupt:
@@ -154,17 +186,20 @@ class Repl:
             self._cancel(request.request_id)
             print("", flush=True)
             print("(stopped)", file=sys.stderr, flush=True)
-            return "".join(printed)
+            return ids + shown_ids
         tail = stop.flush()
         printed.append(tail)
         print(tail, flush=True)
+        answer = shown_ids
         if isinstance(out, Completion):
             stats.on_result(out)
             if out.error is not None:
                 print(f"Error: {out.error}", flush=True)
+            else:
+                answer = list(out.output_ids)
         if not self.args.quiet:
             print(stats.summary(), file=sys.stderr, flush=True)
-        return "".join(printed)
+        return ids + answer
 
     def _cancel(self, request_id: str) -> None:
         """Ends `request_id`: through the scheduler's Cancel when the generator survived the

@@ -12,6 +12,7 @@ The host loop drives a model only through an `Engine`:
     out = engine.read(handle)                            # TokenOutput, one row per slot
     state = engine.release(state, slot)
     shorter = engine.slice_prefix(prefix, 700)           # its first 700 positions (a new Prefix)
+    kept = engine.extract_prefix(state, slot, 900)       # a slot's first 900 positions
 
 Roles (JetStream's engine_api shape, with these differences):
 - A `Prefix` is an immutable device value: a prompt's keys/values, which positions are real
@@ -174,6 +175,13 @@ class Engine(Protocol):
         """The first `length` positions of `prefix` (1 <= length <= prefix.length) as a new
         Prefix of the smallest capacity holding them; `prefix` is not modified (a prefix
         cache continues a hit that ends inside a cached prompt from this)."""
+
+    def extract_prefix(self, state, slot: int, length: int) -> Prefix:
+        """The slot's first `length` positions (a finished request's prompt and the outputs
+        fed back so far) as a new Prefix of the smallest capacity holding them. `state` is only
+        read, never donated; positions the slot has not filled hold nothing meaningful, so the
+        caller keeps `length` within them. For a prefix cache: a conversation's next turn
+        continues the previous turn's prompt and answer."""
 
     def read(self, handle: Handle) -> TokenOutput:
         """A step's or a prefill's sampled tokens on the host (waits for the device)."""

@@ -249,6 +249,23 @@ class JaxEngine:
         return self._jit(("slice_prefix", prefix.capacity, capacity), build)(
             prefix, np.int32(length))
 
+    def extract_prefix(self, state: DecodeState, slot: int, length: int) -> Prefix:
+        """See grok.engine.api.Engine.extract_prefix (one program per capacity; no donation)."""
+        from grok.engine.state import extract_prefix
+
+        self._check_slot(slot)
+        if not 1 <= length <= self.sequence_len:
+            raise ValueError(f"extract_prefix: length must be in [1, {self.sequence_len}] "
+                             f"(sequence_len), got {length}")
+        capacity = capacity_for(length, self.prefix_capacities)
+
+        def build():
+            fn = functools.partial(extract_prefix, capacity=capacity)
+            return jax.jit(fn, in_shardings=(self._state_sh, self._rep, self._rep),
+                           out_shardings=self._prefix_sh(capacity))
+        return self._jit(("extract_prefix", capacity), build)(state, np.int32(slot),
+                                                              np.int32(length))
+
     def read(self, handle: Handle) -> TokenOutput:
         return unpack_output(to_host(handle.packed))
 
@@ -275,7 +292,8 @@ class JaxEngine:
 
     def precompile_all(self) -> None:
         """`precompile`, plus every continuation chunk (from each capacity that can hold a
-        prompt) and every batched-prefill shape, so no request ever waits for XLA."""
+        prompt), every batched-prefill shape and every `extract_prefix` capacity, so no
+        request ever waits for XLA."""
         self.precompile()
         state = self.init_state()
         for capacity in self.prefix_capacities:
@@ -287,4 +305,6 @@ class JaxEngine:
         for n in self.prefill_batch_sizes:
             for bucket in self.prefill_buckets:
                 self.prefill_batch([[1] * bucket] * n, [GREEDY] * n)
+        for capacity in self.prefix_capacities:    # a finished request's KV, for the cache
+            self.extract_prefix(state, 0, capacity)
         jax.block_until_ready(state)

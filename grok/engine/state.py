@@ -85,6 +85,21 @@ def slice_prefix(prefix: Prefix, length, capacity: int) -> Prefix:
                   jnp.asarray(length, jnp.int32))
 
 
+def extract_prefix(state: DecodeState, slot, length, capacity: int) -> Prefix:
+    """Slot's first `length` positions ([] int32, <= the slot's filled positions) as a Prefix
+    of `capacity` (static, >= length) positions; the rest zero and invalid, as in any Prefix.
+
+    A finished request's prompt and output KV, kept by the prefix cache (a conversation's next
+    turn starts with them). The state is only read: its KV stays in the slot.
+    """
+    mem = state.memory
+    take = lambda a, axis: jax.lax.dynamic_slice_in_dim(a, slot, 1, axis)
+    keep = jnp.arange(capacity) < length                                        # [P]
+    cut = lambda a: jnp.where(keep[:, None], a[:, :, :, :capacity], jnp.zeros((), a.dtype))
+    return Prefix(cut(take(mem.k, 1)), cut(take(mem.v, 1)),                     # [L, 1, K, P, d]
+                  take(mem.valid, 0)[:, :capacity] & keep[None], jnp.asarray(length, jnp.int32))
+
+
 def arm_slot(state: DecodeState, arm: SlotArm, slot) -> DecodeState:
     """The state with slot's sampling settings, PRNG key and next input token from `arm`."""
     put = lambda a, r: a.at[slot].set(r.astype(a.dtype))

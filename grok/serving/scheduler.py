@@ -14,13 +14,31 @@ the engine API (grok.engine.api.Engine). Each `step()`:
    nobody to keep waiting, and every admitted prompt is prefilled at once;
    a prompt whose prefill starts continues the longest prefix the prefix cache holds
    (grok.serving.prefix_cache: only the rest is prefilled; every process's cache evolves
-   alike) and its Prefix joins the cache once inserted;
+   alike) and its Prefix joins the cache once inserted; with `prefix_cache_outputs`, a
+   request that ends by stop or length also leaves its prompt + output KV there (see
+   "Output KV" below);
 4. dispatches one decode step for every running slot, then reads the previous step's tokens
    (step n+1 is on the device while the host handles step n; a slot that finished in step n
    ran one more step whose token is ignored) and the first tokens of the prompts inserted.
 
 Any exception while admitting, prefilling or handling one request's tokens ends that request
 alone with finish_reason "error" and its message; its slot is freed and the others go on.
+
+Output KV. A conversation's next turn is the last prompt + the last answer + new text; only
+the new text needs a prefill when the cache holds the answer's KV too. So a request that
+finishes by "stop" or "length" (not "error" or "cancelled") has its slot's first
+len(prompt) + f positions copied out (`engine.extract_prefix`) and kept under the ids
+prompt + output[:f] before its slot is released, f = the output tokens already fed to a
+decode step (a token's KV is written by the step that feeds it; every token read so far has
+been fed, because step n + 1 is dispatched before step n's token is read, so f is the whole
+output). The trade: those positions were written by decode steps, one token at a time,
+not by a prefill of the whole text, so a later prompt continuing them can differ from an
+uncached run by rounding (float32 on CPU: the same tokens, logprobs about 5e-7 apart, as
+after a prompt-KV hit that ends inside a chunk; tests/test_prefix_cache.py);
+`prefix_cache_outputs=False` keeps prompt KV only.
+vLLM's automatic prefix caching and SGLang's radix cache keep generated tokens the same way.
+In a multi-process job the choice follows from the finish reason and the outputs, which every
+process sees alike, so no decision is published for it (grok.serving.decisions).
 
 Glossary: B slots, T tokens in a prefill chunk.
 """
@@ -69,6 +87,7 @@ class _Stream:
     inserted: bool = False                 # the slot holds its KV (release it when done)
     cache_hit: Optional[Hit] = None        # the prefix-cache entry it continues (pinned)
     looked_up: bool = False                # the prefix cache was asked for its prompt
+    fed: int = 0                           # output tokens fed to dispatched decode steps
     done: bool = False
 
 
@@ -80,12 +99,13 @@ class Scheduler:
     `log`: where process 0 publishes its decisions (None: a single process).
     `prefix_cache_tokens`: positions the prefix cache may hold on the device (0: no cache;
     see grok.serving.prefix_cache); `prefix_cache_hit_tokens` / `prefix_cache_query_tokens`
-    count prompt tokens served from it / looked up in it.
+    count prompt tokens served from it / looked up in it. `prefix_cache_outputs`: also keep
+    a finished request's output KV (see "Output KV" in the module docstring).
     """
 
     def __init__(self, engine: Engine, tokenizer, *, prefill_budget: int = 0,
                  max_prefill_batch: int = 1, log: Optional[AdmissionLog] = None,
-                 prefix_cache_tokens: int = 0):
+                 prefix_cache_tokens: int = 0, prefix_cache_outputs: bool = True):
         self.engine, self.tokenizer, self.log = engine, tokenizer, log
         self.limits = ModelLimits.of(engine)
         self.eos_token = int(engine.eos_token)
@@ -105,6 +125,8 @@ class Scheduler:
         self.prefix_cache = (
             PrefixCache(int(prefix_cache_tokens), engine.slice_prefix, engine.prefix_capacities)
             if prefix_cache_tokens and hasattr(engine, "slice_prefix") else None)
+        self.prefix_cache_outputs = bool(prefix_cache_outputs) and callable(
+            getattr(engine, "extract_prefix", None))
         self.prefix_cache_hit_tokens = 0
         self.prefix_cache_query_tokens = 0
 
@@ -171,6 +193,8 @@ class Scheduler:
         if self._running:
             self.state, handle = self.engine.generate(self.state)
             dispatched = (handle, dict(self._running))
+            for stream in self._running.values():
+                stream.fed += 1       # this step writes the KV of its last token
         if self._inflight is not None:
             handle, snapshot = self._inflight
             out = self.engine.read(handle)
@@ -332,6 +356,20 @@ class Scheduler:
         if self.prefix_cache is not None and not stream.request.echo:
             self.prefix_cache.insert(stream.prompt_ids, prefix, prefix.capacity)
 
+    def _prefix_store_output(self, stream: _Stream) -> None:
+        """Keeps a finished request's prompt + output KV (see "Output KV" above); the slot
+        still holds it. An optimisation: a failure is logged, never the request's error."""
+        if self.prefix_cache is None or not self.prefix_cache_outputs or stream.request.echo:
+            return
+        ids = stream.prompt_ids + stream.output_ids[:stream.fed]
+        if len(ids) <= len(stream.prompt_ids) or len(ids) > self.engine.sequence_len:
+            return      # nothing new beyond the stored prompt / positions the slot dropped
+        try:
+            prefix = self.engine.extract_prefix(self.state, stream.slot, len(ids))
+            self.prefix_cache.insert(ids, prefix, prefix.capacity)
+        except Exception:
+            logger.exception("prefix cache: keeping the output of %s failed", stream.request_id)
+
     # ---- tokens -----------------------------------------------------------------------------
     def _guarded(self, stream: _Stream, work, *args) -> list:
         """work(stream, *args) -> its events (None: none); an exception ends `stream` alone
@@ -392,6 +430,8 @@ class Scheduler:
             except Exception as e:
                 reason, error = "error", f"{type(e).__name__}: {e}"
         if stream.inserted:
+            if reason in ("stop", "length") and error is None:
+                self._prefix_store_output(stream)
             self._running.pop(stream.slot, None)
             self.state = self.engine.release(self.state, stream.slot)
         else:
@@ -416,7 +456,8 @@ def scheduler_for(runner, log: Optional[AdmissionLog] = None) -> Scheduler:
     return Scheduler(runner.engine, runner.tokenizer,
                      prefill_budget=getattr(runtime, "prefill_chunk_tokens", 0),
                      max_prefill_batch=getattr(runtime, "max_prefill_batch", 1), log=log,
-                     prefix_cache_tokens=getattr(runtime, "prefix_cache_tokens", 0))
+                     prefix_cache_tokens=getattr(runtime, "prefix_cache_tokens", 0),
+                     prefix_cache_outputs=getattr(runtime, "prefix_cache_outputs", True))
 
 
 def serve(source):
