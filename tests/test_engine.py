@@ -3,7 +3,7 @@
 The reference for every number is a full forward over the whole sequence without a cache
 (tests/test_runner.py's `FullForward`). One engine is compiled for the module: 4 slots on one
 device (test_runner.py covers meshes), prefill buckets (8, 16), float32, sequence_len 128 (prefix capacities 8, 16, 32,
-64, 128), decode variants reading 8, 16, 32, 64 or 128 cache positions (min_kv_len 8, so
+64, 128), decode variants reading 16, 32, 64 or 128 cache positions (min_kv_len 16, so
 every test below also decodes through the short variants). Tests drive the engine through a
 small host loop (`decode`), as a scheduler would.
 """
@@ -25,7 +25,7 @@ from test_runner import SEED, TOLERANCE, FullForward, make_prompt, tiny_config
 
 BUCKETS = (8, 16)
 SAMPLED = SampleParams(temperature=0.8, top_p=0.9, top_k=20, seed=7)
-MIN_KV_LEN = 8   # the shortest decode variant (production: 128)
+MIN_KV_LEN = 16   # the shortest decode variant (production: 128)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,8 @@ def engine(host_params):
                        model.param_shardings, runner.batch_size, min_kv_len=MIN_KV_LEN)
     engine.precompile()
     assert engine.batch_size == 4 and engine.prefix_capacities == (8, 16, 32, 64, 128)
-    assert engine.kv_len_buckets == (8, 16, 32, 64, 128)
-    assert engine.startup_kv_lens() == (8, 16, 32)   # a 16-token prompt's first step: 17
+    assert engine.kv_len_buckets == (16, 32, 64, 128)
+    assert engine.startup_kv_lens() == (16, 32)   # a 16-token prompt's first step: 17
     return engine
 
 
@@ -200,16 +200,17 @@ def test_no_recompiles_while_serving(engine):
         prefilled = {slot: prefill_prompt(engine, make_prompt(n, seed + slot), sample)
                      for slot, n in enumerate(lengths)}
         decode(engine, prefilled, steps=2)
-        engine.prefill_batch([make_prompt(n % 8 + 1, seed) for n in lengths[:3]], [sample] * 3)
+        engine.prefill_batch([make_prompt(n % 8 + 1, seed) for n in lengths[:3]],
+                            [sample] * len(lengths[:3]))
 
     serve((3, 12, 20, 40), 60, GREEDY)      # chunk shapes (-, 8), (-, 16), (16, 8), (32, 8)
-    serve((3,), 65, GREEDY)                 # decode variants 64 (above) and 8 (here)
+    serve((3,), 65, GREEDY)                 # decode variants 64 (above) and 16 (here)
     compiles.clear()
     steps_before = collections.Counter(engine.decode_steps_by_kv_len)
     serve((5, 10, 23, 39), 70, SAMPLED)     # the same shapes, other lengths and settings
     serve((4,), 75, SAMPLED)
     assert compiles == []
-    assert engine.decode_steps_by_kv_len - steps_before == collections.Counter({64: 2, 8: 2})
+    assert engine.decode_steps_by_kv_len - steps_before == collections.Counter({64: 2, 16: 2})
 
 
 def test_bad_calls_name_the_problem(engine):
@@ -253,14 +254,14 @@ def _steps_run(engine, run):
 
 
 def test_a_short_context_runs_the_short_variant_bitwise_equal(engine):
-    """Two short prompts decode through the 8- and 16-position variants, with exactly the
+    """Two short prompts decode through the 16-position variant, with exactly the
     tokens and logprobs of the step reading all 128 positions (float32, bitwise)."""
     prompts = {0: make_prompt(3, 90), 2: make_prompt(5, 91)}
     prefilled = {slot: engine.prefill(p, SAMPLED._replace(seed=slot)) for slot, p in prompts.items()}
     (live, live_steps) = _steps_run(engine, lambda: decode(engine, prefilled, steps=5))
     (full, full_steps) = _steps_run(engine, lambda: decode(engine, prefilled, steps=5,
                                                            kv_len=engine.sequence_len))
-    assert live_steps == {8: 3, 16: 2}      # contexts 6, 7, 8 then 9, 10 (+ the new token)
+    assert live_steps == {16: 5}            # contexts 6 .. 10 (with the new token)
     assert full_steps == {128: 5}
     for slot in prompts:
         assert live[0][slot] == full[0][slot], slot
@@ -284,19 +285,22 @@ def test_the_variant_follows_the_host_lengths(engine):
     """kv_len_for: the longest active slot + 1, from lengths the engine tracks on the host;
     a released slot no longer counts; a state the engine did not make reads everything."""
     state = engine.init_state()
-    assert engine.kv_len_for(state) == 8
+    assert engine.kv_len_for(state) == 16
     long_prefix, long_result = prefill_prompt(engine, make_prompt(20, 93))
     short_prefix, short_result = engine.prefill(make_prompt(3, 94), GREEDY)
     state = engine.insert(long_prefix, long_result.arm, state, 3)
     state = engine.insert(short_prefix, short_result.arm, state, 0)
     assert engine.kv_len_for(state) == 32                  # 20 + 1
-    kept = engine.trim(long_prefix, 11)
+    kept = engine.trim(long_prefix, 17)
     state = engine.insert(kept, long_result.arm, state, 3)  # replaces the 20-token prompt
+    assert engine.kv_len_for(state) == 32                  # 17 + 1
+    state = engine.insert(engine.trim(kept, 11), long_result.arm, state, 3)
     assert engine.kv_len_for(state) == 16                  # 11 + 1
+    state = engine.release(state, 0)
     state = engine.release(state, 3)
-    assert engine.kv_len_for(state) == 8                   # 3 + 1
+    assert engine.kv_len_for(state) == 16                  # nothing active
     assert engine.kv_len_for(engine.new_memory()) == 128
-    with pytest.raises(ValueError, match="kv_len must be a decode variant >= 8"):
-        engine.generate(state, kv_len=12)
+    with pytest.raises(ValueError, match="kv_len must be a decode variant >= 16"):
+        engine.generate(state, kv_len=8)
     with pytest.raises(ValueError, match="decode variants"):
         engine.sample_step_fn(100)
