@@ -82,6 +82,8 @@ class JaxEngine:
         make_state = functools.partial(new_state, config, runtime, batch_size)
         self._state_sh = state_shardings(jax.eval_shape(make_state), mesh)
         self._jits: dict[tuple, Any] = {}
+        if not (isinstance(min_kv_len, int) and min_kv_len >= 1):
+            raise ValueError(f"min_kv_len must be an int >= 1, got {min_kv_len!r}")
         self.min_kv_len = min_kv_len
         self.kv_len_buckets = tuple(kv_len_buckets(self.sequence_len, min_kv_len))
         # Host-side lengths (grok.engine.live_lengths): per state (by its memory.step array),
