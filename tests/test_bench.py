@@ -47,6 +47,8 @@ def test_json_has_every_metric_positive_and_finite(tiny_report):
         assert run["decode_tokens_per_s"] == pytest.approx(2e3 / run["decode_step_ms"])
         assert run["decode_step_ms_min"] <= run["decode_step_ms"]
         assert run["kv_len"] == 128 and run["sequence_len"] == 128 and run["experts"] == 4
+        # every step ran through the engine's own variant for the live context
+        assert run["kv_len_steps"] == {"128": bench.WARMUP_STEPS + NEW_TOKENS}
         assert 0 < run["of_bandwidth"] and run["useful_gb_per_s"] > run["weight_read_gb_per_s"]
     assert tiny_report["bandwidth_gb_per_s"] > 0
     assert tiny_report["command"].startswith("python -m grok.bench --vocab 256")

@@ -3,8 +3,13 @@
 The reference for every number is a full forward over the whole sequence without a cache
 (tests/test_runner.py's `FullForward`). One engine is compiled for the module: 4 slots on one
 device (test_runner.py covers meshes), prefill buckets (8, 16), float32, sequence_len 128 (prefix capacities 8, 16, 32,
-64, 128). Tests drive the engine through a small host loop (`decode`), as a scheduler would.
+64, 128), decode variants reading 16, 32, 64 or 128 cache positions (min_kv_len 16, so
+every test below also decodes through the short variants). Tests drive the engine through a
+small host loop (`decode`), as a scheduler would.
 """
+
+import collections
+
 
 import jax
 import numpy as np
@@ -12,6 +17,7 @@ import pytest
 
 from grok import checkpoint
 from grok.engine.api import GREEDY, Engine, Prefix, SampleParams
+from grok.engine.engine import JaxEngine
 from grok.engine.runner import InferenceRunner, ModelRunner
 from grok.engine.state import capacity_for
 from grok.tokenizer import ByteTokenizer
@@ -19,6 +25,7 @@ from test_runner import SEED, TOLERANCE, FullForward, make_prompt, tiny_config
 
 BUCKETS = (8, 16)
 SAMPLED = SampleParams(temperature=0.8, top_p=0.9, top_k=20, seed=7)
+MIN_KV_LEN = 16   # the shortest decode variant (production: 128)
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +44,14 @@ def engine(host_params):
                              local_mesh_config=(1, 1), pad_sizes=BUCKETS,
                              tokenizer=ByteTokenizer(), params=host_params, precompile=False)
     runner.initialize()
-    runner.engine.precompile()
-    assert runner.engine.batch_size == 4 and runner.engine.prefix_capacities == (8, 16, 32, 64, 128)
-    return runner.engine
+    model = runner.runner
+    engine = JaxEngine(runner.config, runner.runtime, model.mesh, model.forward, runner.params,
+                       model.param_shardings, runner.batch_size, min_kv_len=MIN_KV_LEN)
+    engine.precompile()
+    assert engine.batch_size == 4 and engine.prefix_capacities == (8, 16, 32, 64, 128)
+    assert engine.kv_len_buckets == (16, 32, 64, 128)
+    assert engine.startup_kv_lens() == (16, 32)   # a 16-token prompt's first step: 17
+    return engine
 
 
 def prefill_prompt(engine, prompt, sample=GREEDY, prefix=None, chunk=None):
@@ -50,9 +62,10 @@ def prefill_prompt(engine, prompt, sample=GREEDY, prefix=None, chunk=None):
     return prefix, result
 
 
-def decode(engine, prefilled: dict, steps: int, state=None):
-    """Inserts {slot: (prefix, result)} and runs `steps` decode steps, reading each step after
-    the next is dispatched. Returns ({slot: [token ids]}, {slot: [logprobs]}, state)."""
+def decode(engine, prefilled: dict, steps: int, state=None, kv_len=None):
+    """Inserts {slot: (prefix, result)} and runs `steps` decode steps (the `kv_len` variant, or
+    the engine's choice), reading each step after the next is dispatched.
+    Returns ({slot: [token ids]}, {slot: [logprobs]}, state)."""
     state = engine.init_state() if state is None else state
     tokens, logprobs = {}, {}
     for slot, (prefix, result) in prefilled.items():
@@ -63,7 +76,7 @@ def decode(engine, prefilled: dict, steps: int, state=None):
     for _ in range(steps + 1):
         handle = None
         if _ < steps:
-            state, handle = engine.generate(state)
+            state, handle = engine.generate(state, kv_len)
         if pending is not None:
             out = engine.read(pending)
             for slot in prefilled:
@@ -187,12 +200,17 @@ def test_no_recompiles_while_serving(engine):
         prefilled = {slot: prefill_prompt(engine, make_prompt(n, seed + slot), sample)
                      for slot, n in enumerate(lengths)}
         decode(engine, prefilled, steps=2)
-        engine.prefill_batch([make_prompt(n % 8 + 1, seed) for n in lengths[:3]], [sample] * 3)
+        engine.prefill_batch([make_prompt(n % 8 + 1, seed) for n in lengths[:3]],
+                            [sample] * len(lengths[:3]))
 
     serve((3, 12, 20, 40), 60, GREEDY)      # chunk shapes (-, 8), (-, 16), (16, 8), (32, 8)
+    serve((3,), 65, GREEDY)                 # decode variants 64 (above) and 16 (here)
     compiles.clear()
+    steps_before = collections.Counter(engine.decode_steps_by_kv_len)
     serve((5, 10, 23, 39), 70, SAMPLED)     # the same shapes, other lengths and settings
+    serve((4,), 75, SAMPLED)
     assert compiles == []
+    assert engine.decode_steps_by_kv_len - steps_before == collections.Counter({64: 2, 16: 2})
 
 
 def test_bad_calls_name_the_problem(engine):
@@ -226,3 +244,63 @@ def test_trim_keeps_a_shorter_shared_part(engine):
                                **TOLERANCE)
     with pytest.raises(ValueError, match="trim"):
         engine.trim(full, 33)
+
+
+def _steps_run(engine, run):
+    """(what run() returns, the decode variants it ran: {kv_len: steps})."""
+    before = collections.Counter(engine.decode_steps_by_kv_len)
+    out = run()
+    return out, dict(engine.decode_steps_by_kv_len - before)
+
+
+def test_a_short_context_runs_the_short_variant_bitwise_equal(engine):
+    """Two short prompts decode through the 16-position variant, with exactly the
+    tokens and logprobs of the step reading all 128 positions (float32, bitwise)."""
+    prompts = {0: make_prompt(3, 90), 2: make_prompt(5, 91)}
+    prefilled = {slot: engine.prefill(p, SAMPLED._replace(seed=slot)) for slot, p in prompts.items()}
+    (live, live_steps) = _steps_run(engine, lambda: decode(engine, prefilled, steps=5))
+    (full, full_steps) = _steps_run(engine, lambda: decode(engine, prefilled, steps=5,
+                                                           kv_len=engine.sequence_len))
+    assert live_steps == {16: 5}            # contexts 6 .. 10 (with the new token)
+    assert full_steps == {128: 5}
+    for slot in prompts:
+        assert live[0][slot] == full[0][slot], slot
+        np.testing.assert_array_equal(live[1][slot], full[1][slot])
+    np.testing.assert_array_equal(np.asarray(live[2].memory.k), np.asarray(full[2].memory.k))
+
+
+def test_a_context_crossing_buckets_keeps_the_full_length_tokens(engine, reference):
+    """A 14-token prompt decoded for 20 steps crosses 16 and 32 positions mid-generation; its
+    tokens stay those of the whole-cache step and of a full forward without a cache."""
+    prompt = make_prompt(14, 92)
+    prefilled = {1: engine.prefill(prompt, GREEDY)}
+    (live, live_steps) = _steps_run(engine, lambda: decode(engine, prefilled, steps=20))
+    full, _ = _steps_run(engine, lambda: decode(engine, prefilled, steps=20, kv_len=128))
+    assert live_steps == {16: 2, 32: 16, 64: 2}   # needs 15 .. 34 positions
+    assert live[0][1] == full[0][1] == reference.greedy(prompt, 21)[0]
+    np.testing.assert_array_equal(live[1][1], full[1][1])
+
+
+def test_the_variant_follows_the_host_lengths(engine):
+    """kv_len_for: the longest active slot + 1, from lengths the engine tracks on the host;
+    a released slot no longer counts; a state the engine did not make reads everything."""
+    state = engine.init_state()
+    assert engine.kv_len_for(state) == 16
+    long_prefix, long_result = prefill_prompt(engine, make_prompt(20, 93))
+    short_prefix, short_result = engine.prefill(make_prompt(3, 94), GREEDY)
+    state = engine.insert(long_prefix, long_result.arm, state, 3)
+    state = engine.insert(short_prefix, short_result.arm, state, 0)
+    assert engine.kv_len_for(state) == 32                  # 20 + 1
+    kept = engine.trim(long_prefix, 17)
+    state = engine.insert(kept, long_result.arm, state, 3)  # replaces the 20-token prompt
+    assert engine.kv_len_for(state) == 32                  # 17 + 1
+    state = engine.insert(engine.trim(kept, 11), long_result.arm, state, 3)
+    assert engine.kv_len_for(state) == 16                  # 11 + 1
+    state = engine.release(state, 0)
+    state = engine.release(state, 3)
+    assert engine.kv_len_for(state) == 16                  # nothing active
+    assert engine.kv_len_for(engine.new_memory()) == 128
+    with pytest.raises(ValueError, match="kv_len must be a decode variant >= 16"):
+        engine.generate(state, kv_len=8)
+    with pytest.raises(ValueError, match="decode variants"):
+        engine.sample_step_fn(100)

@@ -1,4 +1,4 @@
-"""Benchmark: load, compile, prefill and decode times of InferenceRunner's compiled functions.
+"""Benchmark: load, compile, prefill and decode times of the engine's compiled functions.
 
     JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
         python -m grok.bench decode --mesh 1,8 --moe sparse,dense --batch-size 1,8 --json bench.json
@@ -12,17 +12,20 @@ layers.
 Weights come from --checkpoint, or are synthetic (Grok-style dims from --config or the flags,
 grok.benchmarks.weights), made on the devices in their final sharding.
 
-What is measured (the runner's own jitted functions, compiled ahead of time):
-- compile_s (wall) and compile_cpu_s: `.lower(...).compile()` of new_memory, prefill for the
-  --prompt-len bucket, and sample_step. The first configuration is compiled once untimed
-  beforehand (with one more slot), so one-time start-up costs fall on no configuration.
-- prefill_ms: one --prompt-len prompt into one slot (median over the slots).
+What is measured (the engine's own jitted functions, grok.engine.engine.JaxEngine, compiled
+ahead of time; the engine then runs these very executables):
+- compile_s (wall) and compile_cpu_s: `.lower(...).compile()` of new_memory, the prefill
+  (`prefill_memory`) of the --prompt-len bucket, and the `sample_step` variant the run decodes
+  with. The first configuration is compiled once untimed beforehand (with one more slot), so
+  one-time start-up costs fall on no configuration.
+- prefill_ms: one --prompt-len prompt prefilled and inserted into a slot (median over slots).
 - decode: every slot filled, WARMUP_STEPS steps, then --new-tokens steps each timed up to
   block_until_ready, interleaved across the configurations of one layer count (all their caches
   are held at once); decode_step_ms is the median, decode_tokens_per_s = slots / that.
-  sample_step reads the first kv_len cache positions: --kv-len auto picks the power-of-two
-  bucket that holds the whole run (grok.model.transformer.live_kv_len, as the engine would per
-  step), full reads all sequence_len positions.
+  Each step is `engine.generate`: --kv-len auto lets the engine pick its variant per step
+  (the power-of-two bucket of the live context, grok.model.transformer.live_kv_len; the
+  run's kv_len is the bucket holding the whole run, and kv_len_steps counts the variants
+  actually run); full forces the variant reading all sequence_len positions.
 - useful bytes per step (grok.benchmarks.traffic): the weights a step needs plus the KV of
   the live context; as GB/s, and as a fraction of the mesh's HBM peak (GPU) or of this
   machine's measured copy bandwidth (CPU).
@@ -55,13 +58,13 @@ from grok.benchmarks import hlo_check, traffic
 from grok.benchmarks.decode_report import SETTINGS, comparisons, print_report
 from grok.benchmarks.weights import synthetic_params
 from grok.config import FPROP_DTYPES, GROK_1, MOE_IMPLS, LanguageModelConfig, load_config
-from grok.engine.runner import InferenceRunner, ModelRunner, unpack_output
+from grok.engine.api import SampleParams
+from grok.engine.runner import InferenceRunner, ModelRunner
 from grok.model.transformer import live_kv_len
 from grok.parallel import sharding
 
 WARMUP_STEPS = 2                 # decode steps run before timing (first-call effects)
 SEQUENCE_LEN_MULTIPLE = 128      # a synthetic cache is the run's length rounded up to this
-GREEDY = (0.0, 1.0, 0)           # (temperature, nucleus_p, top_k): deterministic tokens
 KV_LEN_MODES = ("auto", "full")
 MIB = 2 ** 20
 RESULT_KEYS = ("load_s", "compile_s", "prefill_ms", "decode_step_ms", "decode_tokens_per_s", "peak_rss_mb")
@@ -181,31 +184,13 @@ def load_params(args: argparse.Namespace, config: LanguageModelConfig, shardings
 
 
 # ---- measurements -----------------------------------------------------------------------------
-def sample_step_jit(ir: InferenceRunner, kv_len: Optional[int]):
-    """The runner's decode step with attention over the first kv_len cache positions, jitted
-    with the runner's shardings; the traced function is named `sample_step` (as the
-    reference's, so XLA dumps and profiles find it).
+def compile_functions(ir: InferenceRunner, prompt_len: int, kv_len: int):
+    """AOT-compiles the engine's jitted functions: ({name: executable}, {name: wall seconds},
+    {name: CPU seconds}). CPU time is the steadier figure on a machine busy with other work.
 
-    Stand-in for the engine hook (compile one variant per kv_len bucket, pick per step): the
-    model call inside the runner's step gets kv_len as its sixth argument."""
-    state_sh = ir._state_shardings(jax.eval_shape(ir._new_state))
-
-    def sample_step(params, state):
-        forward = ir.runner.forward
-        ir.runner.forward = lambda *args: forward(*args, kv_len)
-        try:
-            return ir._sample_step_fn(params, state)
-        finally:
-            ir.runner.forward = forward
-
-    return jax.jit(sample_step, in_shardings=(ir.runner.param_shardings, state_sh),
-                   out_shardings=(state_sh, sharding.replicated(ir.runner.mesh)),
-                   donate_argnums=(1,))
-
-
-def compile_functions(ir: InferenceRunner, prompt_len: int, kv_len: Optional[int] = None):
-    """AOT-compiles the runner's jitted functions: ({name: executable}, {name: wall seconds},
-    {name: CPU seconds}). CPU time is the steadier figure on a machine busy with other work."""
+    The executables land in the jitted functions' caches, so the engine's own calls
+    (prefill, generate) run them without compiling again."""
+    engine = ir.engine
     executables, seconds, cpu_seconds = {}, {}, {}
 
     def timed(name, jitted, *args):
@@ -214,12 +199,14 @@ def compile_functions(ir: InferenceRunner, prompt_len: int, kv_len: Optional[int
         seconds[name] = time.perf_counter() - start
         cpu_seconds[name] = time.process_time() - cpu_start
 
-    timed("new_memory", ir.new_memory)
+    timed("new_memory", engine.new_memory)
     state = executables["new_memory"]()
-    tokens = np.ones(prompt_len, np.int32)
-    prefill_args = ir.prefill_args(tokens, tokens, prompt_len, 0, True, GREEDY, 0)
-    timed(f"prefill_{prompt_len}", ir.prefill_jit[False], ir.params, state, *prefill_args)
-    timed("sample_step", sample_step_jit(ir, kv_len), ir.params, state)
+    bucket = engine.bucket_for(prompt_len)
+    settings = np.asarray([0.0, 1.0, 0], np.float32)   # greedy: temperature, top_p, top_k
+    timed(f"prefill_{prompt_len}", engine.prefill_fn(None, bucket, False), ir.params,
+          np.ones((1, bucket), np.int32), np.int32(prompt_len), None, None, settings,
+          np.uint32(0))
+    timed("sample_step", engine.sample_step_fn(kv_len), ir.params, state)
     return executables, seconds, cpu_seconds
 
 
@@ -229,27 +216,27 @@ def make_prompts(config: LanguageModelConfig, batch: int, prompt_len: int, seed:
     return rng.integers(config.pad_token + 1, config.vocab_size, (batch, prompt_len), np.int32)
 
 
-def measure_prefill(ir: InferenceRunner, executables: dict, prompts: np.ndarray):
-    """Fills every slot (slot 0 once more first, as warmup): (state, median ms, first tokens)."""
-    batch, prompt_len = prompts.shape
-    prefill = executables[f"prefill_{prompt_len}"]
-    state = executables["new_memory"]()
+def measure_prefill(ir: InferenceRunner, prompts: np.ndarray):
+    """Fills every slot through the engine (prefill, insert; slot 0 once more first, as
+    warmup): (state, median ms, first tokens)."""
+    engine, batch = ir.engine, prompts.shape[0]
+    state = engine.init_state()
     times, first_tokens = [], [0] * batch
     for i, slot in enumerate([0, *range(batch)]):
-        targets = np.append(prompts[slot, 1:], ir.config.pad_token)
-        args = ir.prefill_args(prompts[slot], targets, prompt_len, slot, True, GREEDY, slot)
         start = time.perf_counter()
-        state, out = prefill(ir.params, state, *args)
-        jax.block_until_ready((state, out))
+        prefix, result = engine.prefill(prompts[slot].tolist(), SampleParams(seed=slot))
+        state = engine.insert(prefix, result.arm, state, slot)
+        jax.block_until_ready((state, result))
         if i:
             times.append(time.perf_counter() - start)
-        first_tokens[slot] = int(unpack_output(np.asarray(out["sample"]))[0][0])
+        first_tokens[slot] = int(engine.read(result).token_ids[0])
     return state, 1e3 * statistics.median(times), first_tokens
 
 
 def measure_decode(prepared: list[dict], steps: int) -> None:
-    """Times sample_step of every prepared run, interleaved step by step, so that a machine
-    busy with something else slows each run alike and the ratios stay fair.
+    """Times `engine.generate` (its sample_step variants) of every prepared run, interleaved
+    step by step, so that a machine busy with something else slows each run alike and the
+    ratios stay fair.
 
     Adds "step_times" (seconds, after WARMUP_STEPS) and "tokens" [WARMUP_STEPS + steps, B]."""
     for p in prepared:
@@ -257,11 +244,12 @@ def measure_decode(prepared: list[dict], steps: int) -> None:
     for i in range(WARMUP_STEPS + steps):
         for p in prepared:
             start = time.perf_counter()
-            p["state"], packed = p["executables"]["sample_step"](p["ir"].params, p["state"])
-            jax.block_until_ready((p["state"], packed))
+            engine = p["ir"].engine
+            p["state"], handle = engine.generate(p["state"], p["forced_kv_len"])
+            jax.block_until_ready((p["state"], handle))
             if i >= WARMUP_STEPS:
                 p["step_times"].append(time.perf_counter() - start)
-            p["tokens"].append(unpack_output(np.asarray(packed))[0].tolist())
+            p["tokens"].append(engine.read(handle).token_ids.tolist())
 
 
 def peak_rss_mb() -> float:
@@ -333,15 +321,16 @@ def prepare_run(args, config: LanguageModelConfig, params: dict, mesh, batch: in
     ir = make_runner(args, config, params, mesh, batch)
     executables, compile_s, compile_cpu_s = compile_functions(ir, args.prompt_len, kv_len)
     prompts = make_prompts(config, batch, args.prompt_len, args.seed)
-    state, prefill_ms, first_tokens = measure_prefill(ir, executables, prompts)
+    state, prefill_ms, first_tokens = measure_prefill(ir, prompts)
     run = {"layers": config.model.num_layers, "experts": config.model.num_experts,
            "moe": config.moe_impl, "batch_size": batch, "dtype": config.fprop_dtype,
            "sequence_len": config.sequence_len, "kv_len": kv_len, "compile_s": compile_s,
            "compile_cpu_s": compile_cpu_s, "prefill_ms": prefill_ms}
     if args.dump_hlo:
         run["hlo"] = dump_hlo(args, run, executables["sample_step"])
+    forced = config.sequence_len if args.kv_len == "full" else None   # None: the engine picks
     return {"ir": ir, "executables": executables, "state": state, "first_tokens": first_tokens,
-            "run": run}
+            "forced_kv_len": forced, "run": run}
 
 
 def finish_run(p: dict, args, devices, bandwidth: float) -> dict:
@@ -349,7 +338,9 @@ def finish_run(p: dict, args, devices, bandwidth: float) -> dict:
     run, ir, batch = p["run"], p["ir"], p["run"]["batch_size"]
     step_s = statistics.median(p["step_times"])
     run.update({"decode_step_ms": 1e3 * step_s, "decode_step_ms_min": 1e3 * min(p["step_times"]),
-                "decode_tokens_per_s": batch / step_s, "peak_rss_mb": peak_rss_mb()})
+                "decode_tokens_per_s": batch / step_s, "peak_rss_mb": peak_rss_mb(),
+                "kv_len_steps": {str(k): n for k, n in
+                                 sorted(ir.engine.decode_steps_by_kv_len.items())}})
     run.update(traffic_report(ir, run, args, step_s, devices, bandwidth))
     # per slot: the prefill's token, then each decode step's
     run["tokens"] = [[p["first_tokens"][b]] + [step[b] for step in p["tokens"]] for b in range(batch)]

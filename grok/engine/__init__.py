@@ -3,5 +3,6 @@
 api.py (the typed seam: Prefix, SlotArm, SampleParams, TokenOutput, Engine) <- state.py
 (DecodeState, prefix capacities, shardings, packing) <- steps.py (the pure device functions)
 <- engine.py (JaxEngine: compiled, cached by shape) <- runner.py (ModelRunner,
-InferenceRunner: the reference-shaped facade). sampling.py: the pure sampling functions.
+InferenceRunner: the reference-shaped facade). sampling.py: the pure sampling functions;
+live_lengths.py: the host-side slot lengths that pick each decode step's kv_len variant.
 """

@@ -6,9 +6,14 @@ its static shape key, so each shape compiles once and nothing recompiles while s
   chunk has no prefix in and gives a prefix of capacity T;
 - batched prefill: one per (N, T);
 - insert: one per prefix capacity P; trim: one per (P in, P out);
-- sample_step (`generate`) and release: one each.
+- sample_step (`generate`): one per kv_len bucket (`kv_len_buckets(S)`), each reading only
+  the first kv_len cache positions; `generate` picks the smallest bucket holding the longest
+  active slot, from lengths the engine tracks on the host (grok.engine.live_lengths: no
+  device sync); release: one.
 `precompile()` compiles what a prompt of every bucket needs up front (first chunks, their
-inserts, the decode step); `precompile_all()` adds every continuation and batch shape.
+inserts, and the decode variants up to the one a prompt of the largest bucket starts in);
+`precompile_all()` adds every continuation, batch shape and decode variant. A longer
+context compiles its decode variant on first use (once per bucket, then never again).
 
 Glossary: B slots, N prompts per batched call, T chunk bucket, P prefix capacity,
 S sequence_len, V vocabulary.
@@ -16,6 +21,7 @@ S sequence_len, V vocabulary.
 
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any, Callable, Optional, Sequence
 
@@ -27,10 +33,12 @@ from grok.config import LanguageModelConfig
 from grok.engine import steps
 from grok.engine.api import (GREEDY, Handle, Prefix, PrefillResult, SampleParams, SlotArm,
                              StepHandle, TokenOutput)
+from grok.engine.live_lengths import (HostShadow, SlotLengths, after_step, longest_after_step,
+                                      with_slot)
 from grok.engine.state import (DecodeState, capacity_for, empty_prefix, new_state,
                                prefix_capacities, prefix_shardings, slice_prefix,
                                state_shardings, to_host, unpack_output)
-from grok.model.transformer import init_memory
+from grok.model.transformer import MIN_KV_LEN, init_memory, kv_len_buckets, live_kv_len
 from grok.parallel import sharding
 from grok.runtime_config import RuntimeConfig
 
@@ -54,7 +62,10 @@ class JaxEngine:
     """The Engine protocol (see grok.engine.api) for one model, mesh and set of weights."""
 
     def __init__(self, config: LanguageModelConfig, runtime: RuntimeConfig, mesh: Mesh,
-                 forward: Callable, params: Any, param_shardings: Any, batch_size: int):
+                 forward: Callable, params: Any, param_shardings: Any, batch_size: int,
+                 min_kv_len: int = MIN_KV_LEN):
+        """min_kv_len: the shortest decode variant's cache length (tests use a few positions
+        to see several variants on a tiny sequence_len)."""
         self.config, self.runtime, self.mesh = config, runtime, mesh
         self.params = params
         self.batch_size = batch_size
@@ -71,11 +82,17 @@ class JaxEngine:
         make_state = functools.partial(new_state, config, runtime, batch_size)
         self._state_sh = state_shardings(jax.eval_shape(make_state), mesh)
         self._jits: dict[tuple, Any] = {}
+        if not (isinstance(min_kv_len, int) and min_kv_len >= 1):
+            raise ValueError(f"min_kv_len must be an int >= 1, got {min_kv_len!r}")
+        self.min_kv_len = min_kv_len
+        self.kv_len_buckets = tuple(kv_len_buckets(self.sequence_len, min_kv_len))
+        # Host-side lengths (grok.engine.live_lengths): per state (by its memory.step array),
+        # the slot lengths; per prefix (by its length array), its length.
+        self._slot_lengths, self._prefix_lengths = HostShadow(), HostShadow()
+        self.decode_steps_by_kv_len: collections.Counter = collections.Counter()
         # The reference's names for the compiled functions.
         self.new_memory = jax.jit(make_state, out_shardings=self._state_sh)
-        self.sample_step = jax.jit(functools.partial(steps.generate, forward),
-                                   in_shardings=(param_shardings, self._state_sh),
-                                   out_shardings=(self._state_sh, self._rep), donate_argnums=(1,))
+        self.sample_step = self.sample_step_fn(self.sequence_len)   # reads the whole cache
         self.release_slot = jax.jit(steps.release, in_shardings=(self._state_sh, self._rep),
                                     out_shardings=self._state_sh, donate_argnums=(0,))
 
@@ -98,7 +115,8 @@ class JaxEngine:
         rep, forward = self._rep, self._forward
         outs = (self._prefix_sh(capacity), rep, self._arm_sharding()) + ((rep,) if echo else ())
 
-        def fn(params, tokens, length, prefix, targets, settings, seed):
+        def prefill_memory(params, tokens, length, prefix, targets, settings, seed):
+            # (named as the reference's compiled prefill, for XLA dumps and profiles)
             if prefix is None:
                 prefix = empty_prefix(self.config, self.runtime, capacity)
             out = steps.prefill(forward, params, tokens, length, prefix, targets, settings,
@@ -108,7 +126,7 @@ class JaxEngine:
         def build():
             prefix_sh = None if capacity_in is None else self._prefix_sh(capacity_in)
             ins = (self._params_sh, rep, rep, prefix_sh, rep if echo else None, rep, rep)
-            return jax.jit(fn, in_shardings=ins, out_shardings=outs)
+            return jax.jit(prefill_memory, in_shardings=ins, out_shardings=outs)
         return self._jit(("prefill", capacity_in, bucket, echo), build)
 
     def prefill_batch_fn(self, n: int, bucket: int):
@@ -140,19 +158,48 @@ class JaxEngine:
                            out_shardings=self._prefix_sh(capacity))
         return self._jit(("trim", capacity_in, capacity), build)
 
-    def prefill_into_slot_fn(self, echo: bool):
-        """The pre-engine-API `prefill_memory(params, state, tokens, targets, length, slot,
-        reset, settings, seed)` (see steps.prefill_into_slot)."""
+    def sample_step_fn(self, kv_len: int):
+        """The compiled decode step `sample_step(params, state) -> (state, packed)` whose
+        attention reads the first kv_len cache positions (one of `kv_len_buckets`)."""
+        if kv_len not in self.kv_len_buckets:
+            raise ValueError(f"kv_len must be one of the decode variants {self.kv_len_buckets}, "
+                             f"got {kv_len!r}")
+        forward = self._forward
+
+        def sample_step(params, state):
+            # (named as the reference's compiled decode step, for XLA dumps and profiles)
+            return steps.generate(lambda *args: forward(*args, kv_len), params, state)
+
         def build():
-            rep = self._rep
-            fn = functools.partial(steps.prefill_into_slot, self._forward, echo=echo)
-            return jax.jit(fn, in_shardings=(self._params_sh, self._state_sh) + (rep,) * 7,
-                           out_shardings=(self._state_sh, rep), donate_argnums=(1,))
-        return self._jit(("prefill_into_slot", echo), build)
+            return jax.jit(sample_step, in_shardings=(self._params_sh, self._state_sh),
+                           out_shardings=(self._state_sh, self._rep), donate_argnums=(1,))
+        return self._jit(("sample_step", kv_len), build)
+
+    def kv_len_for(self, state: DecodeState) -> int:
+        """The decode variant the next `generate(state)` runs: the smallest bucket holding
+        every active slot's context plus its new token (sequence_len for a state this engine
+        did not make, whose lengths it does not know)."""
+        lengths = self._slot_lengths.get(state.memory.step)
+        if lengths is None:
+            return self.sequence_len
+        longest = min(longest_after_step(lengths), self.sequence_len)
+        return live_kv_len(longest, self.sequence_len, self.min_kv_len)
+
+    def _prefix_length(self, prefix: Prefix) -> int:
+        """Host bound on the prefix's length: exact when this engine made it, else its
+        capacity (a Prefix never holds more)."""
+        return self._prefix_lengths.get(prefix.length, prefix.capacity)
+
+    def _lengths_of(self, state: DecodeState) -> SlotLengths:
+        """Host slot lengths of `state`; a state made elsewhere counts as full everywhere."""
+        unknown = (self.sequence_len,) * self.batch_size
+        return self._slot_lengths.get(state.memory.step, unknown)
 
     # ---- the Engine API --------------------------------------------------------------------------
     def init_state(self) -> DecodeState:
-        return self.new_memory()
+        state = self.new_memory()
+        self._slot_lengths.set(state.memory.step, (None,) * self.batch_size)
+        return state
 
     def bucket_for(self, n: int) -> int:
         """The smallest prefill bucket holding n tokens (ValueError past the largest)."""
@@ -181,6 +228,8 @@ class JaxEngine:
         out = fn(self.params, self._padded(tokens, bucket)[None], np.int32(n), existing_prefix,
                  targets, _settings_row(sample), np.uint32(sample.seed))
         prefix, packed, arm = out[:3]
+        before = 0 if existing_prefix is None else self._prefix_length(existing_prefix)
+        self._prefix_lengths.set(prefix.length, before + n)
         return prefix, PrefillResult(packed, arm, out[3] if echo else None)
 
     def prefill_batch(self, prompts: Sequence[Sequence[int]], samples: Sequence[SampleParams]
@@ -208,8 +257,9 @@ class JaxEngine:
                 rows[i], seeds[i] = _settings_row(s), s.seed
             prefixes, packed, arms = self.prefill_batch_fn(n, bucket)(
                 self.params, tokens, lengths, rows, seeds)
-            results += [(prefixes[i], PrefillResult(packed[i], arms[i], None))
-                        for i in range(len(group))]
+            for i, p in enumerate(group):
+                self._prefix_lengths.set(prefixes[i].length, len(p))
+                results.append((prefixes[i], PrefillResult(packed[i], arms[i], None)))
         return results
 
     def trim(self, prefix: Prefix, length: int) -> Prefix:
@@ -217,22 +267,45 @@ class JaxEngine:
         if not 0 <= length <= prefix.capacity:
             raise ValueError(f"trim: length must be in [0, {prefix.capacity}], got {length}")
         capacity = capacity_for(max(length, 1), self.prefix_capacities)
-        return self.trim_fn(prefix.capacity, capacity)(prefix, np.int32(length))
+        out = self.trim_fn(prefix.capacity, capacity)(prefix, np.int32(length))
+        self._prefix_lengths.set(out.length, min(self._prefix_length(prefix), length))
+        return out
 
     def insert(self, prefix: Prefix, arm: SlotArm, state: DecodeState, slot: int) -> DecodeState:
         """See grok.engine.api.Engine.insert (donates `state`)."""
         self._check_slot(slot)
-        return self.insert_fn(prefix.capacity)(state, prefix, arm, np.int32(slot))
+        lengths = with_slot(self._lengths_of(state), slot, self._prefix_length(prefix))
+        state = self.insert_fn(prefix.capacity)(state, prefix, arm, np.int32(slot))
+        self._slot_lengths.set(state.memory.step, lengths)
+        return state
 
-    def generate(self, state: DecodeState) -> tuple[DecodeState, StepHandle]:
-        """See grok.engine.api.Engine.generate (donates `state`; starts the host copy)."""
-        state, packed = self.sample_step(self.params, state)
+    def generate(self, state: DecodeState, kv_len: Optional[int] = None
+                 ) -> tuple[DecodeState, StepHandle]:
+        """See grok.engine.api.Engine.generate (donates `state`; starts the host copy).
+
+        Runs the `sample_step` variant `kv_len_for(state)`; `kv_len` (a bucket at least that
+        long) forces a longer one, e.g. sequence_len for the whole-cache reference."""
+        needed = self.kv_len_for(state)
+        if kv_len is None:
+            kv_len = needed
+        elif not (kv_len in self.kv_len_buckets and kv_len >= needed):
+            raise ValueError(f"generate: kv_len must be a decode variant >= {needed} (the live "
+                             f"context), one of {self.kv_len_buckets}; got {kv_len!r}")
+        lengths = self._slot_lengths.get(state.memory.step)
+        state, packed = self.sample_step_fn(kv_len)(self.params, state)
         packed.copy_to_host_async()
+        if lengths is not None:
+            self._slot_lengths.set(state.memory.step, after_step(lengths, self.sequence_len))
+        self.decode_steps_by_kv_len[kv_len] += 1
         return state, StepHandle(packed)
 
     def release(self, state: DecodeState, slot: int) -> DecodeState:
         self._check_slot(slot)
-        return self.release_slot(state, np.int32(slot))
+        lengths = self._slot_lengths.get(state.memory.step)
+        state = self.release_slot(state, np.int32(slot))
+        if lengths is not None:
+            self._slot_lengths.set(state.memory.step, with_slot(lengths, slot, None))
+        return state
 
     def slice_prefix(self, prefix: Prefix, length: int) -> Prefix:
         """See grok.engine.api.Engine.slice_prefix (one program per capacity pair)."""
@@ -246,8 +319,10 @@ class JaxEngine:
             fn = functools.partial(slice_prefix, capacity=capacity)
             return jax.jit(fn, in_shardings=(self._prefix_sh(prefix.capacity), self._rep),
                            out_shardings=self._prefix_sh(capacity))
-        return self._jit(("slice_prefix", prefix.capacity, capacity), build)(
+        out = self._jit(("slice_prefix", prefix.capacity, capacity), build)(
             prefix, np.int32(length))
+        self._prefix_lengths.set(out.length, length)
+        return out
 
     def extract_prefix(self, state: DecodeState, slot: int, length: int) -> Prefix:
         """See grok.engine.api.Engine.extract_prefix (one program per capacity; no donation)."""
@@ -263,8 +338,10 @@ class JaxEngine:
             fn = functools.partial(extract_prefix, capacity=capacity)
             return jax.jit(fn, in_shardings=(self._state_sh, self._rep, self._rep),
                            out_shardings=self._prefix_sh(capacity))
-        return self._jit(("extract_prefix", capacity), build)(state, np.int32(slot),
-                                                              np.int32(length))
+        out = self._jit(("extract_prefix", capacity), build)(state, np.int32(slot),
+                                                             np.int32(length))
+        self._prefix_lengths.set(out.length, length)
+        return out
 
     def read(self, handle: Handle) -> TokenOutput:
         return unpack_output(to_host(handle.packed))
@@ -279,22 +356,36 @@ class JaxEngine:
             raise ValueError(f"slot must be an int in [0, {self.batch_size}), got {slot!r}")
 
     # ---- compiling ahead of time ---------------------------------------------------------------
+    def startup_kv_lens(self) -> tuple[int, ...]:
+        """The decode variants `precompile` compiles: every one a prompt of up to the largest
+        prefill bucket starts decoding in (a longer context compiles its variant on first use:
+        startup time grows with each variant, and most requests never need the long ones)."""
+        first_step = min(self.prefill_buckets[-1] + 1, self.sequence_len)
+        largest = live_kv_len(first_step, self.sequence_len, self.min_kv_len)
+        return tuple(k for k in self.kv_len_buckets if k <= largest)
+
     def precompile(self) -> None:
-        """Compiles every bucket's first chunk, its insert, and the decode step (as the reference
-        compiles its buckets before serving), by running them once on an empty state."""
+        """Compiles every bucket's first chunk, its insert, and the decode variants of
+        `startup_kv_lens` (as the reference compiles its buckets before serving), by running
+        them once on an empty state."""
+        self._run_decode_variants(self.startup_kv_lens())
+
+    def _run_decode_variants(self, kv_lens: Sequence[int]) -> None:
         state = self.init_state()
         for bucket in self.prefill_buckets:
             prefix, result = self.prefill([1] * bucket)
             state = self.insert(prefix, result.arm, state, 0)
-        state, handle = self.generate(state)
-        state = self.release(state, 0)
-        jax.block_until_ready((state, handle))
+        packed = None
+        for kv_len in kv_lens:   # each variant once (the slot's context is irrelevant here)
+            state, packed = self.sample_step_fn(kv_len)(self.params, state)
+        state = self.release_slot(state, np.int32(0))
+        jax.block_until_ready((state, packed))
 
     def precompile_all(self) -> None:
         """`precompile`, plus every continuation chunk (from each capacity that can hold a
-        prompt), every batched-prefill shape and every `extract_prefix` capacity, so no
-        request ever waits for XLA."""
-        self.precompile()
+        prompt), every batched-prefill shape, every decode variant and every `extract_prefix`
+        capacity, so no request ever waits for XLA."""
+        self._run_decode_variants(self.kv_len_buckets)
         state = self.init_state()
         for capacity in self.prefix_capacities:
             prefix = empty_prefix(self.config, self.runtime, capacity)

@@ -4,8 +4,9 @@ The reference's roles and names: `ModelRunner.initialize(init_data, local_mesh_c
 between_hosts_config)` builds the (data, model) mesh; `load_or_init` restores the checkpoint
 with the partition rules; `InferenceRunner.initialize()` builds the `engine` (a
 grok.engine.engine.JaxEngine: the typed device API the host loop drives) and compiles it;
-`new_memory`, `prefill_memory` and `sample_step` keep the reference's names for the compiled
-functions; `run()` is the request generator (grok.serving), and `sample_from_model` wraps it
+`new_memory` and `sample_step` (the decode step over the whole cache; the engine's
+`sample_step_fn(kv_len)` gives its shorter variants) keep the reference's names for the
+compiled functions, and the engine's jitted prefill is named `prefill_memory`; `run()` is the request generator (grok.serving), and `sample_from_model` wraps it
 as the reference does.
 
 Runtime choices (mesh, slots, buckets, MoE implementation, dtype) are a RuntimeConfig
@@ -24,7 +25,6 @@ from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from grok import checkpoint
 from grok.config import LanguageModelConfig
@@ -139,18 +139,12 @@ class InferenceRunner:
         self.config = runner.model
         self.engine = JaxEngine(self.config, self.runtime, runner.mesh, runner.forward,
                                 self.params, runner.param_shardings, self.batch_size)
-        # The reference's names for the compiled functions (and what today's scheduler uses).
+        # The reference's names for the compiled functions.
         self.new_memory = self.engine.new_memory
         self.sample_step = self.engine.sample_step
         self.release_slot = self.engine.release_slot
-        self.prefill_jit = {echo: self.engine.prefill_into_slot_fn(echo) for echo in (False, True)}
-        if self.precompile:
-            self._precompile()
-
-    def _precompile(self):
-        """Compiles what `run()` uses before the first request (as the reference does): the
-        engine's first chunk of every bucket, its insert, and the decode step."""
-        self.engine.precompile()
+        if self.precompile:   # what `run()` uses first, before any request (as the reference)
+            self.engine.precompile()
 
     def _resolve_runtime(self) -> RuntimeConfig:
         """The runtime config with this runner's reference-style arguments applied."""
@@ -162,22 +156,6 @@ class InferenceRunner:
         if self.runner.bs_per_device is not None:
             changes["bs_per_device"] = self.runner.bs_per_device
         return runtime.replace(**changes)
-
-    # ---- the pre-engine-API slot prefill (today's scheduler and the decode benchmark) ---------
-    def prefill_args(self, tokens, targets, length, slot, reset, settings, seed):
-        """Host values for one prefill chunk, as the arrays `prefill_memory` takes."""
-        temperature, nucleus_p, top_k = settings
-        return (np.asarray(tokens, np.int32)[None], np.asarray(targets, np.int32)[None],
-                np.int32(length), np.int32(slot), np.bool_(reset),
-                np.asarray([temperature, nucleus_p, top_k], np.float32), np.uint32(seed))
-
-    def prefill_memory(self, state: DecodeState, *args, echo: bool):
-        """Runs one prompt chunk into a slot's cache (grok.engine.steps.prefill_into_slot).
-
-        Returns (state, {"sample": [1, 2+2A], "echo": [T] with echo}). New code: use
-        `engine.prefill` + `engine.insert`.
-        """
-        return self.prefill_jit[echo](self.params, state, *args)
 
     # ---- serving --------------------------------------------------------------------------
     def run(self):

@@ -131,17 +131,3 @@ def slot_prefix(state: DecodeState, slot, keep) -> Prefix:
     clear = lambda a: jnp.where(keep, a, jnp.zeros_like(a))
     return Prefix(clear(take(mem.k, 1)), clear(take(mem.v, 1)), clear(take(mem.valid, 0)),
                   jnp.where(keep, take(mem.step, 0)[0], 0))
-
-
-def prefill_into_slot(forward: Forward, params, state: DecodeState, tokens, targets, length,
-                      slot, reset, settings, seed, *, echo: bool):
-    """The pre-engine-API `prefill_memory`: one chunk into a slot (reset: its first chunk).
-
-    Kept for callers written against it (today's scheduler, the decode benchmark); equal to
-    prefill from the slot's KV, then insert. Returns (state, {"sample", "echo"?}).
-    """
-    prefix = slot_prefix(state, slot, ~reset)
-    prefix, packed, arm, echo_lps = prefill(forward, params, tokens, length, prefix, targets,
-                                            settings, seed, capacity=prefix.k.shape[3], echo=echo)
-    state = insert(state, prefix, arm, slot)
-    return state, ({"sample": packed, "echo": echo_lps} if echo else {"sample": packed})
