@@ -217,7 +217,7 @@ def test_repl_turns_prefill_only_the_new_line(capsys):
     from grok.cli.flags import build_parser
     from grok.cli.output import RunStats
     from grok.cli.repl import Repl, encode_continuation
-    from grok.serving.scheduler import serve
+    from grok.serving.generator import serve
 
     lines = ["Hello there, model.", "how are you?", "tell me more", "and more", "bye now",
              "/clear", "Hello there, model."]
@@ -256,7 +256,7 @@ def test_repl_ctrl_c_keeps_the_streamed_tokens(capsys):
     from grok.cli.output import RunStats
     from grok.cli.repl import Repl, encode_continuation
     from grok.serving.requests import TokenEvent
-    from grok.serving.scheduler import serve
+    from grok.serving.generator import serve
 
     sent, events = [], []
 

@@ -6,7 +6,7 @@
 --requests requests (16) share a --prefix-len-token prefix (1,000) and each ends with its own
 short suffix (--suffix-len ids, 4..16 by default). They arrive one after another, each sent
 when the previous one has its first token (as users of one system prompt do), through the
-request generator (grok.serving.scheduler.serve) with max_len 1, so the time from sending
+request generator (grok.serving.generator.serve) with max_len 1, so the time from sending
 one to its Completion is its time to first token (TTFT). The same requests run through a
 Scheduler with the cache (the first misses, the others continue the first's prefix and
 prefill only their suffix) and one without, on the same engine, alternating round by round
@@ -36,7 +36,8 @@ from grok.config import LanguageModelConfig, TransformerConfig
 from grok.engine.runner import InferenceRunner, ModelRunner
 from grok.runtime_config import RuntimeConfig
 from grok.serving.requests import Completion, Request
-from grok.serving.scheduler import Scheduler, serve
+from grok.serving.generator import serve
+from grok.serving.scheduler import Scheduler
 from grok.tokenizer import ByteTokenizer
 
 DEFAULT_BUCKETS = (32, 128, 1024)

@@ -159,7 +159,7 @@ class InferenceRunner:
 
     # ---- serving --------------------------------------------------------------------------
     def run(self):
-        """The request generator (reference protocol); see grok.serving.scheduler.serve.
+        """The request generator (reference protocol); see grok.serving.generator.serve.
 
         In a multi-process job this is process 0's (grok.serving.multihost.serve_multihost): it
         publishes every step's admissions and cancels; the other processes run
@@ -169,7 +169,7 @@ class InferenceRunner:
             from grok.serving.multihost import serve_multihost
 
             return serve_multihost(self)
-        from grok.serving.scheduler import serve
+        from grok.serving.generator import serve
 
         return serve(self)
 

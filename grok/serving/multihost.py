@@ -1,6 +1,6 @@
 """Serving over several processes: process 0 schedules, the others replay its decisions.
 
-Process 0 runs the usual request generator (grok.serving.scheduler.serve) over a Scheduler
+Process 0 runs the usual request generator (grok.serving.generator.serve) over a Scheduler
 whose admission log is `ChannelLog`: once per step, before any device work, it publishes the
 step's decisions (the requests it admits, prompts tokenized, and the cancels) on the job's
 command channel (grok.parallel.multihost). The other processes run `follow`: the same
@@ -20,7 +20,7 @@ import jax
 from grok.parallel import multihost
 from grok.serving import decisions as decisions_
 from grok.serving.decisions import Decisions
-from grok.serving.scheduler import scheduler_for, serve
+from grok.serving.generator import scheduler_for, serve
 
 logger = logging.getLogger(__name__)
 

@@ -16,29 +16,13 @@ the engine API (grok.engine.api.Engine). Each `step()`:
    (grok.serving.prefix_cache: only the rest is prefilled; every process's cache evolves
    alike) and its Prefix joins the cache once inserted; with `prefix_cache_outputs`, a
    request that ends by stop or length also leaves its prompt + output KV there (see
-   "Output KV" below);
+   "Output KV" in grok.serving.prefix_hooks);
 4. dispatches one decode step for every running slot, then reads the previous step's tokens
    (step n+1 is on the device while the host handles step n; a slot that finished in step n
    ran one more step whose token is ignored) and the first tokens of the prompts inserted.
 
 Any exception while admitting, prefilling or handling one request's tokens ends that request
 alone with finish_reason "error" and its message; its slot is freed and the others go on.
-
-Output KV. A conversation's next turn is the last prompt + the last answer + new text; only
-the new text needs a prefill when the cache holds the answer's KV too. So a request that
-finishes by "stop" or "length" (not "error" or "cancelled") has its slot's first
-len(prompt) + f positions copied out (`engine.extract_prefix`) and kept under the ids
-prompt + output[:f] before its slot is released, f = the output tokens already fed to a
-decode step (a token's KV is written by the step that feeds it; every token read so far has
-been fed, because step n + 1 is dispatched before step n's token is read, so f is the whole
-output). The trade: those positions were written by decode steps, one token at a time,
-not by a prefill of the whole text, so a later prompt continuing them can differ from an
-uncached run by rounding (float32 on CPU: the same tokens, logprobs about 5e-7 apart, as
-after a prompt-KV hit that ends inside a chunk; tests/test_prefix_cache.py);
-`prefix_cache_outputs=False` keeps prompt KV only.
-vLLM's automatic prefix caching and SGLang's radix cache keep generated tokens the same way.
-In a multi-process job the choice follows from the finish reason and the outputs, which every
-process sees alike, so no decision is published for it (grok.serving.decisions).
 
 Glossary: B slots, T tokens in a prefill chunk.
 """
@@ -49,21 +33,17 @@ import collections
 import dataclasses
 import heapq
 import itertools
-import logging
 import secrets
 from typing import Optional
-
-import numpy as np
 
 from grok.engine.api import Engine, Prefix, PrefillResult, SampleParams, TokenOutput
 from grok.serving.admission import ModelLimits, prepare
 from grok.serving.decisions import Admission, AdmissionLog, Decisions
-from grok.serving.prefix_cache import BLOCK_TOKENS, Hit, PrefixCache, common_prefix
+from grok.serving.prefix_cache import Hit
+from grok.serving.prefix_hooks import PrefixReuse
 from grok.serving.requests import Cancel, Request
 from grok.serving.results import Completion, TokenEvent, error_completion
 from grok.serving.text import TextStream
-
-logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(eq=False)
@@ -100,7 +80,7 @@ class Scheduler:
     `prefix_cache_tokens`: positions the prefix cache may hold on the device (0: no cache;
     see grok.serving.prefix_cache); `prefix_cache_hit_tokens` / `prefix_cache_query_tokens`
     count prompt tokens served from it / looked up in it. `prefix_cache_outputs`: also keep
-    a finished request's output KV (see "Output KV" in the module docstring).
+    a finished request's output KV (see "Output KV" in grok.serving.prefix_hooks).
     """
 
     def __init__(self, engine: Engine, tokenizer, *, prefill_budget: int = 0,
@@ -122,15 +102,20 @@ class Scheduler:
         self._inflight = None                    # (StepHandle, {slot: _Stream}) being computed
         self._auto_prefix = f"req-{secrets.token_hex(4)}-"
         self._auto_ids = itertools.count()
-        self.prefix_cache = (
-            PrefixCache(int(prefix_cache_tokens), engine.slice_prefix, engine.prefix_capacities)
-            if prefix_cache_tokens and hasattr(engine, "slice_prefix") else None)
-        self.prefix_cache_outputs = bool(prefix_cache_outputs) and callable(
-            getattr(engine, "extract_prefix", None))
-        self.prefix_cache_hit_tokens = 0
-        self.prefix_cache_query_tokens = 0
+        self.prefixes = PrefixReuse(engine, prefix_cache_tokens, prefix_cache_outputs)
+        self.prefix_cache = self.prefixes.cache      # None when off
 
     # ---- the API the generator and the HTTP server use ---------------------------------------
+    @property
+    def prefix_cache_hit_tokens(self) -> int:
+        """Prompt tokens served from the prefix cache so far."""
+        return self.prefixes.hit_tokens
+
+    @property
+    def prefix_cache_query_tokens(self) -> int:
+        """Prompt tokens looked up in the prefix cache so far."""
+        return self.prefixes.query_tokens
+
     @property
     def num_running(self) -> int:
         """Requests holding a slot (prefilling or decoding)."""
@@ -249,7 +234,7 @@ class Scheduler:
                 inserted += self._prefill_batch(batch, events)
                 continue
             stream = self._prefilling[0]
-            self._prefix_lookup(stream)
+            self.prefixes.lookup(stream)
             size = min(self.largest_chunk, budget or self.largest_chunk,
                        len(stream.prompt_ids) - stream.prefilled)
             if spent and budget is not None and spent + size > budget:
@@ -266,9 +251,9 @@ class Scheduler:
             return []
         batch = []
         for stream in itertools.islice(self._prefilling, self.max_prefill_batch):
-            if self._shares_prefix(stream, batch):
+            if self.prefixes.shares_prefix(stream, batch):
                 break           # it continues that one's Prefix from the cache once it is kept
-            self._prefix_lookup(stream)
+            self.prefixes.lookup(stream)
             n = len(stream.prompt_ids)
             if (stream.prefilled or stream.request.echo or n > self.largest_chunk
                     or (budget is not None and spent + n > budget and (spent or batch))):
@@ -316,59 +301,7 @@ class Scheduler:
         stream.prefix, stream.first, stream.inserted = None, result, True
         self._prefilling.remove(stream)
         self._running[stream.slot] = stream
-        self._prefix_store(stream, prefix)
-
-    # ---- the prefix cache (grok.serving.prefix_cache) --------------------------------------
-    # Hooks: a lookup when a prompt's prefill is about to start (not at admission, so a prompt
-    # admitted with an earlier one that shares its start finds that one's Prefix once it is
-    # kept; the hit's positions count as prefilled), storing the prompt's Prefix once it is
-    # inserted into its slot, and unpinning the hit's entry then (or when the request ends
-    # before). Echo requests bypass the cache: they need every prompt position's logprobs,
-    # which a hit would skip.
-    def _prefix_lookup(self, stream: _Stream) -> None:
-        if self.prefix_cache is None or stream.request.echo or stream.looked_up:
-            return
-        stream.looked_up = True
-        self.prefix_cache_query_tokens += len(stream.prompt_ids)
-        try:
-            hit = self.prefix_cache.acquire(stream.prompt_ids)
-        except Exception:  # the cache is an optimisation: a failed lookup is a miss
-            logger.exception("prefix cache lookup failed for %s", stream.request_id)
-            return
-        if hit is not None:
-            stream.cache_hit, stream.prefix, stream.prefilled = hit, hit.prefix, hit.length
-            self.prefix_cache_hit_tokens += hit.length
-
-    def _shares_prefix(self, stream: _Stream, batch: list) -> bool:
-        """Whether the prompt starts like one in `batch` (at least one cache block)."""
-        if self.prefix_cache is None or stream.request.echo:
-            return False
-        ids = np.asarray(stream.prompt_ids)
-        return any(common_prefix(np.asarray(s.prompt_ids), ids) >= BLOCK_TOKENS for s in batch)
-
-    def _prefix_release(self, stream: _Stream) -> None:
-        if stream.cache_hit is not None:
-            self.prefix_cache.release(stream.cache_hit)
-            stream.cache_hit = None
-
-    def _prefix_store(self, stream: _Stream, prefix: Prefix) -> None:
-        self._prefix_release(stream)
-        if self.prefix_cache is not None and not stream.request.echo:
-            self.prefix_cache.insert(stream.prompt_ids, prefix, prefix.capacity)
-
-    def _prefix_store_output(self, stream: _Stream) -> None:
-        """Keeps a finished request's prompt + output KV (see "Output KV" above); the slot
-        still holds it. An optimisation: a failure is logged, never the request's error."""
-        if self.prefix_cache is None or not self.prefix_cache_outputs or stream.request.echo:
-            return
-        ids = stream.prompt_ids + stream.output_ids[:stream.fed]
-        if len(ids) <= len(stream.prompt_ids) or len(ids) > self.engine.sequence_len:
-            return      # nothing new beyond the stored prompt / positions the slot dropped
-        try:
-            prefix = self.engine.extract_prefix(self.state, stream.slot, len(ids))
-            self.prefix_cache.insert(ids, prefix, prefix.capacity)
-        except Exception:
-            logger.exception("prefix cache: keeping the output of %s failed", stream.request_id)
+        self.prefixes.store(stream, prefix)
 
     # ---- tokens -----------------------------------------------------------------------------
     def _guarded(self, stream: _Stream, work, *args) -> list:
@@ -431,12 +364,12 @@ class Scheduler:
                 reason, error = "error", f"{type(e).__name__}: {e}"
         if stream.inserted:
             if reason in ("stop", "length") and error is None:
-                self._prefix_store_output(stream)
+                self.prefixes.store_output(stream, self.state)
             self._running.pop(stream.slot, None)
             self.state = self.engine.release(self.state, stream.slot)
         else:
             self._prefilling.remove(stream)
-            self._prefix_release(stream)
+            self.prefixes.release(stream)
             stream.prefix = None
         heapq.heappush(self._free, stream.slot)
         r = stream.request
@@ -449,37 +382,3 @@ class Scheduler:
         events, stream.held = stream.held, []
         return events + [completion]
 
-
-def scheduler_for(runner, log: Optional[AdmissionLog] = None) -> Scheduler:
-    """The Scheduler of an InferenceRunner: its engine, tokenizer and runtime budget."""
-    runtime = getattr(runner, "runtime", None)
-    return Scheduler(runner.engine, runner.tokenizer,
-                     prefill_budget=getattr(runtime, "prefill_chunk_tokens", 0),
-                     max_prefill_batch=getattr(runtime, "max_prefill_batch", 1), log=log,
-                     prefix_cache_tokens=getattr(runtime, "prefix_cache_tokens", 0),
-                     prefix_cache_outputs=getattr(runtime, "prefix_cache_outputs", True))
-
-
-def serve(source):
-    """The request generator (the reference's protocol, extended) over a Scheduler, or over
-    an InferenceRunner's (`scheduler_for`):
-
-        gen = serve(scheduler)
-        next(gen)                        # -> None: ready for requests
-        out = gen.send(Request(...))     # a Request, a list of them, or Cancel(request_id)
-        out = next(gen)                  # or gen.send(None): keep going
-
-    Each send/next returns the next result: a Completion (a str: the text, with request_id,
-    output_ids, ...), a TokenEvent for streaming requests, or None when nothing is in flight.
-    """
-    scheduler = source if isinstance(source, Scheduler) else scheduler_for(source)
-    pending: collections.deque = collections.deque()
-    incoming = yield None
-    while True:
-        if isinstance(incoming, Cancel):
-            pending.extend(scheduler.cancel(incoming.request_id))
-        elif incoming is not None:
-            pending.extend(scheduler.submit(incoming))
-        while not pending and not scheduler.idle():
-            pending.extend(scheduler.step())
-        incoming = yield (pending.popleft() if pending else None)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 from grok.serving.http.metrics import ServerMetrics
 from grok.serving.results import error_completion
-from grok.serving.scheduler import scheduler_for
+from grok.serving.generator import scheduler_for
 
 logger = logging.getLogger(__name__)
 
