@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
 import resource
@@ -62,6 +61,7 @@ from grok.engine.api import SampleParams
 from grok.engine.runner import InferenceRunner, ModelRunner
 from grok.model.transformer import live_kv_len
 from grok.parallel import sharding
+from grok.benchmarks import save_report
 
 WARMUP_STEPS = 2                 # decode steps run before timing (first-call effects)
 SEQUENCE_LEN_MULTIPLE = 128      # a synthetic cache is the run's length rounded up to this
@@ -407,9 +407,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     report = {"command": " ".join(["python -m grok.bench", *argv]), **sweep(args)}
     print_report(report)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    save_report(report, args.json)
     return report
 
 

@@ -31,6 +31,7 @@ from grok.runtime_config import RuntimeConfig
 from grok.serving.requests import Completion, Request, TokenEvent
 from grok.serving.scheduler import Scheduler
 from grok.tokenizer import ByteTokenizer
+from grok.benchmarks import save_report
 
 TOKENS_BEFORE = 3         # tokens each stream makes before the long prompt arrives
 ACCEPTANCE_RATIO = 0.5    # longest gap / TTFT, interleaved (issue 9)
@@ -152,9 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     report = {"command": " ".join(["python -m grok.bench interleave", *argv]), **run(args)}
     print_report(report)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    save_report(report, args.json)
     return report
 
 

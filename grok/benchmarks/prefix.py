@@ -24,7 +24,6 @@ Glossary: T prefill bucket, S sequence_len.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -39,6 +38,7 @@ from grok.serving.requests import Completion, Request
 from grok.serving.generator import serve
 from grok.serving.scheduler import Scheduler
 from grok.tokenizer import ByteTokenizer
+from grok.benchmarks import save_report
 
 DEFAULT_BUCKETS = (32, 128, 1024)
 TARGET_RATIO = 0.25             # the acceptance bound on cached / uncached TTFT
@@ -164,9 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(f"  cached / uncached: {report['ratio']:.3f} (target <= {TARGET_RATIO}); "
           f"hit {cached.prefix_cache_hit_tokens} of {cached.prefix_cache_query_tokens} "
           f"prompt tokens")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    save_report(report, args.json)
     sys.stdout.flush()
     return report
 

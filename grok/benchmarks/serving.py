@@ -38,6 +38,8 @@ from typing import Optional, Sequence
 
 import httpx
 
+from grok.benchmarks import save_report
+
 WORDS = ("the model of a mixture experts runs each token through two of eight feed forward "
          "networks chosen by a router while attention looks back over the cache").split()
 SERVER_START_TIMEOUT_S = 300  # compile time of the demo on a slow CPU, with margin
@@ -269,9 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                   num_prompts=args.num_prompts, input_len=args.input_len,
                   output_len=args.output_len)
     print_table(report)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    save_report(report, args.json)
     return report
 
 
