@@ -231,11 +231,14 @@ def test_sigterm_with_requests_in_flight_exits_0(server):
 
     async def in_flight():
         async with httpx.AsyncClient(base_url=url, timeout=60) as c:
-            body = {"model": MODEL, "prompt": "long", "max_tokens": 200, "temperature": 1.0}
-            tasks = [asyncio.ensure_future(c.post("/v1/completions", json=body))
-                     for _ in range(4)]
-            await asyncio.sleep(0.3)
-            assert metric(url, "grok_requests_running") > 0
+            # Greedy prompts that run to max_tokens (see test_dropped_streams_free_their_slots).
+            tasks = [asyncio.ensure_future(c.post("/v1/completions", json={
+                "model": MODEL, "prompt": f"drop {i}", "max_tokens": 200, "temperature": 0}))
+                for i in range(4)]
+            deadline = time.monotonic() + 10
+            while metric(url, "grok_requests_running") == 0:   # until they hold slots
+                assert time.monotonic() < deadline, "the requests never started"
+                await asyncio.sleep(0.005)
             start = time.monotonic()
             process.send_signal(signal.SIGTERM)
             replies = await asyncio.gather(*tasks, return_exceptions=True)
