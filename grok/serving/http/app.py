@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
 
-from grok.serving.http import generation
+from grok.serving.http.generation import build_job, respond
 from grok.serving.http.chat_template import ChatTemplate
 from grok.serving.http.engine_loop import Backend, EngineLoop
 from grok.serving.http.errors import APIError, install_error_handlers, invalid, validation_error
@@ -54,6 +54,14 @@ class ServerState:
         if model is not None and model != self.model_name:
             raise APIError(404, f"the model '{model}' does not exist; this server serves "
                            f"'{self.model_name}'", "model", "model_not_found")
+
+    async def read_body(self, request: HTTPRequest, model: type[pydantic.BaseModel]):
+        """The checks every POST route makes, in order: the API key (401), the body as `model`
+        (400 naming the field), the model name (404). Returns the body."""
+        self.check_key(request)
+        body = await parse(request, model)
+        self.check_model(body.model)
+        return body
 
     def check_key(self, request: HTTPRequest) -> None:
         if self.api_key is None:
@@ -94,21 +102,16 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
 
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest):
-        state.check_key(request)
-        body = await parse(request, CompletionRequest)
-        state.check_model(body.model)
-        job = generation.build_job(state, body, body.prompts(), chat=False)
-        return await generation.respond(state, job, request)
+        body = await state.read_body(request, CompletionRequest)
+        job = build_job(state, body, body.prompts(), chat=False)
+        return await respond(state, job, request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: HTTPRequest):
-        state.check_key(request)
-        body = await parse(request, ChatCompletionRequest)
-        state.check_model(body.model)
+        body = await state.read_body(request, ChatCompletionRequest)
         prompt = state.chat_template.render([(m.role, m.text) for m in body.messages])
-        job = generation.build_job(state, body, [prompt], chat=True,
-                                   extra_stops=state.chat_template.stop)
-        return await generation.respond(state, job, request)
+        job = build_job(state, body, [prompt], chat=True, extra_stops=state.chat_template.stop)
+        return await respond(state, job, request)
 
     @app.get("/v1/models")
     async def models(request: HTTPRequest):
@@ -130,11 +133,16 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
     async def metrics():
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
+    _add_tokenizer_routes(app, state)
+    return app
+
+
+def _add_tokenizer_routes(app: FastAPI, state: ServerState) -> None:
+    """POST /tokenize and /detokenize (vLLM's extra endpoints)."""
+
     @app.post("/tokenize")
     async def tokenize(request: HTTPRequest):
-        state.check_key(request)
-        body = await parse(request, TokenizeRequest)
-        state.check_model(body.model)
+        body = await state.read_body(request, TokenizeRequest)
         backend = state.backend()
         text = body.prompt if body.prompt is not None else state.chat_template.render(
             [(m.role, m.text) for m in body.messages])
@@ -143,14 +151,10 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
 
     @app.post("/detokenize")
     async def detokenize(request: HTTPRequest):
-        state.check_key(request)
-        body = await parse(request, DetokenizeRequest)
-        state.check_model(body.model)
+        body = await state.read_body(request, DetokenizeRequest)
         backend = state.backend()
         bad = [t for t in body.tokens if not 0 <= t < backend.vocab_size]
         if bad:
             raise invalid(f"tokens has ids outside the vocabulary [0, {backend.vocab_size}): "
                           f"{bad[:5]}", "tokens")
         return {"prompt": backend.tokenizer.decode(body.tokens)}
-
-    return app

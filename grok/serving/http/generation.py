@@ -20,7 +20,9 @@ from typing import Any, AsyncIterator, Union
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
 
-from grok.serving.http import responses as bodies
+from grok.serving.http.responses import (
+    CompletionLogprobs, chat_body, chat_choice, chat_chunk, chat_chunk_choice, chat_logprobs,
+    completion_body, completion_choice, completion_chunk, new_id, usage)
 from grok.serving.http.engine_loop import NotReady, QueueFull, is_completion
 from grok.serving.http.errors import APIError, invalid
 from grok.serving.http.protocol import MAX_SEED, ChatCompletionRequest, CompletionRequest
@@ -106,7 +108,7 @@ def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = ()) 
     else:
         logprobs, num_top = body.logprobs is not None, body.logprobs or 0
         echo = body.echo and logprobs
-    response_id = bodies.new_id("chatcmpl" if chat else "cmpl")
+    response_id = new_id("chatcmpl" if chat else "cmpl")
     choices, requests = [], []
     for p, ids in enumerate(prompt_ids):
         for j in range(body.n):
@@ -173,17 +175,16 @@ async def respond(server, job: Job, http_request: HTTPRequest):
         reason = completion.finish_reason
         stop_reason = getattr(completion, "stop_reason", None)
         if job.chat:
-            lp = (bodies.chat_logprobs(tokenizer, job.num_top, completion.output_ids,
-                                       completion.logprobs or [], completion.top_logprobs)
+            lp = (chat_logprobs(tokenizer, job.num_top, completion.output_ids,
+                                completion.logprobs or [], completion.top_logprobs)
                   if job.logprobs else None)
-            choices.append(bodies.chat_choice(choice.index, completion.text, reason, lp,
-                                              stop_reason))
+            choices.append(chat_choice(choice.index, completion.text, reason, lp, stop_reason))
             continue
         text, lp = completion.text, None
         if job.body.echo:
             text = choice.prompt_text + text
         if job.logprobs:
-            builder = bodies.CompletionLogprobs(tokenizer, job.num_top)
+            builder = CompletionLogprobs(tokenizer, job.num_top)
             lp = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
             parts = []
             if job.body.echo:
@@ -194,15 +195,15 @@ async def respond(server, job: Job, http_request: HTTPRequest):
             for part in parts:
                 for key in lp:
                     lp[key] += part[key]
-        choices.append(bodies.completion_choice(choice.index, text, reason, lp, stop_reason))
+        choices.append(completion_choice(choice.index, text, reason, lp, stop_reason))
     use = _usage(job, completions)
-    maker = bodies.chat_body if job.chat else bodies.completion_body
+    maker = chat_body if job.chat else completion_body
     return JSONResponse(maker(job.response_id, server.model_name, choices, use))
 
 
 def _usage(job: Job, completions: list) -> dict:
     prompt = sum(len(ids) for ids in job.prompt_ids)
-    return bodies.usage(prompt, sum(len(c.output_ids) for c in completions))
+    return usage(prompt, sum(len(c.output_ids) for c in completions))
 
 
 # ---- streamed responses --------------------------------------------------------------------
@@ -219,83 +220,91 @@ def _error_event(message: str) -> str:
     return _data(APIError(500, message).body())
 
 
+async def _choice_chunks(job: Job, stream: RequestStream, completions: list, text_chunk,
+                         finish_chunk, logprobs_of) -> AsyncIterator[str]:
+    """The SSE chunks of every choice's events, shared by completions and chat: each token's
+    text (and logprobs, when asked) as it comes; at a choice's end the text not streamed yet
+    and its finish; an error event for a choice that failed. Finished Completions are appended
+    to `completions` (for usage). `text_chunk(choice, text, lp)`, `finish_chunk(choice,
+    completion)` and `logprobs_of(choice, token_event)` make the endpoint's own chunks."""
+    by_id = {c.request_id: c for c in job.choices}
+    async for event in stream.events():
+        choice = by_id[event.request_id]
+        if is_completion(event):
+            if event.finish_reason == "error":
+                yield _error_event(f"generation failed: {event.error}")
+                continue
+            rest = _rest(choice, event)
+            completions.append(event)
+            if rest:
+                yield text_chunk(choice, rest, None)
+            yield finish_chunk(choice, event)
+            continue
+        lp = logprobs_of(choice, event) if job.logprobs else None
+        choice.sent += event.text
+        if event.text or lp is not None:
+            yield text_chunk(choice, event.text, lp)
+
+
 async def _completion_events(server, job: Job, stream: RequestStream) -> AsyncIterator[str]:
     created, model, usage_on = int(time.time()), server.model_name, job.body.include_usage
-    by_id = {c.request_id: c for c in job.choices}
     tokenizer = server.backend().tokenizer
-    builders = {c.index: bodies.CompletionLogprobs(tokenizer, job.num_top) for c in job.choices}
+    builders = {c.index: CompletionLogprobs(tokenizer, job.num_top) for c in job.choices}
 
     def chunk(choice: Choice, text: str, reason=None, lp=None, stop_reason=None) -> str:
-        return _data(bodies.completion_chunk(
+        return _data(completion_chunk(
             job.response_id, model, created,
-            [bodies.completion_choice(choice.index, text, reason, lp, stop_reason)],
+            [completion_choice(choice.index, text, reason, lp, stop_reason)],
             None, usage_on))
+
+    def finish(choice: Choice, completion) -> str:
+        return chunk(choice, "", completion.finish_reason, None,
+                     getattr(completion, "stop_reason", None))
+
+    def logprobs_of(choice: Choice, event) -> Any:
+        return builders[choice.index].build([event.token_id], [event.logprob],
+                                            [getattr(event, "top_logprobs", None)])
 
     if job.body.echo:
         for choice in job.choices:
             builders[choice.index].offset = len(choice.prompt_text)
             yield chunk(choice, choice.prompt_text)
     completions = []
-    async for event in stream.events():
-        choice = by_id[event.request_id]
-        if is_completion(event):
-            if event.finish_reason == "error":
-                yield _error_event(f"generation failed: {event.error}")
-                continue
-            rest = _rest(choice, event)
-            completions.append(event)
-            if rest:
-                yield chunk(choice, rest)
-            yield chunk(choice, "", event.finish_reason, None, getattr(event, "stop_reason", None))
-            continue
-        lp = None
-        if job.logprobs:
-            lp = builders[choice.index].build([event.token_id], [event.logprob],
-                                              [getattr(event, "top_logprobs", None)])
-        choice.sent += event.text
-        if event.text or lp is not None:
-            yield chunk(choice, event.text, lp=lp)
+    async for data in _choice_chunks(job, stream, completions,
+                                     lambda choice, text, lp: chunk(choice, text, lp=lp),
+                                     finish, logprobs_of):
+        yield data
     if usage_on:
-        yield _data(bodies.completion_chunk(job.response_id, model, created, [],
-                                            _usage(job, completions), True))
+        yield _data(completion_chunk(job.response_id, model, created, [],
+                                     _usage(job, completions), True))
     yield "data: [DONE]\n\n"
 
 
 async def _chat_events(server, job: Job, stream: RequestStream) -> AsyncIterator[str]:
     created, model, usage_on = int(time.time()), server.model_name, job.body.include_usage
-    by_id = {c.request_id: c for c in job.choices}
     tokenizer = server.backend().tokenizer
 
     def chunk(choice: Choice, delta: dict, reason=None, lp=None) -> str:
-        return _data(bodies.chat_chunk(job.response_id, model, created,
-                                       [bodies.chat_chunk_choice(choice.index, delta, reason, lp)],
-                                       None, usage_on))
+        return _data(chat_chunk(job.response_id, model, created,
+                                [chat_chunk_choice(choice.index, delta, reason, lp)],
+                                None, usage_on))
+
+    def logprobs_of(choice: Choice, event) -> Any:
+        return chat_logprobs(tokenizer, job.num_top, [event.token_id], [event.logprob],
+                             [getattr(event, "top_logprobs", None)])
 
     for choice in job.choices:
         yield chunk(choice, {"role": "assistant", "content": ""})
     completions = []
-    async for event in stream.events():
-        choice = by_id[event.request_id]
-        if is_completion(event):
-            if event.finish_reason == "error":
-                yield _error_event(f"generation failed: {event.error}")
-                continue
-            rest = _rest(choice, event)
-            completions.append(event)
-            if rest:
-                yield chunk(choice, {"content": rest})
-            yield chunk(choice, {}, event.finish_reason)
-            continue
-        lp = None
-        if job.logprobs:
-            lp = bodies.chat_logprobs(tokenizer, job.num_top, [event.token_id], [event.logprob],
-                                      [getattr(event, "top_logprobs", None)])
-        choice.sent += event.text
-        if event.text or lp is not None:
-            yield chunk(choice, {"content": event.text}, lp=lp)
+    async for data in _choice_chunks(
+            job, stream, completions,
+            lambda choice, text, lp: chunk(choice, {"content": text}, lp=lp),
+            lambda choice, completion: chunk(choice, {}, completion.finish_reason),
+            logprobs_of):
+        yield data
     if usage_on:
-        yield _data(bodies.chat_chunk(job.response_id, model, created, [],
-                                      _usage(job, completions), True))
+        yield _data(chat_chunk(job.response_id, model, created, [],
+                               _usage(job, completions), True))
     yield "data: [DONE]\n\n"
 
 
