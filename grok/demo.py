@@ -76,7 +76,7 @@ def demo_tensors(config: LanguageModelConfig = DEMO, seed: int = DEMO_SEED) -> d
     byte; a small embedding and a larger layer gain let the layers steer. And the embedding
     rows of bytes that are not printable ASCII (or newline) are zero, so their logits are 0,
     below the best printable byte's: the demo never writes control bytes or broken UTF-8 (nor
-    EOS, so it writes max_len bytes).
+    EOS, so it writes max_tokens bytes).
     """
     tensors = checkpoint.random_tensors(config, seed, embed_std=_EMBED_STD, weight_gain=_LAYER_GAIN)
     printable = np.zeros(config.vocab_size, np.float32)                    # [V]

@@ -21,18 +21,16 @@ import sys
 from typing import Optional, Sequence, Union
 
 from grok.cli.flags import DEFAULT_MAX_SLOTS, DEFAULT_MAX_TOKENS
-from grok.cli.inputs import HAS_STOP_STRINGS, REQUEST_ERRORS, request_seed
+from grok.cli.inputs import request_seed
 from grok.cli.model import ModelOptions, StartupTimes, load_model
 from grok.cli.output import apply_stop
-from grok.serving.requests import Cancel, Completion, Request, TokenEvent
+from grok.serving.requests import Cancel, Completion, Request, RequestError, TokenEvent
 
 Prompt = Union[str, Sequence[int]]
 PROGRESS_BAR_MIN_PROMPTS = 2        # one prompt needs no progress bar
 DEFAULT_SEED = 0                    # base of the per-request seeds when SamplingParams.seed is None
-# SamplingParams field -> the Request field it fills.
-_REQUEST_FIELD = {"max_tokens": "max_len", "temperature": "temperature", "top_p": "nucleus_p",
-                  "top_k": "top_k", "seed": "rng_seed", "stop_token_ids": "stop_tokens",
-                  "logprobs": "logprobs", "prompt_logprobs": "echo", "stop": "stop"}
+# Request field -> the SamplingParams field that fills it (where the names differ).
+_PARAM_OF_FIELD = {"stop_tokens": "stop_token_ids", "echo": "prompt_logprobs"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,29 +55,24 @@ class SamplingParams:
     prompt_logprobs: bool = False
 
     def __post_init__(self):
-        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
-        if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
-            raise ValueError(f"SamplingParams.stop must be a string or a list of non-empty "
-                             f"strings, got {self.stop!r}")
-        object.__setattr__(self, "stop", tuple(stop))
-        self.request("x", "check", 0)    # every other field, checked by the Request it makes
+        # Every field checked by the Request it makes (a RequestError naming SamplingParams'
+        # field); `stop` kept as the Request normalises it.
+        object.__setattr__(self, "stop", self.request("x", "check", 0).stop)
 
     def request(self, prompt: Prompt, request_id: str, seed: int) -> Request:
-        """The Request for `prompt` (`seed` when self.seed is None); ValueError names the field."""
-        fields = {"max_len": self.max_tokens, "temperature": self.temperature,
-                  "nucleus_p": self.top_p, "top_k": self.top_k,
-                  "rng_seed": seed if self.seed is None else self.seed,
-                  "stop_tokens": tuple(self.stop_token_ids), "logprobs": self.logprobs,
-                  "echo": self.prompt_logprobs}
-        if HAS_STOP_STRINGS:
-            fields["stop"] = self.stop
+        """The Request for `prompt` (`seed` when self.seed is None); a bad field is a
+        RequestError whose message names `SamplingParams.<field>` (its `.field` is the
+        Request's)."""
         try:
-            return Request(prompt=prompt, request_id=request_id, **fields)
-        except REQUEST_ERRORS as e:
-            message = str(e)
-            for name, field in _REQUEST_FIELD.items():
-                message = message.replace(f"Request.{field}", f"SamplingParams.{name}")
-            raise ValueError(message) from None
+            return Request(prompt=prompt, request_id=request_id, max_tokens=self.max_tokens,
+                           temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                           seed=seed if self.seed is None else self.seed,
+                           stop_tokens=self.stop_token_ids, stop=self.stop, logprobs=self.logprobs,
+                           echo=self.prompt_logprobs)
+        except RequestError as e:
+            if e.field == "prompt":
+                raise
+            raise e.named(f"SamplingParams.{_PARAM_OF_FIELD.get(e.field, e.field)}") from None
 
 
 class LLM:

@@ -81,7 +81,7 @@ class FakeScheduler:
             out.append(token)
             events.append(FakeToken(request_id, len(out) - 1, token,
                                     self.tokenizer.decode([token]), -1.0, [(token, -1.0)]))
-            if len(out) >= request.max_len:
+            if len(out) >= request.max_tokens:
                 del self.running[request_id]
                 events.append(self._completion(request, out, "length"))
         return events

@@ -287,10 +287,10 @@ def test_batch_size_gives_exactly_that_many_slots():
 def test_make_request_fields():
     args = cli.build_parser().parse_args(["--temperature", "0.5", "--seed", "10", "--max-len", "7"])
     request = cli.make_request({"prompt": "x", "top_p": 0.9, "echo_logprobs": True}, args, 3)
-    assert (request.prompt, request.temperature, request.nucleus_p, request.rng_seed,
-            request.max_len, request.echo) == ("x", 0.5, 0.9, cli.request_seed(10, 3), 7, True)
+    assert (request.prompt, request.temperature, request.top_p, request.seed,
+            request.max_tokens, request.echo) == ("x", 0.5, 0.9, cli.request_seed(10, 3), 7, True)
     request = cli.make_request({"prompt_ids": [5, 6], "seed": 1, "max_len": 2, "top_k": 4}, args, 0)
-    assert (request.prompt, request.rng_seed, request.max_len, request.top_k) == ((5, 6), 1, 2, 4)
+    assert (request.prompt, request.seed, request.max_tokens, request.top_k) == ((5, 6), 1, 2, 4)
     for record, words in [({"prompt": "x", "max_len": 1.5}, "max_len"),
                           ({"prompt": 5}, "'prompt' must be a str"),
                           ({"prompt": "x", "colour": 1}, "colour"), (["x"], "object")]:

@@ -110,7 +110,7 @@ def _serve(server, prompts: list, max_len: int, rounds: int):
 
     next(server)
     for round_index in range(rounds):
-        requests = [Request(prompt=prompt, temperature=0.0, max_len=max_len,
+        requests = [Request(prompt=prompt, temperature=0.0, max_tokens=max_len,
                             request_id=f"{round_index}-{i}")
                     for i, prompt in enumerate(prompts)]
         out = server.send(requests)
@@ -126,8 +126,8 @@ def test_decisions_cross_processes_as_json_unchanged():
     from grok.serving.decisions import Admission, Decisions, decode, encode
     from grok.serving.requests import Request
 
-    admitted = [Admission(Request(prompt="héllo", temperature=0.7, nucleus_p=0.9,
-                                  rng_seed=2**32 - 1, max_len=5, top_k=3,
+    admitted = [Admission(Request(prompt="héllo", temperature=0.7, top_p=0.9,
+                                  seed=2**32 - 1, max_tokens=5, top_k=3,
                                   stop_tokens=[np.int64(7)], stop=["\n\n", "é"], stream=True,
                                   logprobs=True, echo=True, request_id="a"), "a"),
                 Admission(Request(prompt=np.arange(3, 9, dtype=np.int32)), "req-1")]

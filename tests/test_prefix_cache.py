@@ -126,7 +126,7 @@ def test_budget_holds_over_1000_requests_with_random_prefixes():
     rng = random.Random(0)
     shared = [ids(rng.randrange(16, 70), 100 + i) for i in range(40)]
     requests = [Request(prompt=rng.choice(shared) + ids(rng.randrange(1, 12), i),
-                        max_len=rng.randrange(1, 4), rng_seed=i, request_id=f"r{i}")
+                        max_tokens=rng.randrange(1, 4), seed=i, request_id=f"r{i}")
                 for i in range(1000)]
     budget = 512
 
@@ -165,7 +165,7 @@ def test_interactive_turns_prefill_only_the_new_text(keep_outputs):
     conversation, answer, prefilled = list(opening), [], []
     for turn in range(5):
         before = prefilled_tokens(engine)
-        scheduler.submit(Request(prompt=list(conversation), max_len=6, request_id=f"t{turn}"))
+        scheduler.submit(Request(prompt=list(conversation), max_tokens=6, request_id=f"t{turn}"))
         (done,) = [e for e in drain(scheduler) if isinstance(e, Completion)]
         prefilled.append(prefilled_tokens(engine) - before)
         assert done.prompt_ids == conversation
@@ -288,9 +288,9 @@ def test_a_hit_shared_by_several_slots_at_once():
     engine = FakeEngine(batch_size=4, buckets=(8, 16), sequence_len=128)
     scheduler = Scheduler(engine, BYTES, prefix_cache_tokens=1024)
     system = ids(37, 5)
-    scheduler.submit(Request(prompt=system + [9], max_len=40, request_id="warm"))
+    scheduler.submit(Request(prompt=system + [9], max_tokens=40, request_id="warm"))
     scheduler.step()                       # prefilled, stored, and decoding from now on
-    requests = [Request(prompt=system + ids(3, i), max_len=4, request_id=f"s{i}")
+    requests = [Request(prompt=system + ids(3, i), max_tokens=4, request_id=f"s{i}")
                 for i in range(3)]
     scheduler.submit(requests)
     mark = len(engine.calls)
@@ -313,9 +313,9 @@ def test_prompts_arriving_together_share_the_first_ones_prefill():
     engine = FakeEngine(batch_size=4, buckets=(8, 64), sequence_len=128, batched=True)
     scheduler = Scheduler(engine, BYTES, prefix_cache_tokens=1024, max_prefill_batch=4)
     system = ids(40, 8)
-    requests = [Request(prompt=system + ids(4, i), max_len=2, request_id=f"c{i}")
+    requests = [Request(prompt=system + ids(4, i), max_tokens=2, request_id=f"c{i}")
                 for i in range(3)]
-    requests.append(Request(prompt=ids(30, 9), max_len=2, request_id="other"))
+    requests.append(Request(prompt=ids(30, 9), max_tokens=2, request_id="other"))
     scheduler.submit(requests)
     got = outputs(drain(scheduler))
     plain = Scheduler(FakeEngine(batch_size=4, buckets=(8, 64), sequence_len=128, batched=True),
@@ -330,15 +330,15 @@ def test_echo_bypasses_and_cancel_unpins():
     engine = FakeEngine(batch_size=2, buckets=(8, 16), sequence_len=128)
     scheduler = Scheduler(engine, BYTES, prefix_cache_tokens=1024)
     base = ids(40, 3)
-    scheduler.submit(Request(prompt=base, max_len=1, request_id="a"))
+    scheduler.submit(Request(prompt=base, max_tokens=1, request_id="a"))
     drain(scheduler)
-    scheduler.submit(Request(prompt=base + [7], max_len=1, echo=True, request_id="e"))
+    scheduler.submit(Request(prompt=base + [7], max_tokens=1, echo=True, request_id="e"))
     (echo,) = [e for e in drain(scheduler) if isinstance(e, Completion)]
     assert len(echo.prompt_logprobs) == len(base) + 1 and scheduler.prefix_cache_hit_tokens == 0
     assert len(scheduler.prefix_cache) == 1                # the echo prompt was not stored
-    scheduler.submit(Request(prompt=ids(5, 6), max_len=50, request_id="busy"))  # not stored
+    scheduler.submit(Request(prompt=ids(5, 6), max_tokens=50, request_id="busy"))  # not stored
     scheduler.step()                                       # decoding from now on
-    scheduler.submit(Request(prompt=base + ids(60, 4), max_len=3, request_id="long"))
+    scheduler.submit(Request(prompt=base + ids(60, 4), max_tokens=3, request_id="long"))
     scheduler.step()                                       # admitted with a hit, one chunk in
     assert [p for *_, p in scheduler.prefix_cache.snapshot()] == [1]
     scheduler.submit(Cancel("long"))
@@ -363,7 +363,7 @@ def test_every_process_evolves_the_same_cache():
     rng = random.Random(1)
     shared = [ids(rng.randrange(20, 50), 200 + i) for i in range(6)]
     pending = [Request(prompt=rng.choice(shared) + ids(rng.randrange(1, 9), i),
-                       max_len=rng.randrange(1, 5), request_id=f"m{i}") for i in range(60)]
+                       max_tokens=rng.randrange(1, 5), request_id=f"m{i}") for i in range(60)]
     steps = 0
     while pending or not leader.idle():
         n = rng.randrange(0, 4)
@@ -407,12 +407,12 @@ def run_requests(engine, requests, cache_tokens: int, warm=()) -> tuple[dict, Sc
 def test_tiny_model_outputs_equal_with_and_without_the_cache(engine):
     system = ids(37, 11)                                   # 37 = 2 blocks + 5
     aligned = ids(33, 12)
-    warm = [Request(prompt=system + [40], max_len=1, request_id="w0"),
-            Request(prompt=aligned, max_len=1, request_id="w1")]
-    requests = [Request(prompt=system + ids(n, 20 + n), max_len=6, request_id=f"s{n}",
-                        temperature=t, rng_seed=n, logprobs=True)
+    warm = [Request(prompt=system + [40], max_tokens=1, request_id="w0"),
+            Request(prompt=aligned, max_tokens=1, request_id="w1")]
+    requests = [Request(prompt=system + ids(n, 20 + n), max_tokens=6, request_id=f"s{n}",
+                        temperature=t, seed=n, logprobs=True)
                 for n, t in ((3, 0.0), (5, 1.2), (9, 0.8))]      # prompts <= 64: P <= 64
-    requests.append(Request(prompt=aligned[:32] + ids(8, 13), max_len=6, request_id="a",
+    requests.append(Request(prompt=aligned[:32] + ids(8, 13), max_tokens=6, request_id="a",
                             logprobs=True))               # the hit ends at a chunk boundary
     cached, scheduler = run_requests(engine, requests, 4096, warm)
     plain, _ = run_requests(engine, requests, 0)
@@ -435,8 +435,8 @@ def converse(engine, cache_tokens: int, keep_outputs: bool, turns: int = 4):
                           prefix_cache_outputs=keep_outputs)
     conversation, done = ids(21, 30), []
     for turn in range(turns):
-        scheduler.submit(Request(prompt=list(conversation), max_len=8, request_id=f"t{turn}",
-                                 temperature=0.0 if turn % 2 else 0.9, rng_seed=turn,
+        scheduler.submit(Request(prompt=list(conversation), max_tokens=8, request_id=f"t{turn}",
+                                 temperature=0.0 if turn % 2 else 0.9, seed=turn,
                                  logprobs=True))
         (completion,) = [e for e in drain(scheduler) if isinstance(e, Completion)]
         assert completion.error is None

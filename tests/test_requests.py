@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from grok.serving.requests import Cancel, Request
+from grok.serving.requests import Cancel, Request, RequestError
 from grok.serving.text import Detokenizer, StopStrings, TextStream
 from grok.tokenizer import ByteTokenizer, SentencePieceTokenizer
 
@@ -15,9 +15,9 @@ GROK_TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "
 
 BAD_FIELDS = [
     ("prompt", "\ud800 lone surrogate"), ("prompt", [3, 2**31]), ("prompt", [3, 10**400]),
-    ("temperature", 10**400), ("temperature", -(10**400)), ("nucleus_p", 10**400),
-    ("rng_seed", 10**400), ("rng_seed", -1), ("max_len", 10**400), ("max_len", -5),
-    ("max_len", 2**31), ("top_k", 10**400), ("top_k", 2**31),
+    ("temperature", 10**400), ("temperature", -(10**400)), ("top_p", 10**400),
+    ("seed", 10**400), ("seed", -1), ("max_tokens", 10**400), ("max_tokens", -5),
+    ("max_tokens", 2**31), ("top_k", 10**400), ("top_k", 2**31),
     ("stop_tokens", None), ("stop_tokens", [2**31]), ("stop_tokens", [10**400]),
     ("stop", 5), ("stop", [""]), ("stop", ""), ("stop", ["ok", 3]), ("stop", ["\udfff"]),
     ("stop", None), ("request_id", ""), ("request_id", "\ud800"),
@@ -25,10 +25,30 @@ BAD_FIELDS = [
 
 
 @pytest.mark.parametrize("field,value", BAD_FIELDS)
-def test_bad_field_is_a_value_error_naming_it(field, value):
+def test_bad_field_is_a_request_error_carrying_it(field, value):
     fields = {"prompt": [5, 6]} if field != "prompt" else {}
-    with pytest.raises(ValueError, match=rf"Request\.{field}\b"):
+    with pytest.raises(RequestError) as caught:
         Request(**fields, **{field: value})
+    assert isinstance(caught.value, ValueError)
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"{field} ")
+    renamed = caught.value.named("--flag")
+    assert (renamed.field, str(renamed)) == (field, "--flag " + caught.value.problem)
+
+
+def test_reference_keywords_fill_openai_fields_once():
+    r = Request("hi", 0.5, 0.9, 7, 10)            # the reference's positional order
+    assert (r.top_p, r.seed, r.max_tokens) == (0.9, 7, 10)
+    old = Request(prompt="hi", nucleus_p=0.8, rng_seed=5, max_len=3)
+    assert (old.top_p, old.seed, old.max_tokens) == (0.8, 5, 3)
+    assert dataclasses.replace(old, top_p=0.5).top_p == 0.5    # not the stale keyword
+    assert Request(prompt="hi", top_p=0.8, nucleus_p=0.8).top_p == 0.8
+    with pytest.raises(RequestError) as caught:
+        Request(prompt="hi", top_p=0.5, nucleus_p=0.7)
+    assert caught.value.field == "nucleus_p" and "top_p" in str(caught.value)
+    with pytest.raises(RequestError) as caught:
+        Request(prompt="hi", max_len=0)
+    assert (caught.value.field, caught.value.value) == ("max_tokens", 0)
 
 
 def test_fields_are_normalised_and_frozen():
@@ -38,12 +58,12 @@ def test_fields_are_normalised_and_frozen():
                                                                    True, 4)
     assert type(r.top_k) is int and type(r.stream) is bool
     with pytest.raises(dataclasses.FrozenInstanceError):
-        r.rng_seed = -1
-    object.__setattr__(r, "rng_seed", -1)      # behind the dataclass's back...
-    with pytest.raises(ValueError, match=r"Request\.rng_seed"):
+        r.seed = -1
+    object.__setattr__(r, "seed", -1)          # behind the dataclass's back...
+    with pytest.raises(RequestError, match=r"^seed"):
         r.validated()                          # ...caught when the scheduler admits it
     assert hash(Request(prompt="a", stop=["x"])) == hash(Request(prompt="a", stop=("x",)))
-    with pytest.raises(ValueError, match="Cancel.request_id"):
+    with pytest.raises(RequestError, match="request_id"):
         Cancel(3)
 
 

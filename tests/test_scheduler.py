@@ -64,7 +64,7 @@ def all_slots_free(scheduler) -> bool:
 def test_admission_order_and_slot_reuse():
     engine = FakeEngine(batch_size=2)
     scheduler = make(engine)
-    requests = [Request(prompt=prompt(4, i), max_len=2 + i, request_id=f"r{i}") for i in range(4)]
+    requests = [Request(prompt=prompt(4, i), max_tokens=2 + i, request_id=f"r{i}") for i in range(4)]
     scheduler.submit(requests)
     assert (scheduler.num_waiting, scheduler.num_running) == (4, 0)
     scheduler.step()
@@ -75,14 +75,14 @@ def test_admission_order_and_slot_reuse():
     done = [e.request_id for e in events if isinstance(e, Completion)]
     assert done == ["r0", "r1", "r2", "r3"]
     for r in requests:
-        assert len(completions(events)[r.request_id].output_ids) == r.max_len
+        assert len(completions(events)[r.request_id].output_ids) == r.max_tokens
     assert all_slots_free(scheduler)
 
 
 def test_long_prompt_is_chunked_through_existing_prefix():
     engine = FakeEngine(buckets=(8, 16))
     scheduler = make(engine)
-    long = Request(prompt=prompt(40), max_len=3, temperature=0)
+    long = Request(prompt=prompt(40), max_tokens=3, temperature=0)
     scheduler.submit(long)
     (done,) = completions(drain(scheduler)).values()
     assert [d for name, d in engine.calls if name == "prefill"] == [16, 16, 8]
@@ -93,13 +93,13 @@ def test_long_prompt_is_chunked_through_existing_prefix():
 def test_prefill_chunks_alternate_with_decode_steps():
     engine = FakeEngine(batch_size=3, buckets=(8, 16))
     scheduler = make(engine)
-    streams = [Request(prompt=prompt(5, i), max_len=30, stream=True, request_id=f"s{i}")
+    streams = [Request(prompt=prompt(5, i), max_tokens=30, stream=True, request_id=f"s{i}")
                for i in range(2)]
     scheduler.submit(streams)
     for _ in range(3):
         scheduler.step()
     engine.calls.clear()
-    scheduler.submit(Request(prompt=prompt(80, 9), max_len=5, request_id="long"))
+    scheduler.submit(Request(prompt=prompt(80, 9), max_tokens=5, request_id="long"))
     tokens_per_step = []
     for _ in range(6):
         events = scheduler.step()
@@ -110,16 +110,16 @@ def test_prefill_chunks_alternate_with_decode_steps():
     assert tokens_per_step == [2] * 6                    # the streams never stall
     events = drain(scheduler)
     assert completions(events)["long"].output_ids == alone(Request(prompt=prompt(80, 9),
-                                                                   max_len=5)).output_ids
+                                                                   max_tokens=5)).output_ids
 
 
 def test_prefill_budget_and_batched_short_prompts():
     engine = FakeEngine(batch_size=4, buckets=(8, 16), batched=True)
     scheduler = make(engine, max_prefill_batch=4, prefill_budget=16)
-    scheduler.submit(Request(prompt=prompt(3), max_len=20, request_id="running"))
+    scheduler.submit(Request(prompt=prompt(3), max_tokens=20, request_id="running"))
     scheduler.step()
     engine.calls.clear()
-    short = [Request(prompt=prompt(6, i), max_len=3, request_id=f"short{i}") for i in range(3)]
+    short = [Request(prompt=prompt(6, i), max_tokens=3, request_id=f"short{i}") for i in range(3)]
     scheduler.submit(short)
     scheduler.step()
     # 6 + 6 tokens fit the budget of 16 in one batched call; the third waits a step
@@ -174,7 +174,7 @@ def test_stop_string_split_over_three_tokens():
 
 
 def test_stop_string_that_never_completes_is_released():
-    engine, request = scripted("an ENd", stop=["END", "xyz"], max_len=50)
+    engine, request = scripted("an ENd", stop=["END", "xyz"], max_tokens=50)
     done, tokens = run_one(engine, request)
     assert (done.text, done.finish_reason, done.stop_reason) == ("an ENd", "stop", None)
     texts = [e.text for e in tokens]
@@ -182,7 +182,7 @@ def test_stop_string_that_never_completes_is_released():
 
 
 def test_stop_string_at_max_len_and_multibyte_characters():
-    engine, request = scripted("caf\u00e9 \u20ac!", stop=["\u20ac"], max_len=4)
+    engine, request = scripted("caf\u00e9 \u20ac!", stop=["\u20ac"], max_tokens=4)
     done, tokens = run_one(engine, request)
     assert (done.text, done.finish_reason) == ("caf\ufffd", "length")   # cut inside "é"
     engine, request = scripted("caf\u00e9 \u20ac!", stop=["\u20ac"])
@@ -201,8 +201,8 @@ def test_first_stop_string_wins():
 def test_cancel_queued_running_and_unknown():
     engine = FakeEngine(batch_size=1)
     scheduler = make(engine)
-    scheduler.submit([Request(prompt=prompt(4), max_len=50, stream=True, request_id="run"),
-                      Request(prompt=prompt(5), max_len=5, request_id="queued")])
+    scheduler.submit([Request(prompt=prompt(4), max_tokens=50, stream=True, request_id="run"),
+                      Request(prompt=prompt(5), max_tokens=5, request_id="queued")])
     streamed = [e for _ in range(4) for e in scheduler.step() if isinstance(e, TokenEvent)]
     assert scheduler.cancel("nobody") == []
     (queued,) = scheduler.cancel("queued")
@@ -222,9 +222,9 @@ def test_cancel_queued_running_and_unknown():
 def test_cancel_while_prefilling_frees_the_slot():
     engine = FakeEngine(batch_size=2, buckets=(8,))
     scheduler = make(engine)
-    scheduler.submit(Request(prompt=prompt(3), max_len=40, request_id="a"))
+    scheduler.submit(Request(prompt=prompt(3), max_tokens=40, request_id="a"))
     scheduler.step()
-    scheduler.submit(Request(prompt=prompt(60), max_len=4, request_id="long"))
+    scheduler.submit(Request(prompt=prompt(60), max_tokens=4, request_id="long"))
     scheduler.step()
     assert scheduler.num_running == 2
     scheduler.cancel("long")
@@ -240,14 +240,14 @@ def test_generator_protocol_with_cancel():
     scheduler = make(FakeEngine(batch_size=2))
     gen = serve(scheduler)
     assert next(gen) is None
-    first = gen.send([Request(prompt=prompt(3), max_len=100, stream=True, request_id="a")])
+    first = gen.send([Request(prompt=prompt(3), max_tokens=100, stream=True, request_id="a")])
     assert isinstance(first, TokenEvent) and first.index == 0
     out = gen.send(Cancel("a"))
     while not isinstance(out, Completion):
         out = next(gen)
     assert out.finish_reason == "cancelled" and len(out.output_ids) < 100
     assert next(gen) is None
-    (again,) = [gen.send(Request(prompt=prompt(3), max_len=2))]
+    (again,) = [gen.send(Request(prompt=prompt(3), max_tokens=2))]
     assert isinstance(again, Completion) and len(again.output_ids) == 2
 
 
@@ -255,12 +255,12 @@ def test_generator_protocol_with_cancel():
 def test_fault_in_prefill_and_in_token_handling_ends_that_request_alone():
     bad_token = 200
     engine = FakeEngine(batch_size=3, fail_prefill=250)
-    good = [Request(prompt=prompt(n, n), max_len=6, stream=True, request_id=f"ok{n}")
+    good = [Request(prompt=prompt(n, n), max_tokens=6, stream=True, request_id=f"ok{n}")
             for n in (3, 20, 7)]
     p_decode = tuple(ids("zz"))
     engine.script[p_decode] = [70, 71, bad_token, 72]
     requests = [good[0], Request(prompt=[5, 250, 6], request_id="bad_prefill"), good[1],
-                Request(prompt=p_decode, max_len=8, request_id="bad_decode"), good[2]]
+                Request(prompt=p_decode, max_tokens=8, request_id="bad_decode"), good[2]]
     scheduler = make(engine, FailingTokenizer(BYTES, bad_token))
     scheduler.submit(requests)
     done = completions(drain(scheduler))
@@ -276,9 +276,9 @@ def test_fault_in_prefill_and_in_token_handling_ends_that_request_alone():
 
 def test_bad_requests_among_good_ones():
     engine = FakeEngine(batch_size=2, sequence_len=64)
-    mutated = Request(prompt=prompt(4), max_len=5, request_id="mutated")
-    object.__setattr__(mutated, "rng_seed", -1)
-    stops_none = Request(prompt=prompt(4), max_len=5, request_id="stops_none")
+    mutated = Request(prompt=prompt(4), max_tokens=5, request_id="mutated")
+    object.__setattr__(mutated, "seed", -1)
+    stops_none = Request(prompt=prompt(4), max_tokens=5, request_id="stops_none")
     object.__setattr__(stops_none, "stop_tokens", None)
 
     class Spy:  # refuses to tokenize: the long text must be refused before
@@ -295,15 +295,15 @@ def test_bad_requests_among_good_ones():
         def min_tokens(self, text):
             return BYTES.min_tokens(text)
 
-    good = [Request(prompt=prompt(5, i), temperature=0.5, rng_seed=i, max_len=5,
+    good = [Request(prompt=prompt(5, i), temperature=0.5, seed=i, max_tokens=5,
                     request_id=f"good{i}") for i in range(3)]
     bad = ["not a request", {"prompt": "x"}, mutated, stops_none,
-           Request(prompt=prompt(4), top_k=10**6, max_len=5, request_id="top_k"),
-           Request(prompt=[5, 259, 6], max_len=5, request_id="vocab"),
-           Request(prompt=[0, 0, 0], max_len=5, request_id="pad_only"),
-           Request(prompt="x" * 100_000, max_len=4, request_id="long_text"),
-           Request(prompt=prompt(60), max_len=10, request_id="too_long"),
-           Request(prompt=prompt(4), max_len=64, request_id="no_room"),
+           Request(prompt=prompt(4), top_k=10**6, max_tokens=5, request_id="top_k"),
+           Request(prompt=[5, 259, 6], max_tokens=5, request_id="vocab"),
+           Request(prompt=[0, 0, 0], max_tokens=5, request_id="pad_only"),
+           Request(prompt="x" * 100_000, max_tokens=4, request_id="long_text"),
+           Request(prompt=prompt(60), max_tokens=10, request_id="too_long"),
+           Request(prompt=prompt(4), max_tokens=64, request_id="no_room"),
            Request(prompt=prompt(4), request_id="good0")]   # duplicate of an id in flight
     spy = Spy()
     scheduler = make(engine, spy)
@@ -313,9 +313,9 @@ def test_bad_requests_among_good_ones():
     errors = [e for e in completions_ if e.finish_reason == "error"]
     assert len(errors) == len(bad) and len(completions_) == len(bad) + len(good)
     messages = {e.request_id: e.error for e in errors}
-    assert "rng_seed" in messages["mutated"] and "stop_tokens" in messages["stops_none"]
+    assert "seed" in messages["mutated"] and "stop_tokens" in messages["stops_none"]
     assert "top_k" in messages["top_k"] and "vocabulary" in messages["vocab"]
-    assert "pad" in messages["pad_only"] and "Request.prompt" in messages["pad_only"]
+    assert "pad" in messages["pad_only"] and messages["pad_only"].startswith("prompt ")
     assert "too long" in messages["long_text"] and 100_000 not in spy.encode_calls
     assert "sequence_len" in messages["too_long"] and "sequence_len" in messages["no_room"]
     assert "already in flight" in messages["good0"]
@@ -328,13 +328,13 @@ def test_bad_requests_among_good_ones():
 # ---- ids, results ---------------------------------------------------------------------------
 def test_automatic_ids_never_collide():
     scheduler = make(FakeEngine(batch_size=4))
-    anonymous = Request(prompt=prompt(3), max_len=3)
+    anonymous = Request(prompt=prompt(3), max_tokens=3)
     scheduler.submit([anonymous, anonymous])
     auto = list(scheduler._waiting)
     assert len(set(auto)) == 2
     (dup,) = scheduler.submit(Request(prompt=prompt(3), request_id=auto[0]))
     assert "already in flight" in dup.error
-    scheduler.submit([Request(prompt=prompt(3), max_len=3, request_id=f"req-{i}")
+    scheduler.submit([Request(prompt=prompt(3), max_tokens=3, request_id=f"req-{i}")
                       for i in range(3)])
     done = completions(drain(scheduler))
     assert len(done) == 5 and all(d.finish_reason == "length" for d in done.values())
@@ -342,7 +342,7 @@ def test_automatic_ids_never_collide():
 
 def test_completion_pickles_and_deep_copies():
     scheduler = make()
-    scheduler.submit(Request(prompt=prompt(4), max_len=3, logprobs=True, echo=True,
+    scheduler.submit(Request(prompt=prompt(4), max_tokens=3, logprobs=True, echo=True,
                              request_id="p"))
     (done,) = completions(drain(scheduler)).values()
     assert done.prompt_logprobs[0] is None and len(done.prompt_logprobs) == 4
@@ -366,9 +366,9 @@ def test_decisions_replay_gives_identical_device_calls():
     leader_engine, follower_engine = FakeEngine(batch_size=2), FakeEngine(batch_size=2)
     leader = make(leader_engine, log=log)
     follower = make(follower_engine)
-    leader.submit([Request(prompt="multi", max_len=9, stop=["zz"], request_id="a"),
-                   Request(prompt=prompt(30), max_len=4, request_id="b"),
-                   Request(prompt=prompt(6), max_len=30, request_id="c")])
+    leader.submit([Request(prompt="multi", max_tokens=9, stop=["zz"], request_id="a"),
+                   Request(prompt=prompt(30), max_tokens=4, request_id="b"),
+                   Request(prompt=prompt(6), max_tokens=30, request_id="c")])
     for i in range(6):
         leader.step()
     leader.cancel("c")

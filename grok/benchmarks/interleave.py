@@ -74,7 +74,7 @@ def measure(runner, args, budget: int, tag: str) -> dict:
     scheduler = Scheduler(runner.engine, runner.tokenizer, prefill_budget=budget)
     prompts = [f"stream {i}:" for i in range(args.streams)]
     room = runner.config.sequence_len - max(map(len, prompts))   # bytes = tokens
-    streams = [Request(prompt=p, temperature=0.0, max_len=room, stream=True,
+    streams = [Request(prompt=p, temperature=0.0, max_tokens=room, stream=True,
                        request_id=f"{tag}-s{i}") for i, p in enumerate(prompts)]
     scheduler.submit(streams)
     last_token: dict = {}
@@ -86,7 +86,7 @@ def measure(runner, args, budget: int, tag: str) -> dict:
                 raise RuntimeError(f"stream {e.request_id} ended early: {e.finish_reason} "
                                    f"{e.error}")
     long_id = f"{tag}-long"
-    scheduler.submit(Request(prompt=long_prompt(args), temperature=0.0, max_len=2, stream=True,
+    scheduler.submit(Request(prompt=long_prompt(args), temperature=0.0, max_tokens=2, stream=True,
                              request_id=long_id))
     arrival, gaps, ttft = time.perf_counter(), [], None
     seen = {rid: t for rid, (_, t) in last_token.items()}

@@ -6,7 +6,7 @@
 --requests requests (16) share a --prefix-len-token prefix (1,000) and each ends with its own
 short suffix (--suffix-len ids, 4..16 by default). They arrive one after another, each sent
 when the previous one has its first token (as users of one system prompt do), through the
-request generator (grok.serving.generator.serve) with max_len 1, so the time from sending
+request generator (grok.serving.generator.serve) with max_tokens 1, so the time from sending
 one to its Completion is its time to first token (TTFT). The same requests run through a
 Scheduler with the cache (the first misses, the others continue the first's prefix and
 prefill only their suffix) and one without, on the same engine, alternating round by round
@@ -108,12 +108,12 @@ def make_round(args, round_seed: int) -> list:
                         low, ByteTokenizer.vocab_size,
                         int(rng.integers(min(SUFFIX_MIN, args.suffix_len), args.suffix_len + 1))
                     ).tolist(),
-                    max_len=1, temperature=0.0, request_id=f"p{round_seed}-{i}")
+                    max_tokens=1, temperature=0.0, request_id=f"p{round_seed}-{i}")
             for i in range(args.requests)]
 
 
 def time_round(gen, requests) -> list:
-    """Sends the requests one at a time; each one's seconds to its Completion (max_len 1)."""
+    """Sends the requests one at a time; each one's seconds to its Completion (max_tokens 1)."""
     ttft = []
     for request in requests:
         start = time.perf_counter()

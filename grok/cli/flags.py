@@ -1,14 +1,16 @@
 """The command line's flags: `build_parser()` for `run.py` / `grok run`, argument types, and
 the table from Request fields to the flags and input-record keys that fill them.
 
-The table lets every error name what the user typed: `--top-p` on the command line,
-`top_p` in an input record, never the internal `nucleus_p`.
+The table lets every error name what the user typed (`--top-p` on the command line, 'top_p'
+in an input record) from the error's field (grok.serving.requests.RequestError.field).
 """
 
 from __future__ import annotations
 
 import argparse
 from typing import Optional
+
+from grok.serving.requests import REFERENCE_NAMES
 
 DEFAULT_CHECKPOINT_DIR = "checkpoints"      # the reference's CKPT_PATH
 DEFAULT_TOKENIZER = "tokenizer.model"       # the reference's tokenizer_path
@@ -25,19 +27,19 @@ MULTIHOST_ENV = ("GROK_COORDINATOR", "GROK_NUM_PROCESSES", "GROK_PROCESS_ID")
 # Request field -> (the flag that fills it, the input-record key users write for it).
 FIELD_NAMES = {
     "temperature": ("--temperature", "temperature"),
-    "nucleus_p": ("--top-p", "top_p"),
+    "top_p": ("--top-p", "top_p"),
     "top_k": ("--top-k", "top_k"),
-    "max_len": ("--max-tokens", "max_tokens"),
-    "rng_seed": ("--seed", "seed"),
+    "max_tokens": ("--max-tokens", "max_tokens"),
+    "seed": ("--seed", "seed"),
     "stop_tokens": ("--stop-tokens", "stop_tokens"),
     "stop": ("--stop", "stop"),
     "logprobs": ("--logprobs", "logprobs"),
     "echo": ("--echo-logprobs", "echo_logprobs"),
 }
-# Input-record key -> the Request field it fills (users' names, old names, Request's own).
+# Input-record key -> the Request field it fills (users' names, Request's own, the reference's).
 RECORD_FIELDS = {record: field for field, (_, record) in FIELD_NAMES.items()}
-RECORD_FIELDS.update({"max_len": "max_len"})
 RECORD_FIELDS.update({field: field for field in FIELD_NAMES})
+RECORD_FIELDS.update(REFERENCE_NAMES)
 RECORD_KEYS = set(RECORD_FIELDS) | {"prompt", "prompt_ids", "request_id", "id"}
 
 

@@ -2,8 +2,9 @@
 
 Every request gets a seed of its own: request 0 uses `--seed` itself (so a single prompt
 samples like the reference's run.py), request i > 0 a seed hashed from (--seed, i), so the
-streams of one run never repeat those of a run with another --seed. A bad field is a
-`ValueError` naming what the user typed: the flag (`--top-p`) or the record key (`top_p`).
+streams of one run never repeat those of a run with another --seed. A bad field is the
+Request's `RequestError`, renamed from its field to what the user typed: the flag (`--top-p`)
+or the record key ('top_p').
 """
 
 from __future__ import annotations
@@ -11,18 +12,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from typing import Any, Optional
 
 from grok.cli.flags import FIELD_NAMES, RECORD_FIELDS, RECORD_KEYS
 from grok.cli.model import UsageError
-from grok.serving.requests import Request
-
-SEED_SPACE = 2**32                 # Request.rng_seed is a uint32
-REQUEST_FIELDS = {f.name for f in dataclasses.fields(Request)}
-HAS_STOP_STRINGS = "stop" in REQUEST_FIELDS   # Request.stop: the scheduler ends at them
-REQUEST_ERRORS = (ValueError, TypeError, OverflowError)   # what a bad Request field raises
-_PROBE_PROMPT = "x"                # a valid prompt, to find which field a Request refused
+from grok.serving.requests import SEED_LIMIT, Request, RequestError
 
 
 @dataclasses.dataclass
@@ -32,6 +26,7 @@ class Item:
     label: str                      # the prompt as shown in text output
     request: Any = None             # grok.serving.requests.Request
     error: Optional[str] = None
+    field: Optional[str] = None     # the Request field a bad record or flag set (error's field)
     user_id: Optional[str] = None   # the record's own request_id, echoed in JSON output
     stop: tuple = ()                # stop strings (applied by the CLI when Request lacks them)
 
@@ -41,43 +36,12 @@ def request_seed(seed: int, index: int) -> int:
     if index == 0:
         return seed
     digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % SEED_SPACE
-
-
-def _stop_strings(value, name: str) -> tuple:
-    values = [value] if isinstance(value, str) else value
-    if not isinstance(values, (list, tuple)) or not all(isinstance(s, str) and s for s in values):
-        raise ValueError(f"{name} must be a non-empty string or a list of them, got {value!r}")
-    return tuple(values)
-
-
-def _culprit(fields: dict, error: Exception) -> Optional[str]:
-    """The Request field a construction error is about."""
-    named = re.search(r"Request\.(\w+)", str(error))
-    if named and named.group(1) in fields:
-        return named.group(1)
-    for name, value in fields.items():
-        try:
-            Request(prompt=_PROBE_PROMPT, **{name: value})
-        except REQUEST_ERRORS:
-            return name
-    return None
-
-
-def _named_error(fields: dict, from_record: dict, error: Exception) -> ValueError:
-    """`error` reworded to name the flag or record key that set the bad field."""
-    field = _culprit(fields, error)
-    message = str(error) or type(error).__name__
-    if field is None:
-        return ValueError(message)
-    name = from_record.get(field) or FIELD_NAMES.get(field, (field,))[0]
-    if f"Request.{field}" in message:
-        return ValueError(message.replace(f"Request.{field}", name))
-    return ValueError(f"{name}: {message}")
+    return int.from_bytes(digest, "little") % SEED_LIMIT
 
 
 def make_request(record, args, index: int) -> Request:
-    """A Request from a prompt string or an input object; ValueError names a bad field."""
+    """A Request from a prompt string or an input object; a bad field is a RequestError
+    naming the flag or record key that set it (other ValueErrors: a malformed record)."""
     return _make(record, args, index)[0]
 
 
@@ -95,26 +59,22 @@ def _make(record, args, index: int) -> tuple[Request, tuple]:
     key, kind = ("prompt", str) if "prompt" in record else ("prompt_ids", list)
     if not isinstance(record[key], kind):
         raise ValueError(f"'{key}' must be a {kind.__name__}, got {type(record[key]).__name__}")
-    fields = dict(temperature=args.temperature, nucleus_p=args.top_p, top_k=args.top_k,
-                  max_len=args.max_tokens, rng_seed=request_seed(args.seed, index),
-                  stop_tokens=tuple(args.stop_tokens), logprobs=args.logprobs,
-                  echo=args.echo_logprobs)
-    stop = _stop_strings(args.stop, "--stop") if args.stop else ()
+    fields = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                  max_tokens=args.max_tokens, seed=request_seed(args.seed, index),
+                  stop_tokens=tuple(args.stop_tokens), stop=tuple(args.stop),
+                  logprobs=args.logprobs, echo=args.echo_logprobs)
     from_record = {}
     for name, field in RECORD_FIELDS.items():
         if name in record:
             fields[field] = record[name]
             from_record[field] = repr(name)
-    if "stop" in fields:
-        stop = _stop_strings(fields.pop("stop"), "'stop'")
-    if HAS_STOP_STRINGS:
-        fields["stop"] = stop
     try:
         # stream=True always: the CLI times the first token and streams in input order.
         request = Request(prompt=record[key], request_id=str(index), stream=True, **fields)
-    except REQUEST_ERRORS as e:
-        raise _named_error(fields, from_record, e) from None
-    return request, stop
+    except RequestError as e:
+        raise e.named(from_record.get(e.field) or FIELD_NAMES.get(e.field, (e.field,))[0]) \
+            from None
+    return request, request.stop
 
 
 def _read_records(path: str) -> list:
@@ -169,6 +129,8 @@ def read_items(args, default_prompt: str) -> list[Item]:
             if isinstance(record, Exception):
                 raise record
             item.request, item.stop = _make(record, args, index)
+        except RequestError as e:
+            item.error, item.field = f"{where}: {e}", e.field
         except ValueError as e:
             item.error = f"{where}: {e}"
         items.append(item)

@@ -184,8 +184,8 @@ def sample_from_model(server, prompt, max_len, temperature):
 
     next(server)
     request_id = f"sample_from_model-{next(_sample_ids)}"
-    request = Request(prompt=prompt, temperature=temperature, nucleus_p=1.0, rng_seed=42,
-                      max_len=max_len, request_id=request_id)
+    request = Request(prompt=prompt, temperature=temperature, top_p=1.0, seed=42,
+                      max_tokens=max_len, request_id=request_id)
     out = server.send(request)
     while not (isinstance(out, Completion) and out.request_id == request_id):
         if out is None:

@@ -1,15 +1,15 @@
 """Admission checks: what a Request must satisfy for one model, and its prompt as token ids.
 
 `Request` checks what it can alone; here come the checks that need the model (vocabulary,
-sequence_len, pad id) and the tokenizer. Every failure is a `ValueError` naming the field;
-the scheduler turns it into that request's Completion with finish_reason "error".
+sequence_len, pad id) and the tokenizer. Every failure is a `RequestError` carrying the
+field; the scheduler turns it into that request's Completion with finish_reason "error".
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from grok.serving.requests import Request
+from grok.serving.requests import Request, RequestError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,41 +26,51 @@ class ModelLimits:
 
 
 def prepare(request: Request, tokenizer, limits: ModelLimits) -> tuple[Request, list]:
-    """(the request re-validated, its prompt as token ids), or ValueError naming the field.
+    """(the request re-validated, its prompt as token ids), or RequestError for the field.
 
     A text prompt is refused before tokenizing when even a lower bound of its token count
-    (`tokenizer.min_tokens`, where the tokenizer has it) leaves no room for max_len.
+    (`tokenizer.min_tokens`, where the tokenizer has it) leaves no room for max_tokens.
     """
     if not isinstance(request, Request):
         raise ValueError(f"expected a Request, got {type(request).__name__}")
     request = request.validated()      # fields changed after construction fail here
     if request.top_k > limits.vocab_size:
-        raise ValueError(f"Request.top_k must be at most the vocabulary size "
-                         f"{limits.vocab_size}, got {request.top_k}")
-    room = limits.sequence_len - request.max_len   # prompt tokens that fit
+        raise RequestError("top_k", request.top_k, f"must be at most the vocabulary size "
+                                                   f"{limits.vocab_size}, got {request.top_k}")
+    outside = [t for t in request.stop_tokens if t >= limits.vocab_size]
+    if outside:
+        raise RequestError("stop_tokens", request.stop_tokens,
+                           f"has {outside[0]}, outside the vocabulary [0, {limits.vocab_size})")
+    room = limits.sequence_len - request.max_tokens   # prompt tokens that fit
     if room < 1:
-        raise ValueError(f"Request.max_len {request.max_len} leaves no room for a prompt in "
-                         f"sequence_len {limits.sequence_len}")
+        raise RequestError("max_tokens", request.max_tokens,
+                           f"{request.max_tokens} leaves no room for a prompt in "
+                           f"sequence_len {limits.sequence_len}")
     if isinstance(request.prompt, str):
         bound = getattr(tokenizer, "min_tokens", None)
         if bound is not None and bound(request.prompt) > room:
-            raise ValueError(f"Request.prompt is too long: at least {bound(request.prompt)} "
-                             f"tokens, plus max_len ({request.max_len}) is beyond sequence_len "
-                             f"{limits.sequence_len}")
-        ids = [int(t) for t in tokenizer.encode(request.prompt)]
+            raise RequestError("prompt", request.prompt,
+                               f"is too long: at least {bound(request.prompt)} tokens, plus "
+                               f"max_tokens ({request.max_tokens}) is beyond sequence_len "
+                               f"{limits.sequence_len}")
+        try:
+            ids = [int(t) for t in tokenizer.encode(request.prompt)]
+        except ValueError as e:
+            raise RequestError("prompt", request.prompt, f"cannot be tokenized: {e}") from None
     else:
         ids = list(request.prompt)
     if not ids:
-        raise ValueError("Request.prompt encodes to no tokens")
+        raise RequestError("prompt", request.prompt, "encodes to no tokens")
     bad = [t for t in ids if not 0 <= t < limits.vocab_size]
     if bad:
-        raise ValueError(f"Request.prompt has token ids outside the vocabulary "
-                         f"[0, {limits.vocab_size}): {bad[:5]}")
+        raise RequestError("prompt", request.prompt, f"has token ids outside the vocabulary "
+                                                     f"[0, {limits.vocab_size}): {bad[:5]}")
     if all(t == limits.pad_token for t in ids):
-        raise ValueError(f"Request.prompt is only the pad id {limits.pad_token}: a pad token is "
-                         f"an invisible key, so there is nothing to continue")
-    total = len(ids) + request.max_len
+        raise RequestError("prompt", request.prompt, f"is only the pad id {limits.pad_token}: "
+                           "a pad token is an invisible key, so there is nothing to continue")
+    total = len(ids) + request.max_tokens
     if total > limits.sequence_len:
-        raise ValueError(f"Request: prompt ({len(ids)} tokens) plus max_len ({request.max_len}) "
-                         f"is {total}, beyond sequence_len {limits.sequence_len}")
+        raise RequestError("max_tokens", request.max_tokens,
+                           f"{request.max_tokens} plus the prompt's {len(ids)} tokens is "
+                           f"{total}, beyond sequence_len {limits.sequence_len}")
     return request, ids

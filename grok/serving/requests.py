@@ -1,18 +1,18 @@
 """What users send to the scheduler: `Request` (one prompt to continue) and `Cancel`.
 
-`Request` keeps the reference's fields (prompt, temperature, nucleus_p, rng_seed, max_len) and
-adds top_k, stop tokens, stop strings, streaming, logprobs and echo scoring. Every field is
-checked and normalised when the request is made (Python values only, every number bounded):
-a bad one raises `ValueError` naming it, before it reaches the scheduler. A Request is frozen;
-the scheduler re-validates it when it admits it, so one changed behind the dataclass's back
+`Request` speaks OpenAI's names from the HTTP body to the sampler: prompt, temperature, top_p,
+seed, max_tokens (in the reference's positional order), then top_k, stop tokens, stop strings,
+streaming, logprobs and echo scoring. The reference's keywords (nucleus_p, rng_seed, max_len)
+are still accepted and mapped here, once. Every field is checked and normalised when the
+request is made (Python values only, every number bounded): a bad one raises `RequestError`
+(a ValueError) carrying the field's name and value as data, so each door (HTTP, CLI, grok.LLM)
+names it in its own words without parsing the message. A Request is frozen; the scheduler
+re-validates it when it admits it, so one changed behind the dataclass's back
 (`object.__setattr__`) fails alone instead of reaching the device.
 
 What depends on the model (top_k <= vocabulary, token ids in the vocabulary, a prompt of pad
 ids only, the prompt's length against sequence_len) is checked at admission
-(grok.serving.admission).
-
-The results (`Completion`, `TokenEvent`) live in grok.serving.results; they are re-exported
-here because callers import all three from this module.
+(grok.serving.admission), which raises `RequestError` too.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -28,9 +28,29 @@ from grok.serving.results import Completion, TokenEvent  # noqa: F401 (re-export
 
 Prompt = Union[str, Sequence[int]]
 
-MAX_INT32 = 2**31 - 1      # token ids, top_k and max_len travel to the device as int32
+MAX_INT32 = 2**31 - 1      # token ids, top_k and max_tokens travel to the device as int32
 SEED_LIMIT = 2**32         # seeds are uint32 PRNG keys
 _SEQUENCES = (list, tuple, np.ndarray)
+# The reference's Request keywords -> the fields they fill.
+REFERENCE_NAMES = {"nucleus_p": "top_p", "rng_seed": "seed", "max_len": "max_tokens"}
+
+
+class RequestError(ValueError):
+    """A request field with a bad value, as data: `field` (the Request field, OpenAI's name),
+    `value` (what was given) and `problem` ("must be in (0, 1], got 2"). The message is
+    "<name> <problem>", where `name` is the field unless a door renamed it with `named` (the
+    flag `--top-p`, the record key 'top_p', SamplingParams.top_p)."""
+
+    def __init__(self, field: str, value: Any, problem: str, name: Optional[str] = None):
+        self.field = field
+        self.value = value
+        self.problem = problem
+        self.name = name or field
+        super().__init__(f"{self.name} {problem}")
+
+    def named(self, name: str) -> "RequestError":
+        """The same error, its message naming the field as the door's user wrote it."""
+        return RequestError(self.field, self.value, self.problem, name)
 
 
 def _is_int(x) -> bool:
@@ -44,14 +64,14 @@ def _is_real(x) -> bool:
 
 
 def _int_field(name: str, value, low: int, high: int, what: str) -> int:
-    """`value` as a Python int in [low, high], else ValueError naming `Request.<name>`."""
+    """`value` as a Python int in [low, high], else RequestError for `name`."""
     if not _is_int(value) or not low <= value <= high:
-        raise ValueError(f"Request.{name} must be {what}, got {value!r}")
+        raise RequestError(name, value, f"must be {what}, got {_short(value)}")
     return int(value)
 
 
 def _float_field(name: str, value, ok, what: str) -> float:
-    """`value` as a finite Python float with ok(value), else ValueError naming the field.
+    """`value` as a finite Python float with ok(value), else RequestError for `name`.
 
     Huge ints (10**400) overflow float(): that is the field's error too."""
     try:
@@ -59,7 +79,7 @@ def _float_field(name: str, value, ok, what: str) -> float:
     except OverflowError:
         number = None
     if number is None or not math.isfinite(number) or not ok(number):
-        raise ValueError(f"Request.{name} must be {what}, got {_short(value)}")
+        raise RequestError(name, value, f"must be {what}, got {_short(value)}")
     return number
 
 
@@ -73,30 +93,40 @@ def _valid_text(name: str, text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ValueError(f"Request.{name} is not valid Unicode ({e.reason} at character "
-                         f"{e.start})") from None
+        raise RequestError(name, text, f"is not valid Unicode ({e.reason} at character "
+                                       f"{e.start})") from None
     return text
 
 
 def _token_ids(name: str, value, allow_empty: bool) -> tuple:
     """A sequence of token ids as a tuple of Python ints in [0, MAX_INT32]."""
     if isinstance(value, np.ndarray) and value.ndim != 1:
-        raise ValueError(f"Request.{name} as token ids must be one-dimensional, got shape "
-                         f"{value.shape}")
+        raise RequestError(name, value, f"as token ids must be one-dimensional, got shape "
+                                        f"{value.shape}")
     ids = list(value)
     if (not ids and not allow_empty) or not all(_is_int(t) and 0 <= t <= MAX_INT32 for t in ids):
-        raise ValueError(f"Request.{name} must be a {'' if allow_empty else 'non-empty '}list of "
-                         f"token ids (ints in [0, 2**31)), got {_short(value)}")
+        raise RequestError(name, value, f"must be a {'' if allow_empty else 'non-empty '}list "
+                                        f"of token ids (ints in [0, 2**31)), got {_short(value)}")
     return tuple(int(t) for t in ids)
+
+
+def stop_strings(stop) -> tuple:
+    """One string or a sequence of them -> a tuple of non-empty, valid strings (RequestError
+    for `stop` otherwise): the one check of stop strings, for every door."""
+    items = (stop,) if isinstance(stop, str) else stop
+    if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) and s for s in items):
+        raise RequestError("stop", stop, f"must be a non-empty string or a list of them, "
+                                         f"got {_short(stop)}")
+    return tuple(_valid_text("stop", s) for s in items)
 
 
 @dataclasses.dataclass(frozen=True)
 class Request:
     prompt: Prompt                # text, or token ids (no BOS added in either case)
     temperature: float = 1.0      # 0 = greedy
-    nucleus_p: float = 1.0        # top-p, in (0, 1]
-    rng_seed: int = 0             # in [0, 2**32)
-    max_len: int = 100            # new tokens at most, >= 1
+    top_p: float = 1.0            # nucleus, in (0, 1]
+    seed: int = 0                 # in [0, 2**32)
+    max_tokens: int = 100         # new tokens at most, >= 1
     top_k: int = 0                # 0 = off; at most the vocabulary (checked at admission)
     stop_tokens: Sequence[int] = ()   # token ids that end the output (not included)
     stream: bool = False          # the generator also yields a TokenEvent per new token
@@ -104,52 +134,64 @@ class Request:
     echo: bool = False            # also score the prompt: log p(token_t | tokens before t)
     request_id: Optional[str] = None  # None: the scheduler names it (never a caller's id)
     stop: Sequence[str] = ()      # stop strings: the text ends before the first one found
+    _: dataclasses.KW_ONLY
+    # The reference's keywords for top_p, seed and max_tokens: init-only (mapped in
+    # __post_init__, never stored; the class attributes stay None for dataclasses.replace).
+    nucleus_p: dataclasses.InitVar[Optional[float]] = None
+    rng_seed: dataclasses.InitVar[Optional[int]] = None
+    max_len: dataclasses.InitVar[Optional[int]] = None
 
-    def __post_init__(self):
+    def __post_init__(self, nucleus_p, rng_seed, max_len):
         set_ = lambda name, value: object.__setattr__(self, name, value)
+        self._map_reference_names(nucleus_p=nucleus_p, rng_seed=rng_seed, max_len=max_len)
         p = self.prompt
         if isinstance(p, str):
             if not p:
-                raise ValueError("Request.prompt is empty")
+                raise RequestError("prompt", p, "is empty")
             _valid_text("prompt", p)
         elif isinstance(p, _SEQUENCES):
             set_("prompt", _token_ids("prompt", p, allow_empty=False))
         else:
-            raise ValueError(f"Request.prompt must be a str or a list of token ids, "
-                             f"got {type(p).__name__}")
+            raise RequestError("prompt", p, f"must be a str or a list of token ids, "
+                                            f"got {type(p).__name__}")
         set_("temperature", _float_field("temperature", self.temperature, lambda x: x >= 0,
                                          "a finite number >= 0"))
-        set_("nucleus_p", _float_field("nucleus_p", self.nucleus_p, lambda x: 0 < x <= 1,
-                                       "in (0, 1]"))
-        set_("rng_seed", _int_field("rng_seed", self.rng_seed, 0, SEED_LIMIT - 1,
-                                    "an int in [0, 2**32)"))
-        set_("max_len", _int_field("max_len", self.max_len, 1, MAX_INT32, "an int >= 1"))
+        set_("top_p", _float_field("top_p", self.top_p, lambda x: 0 < x <= 1, "in (0, 1]"))
+        set_("seed", _int_field("seed", self.seed, 0, SEED_LIMIT - 1, "an int in [0, 2**32)"))
+        set_("max_tokens", _int_field("max_tokens", self.max_tokens, 1, MAX_INT32,
+                                      "an int >= 1"))
         set_("top_k", _int_field("top_k", self.top_k, 0, MAX_INT32, "an int >= 0 (0 = off)"))
         if not isinstance(self.stop_tokens, _SEQUENCES + (set, frozenset)):
-            raise ValueError(f"Request.stop_tokens must be a list of token ids, "
-                             f"got {_short(self.stop_tokens)}")
+            raise RequestError("stop_tokens", self.stop_tokens,
+                               f"must be a list of token ids, got {_short(self.stop_tokens)}")
         stops = sorted(self.stop_tokens) if isinstance(self.stop_tokens, (set, frozenset)) \
             else self.stop_tokens
         set_("stop_tokens", _token_ids("stop_tokens", stops, allow_empty=True))
-        set_("stop", self._stop_strings(self.stop))
-        for name in ("stream", "logprobs", "echo"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"Request.{name} must be a bool, got {getattr(self, name)!r}")
-            set_(name, bool(getattr(self, name)))
+        set_("stop", stop_strings(self.stop))
+        for name, value in (("stream", self.stream), ("logprobs", self.logprobs),
+                            ("echo", self.echo)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise RequestError(name, value, f"must be a bool, got {_short(value)}")
+            set_(name, bool(value))
         if self.request_id is not None:
             if not isinstance(self.request_id, str) or not self.request_id:
-                raise ValueError(f"Request.request_id must be a non-empty str or None, "
-                                 f"got {self.request_id!r}")
+                raise RequestError("request_id", self.request_id,
+                                   f"must be a non-empty str or None, got {self.request_id!r}")
             _valid_text("request_id", self.request_id)
 
-    @staticmethod
-    def _stop_strings(stop) -> tuple:
-        """One string or a sequence of them -> a tuple of non-empty, valid strings."""
-        items = (stop,) if isinstance(stop, str) else stop
-        if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) and s for s in items):
-            raise ValueError(f"Request.stop must be a non-empty string or a list of them, "
-                             f"got {_short(stop)}")
-        return tuple(_valid_text("stop", s) for s in items)
+    def _map_reference_names(self, **given) -> None:
+        """The reference's keywords fill OpenAI-named fields; both names with different values
+        is an error naming the reference's."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for old, value in given.items():
+            if value is None:
+                continue
+            new = REFERENCE_NAMES[old]
+            current = getattr(self, new)
+            if current != defaults[new] and current != value:
+                raise RequestError(old, value, f"is the reference's name for {new}, which is "
+                                               f"also given ({current!r}): give one of them")
+            object.__setattr__(self, new, value)
 
     def validated(self) -> "Request":
         """A freshly validated copy: catches fields changed after construction."""
@@ -165,4 +207,6 @@ class Cancel:
 
     def __post_init__(self):
         if not isinstance(self.request_id, str):
-            raise ValueError(f"Cancel.request_id must be a str, got {self.request_id!r}")
+            raise RequestError("request_id", self.request_id,
+                               f"must be a str, got {self.request_id!r}")
+

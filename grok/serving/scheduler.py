@@ -278,8 +278,7 @@ class Scheduler:
 
     @staticmethod
     def _sample_params(request: Request) -> SampleParams:
-        return SampleParams(request.temperature, request.nucleus_p, request.top_k,
-                            request.rng_seed)
+        return SampleParams(request.temperature, request.top_p, request.top_k, request.seed)
 
     def _prefill_chunk(self, stream: _Stream, size: int) -> None:
         """The stream's next prompt chunk; after its last one, its insertion into its slot."""
@@ -338,7 +337,7 @@ class Scheduler:
                                           released, logprob, top if r.logprobs else None))
         if stop is not None:
             return self._finish(stream, "stop", stop)
-        if len(stream.output_ids) >= r.max_len:
+        if len(stream.output_ids) >= r.max_tokens:
             return self._finish(stream, "length")
         if stream.text.holding:
             return []

@@ -3,8 +3,9 @@ their events back to OpenAI responses, whole or streamed as server-sent events.
 
 Each choice (prompt x n) is one scheduler request. They are always streamed from the
 scheduler (the server measures time to first token from them); a non-streaming response is
-built from the Completions. Prompts are tokenized here so every length problem is a 400
-naming the field before anything is queued. A streamed `echo` sends the prompt's text first,
+built from the Completions. Prompts are tokenized here, once, and each request goes through
+admission's checks (grok.serving.admission) before anything is queued, so what the scheduler
+would refuse is a 400 naming the field (from RequestError.field). A streamed `echo` sends the prompt's text first,
 without prompt logprobs (the engine scores the prompt with the last prefill chunk; the
 non-streamed response has them).
 """
@@ -27,16 +28,12 @@ from grok.serving.http.engine_loop import NotReady, QueueFull, is_completion
 from grok.serving.http.errors import APIError, invalid
 from grok.serving.http.protocol import MAX_SEED, ChatCompletionRequest, CompletionRequest
 from grok.serving.admission import ModelLimits, prepare
-from grok.serving.requests import Request
+from grok.serving.requests import Request, RequestError
 from grok.serving.http.streams import (CancellingStreamingResponse, RequestStream,
                                        collect_unless_disconnected)
 
 DEFAULT_TEMPERATURE = 1.0       # OpenAI's defaults
 DEFAULT_TOP_P = 1.0
-# Request field (as admission's errors name it) -> the OpenAI field it came from.
-REQUEST_TO_API_FIELD = {"max_len": "max_tokens", "top_k": "top_k", "temperature": "temperature",
-                        "nucleus_p": "top_p", "rng_seed": "seed",
-                        "stop_tokens": "stop_token_ids", "stop": "stop"}
 
 
 @dataclasses.dataclass
@@ -66,19 +63,13 @@ class Job:
 
 
 def prompt_token_ids(server, prompt: Union[str, list[int]], param: str) -> list[int]:
-    """A prompt's token ids, checked against the vocabulary (400 naming `param`)."""
-    backend = server.backend()
+    """A prompt's token ids (a text prompt tokenized here, once; admission checks them)."""
+    if not isinstance(prompt, str):
+        return list(prompt)
     try:
-        ids = backend.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        return server.backend().tokenizer.encode(prompt)
     except ValueError as e:   # e.g. a lone surrogate ("\ud800") in the JSON string
         raise invalid(f"{param} cannot be tokenized: {e}", param) from None
-    if not ids:
-        raise invalid(f"{param} encodes to no tokens", param)
-    bad = [t for t in ids if not 0 <= t < backend.vocab_size]
-    if bad:
-        raise invalid(f"{param} has token ids outside the vocabulary [0, {backend.vocab_size}):"
-                      f" {bad[:5]}", param)
-    return ids
 
 
 def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = ()) -> Job:
@@ -88,27 +79,22 @@ def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = ()) 
     prompt_ids = [prompt_token_ids(server, p, param) for p in prompts]
     longest = max(map(len, prompt_ids))
     max_tokens = body.max_new_tokens if chat else body.max_tokens
-    limit_param = ("max_completion_tokens" if chat and body.max_completion_tokens
-                   else "max_tokens")
     if longest >= backend.sequence_len:
         raise invalid(f"{param} has {longest} tokens; this model's context is "
                       f"{backend.sequence_len} (prompt plus new tokens)", param)
     if max_tokens is None:                 # chat default: whatever the context leaves
         max_tokens = backend.sequence_len - longest
-    if longest + max_tokens > backend.sequence_len:
-        raise invalid(f"{limit_param} {max_tokens} plus the prompt's {longest} tokens is beyond "
-                      f"this model's context of {backend.sequence_len} tokens", limit_param)
-    if body.top_k > backend.vocab_size:
-        raise invalid(f"top_k must be at most the vocabulary size {backend.vocab_size}", "top_k")
-    for t in body.stop_token_ids or ():
-        if t >= backend.vocab_size:
-            raise invalid(f"stop_token_ids has {t}, outside the vocabulary", "stop_token_ids")
+    # Request field -> the body field that set it (where the names differ).
+    api_field = {"prompt": param, "stop_tokens": "stop_token_ids",
+                 "max_tokens": ("max_completion_tokens" if chat and body.max_completion_tokens
+                                else "max_tokens")}
     if chat:
         logprobs, num_top, echo = body.logprobs, body.top_logprobs or 0, False
     else:
         logprobs, num_top = body.logprobs is not None, body.logprobs or 0
         echo = body.echo and logprobs
     response_id = new_id("chatcmpl" if chat else "cmpl")
+    limits = ModelLimits(backend.vocab_size, backend.sequence_len, backend.pad_token)
     choices, requests = [], []
     for p, ids in enumerate(prompt_ids):
         for j in range(body.n):
@@ -116,31 +102,22 @@ def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = ()) 
             seed = ((body.seed + j) % (MAX_SEED + 1) if body.seed is not None
                     else secrets.randbelow(MAX_SEED + 1))
             request_id = f"{response_id}-{index}"
+            try:
+                request, _ = prepare(Request(
+                    prompt=ids, request_id=request_id, max_tokens=max_tokens,
+                    temperature=DEFAULT_TEMPERATURE if body.temperature is None
+                    else body.temperature,
+                    top_p=DEFAULT_TOP_P if body.top_p is None else body.top_p,
+                    top_k=body.top_k, seed=seed, stop_tokens=tuple(body.stop_token_ids or ()),
+                    stop=body.stop_strings + tuple(extra_stops), stream=True,
+                    logprobs=logprobs, echo=echo), backend.tokenizer, limits)
+            except RequestError as e:   # what admission would refuse: a 400 naming the field
+                name = api_field.get(e.field, e.field)
+                raise invalid(str(e.named(name)), name) from None
             text = prompts[p] if isinstance(prompts[p], str) else backend.tokenizer.decode(ids)
             choices.append(Choice(index, request_id, p, text))
-            requests.append(_admissible(backend, param, dict(
-                prompt=ids, request_id=request_id, max_len=max_tokens,
-                temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
-                nucleus_p=DEFAULT_TOP_P if body.top_p is None else body.top_p,
-                top_k=body.top_k, rng_seed=seed, stop_tokens=tuple(body.stop_token_ids or ()),
-                stop=body.stop_strings + tuple(extra_stops), stream=True, logprobs=logprobs,
-                echo=echo)))
+            requests.append(request)
     return Job(response_id, chat, body, prompt_ids, choices, requests, num_top, logprobs)
-
-
-def _admissible(backend, prompt_param: str, fields: dict) -> Request:
-    """The Request, checked now as the scheduler will check it at admission (so what it would
-    refuse is a 400 naming the field, not a failed generation)."""
-    try:
-        request = Request(**fields)
-        prepare(request, backend.tokenizer, ModelLimits(backend.vocab_size,
-                                                        backend.sequence_len, backend.pad_token))
-    except ValueError as e:
-        message = str(e)
-        name = message.removeprefix("Request.").split(" ")[0].split(":")[0]
-        param = prompt_param if name == "prompt" else REQUEST_TO_API_FIELD.get(name)
-        raise invalid(message, param) from None
-    return request
 
 
 def start(server, job: Job) -> RequestStream:

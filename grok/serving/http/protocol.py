@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from grok.engine.sampling import NUM_ALTERNATIVES
 
-MAX_SEED = 2**32 - 1        # Request.rng_seed is a uint32
+MAX_SEED = 2**32 - 1        # Request.seed is a uint32
 MAX_STOP_STRINGS = 16       # OpenAI allows 4; a few more cost nothing here
 MAX_CHOICES = 16            # n: each choice takes a slot, so bound what one request can hold
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for the completions API's `logprobs`
