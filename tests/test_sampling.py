@@ -190,8 +190,8 @@ def reference_tokens(logits, settings, keys):
     scaled = shifted / jnp.where(greedy, 1.0, settings.temperature)[:, None]
     scaled = jax.lax.cond(jnp.any(settings.top_k > 0),
                           lambda s: _reference_top_k_filter(s, settings.top_k), lambda s: s, scaled)
-    scaled = jax.lax.cond(jnp.any(settings.nucleus_p < 1),
-                          lambda s: _reference_nucleus_filter(s, settings.nucleus_p), lambda s: s, scaled)
+    scaled = jax.lax.cond(jnp.any(settings.top_p < 1),
+                          lambda s: _reference_nucleus_filter(s, settings.top_p), lambda s: s, scaled)
     argmax = jnp.argmax(logits, axis=-1)
     sampled = jax.lax.cond(jnp.all(greedy), lambda: argmax,
                            lambda: jax.vmap(jax.random.categorical)(keys, scaled))

@@ -71,8 +71,8 @@ def _logits(family: str, slots: int, vocab: int, zipf: float, rng) -> jax.Array:
 
 
 def _settings(rows: list) -> SampleSettings:
-    temperature, nucleus_p, top_k = zip(*rows)
-    return SampleSettings(jnp.asarray(temperature, jnp.float32), jnp.asarray(nucleus_p, jnp.float32),
+    temperature, top_p, top_k = zip(*rows)
+    return SampleSettings(jnp.asarray(temperature, jnp.float32), jnp.asarray(top_p, jnp.float32),
                           jnp.asarray(top_k, jnp.int32), jnp.ones((len(rows),), bool))
 
 

@@ -76,7 +76,7 @@ class SlotArm(NamedTuple):
 
     token: jax.Array            # [] int32: the first sampled token, fed to the next step
     rng: jax.Array              # [2] uint32: the slot's PRNG key after that sample
-    settings: SampleSettings    # each field [] (temperature, nucleus_p, top_k, active=True)
+    settings: SampleSettings    # each field [] (temperature, top_p, top_k, active=True)
 
 
 class SampleParams(NamedTuple):

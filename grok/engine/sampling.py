@@ -52,7 +52,7 @@ class SampleSettings(NamedTuple):
     """Per-slot sampling settings (device arrays)."""
 
     temperature: jax.Array  # [B] float32; 0 = greedy
-    nucleus_p: jax.Array    # [B] float32 in (0, 1]
+    top_p: jax.Array        # [B] float32 in (0, 1]: the nucleus
     top_k: jax.Array        # [B] int32; 0 = no top-k filter
     active: jax.Array       # [B] bool; inactive slots neither advance nor sample
 
@@ -104,8 +104,8 @@ def _sorted_filter(scaled: jax.Array, settings: SampleSettings) -> jax.Array:
     """Top-k then nucleus over the full row, sorting only when some row uses each filter."""
     scaled = jax.lax.cond(jnp.any(settings.top_k > 0),
                           lambda s: _top_k_filter(s, settings.top_k), lambda s: s, scaled)
-    return jax.lax.cond(jnp.any(settings.nucleus_p < 1),
-                        lambda s: _nucleus_filter(s, settings.nucleus_p), lambda s: s, scaled)
+    return jax.lax.cond(jnp.any(settings.top_p < 1),
+                        lambda s: _nucleus_filter(s, settings.top_p), lambda s: s, scaled)
 
 
 # ---- the same filters from the candidates -----------------------------------------------------
@@ -136,7 +136,7 @@ def _candidates(scaled: jax.Array, settings: SampleSettings, num_candidates: int
     kth = jnp.where(top_k_on & top_k_inside,
                     values[rows, jnp.clip(settings.top_k - 1, 0, c - 1)], neg_inf)  # [B]
 
-    nucleus_on = settings.nucleus_p < 1
+    nucleus_on = settings.top_p < 1
     # The scaled row's max is 0 (shifted), so exp never overflows; the sum spans the whole
     # top-k-kept row, ties beyond the candidates included.
     total = jnp.sum(jnp.where(scaled >= kth[:, None], jnp.exp(scaled), 0.0), axis=-1)  # [B]
@@ -144,8 +144,8 @@ def _candidates(scaled: jax.Array, settings: SampleSettings, num_candidates: int
     cumulative = jnp.cumsum(probs, axis=-1)                                     # [B, C]
     before = jnp.pad(cumulative[:, :-1], ((0, 0), (1, 0)))   # mass of the ranks before each
     # the last rank whose prior mass is <= p (rank 0 always qualifies: its prior mass is 0)
-    last_rank = jnp.max(jnp.where(before <= settings.nucleus_p[:, None], jnp.arange(c), 0), axis=-1)
-    nucleus_inside = ~nucleus_on | everything | (cumulative[:, -1] > settings.nucleus_p)
+    last_rank = jnp.max(jnp.where(before <= settings.top_p[:, None], jnp.arange(c), 0), axis=-1)
+    nucleus_inside = ~nucleus_on | everything | (cumulative[:, -1] > settings.top_p)
     nucleus_t = jnp.where(nucleus_on & nucleus_inside, values[rows, last_rank], neg_inf)
 
     threshold = jnp.maximum(kth, nucleus_t)
