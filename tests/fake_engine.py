@@ -57,14 +57,12 @@ class FakeEngine:
         self.prefill_buckets = tuple(buckets)
         self.prefix_capacities = tuple(1 << i for i in range(3, sequence_len.bit_length())
                                        if 1 << i < sequence_len) + (sequence_len,)
-        self.prefill_batch_sizes = (1, 2, 4)
+        self.prefill_batch_sizes = (2, 4) if batched else ()   # (): no batched prefill
         self.sequence_len, self.vocab_size = sequence_len, vocab_size
         self.eos_token, self.pad_token = eos_token, pad_token
         self.script = {tuple(k): list(v) for k, v in (script or {}).items()}
         self.fail_prefill = fail_prefill
         self.calls: list = []
-        if not batched:
-            self.prefill_batch = None   # an engine without batched prefill
 
     # ---- the deterministic "model" --------------------------------------------------------
     def next_token(self, sequence: tuple, prompt_len: int, seed: int) -> int:

@@ -228,12 +228,12 @@ def test_bad_calls_name_the_problem(engine):
     assert isinstance(prefix, Prefix)
 
 
-def test_trim_keeps_a_shorter_shared_part(engine):
+def test_slice_prefix_keeps_a_shorter_shared_part(engine):
     """A prefix cache's partial hit: the first 11 of 20 positions, continued, equal to a prompt
     prefilled from scratch (tokens and KV)."""
     prompt, other = make_prompt(20, 80), make_prompt(5, 81)
     full, _ = prefill_prompt(engine, prompt)
-    kept = engine.trim(full, 11)
+    kept = engine.slice_prefix(full, 11)
     assert kept.capacity == 16 and int(kept.length) == 11 and full.capacity == 32
     assert not np.asarray(kept.valid)[0, 11:].any() and not np.asarray(kept.k)[:, :, :, 11:].any()
     resumed, result = engine.prefill(other, GREEDY, existing_prefix=kept)
@@ -242,8 +242,8 @@ def test_trim_keeps_a_shorter_shared_part(engine):
     n = 16
     np.testing.assert_allclose(np.asarray(resumed.k)[:, :, :, :n], np.asarray(scratch.k)[:, :, :, :n],
                                **TOLERANCE)
-    with pytest.raises(ValueError, match="trim"):
-        engine.trim(full, 33)
+    with pytest.raises(ValueError, match="slice_prefix"):
+        engine.slice_prefix(full, 33)
 
 
 def _steps_run(engine, run):
@@ -291,10 +291,10 @@ def test_the_variant_follows_the_host_lengths(engine):
     state = engine.insert(long_prefix, long_result.arm, state, 3)
     state = engine.insert(short_prefix, short_result.arm, state, 0)
     assert engine.kv_len_for(state) == 32                  # 20 + 1
-    kept = engine.trim(long_prefix, 17)
+    kept = engine.slice_prefix(long_prefix, 17)
     state = engine.insert(kept, long_result.arm, state, 3)  # replaces the 20-token prompt
     assert engine.kv_len_for(state) == 32                  # 17 + 1
-    state = engine.insert(engine.trim(kept, 11), long_result.arm, state, 3)
+    state = engine.insert(engine.slice_prefix(kept, 11), long_result.arm, state, 3)
     assert engine.kv_len_for(state) == 16                  # 11 + 1
     state = engine.release(state, 0)
     state = engine.release(state, 3)

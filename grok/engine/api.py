@@ -25,8 +25,8 @@ Roles (JetStream's engine_api shape, with these differences):
   sees the previous occupant's keys (issue 8 item 4).
 - `generate` is the compiled `sample_step`; it starts the device->host copy of its output, so
   the host reads step n after dispatching step n+1 (the overlap that keeps the device busy).
-- `trim` keeps a prefix's first n positions (a prefix cache's partial hit), then `prefill`
-  continues it.
+- `slice_prefix` keeps a prefix's first n positions (a prefix cache's partial hit), then
+  `prefill` continues it.
 - Device code knows nothing of requests: no ids, no stop tokens, no text; the host loop keeps
   a prompt plus its output within sequence_len (a prefix's length is a device value, so the
   engine does not check it; positions past the end are dropped).
@@ -128,8 +128,8 @@ class Engine(Protocol):
     batch_size: int                     # B: slots in a DecodeState
     prefill_buckets: tuple[int, ...]    # chunk sizes T, ascending; a chunk is <= the largest
     prefix_capacities: tuple[int, ...]  # prefix sizes P, ascending; the last is sequence_len
-    prefill_batch_sizes: tuple[int, ...]  # N buckets of `prefill_batch`, ascending
-    prefill_chunk_tokens: int           # the scheduler's prompt-token budget between steps
+    prefill_batch_sizes: tuple[int, ...]  # N buckets of `prefill_batch`, ascending; () when
+    #                                       the engine has none (the host prefills one by one)
     sequence_len: int                   # S: positions per slot (prompt + output)
     vocab_size: int
     eos_token: int
@@ -155,11 +155,6 @@ class Engine(Protocol):
 
         Equal to `prefill` of each alone (no echo, no existing prefix).
         """
-
-    def trim(self, prefix: Prefix, length: int) -> Prefix:
-        """The prefix's first `length` positions, in the smallest capacity that holds them
-        (positions after `length` zeroed and invalid). `prefix` is not modified. For a prefix
-        cache: keep the shared part of a longer prompt, then continue it with `prefill`."""
 
     def insert(self, prefix: Prefix, arm: SlotArm, state, slot: int):
         """The state with `slot` holding exactly `prefix` (everything else in it cleared),

@@ -5,7 +5,7 @@ its static shape key, so each shape compiles once and nothing recompiles while s
 - prefill: one program per (prefix capacity in, chunk bucket T, echo); a prompt's first
   chunk has no prefix in and gives a prefix of capacity T;
 - batched prefill: one per (N, T);
-- insert: one per prefix capacity P; trim: one per (P in, P out);
+- insert: one per prefix capacity P; slice_prefix: one per (P in, P out);
 - sample_step (`generate`): one per kv_len bucket (`kv_len_buckets(S)`), each reading only
   the first kv_len cache positions; `generate` picks the smallest bucket holding the longest
   active slot, from lengths the engine tracks on the host (grok.engine.live_lengths: no
@@ -73,7 +73,6 @@ class JaxEngine:
         self.sequence_len = config.sequence_len
         self.prefix_capacities = prefix_capacities(self.prefill_buckets, self.sequence_len)
         self.prefill_batch_sizes = _batch_sizes(runtime.max_prefill_batch)
-        self.prefill_chunk_tokens = runtime.chunk_tokens
         self.vocab_size, self.eos_token, self.pad_token = (
             config.vocab_size, config.eos_token, config.pad_token)
         self._forward = forward
@@ -150,13 +149,6 @@ class JaxEngine:
             return jax.jit(steps.insert, in_shardings=ins, out_shardings=self._state_sh,
                            donate_argnums=(0,))
         return self._jit(("insert", capacity), build)
-
-    def trim_fn(self, capacity_in: int, capacity: int):
-        def build():
-            return jax.jit(functools.partial(steps.trim, capacity=capacity),
-                           in_shardings=(self._prefix_sh(capacity_in), self._rep),
-                           out_shardings=self._prefix_sh(capacity))
-        return self._jit(("trim", capacity_in, capacity), build)
 
     def sample_step_fn(self, kv_len: int):
         """The compiled decode step `sample_step(params, state) -> (state, packed)` whose
@@ -261,15 +253,6 @@ class JaxEngine:
                 self._prefix_lengths.set(prefixes[i].length, len(p))
                 results.append((prefixes[i], PrefillResult(packed[i], arms[i], None)))
         return results
-
-    def trim(self, prefix: Prefix, length: int) -> Prefix:
-        """See grok.engine.api.Engine.trim."""
-        if not 0 <= length <= prefix.capacity:
-            raise ValueError(f"trim: length must be in [0, {prefix.capacity}], got {length}")
-        capacity = capacity_for(max(length, 1), self.prefix_capacities)
-        out = self.trim_fn(prefix.capacity, capacity)(prefix, np.int32(length))
-        self._prefix_lengths.set(out.length, min(self._prefix_length(prefix), length))
-        return out
 
     def insert(self, prefix: Prefix, arm: SlotArm, state: DecodeState, slot: int) -> DecodeState:
         """See grok.engine.api.Engine.insert (donates `state`)."""

@@ -82,15 +82,6 @@ def prefill_batch(forward: Forward, empty_memory: Callable[[int, int], Memory], 
     return prefixes, packed, tuple(jax.tree.map(lambda a: a[i], arms) for i in range(n))
 
 
-def trim(prefix: Prefix, length, *, capacity: int) -> Prefix:
-    """The prefix's first `length` positions in `capacity` <= P positions: K/V zeroed and
-    invalid after `length` (a prefix cache keeps a shorter shared part of a longer prompt)."""
-    keep = jnp.arange(capacity) < length                                         # [Q]
-    cut = lambda a: jnp.where(keep[:, None], a[:, :, :, :capacity], jnp.zeros((), a.dtype))
-    return Prefix(cut(prefix.k), cut(prefix.v), prefix.valid[:, :capacity] & keep[None],
-                  jnp.minimum(prefix.length, length).astype(jnp.int32))
-
-
 def insert(state: DecodeState, prefix: Prefix, arm: SlotArm, slot) -> DecodeState:
     """The state with `slot` holding exactly `prefix`: its KV and validity written, every
     position after the prefix zeroed and invalid (no key of the previous occupant survives),
@@ -122,12 +113,3 @@ def release(state: DecodeState, slot) -> DecodeState:
     settings = state.settings._replace(active=state.settings.active.at[slot].set(False))
     return state._replace(settings=settings)
 
-
-def slot_prefix(state: DecodeState, slot, keep) -> Prefix:
-    """Slot's KV as a Prefix of S positions (empty where not `keep`): the reference-shaped
-    `prefill_memory`, which continues a prompt inside its slot, builds on this."""
-    mem = state.memory
-    take = lambda a, axis: jax.lax.dynamic_slice_in_dim(a, slot, 1, axis)
-    clear = lambda a: jnp.where(keep, a, jnp.zeros_like(a))
-    return Prefix(clear(take(mem.k, 1)), clear(take(mem.v, 1)), clear(take(mem.valid, 0)),
-                  jnp.where(keep, take(mem.step, 0)[0], 0))

@@ -40,9 +40,8 @@ logger = logging.getLogger(__name__)
 class PrefixReuse:
     """The prefix cache of one Scheduler and its counters.
 
-    `cache_tokens`: positions the cache may hold on the device (0, or an engine without
-    `slice_prefix`: no cache). `keep_outputs`: also keep a finished request's output KV (needs
-    the engine's `extract_prefix`). Streams are the scheduler's: they carry `request`,
+    `cache_tokens`: positions the cache may hold on the device (0: no cache). `keep_outputs`:
+    also keep a finished request's output KV (`engine.extract_prefix`). Streams are the scheduler's: they carry `request`,
     `request_id`, `prompt_ids`, `output_ids`, `fed`, `slot`, `prefix`, `prefilled`,
     `cache_hit` and `looked_up`.
     """
@@ -50,8 +49,8 @@ class PrefixReuse:
     def __init__(self, engine: Engine, cache_tokens: int, keep_outputs: bool):
         self.engine = engine
         self.cache = (PrefixCache(int(cache_tokens), engine.slice_prefix, engine.prefix_capacities)
-                      if cache_tokens and hasattr(engine, "slice_prefix") else None)
-        self.keep_outputs = bool(keep_outputs) and callable(getattr(engine, "extract_prefix", None))
+                      if cache_tokens else None)
+        self.keep_outputs = bool(keep_outputs)
         self.hit_tokens = 0      # prompt tokens served from the cache
         self.query_tokens = 0    # prompt tokens looked up in it
 

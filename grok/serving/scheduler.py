@@ -247,7 +247,7 @@ class Scheduler:
 
     def _batchable(self, budget: Optional[int], spent: int) -> list:
         """The leading streams that fit one batched prefill: whole short prompts, no echo."""
-        if self.max_prefill_batch < 2 or not callable(getattr(self.engine, "prefill_batch", None)):
+        if self.max_prefill_batch < 2 or not self.engine.prefill_batch_sizes:
             return []
         batch = []
         for stream in itertools.islice(self._prefilling, self.max_prefill_batch):
