@@ -8,7 +8,8 @@ imported on first use, so `import grok` (the CLI, `--help`, `__version__`) does 
   architecture, bound to a checkpoint) and `RuntimeConfig` (how it runs: mesh, slots,
   buckets, MoE implementation, activation dtype).
 - The reference's protocol: `ModelRunner`, `InferenceRunner` (`.run()` is the request
-  generator), `sample_from_model`, with `Request`, `Completion`, `TokenEvent`.
+  generator), `sample_from_model`, with `Request` (a bad field: `RequestError`), `Completion`,
+  `TokenEvent`.
 - The engine API (grok.engine.api) for host loops of one's own: `Engine`, `Prefix`,
   `SlotArm`, `SampleParams`, `PrefillResult`, `StepHandle`, `TokenOutput`, and `JaxEngine`
   (`InferenceRunner.engine`).
@@ -28,7 +29,8 @@ _EXPORTS = {
     "grok.engine.api": ("Engine", "Prefix", "SlotArm", "SampleParams", "PrefillResult",
                         "StepHandle", "TokenOutput"),
     "grok.engine.engine": ("JaxEngine",),
-    "grok.serving.requests": ("Request", "Completion", "TokenEvent"),
+    "grok.serving.requests": ("Request", "RequestError"),
+    "grok.serving.results": ("Completion", "TokenEvent"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -23,8 +23,8 @@ from typing import Optional, Sequence, Union
 from grok.cli.flags import DEFAULT_MAX_SLOTS, DEFAULT_MAX_TOKENS
 from grok.cli.inputs import request_seed
 from grok.cli.model import ModelOptions, StartupTimes, load_model
-from grok.cli.output import apply_stop
-from grok.serving.requests import Cancel, Completion, Request, RequestError, TokenEvent
+from grok.serving.requests import Cancel, Request, RequestError
+from grok.serving.results import Completion, TokenEvent
 
 Prompt = Union[str, Sequence[int]]
 PROGRESS_BAR_MIN_PROMPTS = 2        # one prompt needs no progress bar
@@ -135,7 +135,7 @@ class LLM:
             while out is not None:
                 if isinstance(out, Completion) and out.request_id in index:
                     i = index[out.request_id]
-                    results[i] = apply_stop(out, params[i].stop)
+                    results[i] = out
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix_str(f"{sum(len(r.output_ids) for r in results if r)} "

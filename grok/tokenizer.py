@@ -1,9 +1,10 @@
 """Tokenizers: the Grok-1 SentencePiece model, and a byte tokenizer for the embedded demo.
 
-Both give `encode(text) -> list[int]` (no BOS, as the reference), `decode(ids) -> str`,
-`min_tokens(text) -> int`: a lower bound on `len(encode(text))` found without tokenizing, so a
-prompt far too long for the model is refused before it is tokenized, and `fingerprint`: a
-string naming the exact vocabulary.
+Both implement `Tokenizer`: `encode(text) -> list[int]` (no BOS, as the reference),
+`decode(ids) -> str`, `min_tokens(text) -> int`: a lower bound on `len(encode(text))` found
+without tokenizing, so a prompt far too long for the model is refused before it is tokenized,
+`token_text(id)`: one token's own text for logprobs, and `fingerprint`: a string naming the
+exact vocabulary.
 """
 
 from __future__ import annotations
@@ -12,11 +13,36 @@ import functools
 import hashlib
 import math
 import os
-from typing import Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 # NFKC (SentencePiece's normalizer) may compose up to 3 alphanumeric code points into one
 # (Hangul jamo L+V+T -> a syllable); it never removes an alphanumeric one.
 NFKC_MAX_COMPOSITION = 3
+SENTENCEPIECE_SPACE = "\u2581"   # SentencePiece's visible space at the start of a piece
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """Text <-> token ids for one vocabulary: what serving calls on a tokenizer."""
+
+    vocab_size: int
+
+    @property
+    def fingerprint(self) -> str:
+        """Names the exact vocabulary (the processes of a multi-host job compare it)."""
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, no BOS."""
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids` (special ids and ids outside the vocabulary add nothing)."""
+
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on len(encode(text)), found without tokenizing."""
+
+    def token_text(self, token_id: int) -> str:
+        """One token's own text as logprobs show it (a SentencePiece piece with its leading
+        space; a byte that is not a whole UTF-8 character as `bytes:\\xNN`)."""
 
 
 class SentencePieceTokenizer:
@@ -47,6 +73,11 @@ class SentencePieceTokenizer:
         """Characters in the longest vocabulary piece (16 for Grok-1's)."""
         return max(len(self.processor.id_to_piece(i)) for i in range(self.vocab_size))
 
+    def token_text(self, token_id: int) -> str:
+        if self.processor.is_byte(token_id):     # "<0xNN>", vLLM's form
+            return f"bytes:\\x{self.processor.id_to_piece(token_id)[3:5].lower()}"
+        return self.processor.id_to_piece(token_id).replace(SENTENCEPIECE_SPACE, " ")
+
     def min_tokens(self, text: str) -> int:
         """A lower bound on len(encode(text)): each alphanumeric character survives
         normalization (up to NFKC_MAX_COMPOSITION of them merged into one) and a token covers
@@ -70,6 +101,12 @@ class ByteTokenizer:
         data = bytes(int(i) - self.NUM_SPECIAL for i in ids
                      if self.NUM_SPECIAL <= int(i) < self.vocab_size)
         return data.decode("utf-8", errors="replace")
+
+    def token_text(self, token_id: int) -> str:
+        if not self.NUM_SPECIAL <= token_id < self.vocab_size:
+            return ""
+        byte = token_id - self.NUM_SPECIAL   # ASCII is itself; any other byte is no character
+        return chr(byte) if byte < 0x80 else f"bytes:\\x{byte:02x}"
 
     def min_tokens(self, text: str) -> int:
         """A lower bound on len(encode(text)): every character is at least one byte."""

@@ -160,6 +160,10 @@ class FailingTokenizer:
     def __init__(self, inner, bad_token: int):
         self.inner, self.bad_token = inner, bad_token
         self.vocab_size = inner.vocab_size
+        self.fingerprint = f"failing:{inner.fingerprint}"
+
+    def token_text(self, token_id):
+        return self.inner.token_text(token_id)
 
     def encode(self, text):
         return self.inner.encode(text)

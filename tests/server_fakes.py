@@ -12,7 +12,7 @@ import threading
 import time
 
 from grok.serving.http.engine_loop import Backend
-from grok.serving.requests import Completion
+from grok.serving.results import Completion
 from grok.tokenizer import ByteTokenizer
 
 SEQUENCE_LEN = 256
@@ -49,6 +49,9 @@ class FakeScheduler:
     @property
     def num_waiting(self) -> int:
         return len(self.waiting)
+
+    prefix_cache_hit_tokens = 0     # no prefix cache
+    prefix_cache_query_tokens = 0
 
     def idle(self) -> bool:
         return not self.running and not self.waiting

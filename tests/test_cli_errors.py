@@ -15,7 +15,7 @@ import pytest
 from grok import cli, demo
 from grok.cli.model import ModelOptions, resolve_config, resolve_tokenizer
 from grok.cli.output import ResultPrinter, RunStats, finite_json
-from grok.serving.requests import Completion
+from grok.serving.results import Completion
 
 REPO_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -192,6 +192,3 @@ def test_serve_flag_hands_the_parsed_flags_to_the_server(monkeypatch, capsys):
     fake.serve = lambda args, build_runner: build_runner()   # the model flags are checked
     assert cli.main(["--serve", "--checkpoint", "/absent"]) == 2
     assert "--checkpoint /absent" in capsys.readouterr().err
-    monkeypatch.setitem(sys.modules, "grok.serving.http", None)
-    monkeypatch.setitem(sys.modules, "grok.server", None)
-    assert cli.main(["--serve"]) == 2 and "no HTTP server" in capsys.readouterr().err

@@ -11,7 +11,8 @@ import pickle
 
 from fake_engine import FailingTokenizer, FakeEngine
 from grok.serving.decisions import Decisions, decode, encode
-from grok.serving.requests import Cancel, Completion, Request, TokenEvent
+from grok.serving.requests import Cancel, Request
+from grok.serving.results import Completion, TokenEvent
 from grok.serving.generator import serve
 from grok.serving.scheduler import Scheduler
 from grok.tokenizer import ByteTokenizer

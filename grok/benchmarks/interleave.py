@@ -28,7 +28,8 @@ from typing import Optional, Sequence
 from grok.demo import DEMO, demo_params
 from grok.engine.runner import InferenceRunner, ModelRunner
 from grok.runtime_config import RuntimeConfig
-from grok.serving.requests import Completion, Request, TokenEvent
+from grok.serving.requests import Request
+from grok.serving.results import Completion, TokenEvent
 from grok.serving.scheduler import Scheduler
 from grok.tokenizer import ByteTokenizer
 from grok.benchmarks import save_report

@@ -213,7 +213,7 @@ def start_demo_server(batch_size: int, precompile_all: bool = False
     """The demo model served on 127.0.0.1 (a free port) in a child process, once healthy."""
     port = _free_port()
     flags = ["--precompile-all"] if precompile_all else []
-    process = subprocess.Popen([sys.executable, "-m", "grok.serving.http", "--port", str(port),
+    process = subprocess.Popen([sys.executable, "-m", "grok", "serve", "--port", str(port),
                                 "--batch-size", str(batch_size)] + flags,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

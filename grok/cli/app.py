@@ -3,7 +3,6 @@ command (`grok run`, `grok serve`, `grok bench`) that `python -m grok` also runs
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 from typing import Optional, Sequence
@@ -16,11 +15,8 @@ from grok.cli.launch import follow, init_multihost
 from grok.cli.model import ModelOptions, StartupTimes, UsageError, load_model
 from grok.cli.output import ResultPrinter, RunStats
 from grok.cli.repl import Repl
-from grok.serving.requests import TokenEvent
+from grok.serving.results import TokenEvent
 
-# Where the HTTP server lives; it offers `add_serve_arguments(parser)` (its flags) and
-# `serve(args, build_runner)` (serves until SIGTERM/SIGINT, returns the exit status).
-SERVER_MODULES = ("grok.serving.http", "grok.server")
 SUBCOMMANDS = {"run": "generate from prompts, a file or a REPL (the default)",
                "serve": "an OpenAI-compatible HTTP server",
                "bench": "benchmarks: grok bench NAME --help"}
@@ -105,25 +101,13 @@ def _check_flags(args) -> None:
         raise UsageError(f"bad sampling flag: {e}") from None
 
 
-def server_module():
-    """The HTTP server's module, or None when this build has none."""
-    for name in SERVER_MODULES:
-        try:
-            return importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name is None or not name.startswith(e.name):
-                raise
-    return None
-
-
-def _serve(module, args) -> int:
+def _serve(args) -> int:
     """The HTTP server on the model the flags name (slots: --batch-size, else the cap)."""
-    if module is None or not hasattr(module, "serve"):
-        raise UsageError("--serve: this build has no HTTP server "
-                         f"(none of {', '.join(SERVER_MODULES)})")
+    from grok.serving.http import serve   # FastAPI and uvicorn load only to serve
+
     init_multihost(args)
     try:
-        return module.serve(args, lambda: build_runner(args)) or 0
+        return serve(args, lambda: build_runner(args)) or 0
     except ValueError as e:   # UsageError included: a bad flag, checkpoint or server setting
         raise UsageError(str(e)) from None
 
@@ -133,15 +117,15 @@ def main(argv: Optional[Sequence[str]] = None, runner=None, stdin=None,
     """run.py. `runner`: one built for these arguments (tests reuse it: no reload, no compile).
     `serve`: `grok serve` (the HTTP server's flags added; same as --serve)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    module = server_module() if serve or "--serve" in argv or "-h" in argv or "--help" in argv \
-        else None
-    add_serve = getattr(module, "add_serve_arguments", None)
+    add_serve = None
+    if serve or "--serve" in argv or "-h" in argv or "--help" in argv:
+        from grok.serving.http import add_serve_arguments as add_serve   # the server's flags
     args = build_parser(prog, add_serve).parse_args(argv)
     args.serve = args.serve or serve
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.serve:
-            return _serve(module, args)
+            return _serve(args)
         init_multihost(args)
         _check_flags(args)
         return run(args, runner, stdin)

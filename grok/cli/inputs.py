@@ -28,7 +28,6 @@ class Item:
     error: Optional[str] = None
     field: Optional[str] = None     # the Request field a bad record or flag set (error's field)
     user_id: Optional[str] = None   # the record's own request_id, echoed in JSON output
-    stop: tuple = ()                # stop strings (applied by the CLI when Request lacks them)
 
 
 def request_seed(seed: int, index: int) -> int:
@@ -42,11 +41,6 @@ def request_seed(seed: int, index: int) -> int:
 def make_request(record, args, index: int) -> Request:
     """A Request from a prompt string or an input object; a bad field is a RequestError
     naming the flag or record key that set it (other ValueErrors: a malformed record)."""
-    return _make(record, args, index)[0]
-
-
-def _make(record, args, index: int) -> tuple[Request, tuple]:
-    """(Request, stop strings) — see make_request."""
     if isinstance(record, str):
         record = {"prompt": record}
     if not isinstance(record, dict):
@@ -74,7 +68,7 @@ def _make(record, args, index: int) -> tuple[Request, tuple]:
     except RequestError as e:
         raise e.named(from_record.get(e.field) or FIELD_NAMES.get(e.field, (e.field,))[0]) \
             from None
-    return request, request.stop
+    return request
 
 
 def _read_records(path: str) -> list:
@@ -128,7 +122,7 @@ def read_items(args, default_prompt: str) -> list[Item]:
         try:
             if isinstance(record, Exception):
                 raise record
-            item.request, item.stop = _make(record, args, index)
+            item.request = make_request(record, args, index)
         except RequestError as e:
             item.error, item.field = f"{where}: {e}", e.field
         except ValueError as e:

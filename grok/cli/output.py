@@ -1,5 +1,6 @@
 """Printing results: in input order, streamed text one request at a time, JSON that is always
-valid JSON, stop strings, and the run summary on stderr.
+valid JSON, and the run summary on stderr (stop strings are the scheduler's: its text never
+holds one).
 
 Streaming several requests: the first unfinished request (in input order) prints live; the
 others' text is kept and printed when their turn comes, so each completion reads as one
@@ -17,55 +18,9 @@ from typing import Any, Optional
 import jax
 
 from grok.cli.inputs import Item
-from grok.serving.requests import Completion
+from grok.serving.results import Completion
 
 STREAM_HEADER = "Output for prompt: {label} "
-
-
-class StopText:
-    """Cuts text at the first stop string, holding back streamed text while it could still
-    become one. The scheduler does this itself when Request has `stop`; then this is a no-op
-    (its text never contains a stop string)."""
-
-    def __init__(self, stops: tuple):
-        self.stops = tuple(stops)
-        self.text, self.emitted, self.stopped = "", 0, False
-
-    def cut(self, text: str) -> Optional[int]:
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        return min(hits) if hits else None
-
-    def feed(self, delta: str) -> str:
-        if not self.stops:
-            return delta
-        if self.stopped:
-            return ""
-        self.text += delta
-        end = self.cut(self.text)
-        if end is not None:
-            self.stopped = True
-        else:   # keep back a tail that is the start of some stop string
-            hold = max((k for s in self.stops for k in range(1, len(s))
-                        if self.text.endswith(s[:k])), default=0)
-            end = len(self.text) - hold
-        out, self.emitted = self.text[self.emitted:end], max(self.emitted, end)
-        return out
-
-    def flush(self) -> str:
-        out = "" if self.stopped else self.text[self.emitted:]
-        self.emitted = len(self.text)
-        return out
-
-
-def apply_stop(completion: Completion, stops: tuple) -> Completion:
-    """The completion cut at its first stop string (finish_reason "stop"), else itself."""
-    end = StopText(stops).cut(completion.text) if stops else None
-    if end is None:
-        return completion
-    fields = {k: v for k, v in completion.to_dict().items() if k != "text"}
-    fields["finish_reason"] = "stop"
-    fields.pop("stop_reason", None)
-    return Completion(completion.text[:end], **fields)
 
 
 def finite_json(value: Any) -> tuple[Any, int]:
@@ -165,7 +120,6 @@ class ResultPrinter:
         self.args, self.items, self.stats = args, items, stats
         self.results: dict[int, Any] = {}    # index -> Completion (None: an input error)
         self.buffers: dict[int, list] = {}   # streamed text waiting for its turn
-        self.stops = {item.index: StopText(item.stop) for item in items}
         self.seen: set = set()
         self.next_index = 0
         self.header_printed: set = set()
@@ -180,7 +134,7 @@ class ResultPrinter:
             self.stats.on_first_token()
         if not self.args.stream:
             return
-        text = self.stops[index].feed(event.text)
+        text = event.text
         if index == self.next_index:
             self._write_stream(index, text)
         else:
@@ -189,7 +143,6 @@ class ResultPrinter:
     def on_result(self, index: int, completion: Optional[Completion]) -> None:
         if completion is not None:
             self.stats.on_result(completion)
-            completion = apply_stop(completion, self.items[index].stop)
         self.results[index] = completion
         while self.next_index in self.results:
             index = self.next_index

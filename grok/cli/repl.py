@@ -27,9 +27,9 @@ from typing import Optional
 
 from grok.cli.inputs import make_request
 from grok.cli.model import UsageError
-from grok.cli.output import RunStats, StopText
-from grok.serving import requests as requests_module
-from grok.serving.requests import Completion, TokenEvent
+from grok.cli.output import RunStats
+from grok.serving.requests import Cancel
+from grok.serving.results import Completion, TokenEvent
 
 PROMPT = ">>> "
 HISTORY_FILE = "~/.grok_history"     # earlier sessions' lines, for the up arrow
@@ -73,6 +73,7 @@ class Repl:
         self.history_file = None
         if self.tty and stdin is sys.stdin:
             self._load_history()
+        # stdin is any text stream here (tests pass a StringIO, which has no reconfigure)
         if hasattr(stdin, "reconfigure"):
             stdin.reconfigure(errors="replace")   # a stray non-UTF-8 byte becomes U+FFFD
 
@@ -162,12 +163,11 @@ class Repl:
         the conversation's ids after it: the prompt sent and the answer's sampled ids."""
         ids = conversation[-self.budget:]    # recent context that fits
         try:
-            request, stops = make_request({"prompt_ids": ids}, self.args, self.turn), self.args.stop
+            request = make_request({"prompt_ids": ids}, self.args, self.turn)
         except ValueError as e:
             print(f"Error: {e}", flush=True)
             return conversation
         self.turn += 1
-        stop = StopText(tuple(stops))
         printed, shown_ids = [], []      # text printed, ids of the events it came from
         stats = RunStats(*((self.stats.load_s, self.stats.compile_s) if self.turn == 1 else ()))
         stats.begin(1, self.runner.batch_size)
@@ -176,7 +176,7 @@ class Repl:
             while isinstance(out, TokenEvent):
                 if not printed:
                     stats.on_first_token()
-                text = stop.feed(out.text)
+                text = out.text     # final: the scheduler holds back a possible stop string
                 printed.append(text)
                 shown_ids.append(out.token_id)
                 print(text, end="", flush=True)
@@ -187,9 +187,7 @@ class Repl:
             print("", flush=True)
             print("(stopped)", file=sys.stderr, flush=True)
             return ids + shown_ids
-        tail = stop.flush()
-        printed.append(tail)
-        print(tail, flush=True)
+        print("", flush=True)
         answer = shown_ids
         if isinstance(out, Completion):
             stats.on_result(out)
@@ -204,10 +202,9 @@ class Repl:
     def _cancel(self, request_id: str) -> None:
         """Ends `request_id`: through the scheduler's Cancel when the generator survived the
         interrupt and has one, else by starting a fresh generator (slots empty)."""
-        cancel = getattr(requests_module, "Cancel", None)
-        if self.gen.gi_frame is not None and cancel is not None:
+        if self.gen.gi_frame is not None:
             try:
-                out = self.gen.send(cancel(request_id))
+                out = self.gen.send(Cancel(request_id))
                 while out is not None and not (isinstance(out, Completion)
                                                and out.request_id == request_id):
                     out = next(self.gen)

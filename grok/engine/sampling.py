@@ -165,7 +165,8 @@ def _gumbel_draw_reproducible(keys: jax.Array) -> bool:
         impl = str(jax.random.key_impl(keys))
     else:
         impl = getattr(jax.config, "jax_default_prng_impl", "")
-    # an unknown JAX (options renamed) counts as not reproducible: the full-row draw is exact
+    # getattr: jax.config options differ between JAX versions; an unknown JAX (options renamed)
+    # counts as not reproducible, and the full-row draw is exact
     return ("threefry2x32" in str(impl) and getattr(jax.config, "jax_threefry_partitionable", False)
             and not getattr(jax.config, "jax_high_dynamic_range_gumbel", True))
 

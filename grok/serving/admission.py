@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from grok.serving.requests import Request, RequestError
+from grok.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,11 +26,11 @@ class ModelLimits:
         return cls(int(engine.vocab_size), int(engine.sequence_len), int(engine.pad_token))
 
 
-def prepare(request: Request, tokenizer, limits: ModelLimits) -> tuple[Request, list]:
+def prepare(request: Request, tokenizer: Tokenizer, limits: ModelLimits) -> tuple[Request, list]:
     """(the request re-validated, its prompt as token ids), or RequestError for the field.
 
     A text prompt is refused before tokenizing when even a lower bound of its token count
-    (`tokenizer.min_tokens`, where the tokenizer has it) leaves no room for max_tokens.
+    (`tokenizer.min_tokens`) leaves no room for max_tokens.
     """
     if not isinstance(request, Request):
         raise ValueError(f"expected a Request, got {type(request).__name__}")
@@ -47,10 +48,10 @@ def prepare(request: Request, tokenizer, limits: ModelLimits) -> tuple[Request, 
                            f"{request.max_tokens} leaves no room for a prompt in "
                            f"sequence_len {limits.sequence_len}")
     if isinstance(request.prompt, str):
-        bound = getattr(tokenizer, "min_tokens", None)
-        if bound is not None and bound(request.prompt) > room:
+        bound = tokenizer.min_tokens(request.prompt)
+        if bound > room:
             raise RequestError("prompt", request.prompt,
-                               f"is too long: at least {bound(request.prompt)} tokens, plus "
+                               f"is too long: at least {bound} tokens, plus "
                                f"max_tokens ({request.max_tokens}) is beyond sequence_len "
                                f"{limits.sequence_len}")
         try:

@@ -17,12 +17,12 @@ from grok.serving.scheduler import Scheduler
 
 def scheduler_for(runner, log: Optional[AdmissionLog] = None) -> Scheduler:
     """The Scheduler of an InferenceRunner: its engine, tokenizer and runtime budget."""
-    runtime = getattr(runner, "runtime", None)
+    runtime = runner.runtime
     return Scheduler(runner.engine, runner.tokenizer,
-                     prefill_budget=getattr(runtime, "prefill_chunk_tokens", 0),
-                     max_prefill_batch=getattr(runtime, "max_prefill_batch", 1), log=log,
-                     prefix_cache_tokens=getattr(runtime, "prefix_cache_tokens", 0),
-                     prefix_cache_outputs=getattr(runtime, "prefix_cache_outputs", True))
+                     prefill_budget=runtime.prefill_chunk_tokens,
+                     max_prefill_batch=runtime.max_prefill_batch, log=log,
+                     prefix_cache_tokens=runtime.prefix_cache_tokens,
+                     prefix_cache_outputs=runtime.prefix_cache_outputs)
 
 
 def serve(source):

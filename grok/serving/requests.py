@@ -24,8 +24,6 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from grok.serving.results import Completion, TokenEvent  # noqa: F401 (re-exported)
-
 Prompt = Union[str, Sequence[int]]
 
 MAX_INT32 = 2**31 - 1      # token ids, top_k and max_tokens travel to the device as int32

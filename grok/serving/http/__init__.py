@@ -5,8 +5,8 @@ metrics (Prometheus), engine_loop (the thread owning the scheduler), streams (on
 request's events on its asyncio task), generation (completions and chat), responses (OpenAI
 response bodies), app (routes) and server (flags, uvicorn, signals).
 
-Entry: `add_serve_arguments(parser)` and `serve(args, build_runner)`; `python -m
-grok.serving.http [model flags] [server flags]` runs it standalone.
+Entry: `add_serve_arguments(parser)` and `serve(args, build_runner)`, which the command line
+runs (`grok serve`, `run.py --serve`).
 """
 
 from grok.serving.http.server import add_serve_arguments, make_server, serve

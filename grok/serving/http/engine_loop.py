@@ -20,8 +20,10 @@ import time
 from typing import Any, Callable, Optional
 
 from grok.serving.http.metrics import ServerMetrics
-from grok.serving.results import error_completion
+from grok.serving.interface import SchedulerAPI
+from grok.serving.results import Completion, error_completion
 from grok.serving.generator import scheduler_for
+from grok.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +35,9 @@ STOP = object()                   # the command that ends the thread
 class Backend:
     """What `build` makes: the scheduler and what handlers need to know of the model."""
 
-    scheduler: Any
+    scheduler: SchedulerAPI
     slots: int              # requests decoded at once
-    tokenizer: Any          # encode(str) -> ids, decode(ids) -> str
+    tokenizer: Tokenizer
     vocab_size: int
     sequence_len: int       # prompt plus new tokens at most
     pad_token: int = 0
@@ -69,8 +71,8 @@ class _Route:
 
 
 def is_completion(event) -> bool:
-    """Completions (str subclasses with finish_reason) end a request; others are tokens."""
-    return isinstance(event, str) and hasattr(event, "finish_reason")
+    """Completions end a request; other events are tokens."""
+    return isinstance(event, Completion)
 
 
 class EngineLoop(threading.Thread):
@@ -83,7 +85,7 @@ class EngineLoop(threading.Thread):
         self.metrics = metrics
         self.max_queue = max_queue
         self.backend: Optional[Backend] = None
-        self.scheduler: Any = None
+        self.scheduler: Optional[SchedulerAPI] = None
         self.slots = 0
         self.ready = threading.Event()
         self.error: Optional[str] = None          # why the model could not be built
@@ -159,8 +161,8 @@ class EngineLoop(threading.Thread):
 
     def _count_prefix_cache(self) -> None:
         """Adds what the scheduler's cumulative prefix-cache counters gained since last time."""
-        hit = getattr(self.scheduler, "prefix_cache_hit_tokens", 0)
-        query = getattr(self.scheduler, "prefix_cache_query_tokens", 0)
+        hit = self.scheduler.prefix_cache_hit_tokens
+        query = self.scheduler.prefix_cache_query_tokens
         if query != self._prefix_counted[1]:
             self.metrics.add_prefix_cache(hit - self._prefix_counted[0],
                                           query - self._prefix_counted[1])

@@ -150,7 +150,7 @@ async def respond(server, job: Job, http_request: HTTPRequest):
     choices = []
     for choice, completion in zip(job.choices, completions):
         reason = completion.finish_reason
-        stop_reason = getattr(completion, "stop_reason", None)
+        stop_reason = completion.stop_reason
         if job.chat:
             lp = (chat_logprobs(tokenizer, job.num_top, completion.output_ids,
                                 completion.logprobs or [], completion.top_logprobs)
@@ -236,11 +236,11 @@ async def _completion_events(server, job: Job, stream: RequestStream) -> AsyncIt
 
     def finish(choice: Choice, completion) -> str:
         return chunk(choice, "", completion.finish_reason, None,
-                     getattr(completion, "stop_reason", None))
+                     completion.stop_reason)
 
     def logprobs_of(choice: Choice, event) -> Any:
         return builders[choice.index].build([event.token_id], [event.logprob],
-                                            [getattr(event, "top_logprobs", None)])
+                                            [event.top_logprobs])
 
     if job.body.echo:
         for choice in job.choices:
@@ -268,7 +268,7 @@ async def _chat_events(server, job: Job, stream: RequestStream) -> AsyncIterator
 
     def logprobs_of(choice: Choice, event) -> Any:
         return chat_logprobs(tokenizer, job.num_top, [event.token_id], [event.logprob],
-                             [getattr(event, "top_logprobs", None)])
+                             [event.top_logprobs])
 
     for choice in job.choices:
         yield chunk(choice, {"role": "assistant", "content": ""})

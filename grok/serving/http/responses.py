@@ -12,28 +12,8 @@ import secrets
 import time
 from typing import Any, Optional, Sequence
 
-SENTENCEPIECE_SPACE = "\u2581"   # SentencePiece's visible space at the start of a piece
-
-
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
-
-
-def token_text(tokenizer, token_id: int) -> str:
-    """The text of one token as shown in logprobs."""
-    processor = getattr(tokenizer, "processor", None)
-    if processor is not None:    # SentencePiece
-        if processor.is_byte(token_id):
-            piece = processor.id_to_piece(token_id)        # "<0xNN>"
-            return f"bytes:\\x{piece[3:5].lower()}"
-        return processor.id_to_piece(token_id).replace(SENTENCEPIECE_SPACE, " ")
-    special = getattr(tokenizer, "NUM_SPECIAL", None)
-    if special is not None:      # the byte tokenizer
-        if not special <= token_id < tokenizer.vocab_size:
-            return ""
-        byte = token_id - special
-        return chr(byte) if byte < 0x80 else f"bytes:\\x{byte:02x}"
-    return tokenizer.decode([token_id])
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -54,7 +34,7 @@ class CompletionLogprobs:
         out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [],
                                 "text_offset": []}
         for i, (token, lp) in enumerate(zip(token_ids, logprobs)):
-            text = token_text(self.tokenizer, int(token))
+            text = self.tokenizer.token_text(int(token))
             top = tops[i] if tops is not None and i < len(tops) else None
             out["tokens"].append(text)
             out["token_logprobs"].append(lp)
@@ -62,7 +42,7 @@ class CompletionLogprobs:
             if lp is None:
                 out["top_logprobs"].append(None)
             else:
-                alternatives = {token_text(self.tokenizer, int(t)): float(v)
+                alternatives = {self.tokenizer.token_text(int(t)): float(v)
                                 for t, v in list(top or [])[:self.num_top]}
                 alternatives.setdefault(text, float(lp))
                 out["top_logprobs"].append(alternatives)
@@ -74,7 +54,7 @@ def chat_logprobs(tokenizer, num_top: int, token_ids: Sequence[int], logprobs: S
                   tops: Optional[Sequence[Sequence]] = None) -> dict:
     """The chat API's logprobs: {"content": [{token, logprob, bytes, top_logprobs}, ...]}."""
     def entry(token: int, lp: float) -> dict:
-        text = token_text(tokenizer, int(token))
+        text = tokenizer.token_text(int(token))
         return {"token": text, "logprob": float(lp), "bytes": list(text.encode("utf-8"))}
 
     content = []

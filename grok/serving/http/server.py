@@ -61,13 +61,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
 
 
 def default_model_name(args) -> str:
-    checkpoint = getattr(args, "checkpoint", None)
+    checkpoint = args.checkpoint
     if checkpoint:
         name = os.path.basename(os.path.normpath(checkpoint))
         return "grok-1" if name == RELEASE_CHECKPOINT_DIR else name
     if os.path.exists(os.path.join(RELEASE_CHECKPOINT_DIR, "ckpt-0")):
         return "grok-1"
-    config = getattr(args, "config", None)
+    config = args.config
     if config:
         return os.path.splitext(os.path.basename(config))[0]
     return "demo"

@@ -1,0 +1,31 @@
+"""The tests' fakes implement the seams they stand in for (so a fake never drifts from what
+the code calls), checked with isinstance against each Protocol."""
+
+from fake_engine import FailingTokenizer, FakeEngine
+from server_fakes import FakeScheduler
+from grok.engine.api import Engine
+from grok.serving.interface import SchedulerAPI
+from grok.serving.scheduler import Scheduler
+from grok.tokenizer import ByteTokenizer, Tokenizer
+
+
+def test_fake_engine_is_an_engine():
+    assert isinstance(FakeEngine(), Engine)
+    assert isinstance(FakeEngine(batched=True), Engine)
+
+
+def test_schedulers_are_scheduler_apis():
+    assert isinstance(FakeScheduler(), SchedulerAPI)
+    assert isinstance(Scheduler(FakeEngine(), ByteTokenizer()), SchedulerAPI)
+
+
+def test_tokenizers_are_tokenizers():
+    assert isinstance(ByteTokenizer(), Tokenizer)
+    assert isinstance(FailingTokenizer(ByteTokenizer(), 5), Tokenizer)
+
+
+def test_a_fake_missing_a_member_is_refused():
+    class Partial:
+        def encode(self, text):
+            return []
+    assert not isinstance(Partial(), Tokenizer)
