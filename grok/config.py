@@ -15,11 +15,9 @@ import json
 import logging
 import math
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
-from grok.runtime_config import MOVED_FIELDS, RuntimeConfig, check_moved
-# Deprecated aliases (the choices moved with their fields to grok.runtime_config).
-from grok.runtime_config import ACTIVATION_DTYPES as FPROP_DTYPES, MOE_IMPLS  # noqa: F401
+from grok.runtime_config import RUNTIME_FIELDS_IN_CONFIG
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +88,8 @@ class LanguageModelConfig:
     sequence_len: int = 8192
     embedding_multiplier_scale: float = 1.0
     output_multiplier_scale: float = 1.0
-    # Deprecated: runtime options given the old way (`fprop_dtype=...` here, or
-    # `replace(moe_impl=...)`), as ((old name, value), ...). Kept so that code written before
-    # the split keeps running; grok.runtime_config.runtime_for applies them. Not part of
-    # equality, repr or to_dict: they are not architecture.
-    legacy_runtime: tuple = dataclasses.field(default=(), compare=False, repr=False)
-    fprop_dtype: dataclasses.InitVar[Optional[str]] = None   # deprecated: RuntimeConfig.activation_dtype
 
-    def __post_init__(self, fprop_dtype: Optional[str] = None):
+    def __post_init__(self):
         if not isinstance(self.model, TransformerConfig):
             raise ValueError("LanguageModelConfig.model must be a TransformerConfig")
         for name in ("vocab_size", "sequence_len"):
@@ -110,46 +102,17 @@ class LanguageModelConfig:
                 raise ValueError(
                     f"LanguageModelConfig.{name}={value!r} is not a token id below "
                     f"vocab_size={self.vocab_size}")
-        legacy = dict(self.legacy_runtime)
-        if fprop_dtype is not None:
-            legacy["fprop_dtype"] = fprop_dtype
-        try:
-            check_moved(legacy)
-        except ValueError as e:
-            raise ValueError(f"LanguageModelConfig.{e}") from None
-        object.__setattr__(self, "legacy_runtime", tuple(sorted(legacy.items())))
 
     def replace(self, **changes) -> "LanguageModelConfig":
-        """A copy with fields changed; transformer fields may be given at top level too.
-
-        Moved runtime fields (fprop_dtype, moe_impl, moe_block_rows) are still accepted
-        (deprecated): they are carried for grok.runtime_config.runtime_for.
-        """
-        moved = {k: changes.pop(k) for k in list(changes) if k in MOVED_FIELDS}
+        """A copy with fields changed; transformer fields may be given at top level too."""
         model_fields = {f.name for f in dataclasses.fields(TransformerConfig)}
         model_changes = {k: changes.pop(k) for k in list(changes) if k in model_fields}
         model = dataclasses.replace(self.model, **model_changes)
-        legacy = tuple({**dict(self.legacy_runtime), **moved}.items())
-        # fprop_dtype=None: the InitVar would otherwise be re-read from the property below.
-        return dataclasses.replace(self, model=model, legacy_runtime=legacy, fprop_dtype=None,
-                                   **changes)
+        return dataclasses.replace(self, model=model, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """The architecture as a JSON-able dict (config.json's layout; no runtime options)."""
-        data = dataclasses.asdict(self)
-        data.pop("legacy_runtime")
-        return data
-
-
-def _moved_value(config: LanguageModelConfig, old: str):
-    """Deprecated read of a moved field: the value given the old way, else the runtime default."""
-    legacy = dict(config.legacy_runtime)
-    return legacy[old] if old in legacy else getattr(RuntimeConfig(), MOVED_FIELDS[old])
-
-
-# Old reads (`config.fprop_dtype`) keep working until their callers take a RuntimeConfig.
-for _old in MOVED_FIELDS:
-    setattr(LanguageModelConfig, _old, property(lambda self, _old=_old: _moved_value(self, _old)))
+        return dataclasses.asdict(self)
 
 
 GROK_1 = LanguageModelConfig(
@@ -177,22 +140,21 @@ def config_from_dict(data: Mapping[str, Any]) -> LanguageModelConfig:
     """Builds a config from a mapping laid out like `LanguageModelConfig`, `model` nested."""
     if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
         raise ValueError("config: expected an object with a nested 'model' object")
-    lm_fields = {f.name for f in dataclasses.fields(LanguageModelConfig)} - {"model", "legacy_runtime"}
+    lm_fields = {f.name for f in dataclasses.fields(LanguageModelConfig)} - {"model"}
     tf_fields = {f.name for f in dataclasses.fields(TransformerConfig)}
     top, nested = dict(data), dict(data["model"])
-    # Runtime options in an old config.json: mapped (see grok.runtime_config), with a warning.
-    moved = {k: d.pop(k) for d in (top, nested) for k in list(d) if k in MOVED_FIELDS}
-    for old, value in moved.items():
-        logger.warning("config: %r is a runtime option now (RuntimeConfig.%s); using %r from the "
-                       "file", old, MOVED_FIELDS[old], value)
+    # Runtime choices in an old config.json are not architecture: ignored, said once here, so
+    # the caller's choice (--dtype, --moe, RuntimeConfig) is what runs.
+    for old, value in ((k, d.pop(k)) for d in (top, nested) for k in list(d)
+                       if k in RUNTIME_FIELDS_IN_CONFIG):
+        logger.warning("config: ignoring %s=%r: it is a runtime choice, not architecture; set "
+                       "RuntimeConfig.%s instead", old, value, RUNTIME_FIELDS_IN_CONFIG[old])
     unknown = (set(top) - lm_fields - {"model"}) | (set(nested) - tf_fields)
     if unknown:
         raise ValueError(f"config: unknown field(s) {sorted(unknown)}")
     try:
-        check_moved(moved)
         model = TransformerConfig(**nested)
-        return LanguageModelConfig(model=model, legacy_runtime=tuple(sorted(moved.items())),
-                                   **{k: top[k] for k in top if k != "model"})
+        return LanguageModelConfig(model=model, **{k: top[k] for k in top if k != "model"})
     except TypeError as e:  # a missing required field
         raise ValueError(f"config: {e}") from None
 

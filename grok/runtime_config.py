@@ -6,18 +6,17 @@ weights: the MoE implementation, the activation dtype, the device mesh, the numb
 the prefill buckets and the scheduler's prefill budget. Both are frozen; a multi-process job
 checks that every process runs with equal ones (grok.parallel.multihost.check_consistent).
 
-Before the split, `fprop_dtype` (LanguageModelConfig) and `moe_impl` / `moe_block_rows`
-(TransformerConfig) lived in the architecture config. `MOVED_FIELDS` maps those names to
-their RuntimeConfig fields; configs that still carry them (a config.json, or old code calling
-`config.replace(fprop_dtype=...)`) keep working: `runtime_for` applies them on top of the
-RuntimeConfig (deprecated; pass a RuntimeConfig instead).
+`RUNTIME_FIELDS_IN_CONFIG` names the runtime choices an old config.json may still carry
+(`fprop_dtype`, `moe_impl`, `moe_block_rows`); grok.config.config_from_dict ignores them with
+one warning naming the RuntimeConfig field (and the flag) that sets each, so what the caller
+chose (`--dtype`, RuntimeConfig) always wins.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Optional
+from typing import Any
 
 MOE_IMPLS = ("sparse", "dense")
 ACTIVATION_DTYPES = ("bfloat16", "float32")
@@ -34,9 +33,9 @@ DEFAULT_MAX_PREFILL_BATCH = 4
 # and a few conversations, small beside the 320 GB of weights.
 DEFAULT_PREFIX_CACHE_TOKENS = 8192
 
-# Old architecture-config field -> RuntimeConfig field.
-MOVED_FIELDS = {"fprop_dtype": "activation_dtype", "moe_impl": "moe_impl",
-                "moe_block_rows": "moe_block_rows"}
+# A runtime choice an old config.json may carry -> the RuntimeConfig field (and flag) for it.
+RUNTIME_FIELDS_IN_CONFIG = {"fprop_dtype": "activation_dtype (--dtype)",
+                            "moe_impl": "moe_impl (--moe)", "moe_block_rows": "moe_block_rows"}
 
 
 def _positive_int(value) -> bool:
@@ -116,26 +115,3 @@ class RuntimeConfig:
     def chunk_tokens(self) -> int:
         """The scheduler's prefill budget per decode step, resolved (0 -> largest bucket)."""
         return self.prefill_chunk_tokens or self.prefill_buckets[-1]
-
-
-def check_moved(legacy: Mapping[str, Any]) -> None:
-    """Validates moved fields given the old way; the ValueError names the old and new field."""
-    for old, value in legacy.items():
-        new = MOVED_FIELDS[old]
-        try:
-            RuntimeConfig(**{new: value})
-        except ValueError as e:
-            raise ValueError(f"{old} (now RuntimeConfig.{new}): {e}") from None
-
-
-def runtime_for(config, runtime: Optional[RuntimeConfig] = None) -> RuntimeConfig:
-    """`runtime` (default RuntimeConfig()) with the moved fields `config` still carries applied.
-
-    `config` is a grok.config.LanguageModelConfig; it carries moved fields only when built the
-    old way (see module docstring).
-    """
-    runtime = RuntimeConfig() if runtime is None else runtime
-    legacy = dict(getattr(config, "legacy_runtime", ()))
-    if not legacy:
-        return runtime
-    return dataclasses.replace(runtime, **{MOVED_FIELDS[k]: v for k, v in legacy.items()})

@@ -15,6 +15,7 @@ from grok.benchmarks import decode as bench
 from grok.benchmarks import traffic, weights
 from grok.model.transformer import abstract_params
 from grok.parallel import sharding
+from grok.runtime_config import RuntimeConfig
 
 TINY_ARGS = ["--vocab", "256", "--emb", "32", "--q-heads", "4", "--kv-heads", "2", "--key-size", "8",
              "--layers", "2", "--experts", "4", "--widening", "2", "--mesh", "1,2",
@@ -96,11 +97,11 @@ def test_expert_and_cache_length_ratios():
 def test_layers_fit_extrapolates_the_compiled_memory(monkeypatch):
     measured = {2: 1000, 3: 1300}   # bytes: 400 fixed + 300 per layer
     monkeypatch.setattr(traffic, "decode_memory_bytes",
-                        lambda config, batch, mesh: measured[config.model.num_layers])
+                        lambda config, runtime, batch, mesh: measured[config.model.num_layers])
     config = bench.base_config(bench.parse_args(TINY_ARGS))
-    assert traffic.layers_that_fit(config, 1, None, budget_bytes=400 + 300 * 7 + 299) == 7
+    assert traffic.layers_that_fit(config, RuntimeConfig(), 1, None, budget_bytes=400 + 300 * 7 + 299) == 7
     with pytest.raises(ValueError, match="not even one layer fits"):
-        traffic.layers_that_fit(config, 1, None, budget_bytes=650)
+        traffic.layers_that_fit(config, RuntimeConfig(), 1, None, budget_bytes=650)
 
 
 def test_the_embedding_table_is_counted_in_the_activation_dtype():

@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 from grok.parallel import sharding
 from grok.config import GROK_1, LanguageModelConfig, TransformerConfig, config_from_dict, load_config
 from grok.model.transformer import abstract_params
-from grok.runtime_config import RuntimeConfig, runtime_for
+from grok.runtime_config import RuntimeConfig
 
 
 def test_grok1_preset_matches_spec():
@@ -23,7 +23,7 @@ def test_grok1_preset_matches_spec():
 def test_load_fixture_config(fixture_dir):
     config = load_config(f"{fixture_dir}/config.json")
     assert config.model.ffn_size == 344 and config.model.num_layers == 2
-    assert config.embedding_multiplier_scale == 8.0 and config.fprop_dtype == "bfloat16"
+    assert config.embedding_multiplier_scale == 8.0
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -43,8 +43,6 @@ def test_language_model_config_errors(tmp_path):
     model = TransformerConfig(emb_size=32, key_size=8, num_q_heads=4, num_kv_heads=2, num_layers=1)
     with pytest.raises(ValueError, match="eos_token"):
         LanguageModelConfig(model=model, vocab_size=16, eos_token=16)
-    with pytest.raises(ValueError, match="fprop_dtype.*activation_dtype"):
-        LanguageModelConfig(model=model, vocab_size=16, fprop_dtype="int8")   # the old way
     with pytest.raises(ValueError, match="unknown field"):
         config_from_dict({"vocab_size": 16, "modle": 1, "model": {}})
     bad = tmp_path / "bad.json"
@@ -83,26 +81,40 @@ def test_runtime_config_normalises():
     assert json.loads(json.dumps(runtime.to_dict()))["prefill_buckets"] == [8, 16]
 
 
-def test_moved_fields_still_load(tmp_path, caplog):
-    """A config.json (or old code) that still carries runtime options: mapped, with a warning."""
+def test_runtime_choices_in_an_old_config_are_ignored_with_one_warning(tmp_path, caplog):
+    """A config.json that still carries runtime choices loads as the same architecture, with
+    a warning naming each and the RuntimeConfig field (and flag) that sets it."""
     data = GROK_1.to_dict()
     assert not {"fprop_dtype", "moe_impl", "moe_block_rows"} & (set(data) | set(data["model"]))
     data["fprop_dtype"] = "float32"
-    data["model"]["moe_impl"] = "dense"
+    data["model"]["moe_impl"] = "fast"          # not even valid: it is not read
     path = tmp_path / "old.json"
     path.write_text(json.dumps(data))
     config = load_config(path)
-    assert "RuntimeConfig.activation_dtype" in caplog.text and "RuntimeConfig.moe_impl" in caplog.text
+    assert "fprop_dtype" in caplog.text and "activation_dtype (--dtype)" in caplog.text
+    assert "moe_impl" in caplog.text
     assert config == GROK_1 and config.to_dict() == GROK_1.to_dict()   # the same architecture
-    runtime = runtime_for(config, RuntimeConfig(prefill_buckets=(8,)))
-    assert (runtime.activation_dtype, runtime.moe_impl, runtime.prefill_buckets) == ("float32", "dense", (8,))
-    assert runtime_for(GROK_1) == RuntimeConfig()
-    old = GROK_1.replace(fprop_dtype="float32", moe_block_rows=4, num_layers=2)   # old code
-    assert (old.model.num_layers, old.fprop_dtype, old.moe_block_rows, old.moe_impl) == (2, "float32", 4, "sparse")
-    assert runtime_for(old.replace(vocab_size=64)).activation_dtype == "float32"   # carried along
-    data["model"]["moe_impl"] = "fast"
-    with pytest.raises(ValueError, match="moe_impl"):
-        config_from_dict(data)
+    with pytest.raises(TypeError):
+        GROK_1.replace(fprop_dtype="float32")   # runtime choices are RuntimeConfig's alone
+    assert GROK_1.sequence_len == 8192 and GROK_1.eos_token == 2 and GROK_1.pad_token == 0
+
+
+def test_dtype_flag_wins_over_an_old_config_fprop_dtype(tmp_path, monkeypatch):
+    """--dtype float32 with a config.json saying fprop_dtype bfloat16 runs float32."""
+    from grok.cli.model import ModelOptions, load_model
+
+    model = TransformerConfig(emb_size=32, key_size=8, num_q_heads=4, num_kv_heads=2, num_layers=1,
+                              num_experts=2, num_selected_experts=1, widening_factor=1)
+    data = LanguageModelConfig(model=model, vocab_size=259, sequence_len=16).to_dict()
+    data["fprop_dtype"] = "bfloat16"
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    monkeypatch.chdir(tmp_path)            # no ./checkpoints here: random weights
+    for dtype in ("float32", "bfloat16"):
+        runner, _ = load_model(ModelOptions(config=str(path), tokenizer="bytes", dtype=dtype,
+                                            mesh=(1, 1), slots=1, pad_sizes=(8,), quiet=True))
+        assert runner.runtime.activation_dtype == dtype
+        assert runner.engine.init_state().memory.k.dtype == np.dtype(dtype)
 
 
 def test_grok1_partition_rules_on_8_devices():

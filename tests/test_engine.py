@@ -21,7 +21,7 @@ from grok.engine.engine import JaxEngine
 from grok.engine.runner import InferenceRunner, ModelRunner
 from grok.engine.state import capacity_for
 from grok.tokenizer import ByteTokenizer
-from test_runner import SEED, TOLERANCE, FullForward, make_prompt, tiny_config
+from test_runner import F32, SEED, TOLERANCE, FullForward, make_prompt, tiny_config
 
 BUCKETS = (8, 16)
 SAMPLED = SampleParams(temperature=0.8, top_p=0.9, top_k=20, seed=7)
@@ -40,7 +40,7 @@ def reference(host_params):
 
 @pytest.fixture(scope="module")
 def engine(host_params):
-    runner = InferenceRunner(ModelRunner(tiny_config(), bs_per_device=4, rng_seed=SEED),
+    runner = InferenceRunner(ModelRunner(tiny_config(), bs_per_device=4, rng_seed=SEED, runtime=F32),
                              local_mesh_config=(1, 1), pad_sizes=BUCKETS,
                              tokenizer=ByteTokenizer(), params=host_params, precompile=False)
     runner.initialize()

@@ -20,7 +20,7 @@ MESH = (1, 8)
 CONFIG = LanguageModelConfig(
     model=TransformerConfig(emb_size=64, key_size=8, num_q_heads=16, num_kv_heads=8, num_layers=2,
                             num_experts=8, num_selected_experts=2, widening_factor=2),
-    vocab_size=128, sequence_len=32, fprop_dtype="bfloat16")
+    vocab_size=128, sequence_len=32)                  # RuntimeConfig's default: bfloat16
 SLOTS = 2
 
 

@@ -15,30 +15,33 @@ from grok.config import LanguageModelConfig, TransformerConfig, load_config
 from grok.model import moe
 from grok.model.transformer import abstract_params, build_forward, init_memory, kv_len_buckets, live_kv_len
 from grok.ops.quantization import QuantizedWeight8bit
+from grok.runtime_config import RuntimeConfig
 
 TINY = LanguageModelConfig(
     model=TransformerConfig(emb_size=32, key_size=8, num_q_heads=4, num_kv_heads=2, num_layers=2,
                             num_experts=4, num_selected_experts=2, widening_factor=2,
                             attn_output_multiplier=0.35),
-    vocab_size=96, sequence_len=64, embedding_multiplier_scale=4.0, output_multiplier_scale=0.5,
-    fprop_dtype="float32")
+    vocab_size=96, sequence_len=64, embedding_multiplier_scale=4.0, output_multiplier_scale=0.5)
+F32 = RuntimeConfig(activation_dtype="float32")
+BF16 = RuntimeConfig(activation_dtype="bfloat16")
+DENSE = F32.replace(moe_impl="dense")
 
 
 def tiny_tensors(config=TINY, seed=0, groups=None):
     return checkpoint.quantize_tensors(checkpoint.random_tensors(config, seed), config, groups)
 
 
-def run_forward(config, params, tokens, mesh_shape=(1, 1)):
+def run_forward(config, params, tokens, mesh_shape=(1, 1), runtime=F32):
     mesh = sharding.make_mesh(mesh_shape)
     params = jax.device_put(params, sharding.param_shardings(abstract_params(config), mesh))
-    forward = jax.jit(lambda p, t: build_forward(config)(p, t)[0])
+    forward = jax.jit(lambda p, t: build_forward(config, runtime)(p, t)[0])
     return np.asarray(forward(params, jnp.asarray(tokens)))
 
 
 # ---- parity with the reference implementation (../shared fixture) ------------------------------
 @pytest.fixture(scope="module")
 def fixture_model(fixture_dir):
-    config = load_config(f"{fixture_dir}/config.json").replace(fprop_dtype="float32")
+    config = load_config(f"{fixture_dir}/config.json")
     tensors = checkpoint.read_checkpoint_tensors(fixture_dir, config)
     reference = np.load(f"{fixture_dir}/reference_logits.npz")
     return config, tensors, reference
@@ -54,7 +57,7 @@ def test_parity_with_reference(fixture_model, fixture_dir, mesh_shape):
     batch = np.zeros((len(seqs), max(map(len, seqs))), np.int32)   # right padding is masked
     for j, s in enumerate(seqs):
         batch[j, :len(s)] = s
-    logits = np.asarray(jax.jit(lambda p, t: build_forward(config)(p, t)[0])(params, batch))
+    logits = np.asarray(jax.jit(lambda p, t: build_forward(config, F32)(p, t)[0])(params, batch))
     for j, s in enumerate(seqs):
         ours = logits[j, :len(s)]
         theirs = ref[f"sub_logits_{j}"]
@@ -75,7 +78,7 @@ def test_bf16_forward_tracks_reference(fixture_model):
     config, tensors, ref = fixture_model
     params = checkpoint.stack_params(tensors, config)
     tokens = ref["tokens_0"]
-    ours = run_forward(config.replace(fprop_dtype="bfloat16"), params, tokens[None])[0]
+    ours = run_forward(config, params, tokens[None], runtime=BF16)[0]
     err = np.abs(ours[:, ref["sub_ids"]] - ref["sub_logits_0"]).max(-1) / ref["sub_logits_0"].std()
     assert np.median(err) <= 0.08
 
@@ -89,7 +92,7 @@ def test_numpy_reference_agrees():
     ours32 = run_forward(TINY, params, tokens[None])[0]
     scale = expected.std()
     assert np.abs(ours32 - expected).max() <= 1e-3 * scale
-    ours16 = run_forward(TINY.replace(fprop_dtype="bfloat16"), params, tokens[None])[0]
+    ours16 = run_forward(TINY, params, tokens[None], runtime=BF16)[0]
     assert np.median(np.abs(ours16 - expected).max(-1)) <= 0.1 * scale
     assert np.abs(ours16 - expected).max() > 1e-4 * scale   # bf16 really ran
 
@@ -104,10 +107,10 @@ def test_numpy_reference_with_padding_and_scale_groups():
 
 def test_cached_decoding_matches_full_forward():
     params = checkpoint.stack_params(tiny_tensors(), TINY)
-    forward = jax.jit(build_forward(TINY))
+    forward = jax.jit(build_forward(TINY, F32))
     tokens = np.random.default_rng(2).integers(1, TINY.vocab_size, (2, 14)).astype(np.int32)
     full, _ = forward(params, tokens)
-    memory = init_memory(TINY, 2, TINY.sequence_len)
+    memory = init_memory(TINY, 2, TINY.sequence_len, F32)
     # prefill 6 (row 1: only 4 valid, then 2 pads), then one token at a time
     prompt = tokens[:, :6].copy()
     prompt[1, 4:] = 0
@@ -127,8 +130,8 @@ def test_cached_decoding_matches_full_forward():
 def test_sparse_and_dense_moe_agree(block_rows):
     params = checkpoint.stack_params(tiny_tensors(seed=3), TINY)
     tokens = np.random.default_rng(3).integers(1, TINY.vocab_size, (3, 9))
-    sparse = run_forward(TINY.replace(moe_impl="sparse", moe_block_rows=block_rows), params, tokens)
-    dense = run_forward(TINY.replace(moe_impl="dense"), params, tokens)
+    sparse = run_forward(TINY, params, tokens, runtime=F32.replace(moe_block_rows=block_rows))
+    dense = run_forward(TINY, params, tokens, runtime=DENSE)
     np.testing.assert_allclose(sparse, dense, rtol=1e-4, atol=1e-4 * np.abs(dense).max())
 
 
@@ -149,17 +152,17 @@ def test_meshes_where_heads_and_groups_do_not_divide(mesh_shape):
 def test_moe_per_model_shard_matches_single_device(mesh_shape, groups, block_rows):
     """With the mesh in context the sparse MoE and attention's output projection run under
     shard_map (one all-reduce each)."""
-    config = TINY.replace(moe_block_rows=block_rows)
+    runtime = F32.replace(moe_block_rows=block_rows)
     tensors = tiny_tensors(seed=5, groups={"moe/linear_1": groups})
     params = checkpoint.stack_params(tensors, TINY)
     tokens = np.random.default_rng(5).integers(1, TINY.vocab_size, (2, 6))
-    single = run_forward(TINY.replace(moe_impl="dense"), params, tokens, (1, 1))
+    single = run_forward(TINY, params, tokens, (1, 1), runtime=DENSE)
     mesh = sharding.make_mesh(mesh_shape)
     placed = jax.device_put(params, sharding.param_shardings(abstract_params(TINY), mesh))
 
     def forward(p, t):
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return build_forward(config)(p, t)[0]
+            return build_forward(TINY, runtime)(p, t)[0]
 
     assert "shard_map" in str(jax.make_jaxpr(forward)(placed, tokens))
     sharded = np.asarray(jax.jit(forward)(placed, tokens))
@@ -172,8 +175,8 @@ def test_moe_paths_agree_with_scale_groups(block_rows):
     tensors = tiny_tensors(seed=6, groups={"moe/linear": 4, "moe/linear_v": 2, "moe/linear_1": 2})
     params = checkpoint.stack_params(tensors, TINY)
     tokens = np.random.default_rng(6).integers(1, TINY.vocab_size, (2, 5))
-    sparse = run_forward(TINY.replace(moe_block_rows=block_rows), params, tokens)
-    dense = run_forward(TINY.replace(moe_impl="dense"), params, tokens)
+    sparse = run_forward(TINY, params, tokens, runtime=F32.replace(moe_block_rows=block_rows))
+    dense = run_forward(TINY, params, tokens, runtime=DENSE)
     np.testing.assert_allclose(sparse, dense, rtol=1e-4, atol=1e-4 * np.abs(dense).max())
 
 
@@ -204,8 +207,8 @@ def test_nan_expert_does_not_reach_rows_that_did_not_choose_it(impl):
 def test_a_row_with_no_visible_key_attends_to_nothing():
     """Issue 8 item 4: a pad-only prompt must not average a slot's stale keys and values."""
     params = checkpoint.stack_params(tiny_tensors(seed=8), TINY)
-    forward = jax.jit(build_forward(TINY))
-    clean = init_memory(TINY, 1, TINY.sequence_len)
+    forward = jax.jit(build_forward(TINY, F32))
+    clean = init_memory(TINY, 1, TINY.sequence_len, F32)
     rng = np.random.default_rng(8)
     stale = clean._replace(k=jnp.asarray(rng.normal(size=clean.k.shape), clean.k.dtype),
                            v=jnp.asarray(rng.normal(size=clean.v.shape), clean.v.dtype),
@@ -230,12 +233,12 @@ def test_live_kv_len_buckets():
 def test_decoding_over_the_live_cache_matches_the_whole_cache():
     """Attention over kv_len = a bucket >= the longest row gives the full cache's logits."""
     params = checkpoint.stack_params(tiny_tensors(seed=9), TINY)
-    forward = jax.jit(build_forward(TINY), static_argnums=5)
+    forward = jax.jit(build_forward(TINY, F32), static_argnums=5)
     tokens = np.random.default_rng(9).integers(1, TINY.vocab_size, (2, 12)).astype(np.int32)
     lengths = np.array([6, 4], np.int32)
     memories = {}
     for kv_len in (None, "live"):
-        memory = init_memory(TINY, 2, TINY.sequence_len)
+        memory = init_memory(TINY, 2, TINY.sequence_len, F32)
         used = live_kv_len(6, TINY.sequence_len, smallest=8) if kv_len else None
         logits, memory = forward(params, tokens[:, :6], memory, lengths, None, used)
         steps = [logits]

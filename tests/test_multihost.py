@@ -66,12 +66,14 @@ def _fixture_runner(fixture: str, mesh: tuple, hosts: tuple):
     """The fixture's model in float32 activations (see the fixture README), 8+ slots."""
     from grok.config import load_config
     from grok.engine.runner import InferenceRunner, ModelRunner
+    from grok.runtime_config import RuntimeConfig
     from grok.tokenizer import SentencePieceTokenizer
 
-    config = load_config(os.path.join(fixture, "config.json")).replace(fprop_dtype="float32")
+    config = load_config(os.path.join(fixture, "config.json"))
     tokenizer_path = os.path.join(fixture, "..", "..", "grok1", "tokenizer.model")
     tokenizer = SentencePieceTokenizer(tokenizer_path)
-    runner = InferenceRunner(ModelRunner(config, bs_per_device=1), load=fixture,
+    runtime = RuntimeConfig(activation_dtype="float32")
+    runner = InferenceRunner(ModelRunner(config, bs_per_device=1, runtime=runtime), load=fixture,
                              local_mesh_config=mesh, between_hosts_config=hosts,
                              pad_sizes=(32, 128), tokenizer=tokenizer)
     runner.initialize()
@@ -82,15 +84,17 @@ def _tiny_runner(mesh: tuple, hosts: tuple):
     """A tiny model with random weights (the same on every process) and the byte tokenizer."""
     from grok.config import LanguageModelConfig, TransformerConfig
     from grok.engine.runner import InferenceRunner, ModelRunner
+    from grok.runtime_config import RuntimeConfig
     from grok.tokenizer import ByteTokenizer
 
     config = LanguageModelConfig(
         model=TransformerConfig(emb_size=32, key_size=8, num_q_heads=4, num_kv_heads=2,
                                 num_layers=1, num_experts=4, num_selected_experts=2,
                                 widening_factor=2),
-        vocab_size=ByteTokenizer.vocab_size, sequence_len=64, fprop_dtype="float32")
-    runner = InferenceRunner(ModelRunner(config, bs_per_device=1), local_mesh_config=mesh,
-                             between_hosts_config=hosts, pad_sizes=(16,), tokenizer=ByteTokenizer())
+        vocab_size=ByteTokenizer.vocab_size, sequence_len=64)
+    runtime = RuntimeConfig(activation_dtype="float32")
+    runner = InferenceRunner(ModelRunner(config, bs_per_device=1, runtime=runtime),
+                             local_mesh_config=mesh, between_hosts_config=hosts, pad_sizes=(16,), tokenizer=ByteTokenizer())
     runner.initialize()
     return runner
 
@@ -106,7 +110,8 @@ def _fixture_prompts(fixture: str) -> tuple:
 
 def _serve(server, prompts: list, max_len: int, rounds: int):
     """All `prompts` in flight at once, greedy, `rounds` times over; yields the Completions."""
-    from grok.serving.requests import Completion, Request
+    from grok.serving.requests import Request
+    from grok.serving.results import Completion
 
     next(server)
     for round_index in range(rounds):

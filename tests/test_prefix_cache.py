@@ -14,7 +14,8 @@ from fake_engine import FakeEngine, FakePrefix
 from grok.runtime_config import RuntimeConfig
 from grok.serving.decisions import Decisions
 from grok.serving.prefix_cache import BLOCK_TOKENS, PrefixCache
-from grok.serving.requests import Cancel, Completion, Request
+from grok.serving.requests import Cancel, Request
+from grok.serving.results import Completion
 from grok.serving.scheduler import Scheduler
 from grok.tokenizer import ByteTokenizer
 
@@ -255,7 +256,7 @@ def test_repl_ctrl_c_keeps_the_streamed_tokens(capsys):
     from grok.cli.flags import build_parser
     from grok.cli.output import RunStats
     from grok.cli.repl import Repl, encode_continuation
-    from grok.serving.requests import TokenEvent
+    from grok.serving.results import TokenEvent
     from grok.serving.generator import serve
 
     sent, events = [], []
@@ -382,10 +383,10 @@ def test_every_process_evolves_the_same_cache():
 @pytest.fixture(scope="module")
 def engine():
     """A JaxEngine over the tiny model, float32, 4 slots on one device, buckets (8, 16)."""
-    from test_runner import PAD_SIZES, SEED, tiny_config
+    from test_runner import F32, PAD_SIZES, SEED, tiny_config
     from grok.engine.runner import InferenceRunner, ModelRunner
 
-    runner = InferenceRunner(ModelRunner(tiny_config(), bs_per_device=4, rng_seed=SEED),
+    runner = InferenceRunner(ModelRunner(tiny_config(), bs_per_device=4, rng_seed=SEED, runtime=F32),
                              local_mesh_config=(1, 1), pad_sizes=PAD_SIZES,
                              tokenizer=BYTES, precompile=False)
     runner.initialize()

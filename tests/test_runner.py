@@ -18,13 +18,15 @@ import pytest
 from grok import checkpoint
 from grok.config import LanguageModelConfig, TransformerConfig
 from grok.model.transformer import build_forward, init_memory
-from grok.serving.requests import Completion, Request, RequestError, TokenEvent
+from grok.serving.requests import Request, RequestError
+from grok.serving.results import Completion, TokenEvent
 from grok.engine.api import Engine
 from grok.engine.runner import InferenceRunner, ModelRunner, sample_from_model
 from grok.runtime_config import RuntimeConfig
 from grok.tokenizer import ByteTokenizer
 
 SEED = 42                # ModelRunner's default rng_seed for random weights
+F32 = RuntimeConfig(activation_dtype="float32")   # the tests' activations (exact on CPU)
 PAD_SIZES = (8, 16)
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)   # float32 cached vs full forward
 NUM_SPECIAL = ByteTokenizer.NUM_SPECIAL
@@ -38,8 +40,7 @@ def tiny_config(eos_token: int = 2) -> LanguageModelConfig:
         model=TransformerConfig(emb_size=32, key_size=8, num_q_heads=4, num_kv_heads=2,
                                 num_layers=2, num_experts=4, num_selected_experts=2,
                                 widening_factor=2),
-        vocab_size=ByteTokenizer.vocab_size, sequence_len=128, eos_token=eos_token,
-        fprop_dtype="float32")
+        vocab_size=ByteTokenizer.vocab_size, sequence_len=128, eos_token=eos_token)
 
 
 def make_prompt(length: int, seed: int) -> list:
@@ -57,7 +58,7 @@ class FullForward:
     def __init__(self, config: LanguageModelConfig, params: dict):
         self.config = config
         self.params = jax.device_put(params, jax.devices()[0])
-        self._forward = jax.jit(build_forward(config))
+        self._forward = jax.jit(build_forward(config, F32))
 
     @functools.lru_cache(maxsize=None)
     def _logits(self, ids: tuple) -> np.ndarray:
@@ -114,13 +115,14 @@ def config(eos_token):
 @pytest.fixture(scope="module")
 def cached_forward(config, host_params):
     """forward(tokens [1, T], memory, lengths) through the KV cache, on one device."""
-    forward = jax.jit(build_forward(config))
+    forward = jax.jit(build_forward(config, F32))
     params = jax.device_put(host_params, jax.devices()[0])
     return lambda tokens, memory, lengths: forward(params, tokens, memory, lengths)
 
 
 def make_runner(config, mesh, bs_per_device, params=None) -> InferenceRunner:
-    runner = InferenceRunner(ModelRunner(config, bs_per_device=bs_per_device, rng_seed=SEED),
+    runner = InferenceRunner(ModelRunner(config, bs_per_device=bs_per_device, rng_seed=SEED,
+                                         runtime=F32),
                              local_mesh_config=mesh, pad_sizes=PAD_SIZES,
                              tokenizer=ByteTokenizer(), params=params)
     runner.initialize()
@@ -497,12 +499,12 @@ def test_runner_exposes_its_engine_and_resolved_runtime(runner):
     assert isinstance(runner.engine, Engine) and runner.engine.batch_size == runner.batch_size == 4
     runtime = runner.runtime
     assert (runtime.prefill_buckets, runtime.local_mesh_config, runtime.bs_per_device) == (PAD_SIZES, (2, 2), 1)
-    assert runtime.activation_dtype == "float32"      # tiny_config's fprop_dtype, the old way
+    assert runtime.activation_dtype == "float32"      # make_runner's runtime
     assert runner.pad_sizes == runner.engine.prefill_buckets == PAD_SIZES
 
 
 def test_runtime_config_drives_the_runner(config, host_params):
-    runtime = RuntimeConfig(local_mesh_config=(1, 2), bs_per_device=1.5, prefill_buckets=(8, 4))
+    runtime = F32.replace(local_mesh_config=(1, 2), bs_per_device=1.5, prefill_buckets=(8, 4))
     ir = InferenceRunner(ModelRunner(config), runtime=runtime, tokenizer=ByteTokenizer(),
                          params=host_params, precompile=False)
     ir.initialize()

@@ -56,11 +56,12 @@ from grok import checkpoint
 from grok.benchmarks import hlo_check, traffic
 from grok.benchmarks.decode_report import SETTINGS, comparisons, print_report
 from grok.benchmarks.weights import synthetic_params
-from grok.config import FPROP_DTYPES, GROK_1, MOE_IMPLS, LanguageModelConfig, load_config
+from grok.config import GROK_1, LanguageModelConfig, load_config
 from grok.engine.api import SampleParams
 from grok.engine.runner import InferenceRunner, ModelRunner
 from grok.model.transformer import live_kv_len
 from grok.parallel import sharding
+from grok.runtime_config import ACTIVATION_DTYPES, MOE_IMPLS, RuntimeConfig
 from grok.benchmarks import save_report
 
 WARMUP_STEPS = 2                 # decode steps run before timing (first-call effects)
@@ -121,7 +122,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=16, help="timed decode steps")
     p.add_argument("--moe", type=_list(str, MOE_IMPLS), default=["sparse"])
-    p.add_argument("--dtype", type=_list(str, FPROP_DTYPES + ("auto",)), default=["auto"],
+    p.add_argument("--dtype", type=_list(str, ACTIVATION_DTYPES + ("auto",)), default=["auto"],
                    help="activation dtype(s); auto: float32 on CPU, bfloat16 elsewhere")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dump-hlo", help="write each sample_step's optimised HLO to this directory")
@@ -264,7 +265,7 @@ def traffic_report(ir: InferenceRunner, run: dict, args, step_s: float, devices,
     weight_bytes = traffic.weight_bytes_per_step(ir.params, config, run["moe"], batch)
     # mean live context over the timed steps (each reads its own token's key too)
     context = args.prompt_len + WARMUP_STEPS + (args.new_tokens + 1) / 2
-    kv_bytes = traffic.kv_bytes_per_step(config, batch, context)
+    kv_bytes = traffic.kv_bytes_per_step(config, ir.runtime, batch, context)
     useful = weight_bytes + kv_bytes
     report = {"weight_mb_per_step": weight_bytes / MIB, "kv_mb_per_step": kv_bytes / MIB,
               "weight_read_gb_per_s": weight_bytes / step_s / 1e9,
@@ -276,10 +277,11 @@ def traffic_report(ir: InferenceRunner, run: dict, args, step_s: float, devices,
     return report
 
 
-def make_runner(args, config: LanguageModelConfig, params: dict, mesh, batch: int) -> InferenceRunner:
+def make_runner(args, config: LanguageModelConfig, runtime: RuntimeConfig, params: dict, mesh,
+                batch: int) -> InferenceRunner:
     """An initialized InferenceRunner with `batch` slots over the given (already placed) params."""
     num_devices = math.prod(mesh)
-    runner = ModelRunner(config, bs_per_device=batch / num_devices)
+    runner = ModelRunner(config, bs_per_device=batch / num_devices, runtime=runtime)
     ir = InferenceRunner(runner, local_mesh_config=mesh, pad_sizes=(args.prompt_len,),
                          params=params, precompile=False)
     ir.initialize()  # params are already placed with the same shardings: no copy
@@ -308,8 +310,8 @@ def dump_hlo(args, run: dict, executable) -> dict:
             "int8_float_copies": len(report.int8_float_copies)}
 
 
-def prepare_run(args, config: LanguageModelConfig, params: dict, mesh, batch: int,
-                warm_up: bool = False) -> dict:
+def prepare_run(args, config: LanguageModelConfig, runtime: RuntimeConfig, params: dict, mesh,
+                batch: int, warm_up: bool = False) -> dict:
     """Compiles one configuration and prefills all its slots: the state decode starts from.
 
     warm_up: first compile the same model with one more slot, untimed, so that JAX's and
@@ -317,13 +319,14 @@ def prepare_run(args, config: LanguageModelConfig, params: dict, mesh, batch: in
     program: JAX would answer the timed compilation from its in-memory cache.)"""
     kv_len = run_kv_len(args, config)
     if warm_up:
-        compile_functions(make_runner(args, config, params, mesh, batch + 1), args.prompt_len, kv_len)
-    ir = make_runner(args, config, params, mesh, batch)
+        compile_functions(make_runner(args, config, runtime, params, mesh, batch + 1),
+                          args.prompt_len, kv_len)
+    ir = make_runner(args, config, runtime, params, mesh, batch)
     executables, compile_s, compile_cpu_s = compile_functions(ir, args.prompt_len, kv_len)
     prompts = make_prompts(config, batch, args.prompt_len, args.seed)
     state, prefill_ms, first_tokens = measure_prefill(ir, prompts)
     run = {"layers": config.model.num_layers, "experts": config.model.num_experts,
-           "moe": config.moe_impl, "batch_size": batch, "dtype": config.fprop_dtype,
+           "moe": runtime.moe_impl, "batch_size": batch, "dtype": runtime.activation_dtype,
            "sequence_len": config.sequence_len, "kv_len": kv_len, "compile_s": compile_s,
            "compile_cpu_s": compile_cpu_s, "prefill_ms": prefill_ms}
     if args.dump_hlo:
@@ -369,10 +372,10 @@ def sweep(args: argparse.Namespace) -> dict:
     expert_counts = args.experts if not (args.config or args.checkpoint) else [base.model.num_experts]
     layer_counts = args.layers or [base.model.num_layers]
     if layer_counts == "fit":
-        widest = base.replace(fprop_dtype=dtypes[0], num_experts=max(expert_counts),
-                              sequence_len=max(args.sequence_len))
+        widest = base.replace(num_experts=max(expert_counts), sequence_len=max(args.sequence_len))
         budget = traffic.device_budget_bytes(devices, args.device_memory_gb)
-        layer_counts = [traffic.layers_that_fit(widest, max(args.batch_size),
+        layer_counts = [traffic.layers_that_fit(widest, RuntimeConfig(activation_dtype=dtypes[0]),
+                                                max(args.batch_size),
                                                 sharding.make_mesh(mesh), budget)]
     bandwidth, bandwidth_source = _bandwidth(devices)
     runs = []
@@ -385,9 +388,11 @@ def sweep(args: argparse.Namespace) -> dict:
             params, load_s[experts] = load_params(args, config, placement.param_shardings, table_dtype)
             for dtype, moe, batch, seq in itertools.product(dtypes, args.moe, args.batch_size,
                                                             args.sequence_len):
-                variant = config.replace(fprop_dtype=dtype, moe_impl=moe, sequence_len=seq)
+                variant = config.replace(sequence_len=seq)
+                runtime = RuntimeConfig(activation_dtype=dtype, moe_impl=moe)
                 first = not runs and not prepared
-                prepared.append(prepare_run(args, variant, params, mesh, batch, warm_up=first))
+                prepared.append(prepare_run(args, variant, runtime, params, mesh, batch,
+                                            warm_up=first))
                 print(f"compiled and prefilled: {layers} layers, {experts} experts, {moe}, "
                       f"{batch} slots, {dtype}, S {seq}", file=sys.stderr, flush=True)
             del params

@@ -34,7 +34,8 @@ import numpy as np
 from grok.config import LanguageModelConfig, TransformerConfig
 from grok.engine.runner import InferenceRunner, ModelRunner
 from grok.runtime_config import RuntimeConfig
-from grok.serving.requests import Completion, Request
+from grok.serving.requests import Request
+from grok.serving.results import Completion
 from grok.serving.generator import serve
 from grok.serving.scheduler import Scheduler
 from grok.tokenizer import ByteTokenizer
@@ -88,8 +89,7 @@ def make_engine(args):
                                 num_q_heads=args.q_heads, num_kv_heads=args.kv_heads,
                                 num_layers=args.layers, num_experts=args.experts,
                                 num_selected_experts=2, widening_factor=args.widening),
-        vocab_size=ByteTokenizer.vocab_size, sequence_len=args.sequence_len,
-        fprop_dtype=args.dtype)
+        vocab_size=ByteTokenizer.vocab_size, sequence_len=args.sequence_len)
     runtime = RuntimeConfig(activation_dtype=args.dtype, prefill_buckets=args.buckets,
                             max_prefill_batch=1)
     runner = InferenceRunner(ModelRunner(config, bs_per_device=1, rng_seed=args.seed,

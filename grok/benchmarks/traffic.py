@@ -26,6 +26,7 @@ import numpy as np
 from grok.config import LanguageModelConfig
 from grok.model.transformer import abstract_params, build_forward, init_memory
 from grok.parallel import sharding
+from grok.runtime_config import RuntimeConfig
 
 # Peak HBM bandwidth in bytes/s by a substring of device_kind; the first match wins.
 HBM_PEAK_BYTES_PER_S = (("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),
@@ -55,10 +56,12 @@ def weight_bytes_per_step(params: dict, config: LanguageModelConfig, moe: str, b
     return total
 
 
-def kv_bytes_per_step(config: LanguageModelConfig, batch: int, context: float) -> float:
+def kv_bytes_per_step(config: LanguageModelConfig, runtime: RuntimeConfig, batch: int,
+                      context: float) -> float:
     """Keys and values of `context` live positions in each of `batch` slots, every layer."""
     c = config.model
-    per_position = 2 * c.num_layers * c.num_kv_heads * c.key_size * jnp.dtype(config.fprop_dtype).itemsize
+    itemsize = jnp.dtype(runtime.activation_dtype).itemsize
+    per_position = 2 * c.num_layers * c.num_kv_heads * c.key_size * itemsize
     return batch * context * per_position
 
 
@@ -81,14 +84,15 @@ def measured_copy_bytes_per_s(size: int = COPY_BYTES) -> float:
     return 2 * size / best
 
 
-def decode_memory_bytes(config: LanguageModelConfig, batch: int, mesh, kv_len: int | None = None) -> int:
+def decode_memory_bytes(config: LanguageModelConfig, runtime: RuntimeConfig, batch: int, mesh,
+                        kv_len: int | None = None) -> int:
     """Per-device bytes of a compiled decode forward (params, cache, temporaries)."""
-    forward = build_forward(config)
+    forward = build_forward(config, runtime)
     params = abstract_params(config)
     table = params["language_model/in_out_embed"]["embeddings"]
     params["language_model/in_out_embed"]["embeddings"] = jax.ShapeDtypeStruct(
-        table.shape, jnp.dtype(config.fprop_dtype))     # the runner casts the table once
-    memory = jax.eval_shape(lambda: init_memory(config, batch, config.sequence_len))
+        table.shape, jnp.dtype(runtime.activation_dtype))   # the runner casts the table once
+    memory = jax.eval_shape(lambda: init_memory(config, batch, config.sequence_len, runtime))
     shardings = (sharding.param_shardings(params, mesh), sharding.memory_shardings(memory, mesh))
     rep = sharding.replicated(mesh)
 
@@ -104,11 +108,13 @@ def decode_memory_bytes(config: LanguageModelConfig, batch: int, mesh, kv_len: i
             + m.temp_size_in_bytes)
 
 
-def layers_that_fit(config: LanguageModelConfig, batch: int, mesh, budget_bytes: float) -> int:
+def layers_that_fit(config: LanguageModelConfig, runtime: RuntimeConfig, batch: int, mesh,
+                    budget_bytes: float) -> int:
     """The most layers whose compiled decode step fits `budget_bytes` per device.
 
     Measured at 2 and 3 layers (a 1-layer scan is compiled differently) and extrapolated."""
-    two, three = (decode_memory_bytes(config.replace(num_layers=n), batch, mesh) for n in (2, 3))
+    two, three = (decode_memory_bytes(config.replace(num_layers=n), runtime, batch, mesh)
+                  for n in (2, 3))
     per_layer = max(1, three - two)
     layers = int((budget_bytes - (two - 2 * per_layer)) // per_layer)
     if layers < 1:

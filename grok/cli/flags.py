@@ -82,7 +82,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                        "whose vocabulary is the byte tokenizer's 259 ids, like the demo)")
     model.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                        help="activations; auto = float32 on CPU (faster there and closer to "
-                       "the reference), the config's (bfloat16) on accelerators")
+                       "the reference), bfloat16 on accelerators")
     model.add_argument("--moe", choices=("sparse", "dense"), help="MoE kernel (default: config's)")
     serving = p.add_argument_group("serving")
     serving.add_argument("--mesh", type=_mesh_shape, metavar="D,M", help="local (data, model) "

@@ -20,14 +20,13 @@ from typing import Optional
 
 import jax
 
-from grok import checkpoint as checkpoint_module
 from grok import demo
-from grok.checkpoint import CheckpointError
+from grok.checkpoint import CheckpointError, ConfigMismatchError
 from grok.cli.flags import (BYTE_TOKENIZER, CONFIG_FILE, DEFAULT_CHECKPOINT_DIR,
                             DEFAULT_TOKENIZER, LARGEST_DEFAULT_PAD)
 from grok.config import GROK_1, LanguageModelConfig, load_config
 from grok.engine.runner import InferenceRunner, ModelRunner
-from grok.runtime_config import RuntimeConfig, runtime_for
+from grok.runtime_config import RuntimeConfig
 from grok.tokenizer import ByteTokenizer, SentencePieceTokenizer
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -60,7 +59,7 @@ class ModelOptions:
         return cls(checkpoint=args.checkpoint, config=args.config, tokenizer=args.tokenizer,
                    dtype=args.dtype, moe=args.moe, mesh=args.mesh, hosts=tuple(args.hosts),
                    slots=slots, pad_sizes=args.pad_sizes,
-                   prefix_cache_tokens=getattr(args, "prefix_cache_tokens", None), quiet=args.quiet)
+                   prefix_cache_tokens=args.prefix_cache_tokens, quiet=args.quiet)
 
 
 @dataclasses.dataclass
@@ -130,8 +129,8 @@ _RUNTIME_FLAGS = {"activation_dtype": "--dtype", "moe_impl": "--moe", "local_mes
 def resolve_runtime(options: ModelOptions, config: LanguageModelConfig, is_demo: bool
                     ) -> RuntimeConfig:
     """How to run it: --dtype (auto: float32 on CPU, where it is faster and closer to the
-    reference, else the config's or bfloat16), --moe, --mesh, --hosts, slots, --pad-sizes."""
-    base = runtime_for(config)
+    reference, else bfloat16), --moe, --mesh, --hosts, slots, --pad-sizes."""
+    base = RuntimeConfig()
     dtype = options.dtype
     if dtype == "auto":
         dtype = "float32" if jax.default_backend() == "cpu" else base.activation_dtype
@@ -269,9 +268,8 @@ def load_model(options: ModelOptions) -> tuple[InferenceRunner, StartupTimes]:
     try:
         runner.initialize()
     except CheckpointError as e:
-        mismatch = getattr(checkpoint_module, "ConfigMismatchError", CheckpointError)
         hint = ""
-        if isinstance(e, mismatch):   # the files are another model's: say which config we used
+        if isinstance(e, ConfigMismatchError):   # the files are another model's: say which config we used
             beside = os.path.join(checkpoint, CONFIG_FILE)
             hint = (f"\n  (model config used: {source}; " +
                     ("if the checkpoint is another model, pass its --config FILE"

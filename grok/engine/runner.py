@@ -29,10 +29,10 @@ import jax.numpy as jnp
 from grok import checkpoint
 from grok.config import LanguageModelConfig
 from grok.engine.engine import JaxEngine
-from grok.engine.state import DecodeState, pack_output, unpack_output  # noqa: F401 (re-exported)
 from grok.model.transformer import abstract_params, build_forward
 from grok.parallel import sharding
-from grok.runtime_config import RuntimeConfig, runtime_for
+from grok.runtime_config import RuntimeConfig
+from grok.tokenizer import Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class ModelRunner:
                     ("between_hosts_config", between_hosts_config)) if value is not None}
         if self.bs_per_device is not None:
             changes["bs_per_device"] = self.bs_per_device
-        self.runtime = runtime = runtime_for(self.model, self.runtime).replace(**changes)
+        self.runtime = runtime = (self.runtime or RuntimeConfig()).replace(**changes)
         self.mesh = sharding.make_mesh(runtime.local_mesh_config, runtime.between_hosts_config,
                                        devices)
         num_devices = self.mesh.devices.size
@@ -105,14 +105,12 @@ class InferenceRunner:
     local_mesh_config: Optional[Sequence[int]] = None
     between_hosts_config: Optional[Sequence[int]] = None
     pad_sizes: Optional[Sequence[int]] = None   # prompt buckets = RuntimeConfig.prefill_buckets
-    tokenizer: Any = None               # an object with encode/decode; else from tokenizer_path
+    tokenizer: Optional[Tokenizer] = None   # None: load_tokenizer(tokenizer_path)
     params: Optional[dict] = None       # host params to use instead of a checkpoint
     precompile: bool = True
     runtime: Optional[RuntimeConfig] = None  # None: runner.runtime, else RuntimeConfig()
 
     def initialize(self):
-        from grok.tokenizer import load_tokenizer
-
         runner = self.runner
         if self.load:
             runner.checkpoint_path = self.load
@@ -131,7 +129,7 @@ class InferenceRunner:
             # The architecture, every runtime field (flat, so a mismatch names the field), and
             # the tokenizer: every process applies stop strings with its own copy.
             check_consistent({"config": runner.model.to_dict(), **self.runtime.to_dict(),
-                              "tokenizer": getattr(self.tokenizer, "fingerprint", None)})
+                              "tokenizer": self.tokenizer.fingerprint})
         runner.runtime = self.runtime
         runner.initialize(None)
         self.params = runner.load_or_init(self.params)
@@ -148,7 +146,7 @@ class InferenceRunner:
 
     def _resolve_runtime(self) -> RuntimeConfig:
         """The runtime config with this runner's reference-style arguments applied."""
-        runtime = runtime_for(self.runner.model, self.runtime or self.runner.runtime)
+        runtime = self.runtime or self.runner.runtime or RuntimeConfig()
         changes = {name: tuple(value) for name, value in
                    (("local_mesh_config", self.local_mesh_config),
                     ("between_hosts_config", self.between_hosts_config),
@@ -180,7 +178,8 @@ def sample_from_model(server, prompt, max_len, temperature):
     Returns that request's Completion (a str: its text). Results of other requests still in
     flight on the same generator, if any, are passed over (the reference's callers have none).
     """
-    from grok.serving.requests import Completion, Request
+    from grok.serving.requests import Request
+    from grok.serving.results import Completion
 
     next(server)
     request_id = f"sample_from_model-{next(_sample_ids)}"

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from grok.model.attention import AttentionContext, LayerKV, MultiHeadAttention, make_context
 from grok.config import LanguageModelConfig, TransformerConfig
-from grok.runtime_config import RuntimeConfig, runtime_for
+from grok.runtime_config import RuntimeConfig
 from grok.ops.layers import RMSNorm, no_init
 from grok.model.moe import MoELayer, Router
 from grok.ops.quantization import QuantizedWeight8bit
@@ -43,7 +43,7 @@ def init_memory(config: LanguageModelConfig, batch_size: int, sequence_len: int,
                 runtime: Optional[RuntimeConfig] = None) -> Memory:
     c = config.model
     shape = (c.num_layers, batch_size, c.num_kv_heads, sequence_len, c.key_size)
-    dtype = jnp.dtype(runtime_for(config, runtime).activation_dtype)
+    dtype = jnp.dtype((runtime or RuntimeConfig()).activation_dtype)
     return Memory(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
                   jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size, sequence_len), bool))
 
@@ -174,15 +174,14 @@ def build_forward(config: LanguageModelConfig, runtime: Optional[RuntimeConfig] 
     """A pure function forward(params, tokens, memory=None, lengths=None, output_index=None,
     kv_len=None).
 
-    `runtime` gives the MoE implementation and the activation dtype (default RuntimeConfig(),
-    with any moved fields `config` still carries: grok.runtime_config.runtime_for).
+    `runtime` gives the MoE implementation and the activation dtype (default RuntimeConfig()).
 
     Returns (logits [B, T, V] float32 — or [B, 1, V] at output_index —, new memory or None).
     With a memory, row b's first lengths[b] tokens are appended to its cache, and attention
     reads only its first kv_len positions (a static int, default sequence_len; it must be
     >= max(step + lengths) over the rows whose logits are used: see `live_kv_len`).
     """
-    runtime = runtime_for(config, runtime)
+    runtime = runtime or RuntimeConfig()
 
     def fn(tokens, memory=None, lengths=None, output_index=None, kv_len=None):
         transformer = Transformer(config.model, runtime)
@@ -206,7 +205,7 @@ def abstract_params(config: LanguageModelConfig, scale_groups: int = 1) -> dict:
 
     def fn(tokens):
         with hk.custom_creator(creator):
-            runtime = runtime_for(config)
+            runtime = RuntimeConfig()
             return LanguageModel(config, runtime)(Transformer(config.model, runtime), tokens,
                                                   None, None, None)
 
