@@ -33,7 +33,7 @@ from grok.runtime_config import RuntimeConfig
 from grok.ops.layers import no_init
 from grok.ops.model_parallel import model_axis_size, sum_over_model_axis
 from grok.ops.quantization import QuantizedWeight8bit, matmul_dtype, qmatmul, qmatmul_experts
-from grok.parallel.sharding import MODEL_AXIS
+from grok.axes import MODEL_AXIS
 
 
 class Router(hk.Module):

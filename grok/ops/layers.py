@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 from grok.ops.model_parallel import model_axis_size, sum_over_model_axis
 from grok.ops.quantization import QuantizedWeight8bit, qmatmul
-from grok.parallel.sharding import MODEL_AXIS
+from grok.axes import MODEL_AXIS
 
 
 def no_init(shape, dtype):

@@ -14,7 +14,7 @@ from typing import Callable
 import jax
 from jax.sharding import PartitionSpec as P
 
-from grok.parallel.sharding import MODEL_AXIS
+from grok.axes import MODEL_AXIS
 
 
 def model_axis_size() -> int:

@@ -21,11 +21,9 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from grok.axes import DATA_AXIS, MESH_AXES, MODEL_AXIS
 from grok.ops.quantization import QuantizedWeight8bit
 
-DATA_AXIS = "data"
-MODEL_AXIS = "model"
-MESH_AXES = (DATA_AXIS, MODEL_AXIS)
 
 LOGICAL_TO_MESH: dict[str, Any] = {
     "layers": None,
