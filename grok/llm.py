@@ -10,7 +10,7 @@ prompt_ids, output_ids, finish_reason, error, logprobs, ...); a prompt that cann
 comes back with finish_reason "error" and the others still run. Many prompts show a progress
 bar. Underneath is the reference's generator protocol, still there as `llm.runner.run()`.
 Model discovery (DIR/config.json, the tokenizer, the demo when checkpoint is None) is the
-command line's: see grok.cli.model.
+command line's too: see grok.loading.
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ import itertools
 import sys
 from typing import Optional, Sequence, Union
 
-from grok.cli.flags import DEFAULT_MAX_SLOTS, DEFAULT_MAX_TOKENS
-from grok.cli.inputs import request_seed
-from grok.cli.model import ModelOptions, StartupTimes, load_model
-from grok.serving.requests import Cancel, Request, RequestError
+from grok.loading import DEFAULT_MAX_SLOTS, ModelOptions, StartupTimes, load_model
+from grok.serving.requests import DEFAULT_MAX_TOKENS, Cancel, Request, RequestError, request_seed
 from grok.serving.results import Completion, TokenEvent
 
 Prompt = Union[str, Sequence[int]]

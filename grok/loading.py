@@ -1,5 +1,7 @@
-"""From flags (or `grok.LLM`'s arguments) to a running model: which checkpoint, which config,
-which tokenizer, how many slots; then load and compile, timed, with a progress line.
+"""Model discovery and loading, for grok.LLM and the command line alike: from a
+`ModelOptions` (the flags, or `grok.LLM`'s arguments) to a running model: which checkpoint,
+which config, which tokenizer, how many slots; then load and compile, timed, with a progress
+line.
 
 Discovery, in order: `--checkpoint DIR` (else ./checkpoints, else the checkpoints/ beside
 run.py, else the embedded demo); `--config` (else DIR/config.json, else Grok-1); `--tokenizer`
@@ -22,20 +24,28 @@ import jax
 
 from grok import demo
 from grok.checkpoint import CheckpointError, ConfigMismatchError
-from grok.cli.flags import (BYTE_TOKENIZER, CONFIG_FILE, DEFAULT_CHECKPOINT_DIR,
-                            DEFAULT_TOKENIZER, LARGEST_DEFAULT_PAD)
 from grok.config import GROK_1, LanguageModelConfig, load_config
-from grok.engine.runner import InferenceRunner, ModelRunner
+from grok.engine.runner import ModelRunner
+from grok.serving.runner import InferenceRunner
 from grok.runtime_config import RuntimeConfig
 from grok.tokenizer import ByteTokenizer, SentencePieceTokenizer
 
-REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_CHECKPOINT_DIR = "checkpoints"      # the reference's CKPT_PATH
+DEFAULT_TOKENIZER = "tokenizer.model"       # the reference's tokenizer_path
+CONFIG_FILE = "config.json"                 # DIR/config.json: the checkpoint's model config
+BYTE_TOKENIZER = "bytes"                    # --tokenizer bytes: grok.tokenizer.ByteTokenizer
+LARGEST_DEFAULT_PAD = 1024                  # the reference's pad_sizes=(1024,)
+# Default slots = min(requests, this): 8 slots of Grok-1's KV cache (~2 GB each at 8192
+# tokens) fit beside the weights on eight 80 GB GPUs, and 8 covers a typical prompt file.
+DEFAULT_MAX_SLOTS = 8
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROK_1_SOURCE = "Grok-1 (built in)"
 PROGRESS_INTERVAL_S = 1.0     # how often the compile progress line is redrawn on a terminal
 
 
 class UsageError(ValueError):
-    """A problem with the command line or the files it names: printed, exit status 2."""
+    """A problem with what the user gave (flags or grok.LLM's arguments, and the files they
+    name): the command line prints it and exits with status 2."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ import types
 import numpy as np
 import pytest
 
+from grok.serving.requests import request_seed
 from grok import cli, demo
 
 REPO_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -288,7 +289,7 @@ def test_make_request_fields():
     args = cli.build_parser().parse_args(["--temperature", "0.5", "--seed", "10", "--max-len", "7"])
     request = cli.make_request({"prompt": "x", "top_p": 0.9, "echo_logprobs": True}, args, 3)
     assert (request.prompt, request.temperature, request.top_p, request.seed,
-            request.max_tokens, request.echo) == ("x", 0.5, 0.9, cli.request_seed(10, 3), 7, True)
+            request.max_tokens, request.echo) == ("x", 0.5, 0.9, request_seed(10, 3), 7, True)
     request = cli.make_request({"prompt_ids": [5, 6], "seed": 1, "max_len": 2, "top_k": 4}, args, 0)
     assert (request.prompt, request.seed, request.max_tokens, request.top_k) == ((5, 6), 1, 2, 4)
     for record, words in [({"prompt": "x", "max_len": 1.5}, "max_len"),

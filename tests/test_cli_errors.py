@@ -12,8 +12,9 @@ import types
 
 import pytest
 
+from grok.serving.requests import request_seed
 from grok import cli, demo
-from grok.cli.model import ModelOptions, resolve_config, resolve_tokenizer
+from grok.loading import ModelOptions, resolve_config, resolve_tokenizer
 from grok.cli.output import ResultPrinter, RunStats, finite_json
 from grok.serving.results import Completion
 
@@ -155,10 +156,10 @@ def test_default_slots_and_seeds():
     assert [cli.default_slots(parse([]), items(n)) for n in (1, 3, 20)] == [1, 3, 8]
     assert cli.default_slots(parse(["--batch-size", "5"]), items(20)) == 5
     assert cli.default_slots(parse(["--interactive"]), []) == 1
-    assert cli.request_seed(7, 0) == 7                      # request 0: the reference's seed
-    runs = [{cli.request_seed(seed, i) for i in range(1, 200)} for seed in (1, 2)]
+    assert request_seed(7, 0) == 7                      # request 0: the reference's seed
+    runs = [{request_seed(seed, i) for i in range(1, 200)} for seed in (1, 2)]
     assert not runs[0] & runs[1] and len(runs[0]) == 199
-    assert cli.request_seed(1, 1) != 2
+    assert request_seed(1, 1) != 2
 
 
 def test_help_on_every_entry_point(capsys):

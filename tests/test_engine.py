@@ -18,7 +18,8 @@ import pytest
 from grok import checkpoint
 from grok.engine.api import GREEDY, Engine, Prefix, SampleParams
 from grok.engine.engine import JaxEngine
-from grok.engine.runner import InferenceRunner, ModelRunner
+from grok.engine.runner import ModelRunner
+from grok.serving.runner import InferenceRunner
 from grok.engine.state import capacity_for
 from grok.tokenizer import ByteTokenizer
 from test_runner import F32, SEED, TOLERANCE, FullForward, make_prompt, tiny_config

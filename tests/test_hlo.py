@@ -12,7 +12,8 @@ import pytest
 from grok import checkpoint
 from grok.benchmarks import hlo_check
 from grok.config import LanguageModelConfig, TransformerConfig
-from grok.engine.runner import InferenceRunner, ModelRunner
+from grok.engine.runner import ModelRunner
+from grok.serving.runner import InferenceRunner
 
 MESH = (1, 8)
 # Grok-1's proportions on an 8-way model axis: 8 kv heads (one per device), 2 query heads per

@@ -1,12 +1,16 @@
-"""No import cycles inside grok, and every module imports on its own.
+"""No import cycles inside grok, the layers in order, and every module imports on its own.
 
 The graph: an edge A -> B for every `import`/`from ... import` of a grok module B at the top
 level of module A (including B's parent packages, whose `__init__` runs first, except A's own
-ancestors, which are already importing). It must be
-acyclic. An import inside a function runs later, so it cannot break the import itself, but
-one that goes back up the graph (its target imports the importer) hides a cycle: it is
-allowed only for the reference protocol's `InferenceRunner.run()`, which returns the serving
-loop's generator from the engine layer (LAZY_ALLOWED).
+ancestors, which are already importing). It must be acyclic. An import inside a function runs
+later, so it cannot break the import itself, but one that goes back up the graph (its target
+imports the importer) hides a cycle: none is allowed (LAZY_ALLOWED is empty).
+
+The layers (README, "Layout"): ops <- model <- engine <- serving <- the entry points (loading,
+grok.LLM, benchmarks, cli), with checkpoint, parallel and kernels beside the model; the leaves
+(axes, runtime_config, tokenizer, then config) under everything. A module imports, at import time
+or inside a function, only its own layer and those below (LAYERS; the same rank imports only
+within one package).
 """
 
 import ast
@@ -17,8 +21,25 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# (importer, function) whose lazy imports may point back up the graph
-LAZY_ALLOWED = {("grok.engine.runner", "InferenceRunner.run")}
+# (importer, function) whose lazy imports may point back up the graph: none
+LAZY_ALLOWED: set = set()
+# Module-name prefix -> rank; the longest matching prefix decides. Lower ranks never import
+# higher ones; equal ranks import each other only within one prefix (one package).
+LAYERS = {
+    "grok": 0, "grok.axes": 0, "grok.runtime_config": 0, "grok.tokenizer": 0,
+    "grok.config": 1,
+    "grok.ops": 2,
+    "grok.parallel": 3, "grok.checkpoint": 3, "grok.kernels": 3,
+    "grok.model": 4,
+    "grok.engine": 5,
+    "grok.serving": 6,
+    "grok.demo": 7,
+    "grok.loading": 8,
+    "grok.llm": 9,
+    "grok.bench": 10, "grok.benchmarks": 10,
+    "grok.cli": 11,
+    "grok.__main__": 12,
+}
 
 
 def grok_modules() -> dict:
@@ -144,6 +165,42 @@ def test_no_import_cycles_in_grok():
     hidden = [(a, b, function) for a, b, function in lazy
               if (a, function) not in LAZY_ALLOWED and reaches(graph, b, a)]
     assert hidden == [], f"imports inside functions that hide a cycle: {hidden}"
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """(rank, the LAYERS prefix that decides it)."""
+    prefix = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    return LAYERS[prefix], prefix
+
+
+def layer_violations(graph: dict, lazy: list) -> list:
+    """(importer, imported) edges, import-time or lazy, that go up the layers."""
+    edges = [(a, b) for a, targets in graph.items() for b in targets]
+    edges += [(a, b) for a, b, _ in lazy]
+    bad = []
+    for a, b in edges:
+        (rank_a, prefix_a), (rank_b, prefix_b) = layer_of(a), layer_of(b)
+        if b == "grok" or a == "grok":
+            continue   # the package root: lazy re-exports only (grok/__init__.py)
+        if rank_b > rank_a or (rank_b == rank_a and prefix_a != prefix_b):
+            bad.append((a, b))
+    return sorted(set(bad))
+
+
+def test_the_layer_checker_finds_an_upward_import():
+    graph = {"grok.engine.x": {"grok.serving.y"}, "grok.serving.y": {"grok.engine.z"},
+             "grok.ops.a": {"grok.parallel.b"}, "grok.parallel.b": set(), "grok.engine.z": set()}
+    assert layer_violations(graph, []) == [("grok.engine.x", "grok.serving.y"),
+                                           ("grok.ops.a", "grok.parallel.b")]
+    assert layer_violations({}, [("grok.model.m", "grok.engine.e", "f")]) == [
+        ("grok.model.m", "grok.engine.e")]
+
+
+def test_layers_import_downwards_only():
+    modules = grok_modules()
+    graph, lazy = import_graph(modules)
+    assert all(layer_of(m) for m in modules)   # every module has a layer
+    assert layer_violations(graph, lazy) == []
 
 
 def test_every_module_imports_first_in_a_fresh_interpreter():

@@ -65,7 +65,8 @@ def _driver(argv):
 def _fixture_runner(fixture: str, mesh: tuple, hosts: tuple):
     """The fixture's model in float32 activations (see the fixture README), 8+ slots."""
     from grok.config import load_config
-    from grok.engine.runner import InferenceRunner, ModelRunner
+    from grok.engine.runner import ModelRunner
+    from grok.serving.runner import InferenceRunner
     from grok.runtime_config import RuntimeConfig
     from grok.tokenizer import SentencePieceTokenizer
 
@@ -83,7 +84,8 @@ def _fixture_runner(fixture: str, mesh: tuple, hosts: tuple):
 def _tiny_runner(mesh: tuple, hosts: tuple):
     """A tiny model with random weights (the same on every process) and the byte tokenizer."""
     from grok.config import LanguageModelConfig, TransformerConfig
-    from grok.engine.runner import InferenceRunner, ModelRunner
+    from grok.engine.runner import ModelRunner
+    from grok.serving.runner import InferenceRunner
     from grok.runtime_config import RuntimeConfig
     from grok.tokenizer import ByteTokenizer
 

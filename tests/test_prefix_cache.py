@@ -384,7 +384,8 @@ def test_every_process_evolves_the_same_cache():
 def engine():
     """A JaxEngine over the tiny model, float32, 4 slots on one device, buckets (8, 16)."""
     from test_runner import F32, PAD_SIZES, SEED, tiny_config
-    from grok.engine.runner import InferenceRunner, ModelRunner
+    from grok.engine.runner import ModelRunner
+    from grok.serving.runner import InferenceRunner
 
     runner = InferenceRunner(ModelRunner(tiny_config(), bs_per_device=4, rng_seed=SEED, runtime=F32),
                              local_mesh_config=(1, 1), pad_sizes=PAD_SIZES,

@@ -21,7 +21,8 @@ from grok.model.transformer import build_forward, init_memory
 from grok.serving.requests import Request, RequestError
 from grok.serving.results import Completion, TokenEvent
 from grok.engine.api import Engine
-from grok.engine.runner import InferenceRunner, ModelRunner, sample_from_model
+from grok.engine.runner import ModelRunner
+from grok.serving.runner import InferenceRunner, sample_from_model
 from grok.runtime_config import RuntimeConfig
 from grok.tokenizer import ByteTokenizer
 

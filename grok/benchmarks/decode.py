@@ -58,7 +58,8 @@ from grok.benchmarks.decode_report import SETTINGS, comparisons, print_report
 from grok.benchmarks.weights import synthetic_params
 from grok.config import GROK_1, LanguageModelConfig, load_config
 from grok.engine.api import SampleParams
-from grok.engine.runner import InferenceRunner, ModelRunner
+from grok.engine.runner import ModelRunner
+from grok.serving.runner import InferenceRunner
 from grok.model.transformer import live_kv_len
 from grok.parallel import sharding
 from grok.runtime_config import ACTIVATION_DTYPES, MOE_IMPLS, RuntimeConfig

@@ -26,7 +26,8 @@ import time
 from typing import Optional, Sequence
 
 from grok.demo import DEMO, demo_params
-from grok.engine.runner import InferenceRunner, ModelRunner
+from grok.engine.runner import ModelRunner
+from grok.serving.runner import InferenceRunner
 from grok.runtime_config import RuntimeConfig
 from grok.serving.requests import Request
 from grok.serving.results import Completion, TokenEvent

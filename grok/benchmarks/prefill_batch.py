@@ -22,7 +22,8 @@ import numpy as np
 from grok import checkpoint
 from grok.config import LanguageModelConfig, TransformerConfig
 from grok.engine.api import SampleParams
-from grok.engine.runner import InferenceRunner, ModelRunner
+from grok.engine.runner import ModelRunner
+from grok.serving.runner import InferenceRunner
 from grok.runtime_config import RuntimeConfig
 from grok.tokenizer import ByteTokenizer
 

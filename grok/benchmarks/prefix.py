@@ -32,7 +32,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from grok.config import LanguageModelConfig, TransformerConfig
-from grok.engine.runner import InferenceRunner, ModelRunner
+from grok.engine.runner import ModelRunner
+from grok.serving.runner import InferenceRunner
 from grok.runtime_config import RuntimeConfig
 from grok.serving.requests import Request
 from grok.serving.results import Completion

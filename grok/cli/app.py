@@ -12,7 +12,7 @@ import jax
 from grok.cli.flags import DEFAULT_MAX_SLOTS, REFERENCE_PROMPT, build_parser
 from grok.cli.inputs import Item, make_request, read_items
 from grok.cli.launch import follow, init_multihost
-from grok.cli.model import ModelOptions, StartupTimes, UsageError, load_model
+from grok.loading import ModelOptions, StartupTimes, UsageError, load_model
 from grok.cli.output import ResultPrinter, RunStats
 from grok.cli.repl import Repl
 from grok.serving.results import TokenEvent

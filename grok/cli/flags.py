@@ -10,18 +10,11 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from grok.serving.requests import REFERENCE_NAMES
+from grok.loading import (BYTE_TOKENIZER, CONFIG_FILE, DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_SLOTS,
+                          DEFAULT_TOKENIZER, LARGEST_DEFAULT_PAD)
+from grok.serving.requests import DEFAULT_MAX_TOKENS, REFERENCE_NAMES
 
-DEFAULT_CHECKPOINT_DIR = "checkpoints"      # the reference's CKPT_PATH
-DEFAULT_TOKENIZER = "tokenizer.model"       # the reference's tokenizer_path
-CONFIG_FILE = "config.json"                 # DIR/config.json: the checkpoint's model config
-BYTE_TOKENIZER = "bytes"                    # --tokenizer bytes: grok.tokenizer.ByteTokenizer
 REFERENCE_PROMPT = "The answer to life the universe and everything is of course"
-LARGEST_DEFAULT_PAD = 1024                  # the reference's pad_sizes=(1024,)
-# Default slots = min(requests, this): 8 slots of Grok-1's KV cache (~2 GB each at 8192
-# tokens) fit beside the weights on eight 80 GB GPUs, and 8 covers a typical prompt file.
-DEFAULT_MAX_SLOTS = 8
-DEFAULT_MAX_TOKENS = 100                    # the reference's max_len
 MULTIHOST_ENV = ("GROK_COORDINATOR", "GROK_NUM_PROCESSES", "GROK_PROCESS_ID")
 
 # Request field -> (the flag that fills it, the input-record key users write for it).

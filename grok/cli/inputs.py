@@ -10,13 +10,12 @@ or the record key ('top_p').
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from typing import Any, Optional
 
 from grok.cli.flags import FIELD_NAMES, RECORD_FIELDS, RECORD_KEYS
-from grok.cli.model import UsageError
-from grok.serving.requests import SEED_LIMIT, Request, RequestError
+from grok.loading import UsageError
+from grok.serving.requests import Request, RequestError, request_seed
 
 
 @dataclasses.dataclass
@@ -29,13 +28,6 @@ class Item:
     field: Optional[str] = None     # the Request field a bad record or flag set (error's field)
     user_id: Optional[str] = None   # the record's own request_id, echoed in JSON output
 
-
-def request_seed(seed: int, index: int) -> int:
-    """Request `index`'s seed: `seed` itself for 0, else a hash of (seed, index)."""
-    if index == 0:
-        return seed
-    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % SEED_LIMIT
 
 
 def make_request(record, args, index: int) -> Request:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from grok.cli.model import UsageError
+from grok.loading import UsageError
 from grok.parallel import multihost
 from grok.serving.multihost import follow  # noqa: F401 (a follower process's loop)
 

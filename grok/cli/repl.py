@@ -26,7 +26,7 @@ import sys
 from typing import Optional
 
 from grok.cli.inputs import make_request
-from grok.cli.model import UsageError
+from grok.loading import UsageError
 from grok.cli.output import RunStats
 from grok.serving.requests import Cancel
 from grok.serving.results import Completion, TokenEvent

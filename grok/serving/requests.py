@@ -18,6 +18,7 @@ ids only, the prompt's length against sequence_len) is checked at admission
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import numbers
 from typing import Any, Optional, Sequence, Union
@@ -28,6 +29,7 @@ Prompt = Union[str, Sequence[int]]
 
 MAX_INT32 = 2**31 - 1      # token ids, top_k and max_tokens travel to the device as int32
 SEED_LIMIT = 2**32         # seeds are uint32 PRNG keys
+DEFAULT_MAX_TOKENS = 100   # the reference's max_len
 _SEQUENCES = (list, tuple, np.ndarray)
 # The reference's Request keywords -> the fields they fill.
 REFERENCE_NAMES = {"nucleus_p": "top_p", "rng_seed": "seed", "max_len": "max_tokens"}
@@ -124,7 +126,7 @@ class Request:
     temperature: float = 1.0      # 0 = greedy
     top_p: float = 1.0            # nucleus, in (0, 1]
     seed: int = 0                 # in [0, 2**32)
-    max_tokens: int = 100         # new tokens at most, >= 1
+    max_tokens: int = DEFAULT_MAX_TOKENS   # new tokens at most, >= 1
     top_k: int = 0                # 0 = off; at most the vocabulary (checked at admission)
     stop_tokens: Sequence[int] = ()   # token ids that end the output (not included)
     stream: bool = False          # the generator also yields a TokenEvent per new token
@@ -208,3 +210,12 @@ class Cancel:
             raise RequestError("request_id", self.request_id,
                                f"must be a str, got {self.request_id!r}")
 
+
+def request_seed(seed: int, index: int) -> int:
+    """Request `index`'s seed: `seed` itself for 0, else a hash of (seed, index), so a single
+    request samples as the reference's run.py does, and the streams of one run never repeat
+    those of a run with another base seed (the CLI's --seed, grok.LLM's requests)."""
+    if index == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % SEED_LIMIT
