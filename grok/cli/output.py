@@ -170,8 +170,7 @@ class ResultPrinter:
         self.failed |= error is not None
         if self.args.stream:
             if error is None:   # end this request's streamed piece
-                self._write_stream(item.index, "".join(self.buffers.pop(item.index, [])) +
-                                   self.stops[item.index].flush() + "\n")
+                self._write_stream(item.index, "".join(self.buffers.pop(item.index, [])) + "\n")
             elif item.index in self.header_printed:
                 self.stream_file.write("\n")
         if self.args.json:
