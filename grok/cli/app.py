@@ -11,10 +11,11 @@ import jax
 
 from grok.cli.flags import DEFAULT_MAX_SLOTS, REFERENCE_PROMPT, build_parser
 from grok.cli.inputs import Item, make_request, read_items
-from grok.cli.launch import follow, init_multihost
+from grok.cli.launch import init_multihost
 from grok.loading import ModelOptions, StartupTimes, UsageError, load_model
 from grok.cli.output import ResultPrinter, RunStats
 from grok.cli.repl import Repl
+from grok.serving.multihost import follow
 from grok.serving.results import TokenEvent
 
 SUBCOMMANDS = {"run": "generate from prompts, a file or a REPL (the default)",

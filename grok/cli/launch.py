@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from grok.loading import UsageError
 from grok.parallel import multihost
-from grok.serving.multihost import follow  # noqa: F401 (a follower process's loop)
 
 
 def init_multihost(args) -> bool:
