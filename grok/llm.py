@@ -76,21 +76,25 @@ class SamplingParams:
 class LLM:
     """A loaded model serving lists of prompts (see the module docstring).
 
-    checkpoint: a directory holding ckpt-0/ (None: ./checkpoints if it has one, else the
-    embedded demo); config: a config JSON (default DIR/config.json, else Grok-1); tokenizer:
-    a SentencePiece file or "bytes" (default: DIR/tokenizer.model, or bytes for a byte-vocab
-    model); max_slots: requests decoded together; mesh: the local (data, model) device mesh;
-    dtype: "auto", "bfloat16" or "float32"; moe: "sparse" or "dense"; pad_sizes: prompt buckets.
+    Every runtime choice the command line has: checkpoint, a directory holding ckpt-0/ (None:
+    ./checkpoints if it has one, else the embedded demo); config: a config JSON (default
+    DIR/config.json, else Grok-1); tokenizer: a SentencePiece file or "bytes" (default:
+    DIR/tokenizer.model, or bytes for a byte-vocab model); max_slots: requests decoded together
+    (--batch-size); mesh: the local (data, model) device mesh; hosts: the between-hosts mesh;
+    dtype: "auto", "bfloat16" or "float32"; moe: "sparse" or "dense"; pad_sizes: prompt
+    buckets; prefix_cache_tokens: prompt KV positions kept for reuse (0: no prefix cache).
     """
 
     def __init__(self, checkpoint: Optional[str] = None, *, config: Optional[str] = None,
                  tokenizer: Optional[str] = None, max_slots: int = DEFAULT_MAX_SLOTS,
-                 mesh: Optional[tuple] = None, dtype: str = "auto", moe: Optional[str] = None,
-                 pad_sizes: Optional[Sequence[int]] = None, quiet: bool = False):
+                 mesh: Optional[tuple] = None, hosts: tuple = (1, 1), dtype: str = "auto",
+                 moe: Optional[str] = None, pad_sizes: Optional[Sequence[int]] = None,
+                 prefix_cache_tokens: Optional[int] = None, quiet: bool = False):
         options = ModelOptions(checkpoint=checkpoint, config=config, tokenizer=tokenizer,
                                dtype=dtype, moe=moe, mesh=None if mesh is None else tuple(mesh),
-                               slots=max_slots, quiet=quiet,
-                               pad_sizes=None if pad_sizes is None else tuple(pad_sizes))
+                               hosts=tuple(hosts), slots=max_slots, quiet=quiet,
+                               pad_sizes=None if pad_sizes is None else tuple(pad_sizes),
+                               prefix_cache_tokens=prefix_cache_tokens)
         self.runner, self.startup_times = load_model(options)   # StartupTimes
         self.quiet = quiet
         self._gen = None

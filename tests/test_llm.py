@@ -1,0 +1,16 @@
+"""grok.LLM's constructor takes every runtime choice the command line has."""
+
+import dataclasses
+import inspect
+
+from grok.llm import LLM
+from grok.loading import ModelOptions
+
+# ModelOptions field -> LLM's argument for it (where the names differ).
+LLM_NAME = {"slots": "max_slots"}
+
+
+def test_llm_accepts_every_model_option():
+    params = set(inspect.signature(LLM.__init__).parameters)
+    fields = {LLM_NAME.get(f.name, f.name) for f in dataclasses.fields(ModelOptions)}
+    assert fields - params == set()
