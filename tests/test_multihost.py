@@ -363,6 +363,14 @@ def _run_py_job(tmp_path, batch_sizes):
             launched.append((subprocess.Popen([sys.executable, *args], cwd=REPO, env=env,
                                               stdout=stdout, stderr=stderr), out, err))
     try:
+        # Ready: each process has compiled (run.py says "Compiled ..." on stderr) or exited;
+        # startup and compiles get PROCESS_TIMEOUT_S on a loaded machine, the run itself then
+        # LOST_PEER_LIMIT_S.
+        deadline = time.monotonic() + PROCESS_TIMEOUT_S
+        while (time.monotonic() < deadline
+               and not all(process.poll() is not None or "Compiled " in err.read_text()
+                           for process, _, err in launched)):
+            time.sleep(0.5)
         codes = [_wait(process, LOST_PEER_LIMIT_S) for process, _, _ in launched]
     finally:
         _kill_all(launched)
