@@ -175,3 +175,16 @@ class FailingTokenizer:
 
     def min_tokens(self, text):
         return self.inner.min_tokens(text)
+
+
+def drain(scheduler, max_steps: int = 100000, each_step=None) -> list:
+    """Steps the scheduler until it is idle (at most max_steps); every event, in order.
+    `each_step(scheduler)` runs after each step."""
+    events = []
+    for _ in range(max_steps):
+        if scheduler.idle():
+            return events
+        events += scheduler.step()
+        if each_step is not None:
+            each_step(scheduler)
+    raise AssertionError("the scheduler did not go idle")

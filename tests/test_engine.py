@@ -15,28 +15,17 @@ import jax
 import numpy as np
 import pytest
 
-from grok import checkpoint
 from grok.engine.api import GREEDY, Engine, Prefix, SampleParams
 from grok.engine.engine import JaxEngine
 from grok.engine.runner import ModelRunner
 from grok.serving.runner import InferenceRunner
 from grok.engine.state import capacity_for
 from grok.tokenizer import ByteTokenizer
-from test_runner import F32, SEED, TOLERANCE, FullForward, make_prompt, tiny_config
+from tiny_model import F32, SEED, TOLERANCE, make_prompt, tiny_config
 
 BUCKETS = (8, 16)
 SAMPLED = SampleParams(temperature=0.8, top_p=0.9, top_k=20, seed=7)
 MIN_KV_LEN = 16   # the shortest decode variant (production: 128)
-
-
-@pytest.fixture(scope="module")
-def host_params():
-    return checkpoint.random_params(tiny_config(), SEED)
-
-
-@pytest.fixture(scope="module")
-def reference(host_params):
-    return FullForward(tiny_config(), host_params)
 
 
 @pytest.fixture(scope="module")

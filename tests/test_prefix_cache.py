@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 
-from fake_engine import FakeEngine, FakePrefix
+from fake_engine import FakeEngine, FakePrefix, drain
 from grok.runtime_config import RuntimeConfig
 from grok.serving.decisions import Decisions
 from grok.serving.prefix_cache import BLOCK_TOKENS, PrefixCache
@@ -36,17 +36,6 @@ def cache_with(budget: int, *prompts) -> PrefixCache:
     for p in prompts:
         assert cache.insert(p, FakePrefix(tuple(p)), FakePrefix(tuple(p)).capacity)
     return cache
-
-
-def drain(scheduler, max_steps: int = 100000, each_step=None) -> list:
-    events = []
-    for _ in range(max_steps):
-        if scheduler.idle():
-            return events
-        events += scheduler.step()
-        if each_step is not None:
-            each_step(scheduler)
-    raise AssertionError("the scheduler did not go idle")
 
 
 def outputs(events) -> dict:
@@ -383,7 +372,7 @@ def test_every_process_evolves_the_same_cache():
 @pytest.fixture(scope="module")
 def engine():
     """A JaxEngine over the tiny model, float32, 4 slots on one device, buckets (8, 16)."""
-    from test_runner import F32, PAD_SIZES, SEED, tiny_config
+    from tiny_model import F32, PAD_SIZES, SEED, tiny_config
     from grok.engine.runner import ModelRunner
     from grok.serving.runner import InferenceRunner
 

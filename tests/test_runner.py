@@ -9,97 +9,28 @@ model's own greedy outputs (`eos_token` fixture) so that some requests really st
 
 import collections
 import dataclasses
-import functools
 
 import jax
 import numpy as np
 import pytest
 
-from grok import checkpoint
-from grok.config import LanguageModelConfig, TransformerConfig
 from grok.model.transformer import build_forward, init_memory
 from grok.serving.requests import Request, RequestError
 from grok.serving.results import Completion, TokenEvent
 from grok.engine.api import Engine
 from grok.engine.runner import ModelRunner
 from grok.serving.runner import InferenceRunner, sample_from_model
-from grok.runtime_config import RuntimeConfig
 from grok.tokenizer import ByteTokenizer
+from tiny_model import F32, NUM_SPECIAL, PAD_SIZES, SEED, TOLERANCE, make_prompt, tiny_config
 
-SEED = 42                # ModelRunner's default rng_seed for random weights
-F32 = RuntimeConfig(activation_dtype="float32")   # the tests' activations (exact on CPU)
-PAD_SIZES = (8, 16)
-TOLERANCE = dict(rtol=1e-4, atol=1e-4)   # float32 cached vs full forward
-NUM_SPECIAL = ByteTokenizer.NUM_SPECIAL
 # Mixed prompt lengths: many beyond the largest bucket (16), so prefilled in chunks.
 PROMPT_LENGTHS = (1, 2, 3, 5, 7, 8, 9, 12, 15, 16, 17, 18, 20, 24, 25, 31, 33, 35, 40, 47, 50, 64)
-
-
-def tiny_config(eos_token: int = 2) -> LanguageModelConfig:
-    # vocab 259 = the byte tokenizer's, so decoded outputs include incomplete UTF-8 bytes.
-    return LanguageModelConfig(
-        model=TransformerConfig(emb_size=32, key_size=8, num_q_heads=4, num_kv_heads=2,
-                                num_layers=2, num_experts=4, num_selected_experts=2,
-                                widening_factor=2),
-        vocab_size=ByteTokenizer.vocab_size, sequence_len=128, eos_token=eos_token)
-
-
-def make_prompt(length: int, seed: int) -> list:
-    """Token ids of real bytes (no pad/bos/eos ids)."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(NUM_SPECIAL, ByteTokenizer.vocab_size, size=length).tolist()
 
 
 MIXED = [(make_prompt(n, i), 3 + (7 * i) % 22) for i, n in enumerate(PROMPT_LENGTHS)]
 
 
-class FullForward:
-    """The reference: one forward over the whole sequence, no memory."""
-
-    def __init__(self, config: LanguageModelConfig, params: dict):
-        self.config = config
-        self.params = jax.device_put(params, jax.devices()[0])
-        self._forward = jax.jit(build_forward(config, F32))
-
-    @functools.lru_cache(maxsize=None)
-    def _logits(self, ids: tuple) -> np.ndarray:
-        # Right-padded to sequence_len so one compilation serves every length; the causal
-        # mask keeps the padding from touching the real positions.
-        tokens = np.full((1, self.config.sequence_len), self.config.pad_token, np.int32)
-        tokens[0, :len(ids)] = ids
-        logits, _ = self._forward(self.params, tokens)
-        return np.asarray(logits[0, :len(ids)])
-
-    def logits(self, ids) -> np.ndarray:
-        """[len(ids), V] float32."""
-        return self._logits(tuple(int(t) for t in ids))
-
-    def logprobs(self, ids) -> np.ndarray:
-        return np.asarray(jax.nn.log_softmax(self.logits(ids), axis=-1))
-
-    def greedy(self, prompt, max_len: int, stop_tokens=()) -> tuple[list, str]:
-        """Greedy decoding by full forwards: (output ids, finish reason)."""
-        ids, out = list(prompt), []
-        while len(out) < max_len:
-            token = int(np.argmax(self.logits(ids)[-1]))
-            if token in stop_tokens:
-                return out, "stop"
-            out.append(token)
-            ids.append(token)
-        return out, "length"
-
-
 # ---- fixtures ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def host_params():
-    return checkpoint.random_params(tiny_config(), SEED)
-
-
-@pytest.fixture(scope="module")
-def reference(host_params):
-    return FullForward(tiny_config(), host_params)
-
-
 @pytest.fixture(scope="module")
 def eos_token(reference):
     """The token the most MIXED greedy outputs contain after their first token."""

@@ -9,7 +9,7 @@ import copy
 import pickle
 
 
-from fake_engine import FailingTokenizer, FakeEngine
+from fake_engine import FailingTokenizer, FakeEngine, drain
 from grok.serving.decisions import Decisions, decode, encode
 from grok.serving.requests import Cancel, Request
 from grok.serving.results import Completion, TokenEvent
@@ -31,15 +31,6 @@ def prompt(n: int, seed: int = 0) -> list:
 
 def make(engine=None, tokenizer=BYTES, **kwargs) -> Scheduler:
     return Scheduler(engine or FakeEngine(), tokenizer, **kwargs)
-
-
-def drain(scheduler, max_steps: int = 1000) -> list:
-    events = []
-    for _ in range(max_steps):
-        if scheduler.idle():
-            return events
-        events += scheduler.step()
-    raise AssertionError("the scheduler did not go idle")
 
 
 def completions(events) -> dict:
