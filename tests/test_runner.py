@@ -166,7 +166,7 @@ def test_sampling_is_deterministic_whatever_the_slot_and_company(runner, alone, 
 def test_chunked_prefill_equals_full_forward(config, cached_forward, reference):
     """Model level: a 40-token prompt in chunks of 16, 16, 8 through the cache."""
     prompt = make_prompt(40, seed=99)
-    memory = init_memory(config, 1, config.sequence_len)
+    memory = init_memory(config, 1, config.sequence_len, F32)
     chunk_logits = []
     for start in range(0, len(prompt), max(PAD_SIZES)):
         part = prompt[start:start + max(PAD_SIZES)]
@@ -187,7 +187,7 @@ def test_chunked_prefill_equals_full_forward(config, cached_forward, reference):
 def test_cached_pad_key_stays_masked(config, cached_forward, reference):
     prompt = make_prompt(12, seed=7)
     prompt[3] = config.pad_token
-    memory = init_memory(config, 1, config.sequence_len)
+    memory = init_memory(config, 1, config.sequence_len, F32)
     chunk_logits = []
     for part in (prompt[:8], prompt[8:]):
         tokens = np.zeros((1, 8), np.int32)
