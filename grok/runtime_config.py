@@ -21,7 +21,7 @@ from typing import Any
 MOE_IMPLS = ("sparse", "dense")
 ACTIVATION_DTYPES = ("bfloat16", "float32")
 # Reference defaults: Grok-1's run.py prefills prompts in one 1024-token bucket; the reference
-# ModelRunner's bs_per_device is 2.0; rows per sparse-MoE block measured on CPU (README, "Speed").
+# ModelRunner's bs_per_device is 2.0; the sparse MoE's routed-path threshold (see below).
 DEFAULT_PREFILL_BUCKETS = (1024,)
 DEFAULT_BS_PER_DEVICE = 2.0
 DEFAULT_MOE_BLOCK_ROWS = 256
@@ -52,7 +52,9 @@ class RuntimeConfig:
 
     # Mixture-of-Experts computation; all give the same numbers (tests/test_model.py).
     moe_impl: str = "sparse"
-    # Sparse MoE: rows per block when an expert runs on its routed tokens (prefill sizes).
+    # Sparse MoE: the most rows (tokens in one call) that take the routed path, where each
+    # selected expert's weights are read in place once for all rows (decode); more rows take
+    # the grouped path, one grouped matmul per weight (prefill). See grok.model.moe.
     moe_block_rows: int = DEFAULT_MOE_BLOCK_ROWS
     # Activations and the KV cache (the reference's fprop_dtype); weights stay int8 + scales.
     activation_dtype: str = "bfloat16"
