@@ -28,22 +28,39 @@ process sees alike, so no decision is published for it (grok.serving.decisions).
 from __future__ import annotations
 
 import logging
+from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 
 from grok.engine.api import Engine, Prefix
-from grok.serving.prefix_cache import BLOCK_TOKENS, PrefixCache, common_prefix
+from grok.serving.prefix_cache import BLOCK_TOKENS, Hit, PrefixCache, common_prefix
+from grok.serving.requests import Request
 
 logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class CachedStream(Protocol):
+    """What PrefixReuse reads and sets on one of the scheduler's requests (its `_Stream`)."""
+
+    request: Request
+    request_id: str
+    prompt_ids: list
+    output_ids: list
+    fed: int                    # output tokens fed to dispatched decode steps
+    slot: int
+    prefix: Optional[Prefix]    # set on a hit: the cached prompt KV to continue
+    prefilled: int              # set on a hit: the prompt tokens that KV holds
+    cache_hit: Optional[Hit]    # the pinned entry, until released
+    looked_up: bool
 
 
 class PrefixReuse:
     """The prefix cache of one Scheduler and its counters.
 
     `cache_tokens`: positions the cache may hold on the device (0: no cache). `keep_outputs`:
-    also keep a finished request's output KV (`engine.extract_prefix`). Streams are the scheduler's: they carry `request`,
-    `request_id`, `prompt_ids`, `output_ids`, `fed`, `slot`, `prefix`, `prefilled`,
-    `cache_hit` and `looked_up`.
+    also keep a finished request's output KV (`engine.extract_prefix`). Each hook sees a
+    request only as a `CachedStream`.
     """
 
     def __init__(self, engine: Engine, cache_tokens: int, keep_outputs: bool):
@@ -54,7 +71,7 @@ class PrefixReuse:
         self.hit_tokens = 0      # prompt tokens served from the cache
         self.query_tokens = 0    # prompt tokens looked up in it
 
-    def lookup(self, stream) -> None:
+    def lookup(self, stream: CachedStream) -> None:
         """Continues `stream` from the longest cached prefix of its prompt (pinned)."""
         if self.cache is None or stream.request.echo or stream.looked_up:
             return
@@ -69,7 +86,7 @@ class PrefixReuse:
             stream.cache_hit, stream.prefix, stream.prefilled = hit, hit.prefix, hit.length
             self.hit_tokens += hit.length
 
-    def shares_prefix(self, stream, batch: list) -> bool:
+    def shares_prefix(self, stream: CachedStream, batch: list[CachedStream]) -> bool:
         """Whether the prompt starts like one in `batch` (at least one cache block): it should
         wait for that one's Prefix rather than be prefilled beside it."""
         if self.cache is None or stream.request.echo:
@@ -77,19 +94,19 @@ class PrefixReuse:
         ids = np.asarray(stream.prompt_ids)
         return any(common_prefix(np.asarray(s.prompt_ids), ids) >= BLOCK_TOKENS for s in batch)
 
-    def release(self, stream) -> None:
+    def release(self, stream: CachedStream) -> None:
         """Unpins the entry `stream` continued, if any."""
         if stream.cache_hit is not None:
             self.cache.release(stream.cache_hit)
             stream.cache_hit = None
 
-    def store(self, stream, prefix: Prefix) -> None:
+    def store(self, stream: CachedStream, prefix: Prefix) -> None:
         """Keeps a prompt's Prefix once it is inserted into its slot."""
         self.release(stream)
         if self.cache is not None and not stream.request.echo:
             self.cache.insert(stream.prompt_ids, prefix, prefix.capacity)
 
-    def store_output(self, stream, state) -> None:
+    def store_output(self, stream: CachedStream, state) -> None:
         """Keeps a finished request's prompt + output KV (see "Output KV" above) from its
         slot in `state`, before the slot is released."""
         if self.cache is None or not self.keep_outputs or stream.request.echo:
