@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
 
+from grok.serving.http.body_limit import BodyLimit
 from grok.serving.http.generation import build_job, respond
 from grok.serving.http.chat_template import ChatTemplate
 from grok.serving.http.engine_loop import Backend, EngineLoop
@@ -28,7 +29,6 @@ from grok.serving.http.protocol import (ChatCompletionRequest, CompletionRequest
                                         DetokenizeRequest, TokenizeRequest)
 
 OWNER = "grok"
-MAX_BODY_BYTES = 16 * 2**20     # a request body beyond this is refused (413) before parsing
 ENGINE_STOP_TIMEOUT_S = 10.0    # how long shutdown waits for the engine thread to cancel
 
 
@@ -75,9 +75,7 @@ class ServerState:
 
 async def parse(request: HTTPRequest, model: type[pydantic.BaseModel]):
     """The request body as `model`; 400 naming the field when it does not validate."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes")
+    raw = await request.body()      # bounded by BodyLimit as it arrived
     try:
         return model.model_validate_json(raw)
     except pydantic.ValidationError as e:
@@ -98,6 +96,7 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
 
     app = FastAPI(title="grok", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = state
+    app.add_middleware(BodyLimit)
     install_error_handlers(app)
 
     @app.post("/v1/completions")
