@@ -1,16 +1,22 @@
 """HTTP server hardening against a fake scheduler: bodies bounded as they stream, list fields
 bounded, off-loop tokenization, metrics behind the key, disconnects and 500 bodies."""
 
-import socket
+import dataclasses
 import select
+import socket
 import threading
 import time
 
 import httpx
 import pytest
 
-from server_fakes import FakeScheduler, ServerThread, fake_backend
+from server_fakes import SEQUENCE_LEN, FakeScheduler, ServerThread, fake_backend
 from grok.serving.http.body_limit import MAX_BODY_BYTES
+from grok.serving.http.protocol import (MAX_CONTENT_PARTS, MAX_LIST_ENTRIES, MAX_MESSAGES,
+                                        MAX_PROMPTS, MAX_TOKEN_LIST)
+from grok.serving.http.workers import max_text_chars
+from grok.serving.requests import MAX_STOP_CHARS, MAX_STOP_TOKENS, Request
+from grok.tokenizer import ByteTokenizer
 
 KEY = "sekret"
 MODEL = "fake"
@@ -114,3 +120,128 @@ def test_body_within_limit_still_served(http):
     r = http.post("/v1/completions", json={"model": MODEL, "prompt": "hello", "max_tokens": 2})
     assert r.status_code == 200, r.text
     assert len(r.json()["choices"][0]["text"]) == 2
+
+
+# ---- nothing heavy on the event loop ------------------------------------------------------
+class SlowTokenizer(ByteTokenizer):
+    """The byte tokenizer taking time in proportion to the text, without holding the GIL (as
+    SentencePiece does): the largest accepted text takes FULL_S to encode."""
+
+    FULL_S = 3.0
+
+    def __init__(self, max_chars: int):
+        self.max_chars = max_chars
+        self.large_started = threading.Event()
+
+    def encode(self, text: str) -> list[int]:
+        if len(text) > self.max_chars // 2:
+            self.large_started.set()
+        time.sleep(self.FULL_S * len(text) / self.max_chars)
+        return super().encode(text)
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    scheduler = FakeScheduler(slots=4)
+    tokenizer = SlowTokenizer(max_text_chars(SEQUENCE_LEN))
+    backend = dataclasses.replace(fake_backend(scheduler), tokenizer=tokenizer)
+    with ServerThread(lambda: backend, model_name=MODEL) as s:
+        s.tokenizer = tokenizer
+        with httpx.Client(base_url=s.url, timeout=30) as client:
+            deadline = time.monotonic() + 30
+            while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        yield s
+
+
+def _timed(client: httpx.Client, method: str, path: str, **kwargs) -> float:
+    start = time.perf_counter()
+    response = client.request(method, path, **kwargs)
+    assert response.status_code == 200, response.text
+    return time.perf_counter() - start
+
+
+SHORT = {"model": MODEL, "prompt": "hi", "max_tokens": 2, "temperature": 0}
+
+
+def test_large_tokenize_and_prompt_do_not_stall_others(slow_server):
+    """While a maximum-size /tokenize and a maximum-size completion prompt are being tokenized,
+    /health and a short greedy completion answer within 2 s (or 5x their quiet time)."""
+    big = "y" * max_text_chars(SEQUENCE_LEN)
+    with httpx.Client(base_url=slow_server.url, timeout=60) as client:
+        quiet = max(_timed(client, "GET", "/health"),
+                    _timed(client, "POST", "/v1/completions", json=SHORT))
+        results = {}
+
+        def send(name, path, body):
+            with httpx.Client(base_url=slow_server.url, timeout=60) as own:
+                results[name] = own.post(path, json=body)
+
+        heavy = [threading.Thread(target=send, args=("tokenize", "/tokenize",
+                                                     {"prompt": big})),
+                 threading.Thread(target=send, args=("complete", "/v1/completions",
+                                                     {"model": MODEL, "prompt": big}))]
+        for thread in heavy:
+            thread.start()
+        assert slow_server.tokenizer.large_started.wait(30)
+        loaded = max(_timed(client, "GET", "/health"),
+                     _timed(client, "POST", "/v1/completions", json=SHORT))
+        for thread in heavy:
+            thread.join(60)
+    assert loaded < max(2.0, 5 * quiet), (loaded, quiet)
+    assert loaded < SlowTokenizer.FULL_S      # did not wait for the large ones
+    assert results["tokenize"].status_code == 200
+    assert results["tokenize"].json()["count"] == len(big)
+    assert results["complete"].status_code == 400          # too long for the context
+    assert results["complete"].json()["error"]["param"] == "prompt"
+
+
+def test_text_beyond_any_context_refused_before_tokenizing(http):
+    """A prompt far longer than any context could hold is a 400 naming it, at once."""
+    huge = "z" * (max_text_chars(SEQUENCE_LEN) + 1)
+    for path, body in (("/tokenize", {"prompt": huge}),
+                       ("/v1/completions", {"model": MODEL, "prompt": huge})):
+        r = http.post(path, json=body)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "prompt"
+        assert "characters" in r.json()["error"]["message"]
+
+
+OVERSIZED_LISTS = [   # (path, body, the field the 400 names)
+    ("/v1/completions", {"model": MODEL, "prompt": "hi",
+                         "stop_token_ids": [5] * (MAX_STOP_TOKENS + 1)}, "stop_token_ids"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "stop": ["a"] * 17}, "stop"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "stop": "s" * (MAX_STOP_CHARS + 1)},
+     "stop"),
+    ("/v1/completions", {"model": MODEL, "prompt": ["hi"] * (MAX_PROMPTS + 1)}, "prompt"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi",
+                         "logit_bias": {str(i): 0.0 for i in range(MAX_LIST_ENTRIES + 1)}},
+     "logit_bias"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "a"}]
+                              * (MAX_MESSAGES + 1)}, "messages"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "a"}] * (MAX_CONTENT_PARTS + 1)}]},
+     "messages[0].content"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "a"}],
+                              "tools": [{}] * (MAX_LIST_ENTRIES + 1)}, "tools"),
+    ("/tokenize", {"messages": [{"role": "user", "content": "a"}] * (MAX_MESSAGES + 1)},
+     "messages"),
+    ("/detokenize", {"tokens": [5] * (MAX_TOKEN_LIST + 1)}, "tokens"),
+]
+
+
+@pytest.mark.parametrize("path,body,param", OVERSIZED_LISTS,
+                         ids=[f"{p}-{i}" for i, (_, _, p) in enumerate(OVERSIZED_LISTS)])
+def test_oversized_list_fields_refused_naming_the_field(http, path, body, param):
+    r = http.post(path, json=body)
+    assert r.status_code == 400, r.text[:300]
+    assert r.json()["error"]["param"] == param, r.json()
+
+
+def test_request_bounds_list_fields():
+    """The Python API's Request bounds them too (the scheduler's per-token work stays small)."""
+    with pytest.raises(ValueError, match="stop_tokens"):
+        Request(prompt="hi", stop_tokens=[5] * (MAX_STOP_TOKENS + 1))
+    with pytest.raises(ValueError, match="stop"):
+        Request(prompt="hi", stop=["x" * (MAX_STOP_CHARS + 1)])
+    assert Request(prompt="hi", stop_tokens=[5] * MAX_STOP_TOKENS).stop_tokens[-1] == 5

@@ -30,6 +30,11 @@ Prompt = Union[str, Sequence[int]]
 
 MAX_INT32 = 2**31 - 1      # token ids, top_k and max_len travel to the device as int32
 SEED_LIMIT = 2**32         # seeds are uint32 PRNG keys
+# List fields are bounded so the scheduler's per-token work for one request (stop checks) is
+# bounded too, whatever a caller sends.
+MAX_STOP_TOKENS = 1024     # stop_tokens entries
+MAX_STOP_STRINGS = 32      # stop strings (the HTTP API takes 16, a chat template adds its own)
+MAX_STOP_CHARS = 256       # characters in one stop string
 _SEQUENCES = (list, tuple, np.ndarray)
 
 
@@ -128,6 +133,9 @@ class Request:
         if not isinstance(self.stop_tokens, _SEQUENCES + (set, frozenset)):
             raise ValueError(f"Request.stop_tokens must be a list of token ids, "
                              f"got {_short(self.stop_tokens)}")
+        if len(self.stop_tokens) > MAX_STOP_TOKENS:
+            raise ValueError(f"Request.stop_tokens has {len(self.stop_tokens)} ids, more than "
+                             f"{MAX_STOP_TOKENS}")
         stops = sorted(self.stop_tokens) if isinstance(self.stop_tokens, (set, frozenset)) \
             else self.stop_tokens
         set_("stop_tokens", _token_ids("stop_tokens", stops, allow_empty=True))
@@ -149,6 +157,9 @@ class Request:
         if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) and s for s in items):
             raise ValueError(f"Request.stop must be a non-empty string or a list of them, "
                              f"got {_short(stop)}")
+        if len(items) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_CHARS for s in items):
+            raise ValueError(f"Request.stop takes at most {MAX_STOP_STRINGS} strings of at most "
+                             f"{MAX_STOP_CHARS} characters each")
         return tuple(_valid_text("stop", s) for s in items)
 
     def validated(self) -> "Request":

@@ -27,6 +27,7 @@ from grok.serving.http.errors import APIError, install_error_handlers, invalid, 
 from grok.serving.http.metrics import CONTENT_TYPE
 from grok.serving.http.protocol import (ChatCompletionRequest, CompletionRequest,
                                         DetokenizeRequest, TokenizeRequest)
+from grok.serving.http.workers import WorkerPool, max_text_chars
 
 OWNER = "grok"
 ENGINE_STOP_TIMEOUT_S = 10.0    # how long shutdown waits for the engine thread to cancel
@@ -43,6 +44,7 @@ class ServerState:
         self.api_key = api_key
         self.metrics = engine.metrics
         self.started = int(time.time())
+        self.workers = WorkerPool()
 
     def backend(self) -> Backend:
         if not self.engine.ready.is_set():
@@ -59,7 +61,7 @@ class ServerState:
         """The checks every POST route makes, in order: the API key (401), the body as `model`
         (400 naming the field), the model name (404). Returns the body."""
         self.check_key(request)
-        body = await parse(request, model)
+        body = await self.workers.run(parse, await request.body(), model)
         self.check_model(body.model)
         return body
 
@@ -73,9 +75,9 @@ class ServerState:
                            code="invalid_api_key")
 
 
-async def parse(request: HTTPRequest, model: type[pydantic.BaseModel]):
-    """The request body as `model`; 400 naming the field when it does not validate."""
-    raw = await request.body()      # bounded by BodyLimit as it arrived
+def parse(raw: bytes, model: type[pydantic.BaseModel]):
+    """The request body (bounded by BodyLimit as it arrived) as `model`; 400 naming the field
+    when it does not validate."""
     try:
         return model.model_validate_json(raw)
     except pydantic.ValidationError as e:
@@ -93,6 +95,7 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
             engine.start()
         yield
         engine.stop(ENGINE_STOP_TIMEOUT_S)
+        state.workers.close()
 
     app = FastAPI(title="grok", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = state
@@ -102,14 +105,13 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest):
         body = await state.read_body(request, CompletionRequest)
-        job = build_job(state, body, body.prompts(), chat=False)
+        job = await state.workers.run(build_job, state, body, body.prompts(), chat=False)
         return await respond(state, job, request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: HTTPRequest):
         body = await state.read_body(request, ChatCompletionRequest)
-        prompt = state.chat_template.render([(m.role, m.text) for m in body.messages])
-        job = build_job(state, body, [prompt], chat=True, extra_stops=state.chat_template.stop)
+        job = await state.workers.run(_chat_job, state, body)
         return await respond(state, job, request)
 
     @app.get("/v1/models")
@@ -136,24 +138,41 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
     return app
 
 
+def _chat_job(state: ServerState, body: ChatCompletionRequest):
+    prompt = state.chat_template.render([(m.role, m.text) for m in body.messages])
+    return build_job(state, body, [prompt], chat=True, extra_stops=state.chat_template.stop)
+
+
 def _add_tokenizer_routes(app: FastAPI, state: ServerState) -> None:
     """POST /tokenize and /detokenize (vLLM's extra endpoints)."""
 
     @app.post("/tokenize")
     async def tokenize(request: HTTPRequest):
         body = await state.read_body(request, TokenizeRequest)
-        backend = state.backend()
-        text = body.prompt if body.prompt is not None else state.chat_template.render(
-            [(m.role, m.text) for m in body.messages])
-        tokens = backend.tokenizer.encode(text)
-        return {"tokens": tokens, "count": len(tokens), "max_model_len": backend.sequence_len}
+        return await state.workers.run(_tokenize, state, body)
 
     @app.post("/detokenize")
     async def detokenize(request: HTTPRequest):
         body = await state.read_body(request, DetokenizeRequest)
-        backend = state.backend()
-        bad = [t for t in body.tokens if not 0 <= t < backend.vocab_size]
-        if bad:
-            raise invalid(f"tokens has ids outside the vocabulary [0, {backend.vocab_size}): "
-                          f"{bad[:5]}", "tokens")
-        return {"prompt": backend.tokenizer.decode(body.tokens)}
+        return await state.workers.run(_detokenize, state, body)
+
+
+def _tokenize(state: ServerState, body: TokenizeRequest) -> dict:
+    backend = state.backend()
+    param = "prompt" if body.prompt is not None else "messages"
+    text = body.prompt if body.prompt is not None else state.chat_template.render(
+        [(m.role, m.text) for m in body.messages])
+    if len(text) > max_text_chars(backend.sequence_len):
+        raise invalid(f"{param} has {len(text)} characters, more than this model's context of "
+                      f"{backend.sequence_len} tokens could hold", param)
+    tokens = backend.tokenizer.encode(text)
+    return {"tokens": tokens, "count": len(tokens), "max_model_len": backend.sequence_len}
+
+
+def _detokenize(state: ServerState, body: DetokenizeRequest) -> dict:
+    backend = state.backend()
+    bad = [t for t in body.tokens if not 0 <= t < backend.vocab_size]
+    if bad:
+        raise invalid(f"tokens has ids outside the vocabulary [0, {backend.vocab_size}): "
+                      f"{bad[:5]}", "tokens")
+    return {"prompt": backend.tokenizer.decode(body.tokens)}

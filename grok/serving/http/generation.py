@@ -30,6 +30,7 @@ from grok.serving.admission import ModelLimits, prepare
 from grok.serving.requests import Request
 from grok.serving.http.streams import (CancellingStreamingResponse, RequestStream,
                                        collect_unless_disconnected)
+from grok.serving.http.workers import max_text_chars
 
 DEFAULT_TEMPERATURE = 1.0       # OpenAI's defaults
 DEFAULT_TOP_P = 1.0
@@ -68,6 +69,11 @@ class Job:
 def prompt_token_ids(server, prompt: Union[str, list[int]], param: str) -> list[int]:
     """A prompt's token ids, checked against the vocabulary (400 naming `param`)."""
     backend = server.backend()
+    unit, limit = (("characters", max_text_chars(backend.sequence_len)) if isinstance(prompt, str)
+                   else ("tokens", backend.sequence_len))
+    if len(prompt) > limit:     # refused before the work of tokenizing or checking it
+        raise invalid(f"{param} has {len(prompt)} {unit}, more than this model's context of "
+                      f"{backend.sequence_len} tokens can hold", param)
     try:
         ids = backend.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
     except ValueError as e:   # e.g. a lone surrogate ("\ud800") in the JSON string
@@ -82,7 +88,8 @@ def prompt_token_ids(server, prompt: Union[str, list[int]], param: str) -> list[
 
 
 def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = ()) -> Job:
-    """Validates lengths and settings and makes one scheduler request per choice."""
+    """Validates lengths and settings and makes one scheduler request per choice (work
+    proportional to the prompts: run it on a worker, grok.serving.http.workers)."""
     backend = server.backend()
     param = "messages" if chat else "prompt"
     prompt_ids = [prompt_token_ids(server, p, param) for p in prompts]
