@@ -10,12 +10,16 @@ import time
 import httpx
 import pytest
 
+from fake_engine import FakeEngine
 from server_fakes import SEQUENCE_LEN, FakeScheduler, ServerThread, fake_backend
 from grok.serving.http.body_limit import MAX_BODY_BYTES
+from grok.serving.http.engine_loop import Backend
 from grok.serving.http.protocol import (MAX_CONTENT_PARTS, MAX_LIST_ENTRIES, MAX_MESSAGES,
                                         MAX_PROMPTS, MAX_TOKEN_LIST)
 from grok.serving.http.workers import max_text_chars
+from grok.serving.prefix_cache import PrefixCache, namespace_of
 from grok.serving.requests import MAX_STOP_CHARS, MAX_STOP_TOKENS, Request
+from grok.serving.scheduler import Scheduler
 from grok.tokenizer import ByteTokenizer
 
 KEY = "sekret"
@@ -245,3 +249,97 @@ def test_request_bounds_list_fields():
     with pytest.raises(ValueError, match="stop"):
         Request(prompt="hi", stop=["x" * (MAX_STOP_CHARS + 1)])
     assert Request(prompt="hi", stop_tokens=[5] * MAX_STOP_TOKENS).stop_tokens[-1] == 5
+
+
+# ---- no cross-user cache leak -------------------------------------------------------------
+def test_metrics_and_openapi_need_the_key(server):
+    for path in ("/metrics", "/openapi.json"):
+        r = httpx.get(server.url + path)
+        assert r.status_code == 401, (path, r.text)
+        assert r.json()["error"]["code"] == "invalid_api_key"
+        ok = httpx.get(server.url + path, headers={"Authorization": f"Bearer {KEY}"})
+        assert ok.status_code == 200, (path, ok.text)
+    assert httpx.get(server.url + "/health").status_code == 200     # load balancers
+
+
+def _hits(client: httpx.Client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("grok_prefix_cache_hit_tokens_total"):
+            return float(line.split()[-1])
+    raise AssertionError("no prefix-cache counter in /metrics")
+
+
+@pytest.fixture(scope="module")
+def cached_server():
+    """A real Scheduler (prefix cache on) over the fake engine; two API keys, isolated."""
+    engine = FakeEngine(batch_size=2, buckets=(8, 64), sequence_len=SEQUENCE_LEN)
+    scheduler = Scheduler(engine, ByteTokenizer(), prefix_cache_tokens=4096)
+    backend = Backend(scheduler, 2, ByteTokenizer(), ByteTokenizer.vocab_size, SEQUENCE_LEN)
+    with ServerThread(lambda: backend, model_name=MODEL, api_key="alice,bob",
+                      isolate_cache_per_key=True) as s:
+        deadline = time.monotonic() + 30
+        while httpx.get(s.url + "/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield s
+
+
+def _client(server, key: str) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"},
+                        timeout=30)
+
+
+def test_cache_salt_separates_and_equal_salts_share(cached_server):
+    system = "You are a helpful assistant. The PIN is 4711. " * 2
+    with _client(cached_server, "alice") as alice:
+        def ask(salt, tail):
+            body = {"model": MODEL, "prompt": system + tail, "max_tokens": 2, "temperature": 0}
+            if salt is not None:
+                body["cache_salt"] = salt
+            r = alice.post("/v1/completions", json=body)
+            assert r.status_code == 200, r.text
+            return _hits(alice)
+
+        start = _hits(alice)
+        assert ask("tenant-a", "Hello?") == start                 # nothing cached yet
+        assert ask("tenant-b", "Howdy?") == start                 # another salt: no hit
+        assert ask(None, "Hi?") == start                          # no salt: its own namespace
+        shared = ask("tenant-a", "Hey?")
+        assert shared - start >= len(system) - 16                 # equal salts share the prefix
+    r = httpx.post(cached_server.url + "/v1/completions", headers={"Authorization": "Bearer x"},
+                   json={"model": MODEL, "prompt": "x", "cache_salt": ""})
+    assert r.status_code == 401
+
+
+def test_cache_isolated_per_api_key(cached_server):
+    """Different keys never share, even with the same cache_salt; the same key does."""
+    prompt = {"model": MODEL, "max_tokens": 2, "temperature": 0, "cache_salt": "same"}
+    text = "A long shared system prompt for the per-key test, long enough. " * 2
+    with _client(cached_server, "alice") as alice, _client(cached_server, "bob") as bob:
+        r = alice.post("/v1/completions", json={**prompt, "prompt": text + "one"})
+        assert r.status_code == 200, r.text
+        start = _hits(alice)
+        assert bob.post("/v1/completions", json={**prompt, "prompt": text + "two"}
+                        ).status_code == 200
+        assert _hits(bob) == start
+        assert alice.post("/v1/completions", json={**prompt, "prompt": text + "three"}
+                          ).status_code == 200
+        assert _hits(alice) > start
+
+
+def test_cache_salt_field_checked(http):
+    r = http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "cache_salt": ""})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "cache_salt"
+    with pytest.raises(ValueError, match="cache_salt"):
+        Request(prompt="hi", cache_salt=7)
+
+
+def test_prefix_cache_namespaces():
+    cache = PrefixCache(1024, lambda prefix, n: prefix)
+    prompt = list(range(3, 3 + 40))
+    assert cache.insert(prompt, "kv", 64, namespace_of("a"))
+    assert cache.acquire(prompt + [5], namespace_of("b")) is None
+    assert cache.acquire(prompt + [5]) is None
+    assert cache.acquire(prompt + [5], namespace_of("a")).length == 40
+    assert cache.insert(prompt, "kv", 64)            # the same ids in another namespace
+    assert len(cache) == 2
+    assert namespace_of(None) == namespace_of("") == 0 != namespace_of("a")

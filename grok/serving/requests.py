@@ -35,6 +35,7 @@ SEED_LIMIT = 2**32         # seeds are uint32 PRNG keys
 MAX_STOP_TOKENS = 1024     # stop_tokens entries
 MAX_STOP_STRINGS = 32      # stop strings (the HTTP API takes 16, a chat template adds its own)
 MAX_STOP_CHARS = 256       # characters in one stop string
+MAX_CACHE_SALT_CHARS = 1024
 _SEQUENCES = (list, tuple, np.ndarray)
 
 
@@ -109,6 +110,7 @@ class Request:
     echo: bool = False            # also score the prompt: log p(token_t | tokens before t)
     request_id: Optional[str] = None  # None: the scheduler names it (never a caller's id)
     stop: Sequence[str] = ()      # stop strings: the text ends before the first one found
+    cache_salt: Optional[str] = None  # prefix-cache namespace: only equal salts share cached KV
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -149,6 +151,13 @@ class Request:
                 raise ValueError(f"Request.request_id must be a non-empty str or None, "
                                  f"got {self.request_id!r}")
             _valid_text("request_id", self.request_id)
+        if self.cache_salt is not None:
+            if (not isinstance(self.cache_salt, str) or not self.cache_salt
+                    or len(self.cache_salt) > MAX_CACHE_SALT_CHARS):
+                raise ValueError(f"Request.cache_salt must be a non-empty str of at most "
+                                 f"{MAX_CACHE_SALT_CHARS} characters or None, "
+                                 f"got {_short(self.cache_salt)}")
+            _valid_text("cache_salt", self.cache_salt)
 
     @staticmethod
     def _stop_strings(stop) -> tuple:

@@ -2,14 +2,20 @@
 
 Routes: POST /v1/completions, POST /v1/chat/completions (grok.serving.http.generation),
 GET /v1/models, GET /health (200 once the model is compiled, 503 before), GET /metrics
-(Prometheus text), POST /tokenize, POST /detokenize. With an API key, /v1/* and the
-tokenizer routes need `Authorization: Bearer KEY`; /health and /metrics stay open for
-load balancers and scrapers.
+(Prometheus text), GET /openapi.json, POST /tokenize, POST /detokenize. With API keys, every
+route but /health needs `Authorization: Bearer KEY`: /metrics counts prefix-cache hits, which
+would tell an outsider whether someone's prompt began like theirs. /health stays open for load
+balancers.
+
+Prefix-cache isolation: a request's `cache_salt` names its cache namespace (grok.serving.
+prefix_cache); with `isolate_cache_per_key`, the key it came with is part of it too, so
+clients of different keys never share cached prompts whatever salts they send.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import time
 from typing import Optional
@@ -37,11 +43,14 @@ class ServerState:
     """What every route needs: the engine thread, the model's name, template, key, metrics."""
 
     def __init__(self, engine: EngineLoop, model_name: str, chat_template: ChatTemplate,
-                 api_key: Optional[str] = None):
+                 api_key: Optional[str] = None, isolate_cache_per_key: bool = False):
         self.engine = engine
         self.model_name = model_name
         self.chat_template = chat_template
-        self.api_key = api_key
+        # "KEY" or "KEY1,KEY2,...": any of them is accepted
+        self.api_keys = tuple(k.strip() for k in api_key.split(",") if k.strip()) \
+            if api_key else ()
+        self.isolate_cache_per_key = isolate_cache_per_key
         self.metrics = engine.metrics
         self.started = int(time.time())
         self.workers = WorkerPool()
@@ -65,14 +74,26 @@ class ServerState:
         self.check_model(body.model)
         return body
 
-    def check_key(self, request: HTTPRequest) -> None:
-        if self.api_key is None:
-            return
+    def check_key(self, request: HTTPRequest) -> Optional[str]:
+        """The API key the request came with (None when the server has none); 401 unless it
+        is one of the server's."""
+        if not self.api_keys:
+            return None
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                 self.api_key.encode()):
+        given = given.strip().encode()
+        matches = [key for key in self.api_keys if hmac.compare_digest(given, key.encode())]
+        if scheme.lower() != "bearer" or not matches:
             raise APIError(401, "invalid or missing API key (Authorization: Bearer KEY)",
                            code="invalid_api_key")
+        return matches[0]
+
+    def cache_salt(self, request: HTTPRequest, salt: Optional[str]) -> Optional[str]:
+        """The request's prefix-cache salt: its own `cache_salt`, and with per-key isolation
+        (a hash of) its key too."""
+        if not self.isolate_cache_per_key or not self.api_keys:
+            return salt
+        key = hashlib.sha256(self.check_key(request).encode()).hexdigest()[:32]
+        return f"key:{key}/{salt or ''}"
 
 
 def parse(raw: bytes, model: type[pydantic.BaseModel]):
@@ -85,9 +106,10 @@ def parse(raw: bytes, model: type[pydantic.BaseModel]):
 
 
 def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[ChatTemplate] = None,
-               api_key: Optional[str] = None) -> FastAPI:
+               api_key: Optional[str] = None, isolate_cache_per_key: bool = False) -> FastAPI:
     """The app; its lifespan starts `engine` (if not started) and stops it at shutdown."""
-    state = ServerState(engine, model_name, chat_template or ChatTemplate(), api_key)
+    state = ServerState(engine, model_name, chat_template or ChatTemplate(), api_key,
+                        isolate_cache_per_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -97,7 +119,8 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
         engine.stop(ENGINE_STOP_TIMEOUT_S)
         state.workers.close()
 
-    app = FastAPI(title="grok", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="grok", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)     # served below, behind the key
     app.state.server = state
     app.add_middleware(BodyLimit)
     install_error_handlers(app)
@@ -105,13 +128,15 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest):
         body = await state.read_body(request, CompletionRequest)
-        job = await state.workers.run(build_job, state, body, body.prompts(), chat=False)
+        job = await state.workers.run(build_job, state, body, body.prompts(), chat=False,
+                                      cache_salt=state.cache_salt(request, body.cache_salt))
         return await respond(state, job, request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: HTTPRequest):
         body = await state.read_body(request, ChatCompletionRequest)
-        job = await state.workers.run(_chat_job, state, body)
+        job = await state.workers.run(_chat_job, state, body,
+                                      state.cache_salt(request, body.cache_salt))
         return await respond(state, job, request)
 
     @app.get("/v1/models")
@@ -131,16 +156,23 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
         return JSONResponse({"status": status}, status_code=503)
 
     @app.get("/metrics")
-    async def metrics():
+    async def metrics(request: HTTPRequest):
+        state.check_key(request)
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/openapi.json")
+    async def openapi(request: HTTPRequest):
+        state.check_key(request)
+        return app.openapi()
 
     _add_tokenizer_routes(app, state)
     return app
 
 
-def _chat_job(state: ServerState, body: ChatCompletionRequest):
+def _chat_job(state: ServerState, body: ChatCompletionRequest, cache_salt: Optional[str]):
     prompt = state.chat_template.render([(m.role, m.text) for m in body.messages])
-    return build_job(state, body, [prompt], chat=True, extra_stops=state.chat_template.stop)
+    return build_job(state, body, [prompt], chat=True, extra_stops=state.chat_template.stop,
+                     cache_salt=cache_salt)
 
 
 def _add_tokenizer_routes(app: FastAPI, state: ServerState) -> None:

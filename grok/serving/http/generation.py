@@ -15,7 +15,7 @@ import dataclasses
 import json
 import secrets
 import time
-from typing import Any, AsyncIterator, Union
+from typing import Any, AsyncIterator, Optional, Union
 
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
@@ -87,7 +87,8 @@ def prompt_token_ids(server, prompt: Union[str, list[int]], param: str) -> list[
     return ids
 
 
-def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = ()) -> Job:
+def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = (),
+              cache_salt: Optional[str] = None) -> Job:
     """Validates lengths and settings and makes one scheduler request per choice (work
     proportional to the prompts: run it on a worker, grok.serving.http.workers)."""
     backend = server.backend()
@@ -131,7 +132,7 @@ def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = ()) 
                 nucleus_p=DEFAULT_TOP_P if body.top_p is None else body.top_p,
                 top_k=body.top_k, rng_seed=seed, stop_tokens=tuple(body.stop_token_ids or ()),
                 stop=body.stop_strings + tuple(extra_stops), stream=True, logprobs=logprobs,
-                echo=echo)))
+                echo=echo, cache_salt=cache_salt)))
     return Job(response_id, chat, body, prompt_ids, choices, requests, num_top, logprobs)
 
 

@@ -4,7 +4,7 @@ Field names, types and ranges are OpenAI's. Models are strict (a string is not a
 not `true`) and forbid unknown fields, as OpenAI's API does, so a typo is an error naming the
 field instead of a silently ignored setting. OpenAI fields this engine does not implement
 (penalties, logit_bias, best_of, tools, ...) are accepted only at their neutral values.
-Extras beyond OpenAI's (vLLM's names): `top_k`, `stop_token_ids`.
+Extras beyond OpenAI's (vLLM's names): `top_k`, `stop_token_ids`, `cache_salt`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from grok.engine.sampling import NUM_ALTERNATIVES
-from grok.serving.requests import MAX_STOP_CHARS, MAX_STOP_TOKENS
+from grok.serving.requests import MAX_CACHE_SALT_CHARS, MAX_STOP_CHARS, MAX_STOP_TOKENS
 
 MAX_SEED = 2**32 - 1        # Request.rng_seed is a uint32
 MAX_STOP_STRINGS = 16       # OpenAI allows 4; a few more cost nothing here
@@ -62,6 +62,8 @@ class _Sampling(_Body):
     user: Optional[str] = None
     top_k: int = Field(0, ge=0)                 # extra (vLLM): 0 = off
     stop_token_ids: Optional[list[int]] = Field(None, max_length=MAX_STOP_TOKENS)  # extra (vLLM)
+    # extra (vLLM): only requests with the same salt share prefix-cache entries
+    cache_salt: Optional[str] = Field(None, min_length=1, max_length=MAX_CACHE_SALT_CHARS)
     # OpenAI fields without an implementation here: neutral values only.
     presence_penalty: Optional[float] = None
     frequency_penalty: Optional[float] = None
