@@ -4,6 +4,11 @@ A `StoredArray` says where one array's bytes lie in its file; reading a block re
 bytes of that block, after checking that the array lies within the file, whoever described it.
 Files are opened only if they are regular files (or symlinks to them): a FIFO, a directory or a
 device is reported as what it is, and never opened.
+
+A file must not change while it is read: a StoredArray remembers its file's `identity` (device,
+inode, size, modification time) from when its header was read, and every read checks the open
+file against it before and after reading, so a file being rewritten, replaced or still
+downloading is refused instead of giving weights of neither version.
 """
 
 from __future__ import annotations
@@ -85,6 +90,18 @@ def open_regular(path: str, where: str, buffering: int = -1):
         raise
 
 
+def file_identity(info: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes when a file is rewritten or replaced: (device, inode, size, mtime ns)."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def changed_error(where: str) -> CheckpointError:
+    return CheckpointError(f"{where}: the file changed while the checkpoint was being read "
+                           f"(its size, modification time or inode differ from when its header "
+                           f"was read): is it still being written or copied? Load it once it "
+                           f"is complete")
+
+
 # Where arrays lie, and reading blocks of them.
 
 # A run shorter than this costs a page read anyway: read whole rows of the axis above instead.
@@ -115,6 +132,7 @@ class StoredArray:
     shape: tuple[int, ...]
     fortran: bool = False
     what: str = ""               # the tensor, for messages: "tensor 7: .../moe/linear/w, scales"
+    identity: tuple = ()         # file_identity when the header was read (): not checked
 
     @property
     def nbytes(self) -> int:
@@ -143,11 +161,24 @@ class StoredArray:
         """The file, opened unbuffered, once this array is known to lie within it."""
         f = open_regular(self.path, self.where, buffering=0)
         try:
-            self.check_extent(os.fstat(f.fileno()).st_size)
+            self.check_extent(os.fstat(f.fileno()).st_size)   # a shortened file says so
+            self.check_unchanged(f)
         except BaseException:
             f.close()
             raise
         return f
+
+    def check_unchanged(self, f=None) -> None:
+        """Raises a CheckpointError if the file (the open `f`, else the path now) is not the
+        one whose header described this array."""
+        if not self.identity:
+            return
+        try:
+            info = os.fstat(f.fileno()) if f is not None else os.stat(self.path)
+        except OSError:
+            raise changed_error(self.where) from None
+        if file_identity(info) != self.identity:
+            raise changed_error(self.where)
 
     def _c_order(self, box):
         """(the same bytes as a C-order array of rank >= 1, (start, stop) per axis in it):
@@ -172,6 +203,7 @@ class StoredArray:
         with self._open() as f:  # checked before allocating: a 200-byte file can't claim 4 TB
             out = np.empty([stop - start for start, stop in _bounds(box, self.shape)], self.dtype)
             self._read_open(f, out, box)
+            self.check_unchanged(f)
         return out
 
     def read_into(self, out: np.ndarray, box=None) -> int:
@@ -179,7 +211,9 @@ class StoredArray:
         `box` (a tuple of step-1 slices, None: all) of this array, reading only the bytes of the
         block (rounded up to whole rows where its rows are under a page); returns bytes read."""
         with self._open() as f:
-            return self._read_open(f, out, box)
+            done = self._read_open(f, out, box)
+            self.check_unchanged(f)
+            return done
 
     def _read_open(self, f, out: np.ndarray, box) -> int:
         array, bounds = self._c_order(box)
