@@ -1,12 +1,17 @@
 """HTTP server hardening against a fake scheduler: bodies bounded as they stream, list fields
 bounded, off-loop tokenization, metrics behind the key, disconnects and 500 bodies."""
 
+import argparse
 import dataclasses
+import json
+import logging
+import os
 import select
 import socket
 import threading
 import time
 
+import h11
 import httpx
 import pytest
 
@@ -14,6 +19,7 @@ from fake_engine import FakeEngine
 from server_fakes import SEQUENCE_LEN, FakeScheduler, ServerThread, fake_backend
 from grok.serving.http.body_limit import MAX_BODY_BYTES
 from grok.serving.http.engine_loop import Backend
+from grok.serving.http.server import default_model_name
 from grok.serving.http.protocol import (MAX_CONTENT_PARTS, MAX_LIST_ENTRIES, MAX_MESSAGES,
                                         MAX_PROMPTS, MAX_TOKEN_LIST)
 from grok.serving.http.workers import max_text_chars
@@ -343,3 +349,76 @@ def test_prefix_cache_namespaces():
     assert cache.insert(prompt, "kv", 64)            # the same ids in another namespace
     assert len(cache) == 2
     assert namespace_of(None) == namespace_of("") == 0 != namespace_of("a")
+
+
+# ---- the rest: names, disconnects, half-closed clients, 500 bodies ------------------------
+def test_non_utf8_directory_served_under_a_valid_name(tmp_path):
+    raw = os.fsdecode(b"model-\xff\xfe")            # what Python makes of a non-UTF-8 name
+    name = default_model_name(argparse.Namespace(checkpoint=str(tmp_path / raw), config=None))
+    scheduler = FakeScheduler(slots=2)
+    with ServerThread(lambda: fake_backend(scheduler), model_name=name) as s:
+        deadline = time.monotonic() + 30
+        while httpx.get(s.url + "/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        models = httpx.get(s.url + "/v1/models")
+        assert models.status_code == 200, models.text
+        served = models.json()["data"][0]["id"]
+        assert served == "model-\ufffd\ufffd"
+        r = httpx.post(s.url + "/v1/completions", json={"model": served, "prompt": "hi",
+                                                        "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["model"] == served
+
+
+def test_disconnect_mid_body_logs_no_traceback(server, http, caplog):
+    with caplog.at_level(logging.DEBUG):
+        with _connect(server) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: 1000\r\n\r\n{\"model\": ")
+        assert http.get("/health").status_code == 200     # served after it
+        assert http.post("/v1/completions", json={"model": MODEL, "prompt": "x",
+                                                  "max_tokens": 1}).status_code == 200
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+def test_half_closed_client_is_answered(server):
+    body = json.dumps({"model": MODEL, "prompt": "hello", "max_tokens": 3}).encode()
+    with _connect(server) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                     + KEY.encode() + b"\r\nContent-Type: application/json\r\nConnection: "
+                     b"close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        sock.shutdown(socket.SHUT_WR)                  # done sending; still reading
+        reply = _response(sock)
+    client = h11.Connection(h11.CLIENT)                # parsed as an HTTP client would
+    client.send(h11.Request(method="POST", target="/", headers=[("Host", "x")]))
+    client.receive_data(reply)
+    events = []
+    for _ in range(20):                                # 103s, the response, data, the end
+        events.append(client.next_event())
+        if isinstance(events[-1], h11.EndOfMessage) or events[-1] is h11.NEED_DATA:
+            break
+    final = [e for e in events if isinstance(e, h11.Response)]
+    assert final and final[0].status_code == 200, reply[:300]
+    text = b"".join(e.data for e in events if isinstance(e, h11.Data))
+    assert len(json.loads(text)["choices"][0]["text"]) == 3
+
+
+def test_500_bodies_hold_no_internal_text(caplog):
+    class Failing(FakeScheduler):
+        def step(self):
+            if self.running:
+                self.running.clear()
+                raise RuntimeError("secret state at /srv/weights/ckpt-0")
+            return super().step()
+
+    scheduler = Failing(slots=2)
+    with ServerThread(lambda: fake_backend(scheduler)) as s:
+        deadline = time.monotonic() + 30
+        while httpx.get(s.url + "/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for stream in (False, True):
+            r = httpx.post(s.url + "/v1/completions", timeout=10, json={
+                "model": MODEL, "prompt": "hi", "max_tokens": 4, "stream": stream})
+            text = r.text
+            assert "secret" not in text and "/srv" not in text and "RuntimeError" not in text
+            assert (r.status_code == 500) if not stream else ("internal error" in text), text

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import secrets
 import time
 from typing import Any, AsyncIterator, Optional, Union
@@ -31,6 +32,8 @@ from grok.serving.requests import Request
 from grok.serving.http.streams import (CancellingStreamingResponse, RequestStream,
                                        collect_unless_disconnected)
 from grok.serving.http.workers import max_text_chars
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPERATURE = 1.0       # OpenAI's defaults
 DEFAULT_TOP_P = 1.0
@@ -175,8 +178,7 @@ async def respond(server, job: Job, http_request: HTTPRequest):
     completions = [done[c.request_id] for c in job.choices]
     for completion in completions:
         if completion.finish_reason == "error":
-            status = 503 if "shutting down" in (completion.error or "") else 500
-            raise APIError(status, f"generation failed: {completion.error}")
+            raise generation_failure(completion)
     tokenizer = server.backend().tokenizer
     choices = []
     for choice, completion in zip(job.choices, completions):
@@ -224,8 +226,14 @@ def _data(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def _error_event(message: str) -> str:
-    return _data(APIError(500, message).body())
+def generation_failure(completion) -> APIError:
+    """The error a failed choice answers with: 503 when the server is shutting down, else 500
+    without the internal text (logged here instead: it may hold paths, shapes, other state)."""
+    if "shutting down" in (completion.error or ""):
+        return APIError(503, "the server is shutting down", code="shutting_down")
+    logger.error("request %s failed: %s", completion.request_id, completion.error)
+    return APIError(500, f"generation failed: an internal error (request {completion.request_id}"
+                    f"; the server log has the details)")
 
 
 async def _choice_chunks(job: Job, stream: RequestStream, completions: list, text_chunk,
@@ -240,7 +248,7 @@ async def _choice_chunks(job: Job, stream: RequestStream, completions: list, tex
         choice = by_id[event.request_id]
         if is_completion(event):
             if event.finish_reason == "error":
-                yield _error_event(f"generation failed: {event.error}")
+                yield _data(generation_failure(event).body())
                 continue
             rest = _rest(choice, event)
             completions.append(event)

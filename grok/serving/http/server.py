@@ -24,6 +24,7 @@ import uvicorn
 from grok.serving.http.app import create_app
 from grok.serving.http.chat_template import ChatTemplate
 from grok.serving.http.engine_loop import Backend, EngineLoop, backend_for
+from grok.serving.http.half_close import HalfCloseProtocol
 from grok.serving.http.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,16 @@ def default_model_name(args) -> str:
     return "demo"
 
 
+def json_safe(name: str) -> str:
+    """`name` as valid Unicode: a directory name that is not UTF-8 (bytes Python decoded as
+    lone surrogates) gets U+FFFD for its bad bytes, so every response can hold it."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:      # other lone surrogates
+        raw = name.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
 def check_serve_arguments(args) -> None:
     """ValueError naming a bad server flag."""
     if not 0 <= args.port < 2**16:
@@ -116,10 +127,12 @@ def make_server(build: Callable[[], Backend], *, model_name: str, host: str = DE
                 log_level: str = "warning",
                 isolate_cache_per_key: bool = False) -> GracefulServer:
     """A server (not started: `.run()` blocks, or run it in a thread) for `build`'s Backend."""
+    model_name = json_safe(model_name)
     engine = EngineLoop(build, ServerMetrics(model_name), max_queue)
     app = create_app(engine, model_name, chat_template, api_key, isolate_cache_per_key)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=shutdown_grace, lifespan="on")
+                            timeout_graceful_shutdown=shutdown_grace, lifespan="on",
+                            http=HalfCloseProtocol)
     server = GracefulServer(config)
     server.engine = engine
     return server
@@ -134,7 +147,7 @@ def serve(args, build_runner: Callable[[], Any]) -> int:
     template = ChatTemplate.load(args.chat_template) if args.chat_template else None
     if jax.process_count() > 1:
         return _serve_multihost(args, build_runner, template)
-    name = args.served_model_name or default_model_name(args)
+    name = json_safe(args.served_model_name or default_model_name(args))
     failure: list = []
 
     def build() -> Backend:
