@@ -94,3 +94,13 @@ def test_a_file_changed_during_the_load_is_refused(directory, monkeypatch, how, 
     with pytest.raises(ckpt.CheckpointError, match="changed while") as error:
         ckpt.load_checkpoint(directory, CONFIG, progress=False)
     assert target in str(error.value)
+
+
+def test_a_dimension_too_long_to_print_still_names_the_file():
+    from grok.checkpoint.stored_array import StoredArray
+
+    huge = StoredArray("/data/ckpt-0/tensor00007_000", 0, np.dtype(np.float32), (10**5000,),
+                       what="tensor 7: x/w")
+    with pytest.raises(ckpt.CheckpointError, match=r"tensor00007_000 \(tensor 7: x/w\)") as e:
+        huge.check_extent(100)
+    assert "bit integer" in str(e.value)

@@ -146,8 +146,9 @@ class StoredArray:
     def check_extent(self, file_size: int) -> None:
         """Raises a CheckpointError unless offset, shape and dtype are well-typed and the
         array's bytes lie within a file of `file_size` bytes."""
-        if not (type(self.offset) is int and self.offset >= 0 and isinstance(self.shape, tuple)
-                and all(type(n) is int and n >= 0 for n in self.shape)
+        if not (type(self.offset) is int and 0 <= self.offset < 2**63
+                and isinstance(self.shape, tuple)
+                and all(type(n) is int and 0 <= n < 2**63 for n in self.shape)
                 and isinstance(self.dtype, np.dtype)):
             raise CheckpointError(f"{self.where}: corrupt array location (offset "
                                   f"{short_repr(self.offset)}, shape {short_repr(self.shape)}, "
@@ -287,6 +288,11 @@ def _read_block(f, array: StoredArray, bounds, out: np.ndarray) -> int:
 class _ShortRepr(reprlib.Repr):
     def repr_bytes(self, obj, level):
         return f"<{len(obj)} bytes>"
+
+    def repr_int(self, obj, level):
+        if obj.bit_length() > 128:   # too long to print (Python refuses past 4300 digits)
+            return f"<a {obj.bit_length()}-bit integer>"
+        return super().repr_int(obj, level)
 
     repr_bytearray = repr_bytes
 
