@@ -17,6 +17,7 @@ import pytest
 
 from fake_engine import FakeEngine
 from server_fakes import SEQUENCE_LEN, FakeScheduler, ServerThread, fake_backend
+from test_server_errors import KEY, MODEL, http  # noqa: F401 (the keyed client fixture)
 from grok.serving.http.body_limit import MAX_BODY_BYTES
 from grok.serving.http.engine_loop import Backend
 from grok.serving.http.server import default_model_name
@@ -28,27 +29,22 @@ from grok.serving.requests import MAX_STOP_CHARS, MAX_STOP_TOKENS, Request
 from grok.serving.scheduler import Scheduler
 from grok.tokenizer import ByteTokenizer
 
-KEY = "sekret"
-MODEL = "fake"
+
+def wait_ready(url: str) -> None:
+    """Until /health says the (fake) model is ready: 30 s at most."""
+    deadline = time.monotonic() + 30
+    while httpx.get(url + "/health").status_code != 200:
+        assert time.monotonic() < deadline, "the server did not get ready"
+        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
 def server():
-    scheduler = FakeScheduler(slots=4)
-    with ServerThread(lambda: fake_backend(scheduler), api_key=KEY, model_name=MODEL) as s:
-        s.scheduler = scheduler
+    """A fake-scheduler server with an API key, ready."""
+    with ServerThread(lambda: fake_backend(FakeScheduler(slots=4)), api_key=KEY,
+                      model_name=MODEL) as s:
+        wait_ready(s.url)
         yield s
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"},
-                      timeout=30) as client:
-        client.get("/health")
-        deadline = time.monotonic() + 30
-        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        yield client
 
 
 def _connect(server) -> socket.socket:
@@ -157,10 +153,7 @@ def slow_server():
     backend = dataclasses.replace(fake_backend(scheduler), tokenizer=tokenizer)
     with ServerThread(lambda: backend, model_name=MODEL) as s:
         s.tokenizer = tokenizer
-        with httpx.Client(base_url=s.url, timeout=30) as client:
-            deadline = time.monotonic() + 30
-            while client.get("/health").status_code != 200 and time.monotonic() < deadline:
-                time.sleep(0.01)
+        wait_ready(s.url)
         yield s
 
 
@@ -283,9 +276,7 @@ def cached_server():
     backend = Backend(scheduler, 2, ByteTokenizer(), ByteTokenizer.vocab_size, SEQUENCE_LEN)
     with ServerThread(lambda: backend, model_name=MODEL, api_key="alice,bob",
                       isolate_cache_per_key=True) as s:
-        deadline = time.monotonic() + 30
-        while httpx.get(s.url + "/health").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_ready(s.url)
         yield s
 
 
@@ -357,9 +348,7 @@ def test_non_utf8_directory_served_under_a_valid_name(tmp_path):
     name = default_model_name(argparse.Namespace(checkpoint=str(tmp_path / raw), config=None))
     scheduler = FakeScheduler(slots=2)
     with ServerThread(lambda: fake_backend(scheduler), model_name=name) as s:
-        deadline = time.monotonic() + 30
-        while httpx.get(s.url + "/health").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_ready(s.url)
         models = httpx.get(s.url + "/v1/models")
         assert models.status_code == 200, models.text
         served = models.json()["data"][0]["id"]
@@ -413,9 +402,7 @@ def test_500_bodies_hold_no_internal_text(caplog):
 
     scheduler = Failing(slots=2)
     with ServerThread(lambda: fake_backend(scheduler)) as s:
-        deadline = time.monotonic() + 30
-        while httpx.get(s.url + "/health").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_ready(s.url)
         for stream in (False, True):
             r = httpx.post(s.url + "/v1/completions", timeout=10, json={
                 "model": MODEL, "prompt": "hi", "max_tokens": 4, "stream": stream})
