@@ -18,11 +18,11 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import sys
-from typing import Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 from grok.loading import DEFAULT_MAX_SLOTS, ModelOptions, StartupTimes, load_model
 from grok.serving.requests import DEFAULT_MAX_TOKENS, Cancel, Request, RequestError, request_seed
-from grok.serving.results import Completion, TokenEvent
+from grok.serving.results import Completion, TokenEvent, error_completion
 
 Prompt = Union[str, Sequence[int]]
 PROGRESS_BAR_MIN_PROMPTS = 2        # one prompt needs no progress bar
@@ -53,6 +53,8 @@ class SamplingParams:
     prompt_logprobs: bool = False
 
     def __post_init__(self):
+        for name in ("stop", "stop_token_ids"):   # a generator is read once, here
+            object.__setattr__(self, name, _materialised(getattr(self, name)))
         # Every field checked by the Request it makes (a RequestError naming SamplingParams'
         # field); `stop` kept as the Request normalises it.
         object.__setattr__(self, "stop", self.request("x", "check", 0).stop)
@@ -71,6 +73,14 @@ class SamplingParams:
             if e.field == "prompt":
                 raise
             raise e.named(f"SamplingParams.{_PARAM_OF_FIELD.get(e.field, e.field)}") from None
+
+
+def _materialised(value: Any) -> Any:
+    """An iterable (a generator, a set, a range) as a tuple, so it is read exactly once; a
+    string or anything else as it is (the Request check refuses what is not a sequence)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        return value
+    return tuple(value)
 
 
 class LLM:
@@ -124,16 +134,21 @@ class LLM:
         params = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} SamplingParams")
-        requests = []
+        requests, index = [], {}
+        results: list = [None] * len(prompts)
         for i, (prompt, p) in enumerate(zip(prompts, params)):
             number = next(self._requests)
-            requests.append(p.request(prompt, f"llm-{number}", request_seed(DEFAULT_SEED, number)))
-        index = {r.request_id: i for i, r in enumerate(requests)}
-        results: list = [None] * len(requests)
+            try:
+                request = p.request(prompt, f"llm-{number}", request_seed(DEFAULT_SEED, number))
+            except ValueError as e:    # this prompt alone fails; the others run
+                results[i] = error_completion(f"llm-{number}", str(e))
+                continue
+            requests.append(request)
+            index[request.request_id] = i
         bar = self._progress_bar(len(requests), use_tqdm)
         gen = self._generator()
         try:
-            out = gen.send(requests)
+            out = gen.send(requests) if requests else None
             while out is not None:
                 if isinstance(out, Completion) and out.request_id in index:
                     i = index[out.request_id]
@@ -146,7 +161,7 @@ class LLM:
                     raise RuntimeError(f"unexpected result from the generator: {out!r}")
                 out = next(gen)
         except KeyboardInterrupt:   # leave no request of this call running in the generator
-            self._cancel([r.request_id for r, done in zip(requests, results) if done is None])
+            self._cancel([r.request_id for r in requests if results[index[r.request_id]] is None])
             raise
         finally:
             if bar is not None:

@@ -24,7 +24,9 @@ import jax
 
 from grok import demo
 from grok.checkpoint import CheckpointError, ConfigMismatchError
-from grok.config import GROK_1, LanguageModelConfig, load_config
+from grok.checkpoint.preflight import (check_config, check_tokenizer_file, check_vocabulary,
+                                       load_config_file)
+from grok.config import GROK_1, LanguageModelConfig
 from grok.engine.runner import ModelRunner
 from grok.serving.runner import InferenceRunner
 from grok.runtime_config import RuntimeConfig
@@ -117,7 +119,7 @@ def resolve_config(options: ModelOptions, checkpoint: Optional[str]
         path = _config_beside(checkpoint)
     if path is not None:
         try:
-            config = load_config(path)
+            config = load_config_file(path)
         except ValueError as e:
             flag = "--config" if options.config is not None else f"{path} (found beside the " \
                 "checkpoint; pass --config FILE to use another)"
@@ -165,6 +167,10 @@ def resolve_runtime(options: ModelOptions, config: LanguageModelConfig, is_demo:
 
 def _sentencepiece(path: str, flag: str):
     try:
+        check_tokenizer_file(path)
+    except ValueError as e:
+        raise UsageError(f"{flag}: {e}") from None
+    try:
         return SentencePieceTokenizer(path)
     except Exception as e:  # sentencepiece raises RuntimeError/OSError with C++ text
         raise UsageError(f"{flag} {path}: not a SentencePiece model file "
@@ -180,7 +186,7 @@ def resolve_tokenizer(options: ModelOptions, checkpoint: Optional[str],
     elif options.tokenizer is not None:
         if not os.path.isfile(options.tokenizer):
             raise UsageError(f"--tokenizer {options.tokenizer}: no such file")
-        tokenizer = _sentencepiece(options.tokenizer, "--tokenizer")
+        tokenizer, source = _sentencepiece(options.tokenizer, "--tokenizer"), options.tokenizer
     else:
         beside = [os.path.join(checkpoint, DEFAULT_TOKENIZER)] if checkpoint is not None else []
         # ./tokenizer.model is Grok-1's (the reference's place); a byte-vocabulary model
@@ -188,7 +194,7 @@ def resolve_tokenizer(options: ModelOptions, checkpoint: Optional[str],
         places = beside if byte_vocab else [DEFAULT_TOKENIZER] + beside
         found = [p for p in places if os.path.isfile(p)]
         if found:
-            tokenizer = _sentencepiece(found[0], "tokenizer")
+            tokenizer, source = _sentencepiece(found[0], "tokenizer"), found[0]
         elif byte_vocab:
             tokenizer = ByteTokenizer()
             if checkpoint is not None and not options.quiet:
@@ -197,9 +203,11 @@ def resolve_tokenizer(options: ModelOptions, checkpoint: Optional[str],
         else:
             raise UsageError(f"no tokenizer: pass --tokenizer FILE (Grok-1's "
                              f"{DEFAULT_TOKENIZER}); looked for " + " and ".join(places))
-    if tokenizer.vocab_size > config.vocab_size:
-        raise UsageError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's "
-                         f"vocab_size is {config.vocab_size}: pass the matching --tokenizer")
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        try:
+            check_vocabulary(tokenizer.vocab_size, config.vocab_size, source)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     if isinstance(tokenizer, ByteTokenizer) and not byte_vocab:
         raise UsageError(f"the byte tokenizer knows {ByteTokenizer.vocab_size} ids but the model "
                          f"has {config.vocab_size}: its text would be mostly empty. Pass "
@@ -260,6 +268,10 @@ def load_model(options: ModelOptions) -> tuple[InferenceRunner, StartupTimes]:
     checkpoint = find_checkpoint(options.checkpoint)
     is_demo = checkpoint is None and options.config is None
     config, source = resolve_config(options, checkpoint)
+    try:    # a config made in Python meets what a config.json must (before any allocation)
+        check_config(config)
+    except ValueError as e:
+        raise UsageError(f"model config ({source}): {e}") from None
     tokenizer = resolve_tokenizer(options, checkpoint, config)
     runtime = resolve_runtime(options, config, is_demo)
     params = demo.demo_params(config) if is_demo else None

@@ -1,8 +1,12 @@
-"""Loading a checkpoint onto devices: headers first, then each process's blocks, checked finite.
+"""Loading a checkpoint onto devices: headers first, then each process's blocks, checked finite
+and not all zero.
 
 Every file's header is read and checked before any array data; then, one leaf at a time, the
 block of it that this process's devices hold is read (only those byte ranges, its files in
-parallel), placed, and checked finite on the devices.
+parallel), placed, and checked on the devices: finite, and no file's tensor entirely zero (the
+zero-filled hole of a partly downloaded file; no Grok-1 weight is all zero by its role, so
+`ZERO_ALLOWED` is empty). Every file must stay the one whose header was read until the load
+ends (grok.checkpoint.stored_array): a file rewritten or replaced meanwhile is refused.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class _StoredLeaf:
     parts: tuple[StoredArray, ...]
     stacked: bool
     dtype: np.dtype
+    may_be_zero: bool = False    # its role allows an all-zero tensor (ZERO_ALLOWED)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -79,12 +84,13 @@ def _locate(ckpt_dir: str, layout: list[TensorSpec], pool: ThreadPoolExecutor) -
     for key, specs in leaf_groups(layout).items():
         tensors, stacked = [located[spec] for spec in specs], specs[0].layer is not None
         check_same_groups(specs, tensors, [os.path.join(ckpt_dir, s.file_name()) for s in specs])
+        zero_ok = specs[0].name in ZERO_ALLOWED
         if specs[0].quantized:
             leaves[key] = QuantizedWeight8bit(
-                _StoredLeaf(tuple(t.weight for t in tensors), stacked, np.dtype(np.int8)),
-                _StoredLeaf(tuple(t.scales for t in tensors), stacked, SCALES_DTYPE))
+                _StoredLeaf(tuple(t.weight for t in tensors), stacked, np.dtype(np.int8), zero_ok),
+                _StoredLeaf(tuple(t.scales for t in tensors), stacked, SCALES_DTYPE, zero_ok))
         else:
-            leaves[key] = _StoredLeaf(tuple(tensors), stacked, np.dtype(np.float32))
+            leaves[key] = _StoredLeaf(tuple(tensors), stacked, np.dtype(np.float32), zero_ok)
     return leaves
 
 
@@ -165,6 +171,49 @@ def _check_finite(leaf: _StoredLeaf, placed: jax.Array) -> None:
     raise CheckpointError(f"{part.where}: {found}: the weights are damaged")
 
 
+# Tensor names (TensorSpec.name) that may legitimately be all zero: none in Grok-1's layout.
+ZERO_ALLOWED: frozenset[str] = frozenset()
+
+
+def _nonzero_rows(x: jax.Array) -> jax.Array:
+    """[M, ...] -> [M] bool: whether each index of axis 0 holds a value other than zero."""
+    return jnp.any(x != 0, axis=tuple(range(1, x.ndim)))
+
+
+def _check_not_zero(leaf: _StoredLeaf, placed: jax.Array) -> None:
+    """Raises a CheckpointError naming the file if one file's part of `leaf` (a layer of a
+    stacked leaf, else the whole leaf) is entirely zero: a payload that was never written."""
+    if leaf.may_be_zero:
+        return
+    sharding = placed.sharding
+    out = (jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+           if isinstance(sharding, jax.sharding.NamedSharding) else None)
+    if not leaf.stacked:
+        rows = placed.reshape(1) if not placed.ndim else placed
+        if np.asarray(_jitted(_nonzero_rows, out)(rows)).any():
+            return
+        part = leaf.parts[0]
+    else:
+        nonzero = np.asarray(_jitted(_nonzero_rows, out)(placed))   # [L]
+        if nonzero.all():
+            return
+        part = leaf.parts[int(np.flatnonzero(~nonzero)[0])]
+    raise CheckpointError(f"{part.where}: every value is zero: the file's data was never "
+                          f"written (a partly downloaded or zero-filled file?)")
+
+
+def _check_unchanged(plans: dict) -> None:
+    """Every file is still the one whose header was read (one replaced after its data was read
+    would leave weights of two versions)."""
+    seen = set()
+    for plan in plans.values():
+        for leaf, _, _ in plan:
+            for part in leaf.parts:
+                if part.path not in seen:
+                    seen.add(part.path)
+                    part.check_unchanged()
+
+
 def _read_and_place(leaf: _StoredLeaf, sharding, box: tuple[slice, ...],
                     pool: ThreadPoolExecutor, on_read: Callable[[int], Any]) -> jax.Array:
     """Reads this process's block of `leaf`, places its shards and checks them finite."""
@@ -176,6 +225,7 @@ def _read_and_place(leaf: _StoredLeaf, sharding, box: tuple[slice, ...],
 
     placed = jax.make_array_from_callback(leaf.shape, sharding, shard)
     _check_finite(leaf, placed)
+    _check_not_zero(leaf, placed)
     return placed
 
 
@@ -206,4 +256,5 @@ def load_checkpoint(directory: str | os.PathLike, config: LanguageModelConfig, s
                 placed = [_read_and_place(*array, pool, bar.update) for array in plan]
                 params.setdefault(module, {})[name] = (
                     QuantizedWeight8bit(*placed) if len(placed) == 2 else placed[0])
+    _check_unchanged(plans)
     return params

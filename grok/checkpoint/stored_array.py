@@ -4,6 +4,11 @@ A `StoredArray` says where one array's bytes lie in its file; reading a block re
 bytes of that block, after checking that the array lies within the file, whoever described it.
 Files are opened only if they are regular files (or symlinks to them): a FIFO, a directory or a
 device is reported as what it is, and never opened.
+
+A file must not change while it is read: a StoredArray remembers its file's `identity` (device,
+inode, size, modification time) from when its header was read, and every read checks the open
+file against it before and after reading, so a file being rewritten, replaced or still
+downloading is refused instead of giving weights of neither version.
 """
 
 from __future__ import annotations
@@ -86,6 +91,18 @@ def open_regular(path: str, where: str, buffering: int = -1):
         raise
 
 
+def file_identity(info: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes when a file is rewritten or replaced: (device, inode, size, mtime ns)."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def changed_error(where: str) -> CheckpointError:
+    return CheckpointError(f"{where}: the file changed while the checkpoint was being read "
+                           f"(its size, modification time or inode differ from when its header "
+                           f"was read): is it still being written or copied? Load it once it "
+                           f"is complete")
+
+
 # Where arrays lie, and reading blocks of them.
 
 # A run shorter than this costs a page read anyway: read whole rows of the axis above instead.
@@ -116,6 +133,7 @@ class StoredArray:
     shape: tuple[int, ...]
     fortran: bool = False
     what: str = ""               # the tensor, for messages: "tensor 7: .../moe/linear/w, scales"
+    identity: tuple = ()         # file_identity when the header was read (): not checked
 
     @property
     def nbytes(self) -> int:
@@ -129,8 +147,9 @@ class StoredArray:
     def check_extent(self, file_size: int) -> None:
         """Raises a CheckpointError unless offset, shape and dtype are well-typed and the
         array's bytes lie within a file of `file_size` bytes."""
-        if not (type(self.offset) is int and self.offset >= 0 and isinstance(self.shape, tuple)
-                and all(type(n) is int and n >= 0 for n in self.shape)
+        if not (type(self.offset) is int and 0 <= self.offset < 2**63
+                and isinstance(self.shape, tuple)
+                and all(type(n) is int and 0 <= n < 2**63 for n in self.shape)
                 and isinstance(self.dtype, np.dtype)):
             raise CheckpointError(f"{self.where}: corrupt array location (offset "
                                   f"{short_repr(self.offset)}, shape {short_repr(self.shape)}, "
@@ -144,11 +163,24 @@ class StoredArray:
         """The file, opened unbuffered, once this array is known to lie within it."""
         f = open_regular(self.path, self.where, buffering=0)
         try:
-            self.check_extent(os.fstat(f.fileno()).st_size)
+            self.check_extent(os.fstat(f.fileno()).st_size)   # a shortened file says so
+            self.check_unchanged(f)
         except BaseException:
             f.close()
             raise
         return f
+
+    def check_unchanged(self, f=None) -> None:
+        """Raises a CheckpointError if the file (the open `f`, else the path now) is not the
+        one whose header described this array."""
+        if not self.identity:
+            return
+        try:
+            info = os.fstat(f.fileno()) if f is not None else os.stat(self.path)
+        except OSError:
+            raise changed_error(self.where) from None
+        if file_identity(info) != self.identity:
+            raise changed_error(self.where)
 
     def _c_order(self, box):
         """(the same bytes as a C-order array of rank >= 1, (start, stop) per axis in it):
@@ -173,6 +205,7 @@ class StoredArray:
         with self._open() as f:  # checked before allocating: a 200-byte file can't claim 4 TB
             out = np.empty([stop - start for start, stop in _bounds(box, self.shape)], self.dtype)
             self._read_open(f, out, box)
+            self.check_unchanged(f)
         return out
 
     def read_into(self, out: np.ndarray, box=None) -> int:
@@ -180,7 +213,9 @@ class StoredArray:
         `box` (a tuple of step-1 slices, None: all) of this array, reading only the bytes of the
         block (rounded up to whole rows where its rows are under a page); returns bytes read."""
         with self._open() as f:
-            return self._read_open(f, out, box)
+            done = self._read_open(f, out, box)
+            self.check_unchanged(f)
+            return done
 
     def _read_open(self, f, out: np.ndarray, box) -> int:
         array, bounds = self._c_order(box)
@@ -254,6 +289,11 @@ def _read_block(f, array: StoredArray, bounds, out: np.ndarray) -> int:
 class _ShortRepr(reprlib.Repr):
     def repr_bytes(self, obj, level):
         return f"<{len(obj)} bytes>"
+
+    def repr_int(self, obj, level):
+        if obj.bit_length() > 128:   # too long to print (Python refuses past 4300 digits)
+            return f"<a {obj.bit_length()}-bit integer>"
+        return super().repr_int(obj, level)
 
     repr_bytearray = repr_bytes
 

@@ -9,6 +9,7 @@ are read. Written files are byte-identical to the release's.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import tempfile
@@ -17,7 +18,8 @@ import numpy as np
 from numpy._core.multiarray import _reconstruct as _np_reconstruct
 
 from grok.checkpoint.safe_unpickle import locate_arrays
-from grok.checkpoint.stored_array import CheckpointError, StoredArray, describe_path, open_regular
+from grok.checkpoint.stored_array import (CheckpointError, StoredArray, describe_path,
+                                          file_identity, open_regular)
 from grok.ops.quantization import QuantizedWeight8bit
 
 __all__ = ["CheckpointError", "StoredArray", "describe_path", "locate_tensor_file",
@@ -31,7 +33,13 @@ def locate_tensor_file(path: str | os.PathLike,
     the tensor in error messages and in the StoredArrays ("tensor 7: .../moe/linear/w")."""
     path = os.fspath(path)
     with open_regular(path, f"{path} ({what})" if what else path) as f:
-        return locate_arrays(f, os.fstat(f.fileno()).st_size, path, what)
+        info = os.fstat(f.fileno())
+        located = locate_arrays(f, info.st_size, path, what)
+    identity = file_identity(info)      # every later read checks the file is still this one
+    if isinstance(located, QuantizedWeight8bit):
+        return QuantizedWeight8bit(dataclasses.replace(located.weight, identity=identity),
+                                   dataclasses.replace(located.scales, identity=identity))
+    return dataclasses.replace(located, identity=identity)
 
 
 def read_tensor_file(path: str | os.PathLike, what: str = "") -> np.ndarray | QuantizedWeight8bit:

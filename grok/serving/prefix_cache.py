@@ -14,6 +14,11 @@ walks the prompt's blocks to the deepest key some entry holds, then compares tho
 ids with the prompt's exactly (NumPy) to find the longest common prefix, which may end inside
 a block ("a hit that ends mid-block").
 
+Isolation. Every lookup and insert names a namespace (`namespace_of(cache_salt)`: 0 without a
+salt). It seeds the hash chain and is compared exactly, so an entry serves only prompts of its
+own namespace: requests with different salts never share cached positions (so one user cannot
+learn from hits, or their timing, what another's prompt began with), equal salts do.
+
 Memory. `budget_tokens` bounds the positions held: an entry costs its Prefix's capacity (the
 bucket of positions it really holds on the device, >= its length). Inserting evicts the least
 recently used entries until the new one fits; an entry in use (pinned between `acquire` and
@@ -34,6 +39,7 @@ Glossary: P prefix capacity (positions held on the device).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 from typing import Callable, Optional, Sequence
 
@@ -54,6 +60,7 @@ class _Entry:
     keys: tuple            # the chain keys of its whole blocks
     last_used: int         # logical clock of its last insert or hit
     pins: int = 0          # requests prefilling from it now
+    namespace: int = 0     # namespace_of the salt of the prompts it may serve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +72,18 @@ class Hit:
     prefix: object
 
 
-def block_keys(ids: Sequence[int], limit: Optional[int] = None) -> list:
-    """The chain keys of the whole blocks of ids[:limit] (see module docstring)."""
+def namespace_of(cache_salt: Optional[str]) -> int:
+    """The cache namespace of a salt: 0 for none, else a hash of it that is the same in every
+    process (Python's str hash is not)."""
+    if not cache_salt:
+        return 0
+    return int.from_bytes(hashlib.sha256(cache_salt.encode()).digest()[:8], "little") | 1
+
+
+def block_keys(ids: Sequence[int], limit: Optional[int] = None, namespace: int = 0) -> list:
+    """The chain keys of the whole blocks of ids[:limit] in `namespace` (see module docstring)."""
     ids = [int(t) for t in (ids if limit is None else ids[:limit])]
-    keys, key = [], 0
+    keys, key = [], namespace
     for start in range(0, len(ids) - BLOCK_TOKENS + 1, BLOCK_TOKENS):
         key = hash((key, tuple(ids[start:start + BLOCK_TOKENS])))
         keys.append(key)
@@ -111,10 +126,10 @@ class PrefixCache:
         return len(self._entries)
 
     # ---- lookup ------------------------------------------------------------------------------
-    def _longest(self, ids: np.ndarray) -> tuple[Optional[_Entry], int]:
-        """The entry sharing the longest prefix with ids, and that length (0: none)."""
+    def _longest(self, ids: np.ndarray, namespace: int) -> tuple[Optional[_Entry], int]:
+        """The entry of `namespace` sharing the longest prefix with ids, and that length."""
         candidates = set()
-        for key in block_keys(ids):
+        for key in block_keys(ids, namespace=namespace):
             holders = self._index.get(key)
             if not holders:
                 break
@@ -122,18 +137,20 @@ class PrefixCache:
         best, best_len = None, 0
         for entry_id in sorted(candidates):            # sorted: the same order on every process
             entry = self._entries[entry_id]
+            if entry.namespace != namespace:
+                continue
             n = common_prefix(entry.ids, ids)
             if n > best_len or (n == best_len and best is not None
                                 and entry.last_used > best.last_used):
                 best, best_len = entry, n
         return best, best_len
 
-    def acquire(self, prompt_ids: Sequence[int]) -> Optional[Hit]:
-        """The longest usable hit for a prompt (at most len - 1 positions), pinned until
-        `release(hit)`; None on a miss. The hit's prefix is the entry's own Prefix when the
+    def acquire(self, prompt_ids: Sequence[int], namespace: int = 0) -> Optional[Hit]:
+        """The longest usable hit for a prompt in `namespace` (at most len - 1 positions),
+        pinned until `release(hit)`; None on a miss. The hit's prefix is the entry's own Prefix when the
         hit covers all of it, else a new Prefix of the shared positions."""
         ids = np.asarray(prompt_ids, np.int64)
-        entry, n = self._longest(ids)
+        entry, n = self._longest(ids, namespace)
         n = min(n, len(ids) - 1)
         if entry is None or n < 1:
             return None
@@ -149,18 +166,20 @@ class PrefixCache:
             entry.pins -= 1
 
     # ---- insertion and eviction ----------------------------------------------------------------
-    def insert(self, prompt_ids: Sequence[int], prefix, capacity: int) -> bool:
-        """Keeps a prefilled prompt's Prefix (`capacity` positions on the device); returns
+    def insert(self, prompt_ids: Sequence[int], prefix, capacity: int, namespace: int = 0) -> bool:
+        """Keeps a prefilled prompt's Prefix (`capacity` positions on the device) for prompts of
+        `namespace`; returns
         whether it was kept. An equal prompt already cached is only marked recently used; a
         prompt shorter than BLOCK_TOKENS or costlier than the whole budget is not kept."""
         ids = np.asarray(prompt_ids, np.int64)
-        keys = tuple(block_keys(ids))
+        keys = tuple(block_keys(ids, namespace=namespace))
         if not keys:
             return False        # shorter than a block: no lookup could find it
         compact = self._compact_capacity(len(ids), capacity)
         if compact > self.budget_tokens:
             return False
-        holders = set().union(*(self._index.get(key, set()) for key in keys))
+        holders = {entry_id for key in keys for entry_id in self._index.get(key, ())
+                   if self._entries[entry_id].namespace == namespace}
         for entry_id in sorted(holders):
             entry = self._entries[entry_id]
             if len(entry.ids) == len(ids) and common_prefix(entry.ids, ids) == len(ids):
@@ -175,7 +194,8 @@ class PrefixCache:
             return False
         if compact < capacity:
             prefix = self._slice(prefix, len(ids))
-        entry = _Entry(next(self._ids), ids, prefix, int(compact), keys, next(self._clock))
+        entry = _Entry(next(self._ids), ids, prefix, int(compact), keys, next(self._clock),
+                       namespace=namespace)
         self._entries[entry.entry_id] = entry
         for key in keys:
             self._index.setdefault(key, set()).add(entry.entry_id)

@@ -33,7 +33,8 @@ from typing import Optional, Protocol, runtime_checkable
 import numpy as np
 
 from grok.engine.api import Engine, Prefix
-from grok.serving.prefix_cache import BLOCK_TOKENS, Hit, PrefixCache, common_prefix
+from grok.serving.prefix_cache import (BLOCK_TOKENS, Hit, PrefixCache, common_prefix,
+                                      namespace_of)
 from grok.serving.requests import Request
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class PrefixReuse:
         stream.looked_up = True
         self.query_tokens += len(stream.prompt_ids)
         try:
-            hit = self.cache.acquire(stream.prompt_ids)
+            hit = self.cache.acquire(stream.prompt_ids, _namespace(stream))
         except Exception:
             logger.exception("prefix cache lookup failed for %s", stream.request_id)
             return
@@ -91,8 +92,9 @@ class PrefixReuse:
         wait for that one's Prefix rather than be prefilled beside it."""
         if self.cache is None or stream.request.echo:
             return False
-        ids = np.asarray(stream.prompt_ids)
-        return any(common_prefix(np.asarray(s.prompt_ids), ids) >= BLOCK_TOKENS for s in batch)
+        ids, salt = np.asarray(stream.prompt_ids), stream.request.cache_salt
+        return any(s.request.cache_salt == salt
+                   and common_prefix(np.asarray(s.prompt_ids), ids) >= BLOCK_TOKENS for s in batch)
 
     def release(self, stream: CachedStream) -> None:
         """Unpins the entry `stream` continued, if any."""
@@ -104,7 +106,7 @@ class PrefixReuse:
         """Keeps a prompt's Prefix once it is inserted into its slot."""
         self.release(stream)
         if self.cache is not None and not stream.request.echo:
-            self.cache.insert(stream.prompt_ids, prefix, prefix.capacity)
+            self.cache.insert(stream.prompt_ids, prefix, prefix.capacity, _namespace(stream))
 
     def store_output(self, stream: CachedStream, state) -> None:
         """Keeps a finished request's prompt + output KV (see "Output KV" above) from its
@@ -116,6 +118,11 @@ class PrefixReuse:
             return      # nothing new beyond the stored prompt / positions the slot dropped
         try:
             prefix = self.engine.extract_prefix(state, stream.slot, len(ids))
-            self.cache.insert(ids, prefix, prefix.capacity)
+            self.cache.insert(ids, prefix, prefix.capacity, _namespace(stream))
         except Exception:
             logger.exception("prefix cache: keeping the output of %s failed", stream.request_id)
+
+
+def _namespace(stream) -> int:
+    """The cache namespace of a stream's request (its `cache_salt`)."""
+    return namespace_of(stream.request.cache_salt)

@@ -30,6 +30,12 @@ Prompt = Union[str, Sequence[int]]
 MAX_INT32 = 2**31 - 1      # token ids, top_k and max_tokens travel to the device as int32
 SEED_LIMIT = 2**32         # seeds are uint32 PRNG keys
 DEFAULT_MAX_TOKENS = 100   # the reference's max_len
+# List fields are bounded so the scheduler's per-token work for one request (stop checks) is
+# bounded too, whatever a caller sends.
+MAX_STOP_TOKENS = 1024     # stop_tokens entries
+MAX_STOP_STRINGS = 32      # stop strings (the HTTP API takes 16, a chat template adds its own)
+MAX_STOP_CHARS = 256       # characters in one stop string
+MAX_CACHE_SALT_CHARS = 1024
 _SEQUENCES = (list, tuple, np.ndarray)
 # The reference's Request keywords -> the fields they fill.
 REFERENCE_NAMES = {"nucleus_p": "top_p", "rng_seed": "seed", "max_len": "max_tokens"}
@@ -117,6 +123,9 @@ def stop_strings(stop) -> tuple:
     if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) and s for s in items):
         raise RequestError("stop", stop, f"must be a non-empty string or a list of them, "
                                          f"got {_short(stop)}")
+    if len(items) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_CHARS for s in items):
+        raise RequestError("stop", len(items), f"takes at most {MAX_STOP_STRINGS} strings of "
+                                               f"at most {MAX_STOP_CHARS} characters each")
     return tuple(_valid_text("stop", s) for s in items)
 
 
@@ -134,6 +143,7 @@ class Request:
     echo: bool = False            # also score the prompt: log p(token_t | tokens before t)
     request_id: Optional[str] = None  # None: the scheduler names it (never a caller's id)
     stop: Sequence[str] = ()      # stop strings: the text ends before the first one found
+    cache_salt: Optional[str] = None  # prefix-cache namespace: only equal salts share cached KV
     _: dataclasses.KW_ONLY
     # The reference's keywords for top_p, seed and max_tokens: init-only (mapped in
     # __post_init__, never stored; the class attributes stay None for dataclasses.replace).
@@ -164,6 +174,9 @@ class Request:
         if not isinstance(self.stop_tokens, _SEQUENCES + (set, frozenset)):
             raise RequestError("stop_tokens", self.stop_tokens,
                                f"must be a list of token ids, got {_short(self.stop_tokens)}")
+        if len(self.stop_tokens) > MAX_STOP_TOKENS:
+            raise RequestError("stop_tokens", len(self.stop_tokens),
+                               f"has {len(self.stop_tokens)} ids, more than {MAX_STOP_TOKENS}")
         stops = sorted(self.stop_tokens) if isinstance(self.stop_tokens, (set, frozenset)) \
             else self.stop_tokens
         set_("stop_tokens", _token_ids("stop_tokens", stops, allow_empty=True))
@@ -178,6 +191,13 @@ class Request:
                 raise RequestError("request_id", self.request_id,
                                    f"must be a non-empty str or None, got {self.request_id!r}")
             _valid_text("request_id", self.request_id)
+        if self.cache_salt is not None:
+            if (not isinstance(self.cache_salt, str) or not self.cache_salt
+                    or len(self.cache_salt) > MAX_CACHE_SALT_CHARS):
+                raise RequestError("cache_salt", self.cache_salt,
+                                   f"must be a non-empty str of at most {MAX_CACHE_SALT_CHARS} "
+                                   f"characters or None, got {_short(self.cache_salt)}")
+            _valid_text("cache_salt", self.cache_salt)
 
     def _map_reference_names(self, **given) -> None:
         """The reference's keywords fill OpenAI-named fields; both names with different values

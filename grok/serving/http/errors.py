@@ -117,4 +117,5 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):
         logger.exception("internal error serving %s", request.url.path)
-        return APIError(500, f"internal error: {type(exc).__name__}: {exc}").response()
+        # the text of an unexpected exception stays in the log: it may describe server state
+        return APIError(500, "internal error (the server log has the details)").response()

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import secrets
 import time
-from typing import Any, AsyncIterator, Union
+from typing import Any, AsyncIterator, Optional, Union
 
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
@@ -31,6 +32,9 @@ from grok.serving.admission import ModelLimits, prepare
 from grok.serving.requests import Request, RequestError
 from grok.serving.http.streams import (CancellingStreamingResponse, RequestStream,
                                        collect_unless_disconnected)
+from grok.serving.http.workers import max_text_chars
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPERATURE = 1.0       # OpenAI's defaults
 DEFAULT_TOP_P = 1.0
@@ -63,17 +67,26 @@ class Job:
 
 
 def prompt_token_ids(server, prompt: Union[str, list[int]], param: str) -> list[int]:
-    """A prompt's token ids (a text prompt tokenized here, once; admission checks them)."""
+    """A prompt's token ids (a text prompt tokenized here, once; admission checks them). A
+    prompt longer than the context could hold is refused before the work of tokenizing it."""
+    backend = server.backend()
+    unit, limit = (("characters", max_text_chars(backend.sequence_len)) if isinstance(prompt, str)
+                   else ("tokens", backend.sequence_len))
+    if len(prompt) > limit:
+        raise invalid(f"{param} has {len(prompt)} {unit}, more than this model's context of "
+                      f"{backend.sequence_len} tokens can hold", param)
     if not isinstance(prompt, str):
         return list(prompt)
     try:
-        return server.backend().tokenizer.encode(prompt)
+        return backend.tokenizer.encode(prompt)
     except ValueError as e:   # e.g. a lone surrogate ("\ud800") in the JSON string
         raise invalid(f"{param} cannot be tokenized: {e}", param) from None
 
 
-def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = ()) -> Job:
-    """Validates lengths and settings and makes one scheduler request per choice."""
+def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = (),
+              cache_salt: Optional[str] = None) -> Job:
+    """Validates lengths and settings and makes one scheduler request per choice (work
+    proportional to the prompts: run it on a worker, grok.serving.http.workers)."""
     backend = server.backend()
     param = "messages" if chat else "prompt"
     prompt_ids = [prompt_token_ids(server, p, param) for p in prompts]
@@ -110,7 +123,8 @@ def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = ()) 
                     top_p=DEFAULT_TOP_P if body.top_p is None else body.top_p,
                     top_k=body.top_k, seed=seed, stop_tokens=tuple(body.stop_token_ids or ()),
                     stop=body.stop_strings + tuple(extra_stops), stream=True,
-                    logprobs=logprobs, echo=echo), backend.tokenizer, limits)
+                    logprobs=logprobs, echo=echo, cache_salt=cache_salt), backend.tokenizer,
+                    limits)
             except RequestError as e:   # what admission would refuse: a 400 naming the field
                 name = api_field.get(e.field, e.field)
                 raise invalid(str(e.named(name)), name) from None
@@ -144,8 +158,7 @@ async def respond(server, job: Job, http_request: HTTPRequest):
     completions = [done[c.request_id] for c in job.choices]
     for completion in completions:
         if completion.finish_reason == "error":
-            status = 503 if "shutting down" in (completion.error or "") else 500
-            raise APIError(status, f"generation failed: {completion.error}")
+            raise generation_failure(completion)
     tokenizer = server.backend().tokenizer
     choices = []
     for choice, completion in zip(job.choices, completions):
@@ -193,8 +206,14 @@ def _data(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def _error_event(message: str) -> str:
-    return _data(APIError(500, message).body())
+def generation_failure(completion) -> APIError:
+    """The error a failed choice answers with: 503 when the server is shutting down, else 500
+    without the internal text (logged here instead: it may hold paths, shapes, other state)."""
+    if "shutting down" in (completion.error or ""):
+        return APIError(503, "the server is shutting down", code="shutting_down")
+    logger.error("request %s failed: %s", completion.request_id, completion.error)
+    return APIError(500, f"generation failed: an internal error (request {completion.request_id}"
+                    f"; the server log has the details)")
 
 
 async def _choice_chunks(job: Job, stream: RequestStream, completions: list, text_chunk,
@@ -209,7 +228,7 @@ async def _choice_chunks(job: Job, stream: RequestStream, completions: list, tex
         choice = by_id[event.request_id]
         if is_completion(event):
             if event.finish_reason == "error":
-                yield _error_event(f"generation failed: {event.error}")
+                yield _data(generation_failure(event).body())
                 continue
             rest = _rest(choice, event)
             completions.append(event)

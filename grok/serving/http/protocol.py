@@ -4,24 +4,32 @@ Field names, types and ranges are OpenAI's. Models are strict (a string is not a
 not `true`) and forbid unknown fields, as OpenAI's API does, so a typo is an error naming the
 field instead of a silently ignored setting. OpenAI fields this engine does not implement
 (penalties, logit_bias, best_of, tools, ...) are accepted only at their neutral values.
-Extras beyond OpenAI's (vLLM's names): `top_k`, `stop_token_ids`.
+Extras beyond OpenAI's (vLLM's names): `top_k`, `stop_token_ids`, `cache_salt`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from grok.engine.sampling import NUM_ALTERNATIVES
+from grok.serving.requests import MAX_CACHE_SALT_CHARS, MAX_STOP_CHARS, MAX_STOP_TOKENS
 
 MAX_SEED = 2**32 - 1        # Request.seed is a uint32
 MAX_STOP_STRINGS = 16       # OpenAI allows 4; a few more cost nothing here
 MAX_CHOICES = 16            # n: each choice takes a slot, so bound what one request can hold
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for the completions API's `logprobs`
 MAX_CHAT_TOP_LOGPROBS = NUM_ALTERNATIVES   # the engine reports this many per token
+# Every list a body may hold is bounded (a 400 naming the field beyond it), so the work a
+# request causes is bounded before any of it is done.
+MAX_PROMPTS = 2048           # prompts in one completions request (OpenAI's limit)
+MAX_TOKEN_LIST = 2**20       # ids in one token-id list (a prompt, /detokenize)
+MAX_MESSAGES = 4096          # chat messages
+MAX_CONTENT_PARTS = 256      # content parts in one message
+MAX_LIST_ENTRIES = 1024      # tools, logit_bias entries
 
-TokenIds = list[int]
+TokenIds = Annotated[list[int], Field(max_length=MAX_TOKEN_LIST)]
 
 
 class _Body(BaseModel):
@@ -53,11 +61,13 @@ class _Sampling(_Body):
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
     top_k: int = Field(0, ge=0)                 # extra (vLLM): 0 = off
-    stop_token_ids: Optional[list[int]] = None  # extra (vLLM)
+    stop_token_ids: Optional[list[int]] = Field(None, max_length=MAX_STOP_TOKENS)  # extra (vLLM)
+    # extra (vLLM): only requests with the same salt share prefix-cache entries
+    cache_salt: Optional[str] = Field(None, min_length=1, max_length=MAX_CACHE_SALT_CHARS)
     # OpenAI fields without an implementation here: neutral values only.
     presence_penalty: Optional[float] = None
     frequency_penalty: Optional[float] = None
-    logit_bias: Optional[dict[str, float]] = None
+    logit_bias: Optional[dict[str, float]] = Field(None, max_length=MAX_LIST_ENTRIES)
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
@@ -77,6 +87,8 @@ class _Sampling(_Body):
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
         if any(not s for s in stops):
             raise ValueError("stop strings must not be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"stop strings must be at most {MAX_STOP_CHARS} characters")
         return v
 
     @field_validator("stop_token_ids")
@@ -104,7 +116,8 @@ class _Sampling(_Body):
 class CompletionRequest(_Sampling):
     """POST /v1/completions."""
 
-    prompt: Union[str, TokenIds, list[str], list[TokenIds]]
+    prompt: Union[str, TokenIds, Annotated[list[str], Field(max_length=MAX_PROMPTS)],
+                  Annotated[list[TokenIds], Field(max_length=MAX_PROMPTS)]]
     max_tokens: Optional[int] = Field(16, ge=1)      # OpenAI's default for completions
     logprobs: Optional[int] = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: bool = False
@@ -140,7 +153,7 @@ class CompletionRequest(_Sampling):
 
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[dict[str, Any]]]
+    content: Union[str, Annotated[list[dict[str, Any]], Field(max_length=MAX_CONTENT_PARTS)]]
     name: Optional[str] = None
 
     @field_validator("content")
@@ -163,11 +176,11 @@ class ChatMessage(_Body):
 class ChatCompletionRequest(_Sampling):
     """POST /v1/chat/completions."""
 
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_CHAT_TOP_LOGPROBS)
-    tools: Optional[list] = None
+    tools: Optional[list] = Field(None, max_length=MAX_LIST_ENTRIES)
     tool_choice: Optional[Union[str, dict]] = None
     response_format: Optional[dict] = None
 
@@ -204,7 +217,7 @@ class TokenizeRequest(_Body):
 
     model: Optional[str] = None
     prompt: Optional[str] = None
-    messages: Optional[list[ChatMessage]] = None
+    messages: Optional[list[ChatMessage]] = Field(None, max_length=MAX_MESSAGES)
 
     @model_validator(mode="after")
     def _one_input(self):
@@ -217,4 +230,4 @@ class DetokenizeRequest(_Body):
     """POST /detokenize."""
 
     model: Optional[str] = None
-    tokens: list[int]
+    tokens: TokenIds

@@ -24,6 +24,7 @@ import uvicorn
 from grok.serving.http.app import create_app
 from grok.serving.http.chat_template import ChatTemplate
 from grok.serving.http.engine_loop import Backend, EngineLoop, backend_for
+from grok.serving.http.half_close import HalfCloseProtocol
 from grok.serving.http.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
                        "send (default: the checkpoint directory's name; grok-1 for the "
                        "release in checkpoints/, demo for the demo)")
     group.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), metavar="KEY",
-                       help=f"require 'Authorization: Bearer KEY' (default: env {API_KEY_ENV})")
+                       help=f"require 'Authorization: Bearer KEY' on every route but /health "
+                       f"(KEY1,KEY2,...: any of them; default: env {API_KEY_ENV})")
+    group.add_argument("--isolate-cache-per-key", action="store_true",
+                       help="clients of different API keys never share prefix-cache entries "
+                       "(each request's cache_salt isolates further)")
     group.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
                        help="requests that may wait for a slot; beyond it 503 at once")
     group.add_argument("--chat-template", metavar="FILE.json", help="chat template replacing "
@@ -71,6 +76,16 @@ def default_model_name(args) -> str:
     if config:
         return os.path.splitext(os.path.basename(config))[0]
     return "demo"
+
+
+def json_safe(name: str) -> str:
+    """`name` as valid Unicode: a directory name that is not UTF-8 (bytes Python decoded as
+    lone surrogates) gets U+FFFD for its bad bytes, so every response can hold it."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:      # other lone surrogates
+        raw = name.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
 
 
 def check_serve_arguments(args) -> None:
@@ -109,12 +124,15 @@ def make_server(build: Callable[[], Backend], *, model_name: str, host: str = DE
                 max_queue: Optional[int] = DEFAULT_MAX_QUEUE,
                 chat_template: Optional[ChatTemplate] = None,
                 shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE_S,
-                log_level: str = "warning") -> GracefulServer:
+                log_level: str = "warning",
+                isolate_cache_per_key: bool = False) -> GracefulServer:
     """A server (not started: `.run()` blocks, or run it in a thread) for `build`'s Backend."""
+    model_name = json_safe(model_name)
     engine = EngineLoop(build, ServerMetrics(model_name), max_queue)
-    app = create_app(engine, model_name, chat_template, api_key)
+    app = create_app(engine, model_name, chat_template, api_key, isolate_cache_per_key)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=shutdown_grace, lifespan="on")
+                            timeout_graceful_shutdown=shutdown_grace, lifespan="on",
+                            http=HalfCloseProtocol)
     server = GracefulServer(config)
     server.engine = engine
     return server
@@ -129,7 +147,7 @@ def serve(args, build_runner: Callable[[], Any]) -> int:
     template = ChatTemplate.load(args.chat_template) if args.chat_template else None
     if jax.process_count() > 1:
         return _serve_multihost(args, build_runner, template)
-    name = args.served_model_name or default_model_name(args)
+    name = json_safe(args.served_model_name or default_model_name(args))
     failure: list = []
 
     def build() -> Backend:
@@ -145,7 +163,8 @@ def serve(args, build_runner: Callable[[], Any]) -> int:
 
     server = make_server(build, model_name=name, host=args.host, port=args.port,
                          api_key=args.api_key, max_queue=args.max_queue,
-                         chat_template=template, shutdown_grace=args.shutdown_grace)
+                         chat_template=template, shutdown_grace=args.shutdown_grace,
+                         isolate_cache_per_key=args.isolate_cache_per_key)
     server.run()
     if failure:
         raise failure[0]
@@ -172,7 +191,8 @@ def _serve_multihost(args, build_runner, template) -> int:
                              model_name=name,
                              host=args.host, port=args.port, api_key=args.api_key,
                              max_queue=args.max_queue, chat_template=template,
-                             shutdown_grace=args.shutdown_grace)
+                             shutdown_grace=args.shutdown_grace,
+                             isolate_cache_per_key=args.isolate_cache_per_key)
         print(f"Serving '{name}' on http://{args.host}:{args.port} (process 0 of "
               f"{jax.process_count()})", file=sys.stderr, flush=True)
         server.run()
