@@ -100,7 +100,7 @@ class FakeEngine:
         echo_lps = None
         if echo:
             targets = list(tokens[1:]) + [next_token if next_token is not None else 0]
-            echo_lps = np.array([token_logprob(t) for t in targets], np.float32)
+            echo_lps = self._output(targets)
         return prefix, FakeResult(self._output([first]), FakeArm(first, sample.seed), echo_lps)
 
     def prefill_batch(self, prompts, samples):
@@ -152,7 +152,7 @@ class FakeEngine:
     def read(self, handle) -> TokenOutput:
         return handle.out
 
-    def read_echo(self, result) -> np.ndarray:
+    def read_echo(self, result) -> TokenOutput:
         return result.echo
 
 

@@ -346,10 +346,10 @@ class JaxEngine:
     def read(self, handle: Handle) -> TokenOutput:
         return unpack_output(to_host(handle.packed))
 
-    def read_echo(self, result: PrefillResult) -> np.ndarray:
+    def read_echo(self, result: PrefillResult) -> TokenOutput:
         if result.echo is None:
             raise ValueError("read_echo: this prefill ran without echo=True")
-        return to_host(result.echo)
+        return unpack_output(to_host(result.echo))
 
     def _check_slot(self, slot: int) -> None:
         if not (isinstance(slot, (int, np.integer)) and 0 <= slot < self.batch_size):
