@@ -2,8 +2,9 @@
 
 Both give `encode(text) -> list[int]` (no BOS, as the reference), `decode(ids) -> str`,
 `min_tokens(text) -> int`: a lower bound on `len(encode(text))` found without tokenizing, so a
-prompt far too long for the model is refused before it is tokenized, and `fingerprint`: a
-string naming the exact vocabulary.
+prompt far too long for the model is refused before it is tokenized, `fingerprint`: a
+string naming the exact vocabulary, and `special_tokens`: role ("bos", "eos", "pad") ->
+(id, the token's own text), for the tokenizer endpoints.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ class SentencePieceTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self.processor.encode(text))
 
+    @functools.cached_property
+    def special_tokens(self) -> dict[str, tuple[int, str]]:
+        p = self.processor
+        ids = {"bos": p.bos_id(), "eos": p.eos_id(), "pad": p.pad_id()}
+        return {role: (i, p.id_to_piece(i)) for role, i in ids.items() if i >= 0}
+
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
         return self.processor.decode(ids)
@@ -62,6 +69,7 @@ class ByteTokenizer:
     NUM_SPECIAL = 3
     vocab_size = 256 + NUM_SPECIAL
     fingerprint = "bytes"
+    special_tokens = {"pad": (0, "<pad>"), "bos": (1, "<s>"), "eos": (2, "</s>")}
 
     def encode(self, text: str) -> list[int]:
         return [b + self.NUM_SPECIAL for b in text.encode("utf-8")]

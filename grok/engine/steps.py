@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from grok.engine.api import Prefix, SlotArm
-from grok.engine.sampling import (NUM_ALTERNATIVES, SampleOutput, SampleSettings, sample_token,
-                                  token_logprobs)
+from grok.engine.sampling import NUM_ALTERNATIVES, SampleOutput, SampleSettings, sample_token
 from grok.engine.state import DecodeState, arm_slot, pack_output
 from grok.model.transformer import Memory
 
@@ -74,7 +73,10 @@ def _echo_scores(logits: jax.Array, targets: jax.Array) -> jax.Array:
     an echoed prompt token carries its alternatives as a generated one does)."""
     logprobs = jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1)         # [T, V]
     top_lps, top_ids = jax.lax.top_k(logprobs, min(NUM_ALTERNATIVES, logits.shape[-1]))
-    scored = SampleOutput(targets[0], token_logprobs(logits, targets)[0], top_ids, top_lps)
+    # The target's logprob is read from the same array as the top ones, so a target that is
+    # the most probable token has exactly the top value (clients compare them for greedy).
+    chosen = jnp.take_along_axis(logprobs, targets[0][:, None], axis=-1)[:, 0]     # [T]
+    scored = SampleOutput(targets[0], chosen, top_ids, top_lps)
     return pack_output(scored)
 
 

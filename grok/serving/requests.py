@@ -104,6 +104,8 @@ class Request:
     echo: bool = False            # also score the prompt: log p(token_t | tokens before t)
     request_id: Optional[str] = None  # None: the scheduler names it (never a caller's id)
     stop: Sequence[str] = ()      # stop strings: the text ends before the first one found
+    ignore_eos: bool = False      # EOS does not end the output (kept as an ordinary token)
+    min_tokens: int = 0           # EOS and stop tokens end the output only after this many
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -132,7 +134,9 @@ class Request:
             else self.stop_tokens
         set_("stop_tokens", _token_ids("stop_tokens", stops, allow_empty=True))
         set_("stop", self._stop_strings(self.stop))
-        for name in ("stream", "logprobs", "echo"):
+        set_("min_tokens", _int_field("min_tokens", self.min_tokens, 0, self.max_len,
+                                      "an int in [0, max_len]"))
+        for name in ("stream", "logprobs", "echo", "ignore_eos"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"Request.{name} must be a bool, got {getattr(self, name)!r}")
             set_(name, bool(getattr(self, name)))

@@ -1,8 +1,9 @@
 """The FastAPI application: routes, authentication, and the engine thread's lifetime.
 
 Routes: POST /v1/completions, POST /v1/chat/completions (grok.serving.http.generation),
-GET /v1/models, GET /health (200 once the model is compiled, 503 before), GET /metrics
-(Prometheus text), POST /tokenize, POST /detokenize. With an API key, /v1/* and the
+GET /v1/models, GET /v1/models/{id}, GET /health (200 once the model is compiled, 503
+before), GET /metrics (Prometheus text), POST /tokenize, POST /detokenize, GET /tokenizer_info
+(grok.serving.http.client_routes). With an API key, /v1/* and the
 tokenizer routes need `Authorization: Bearer KEY`; /health and /metrics stay open for
 load balancers and scrapers.
 """
@@ -21,13 +22,14 @@ from starlette.responses import JSONResponse, Response
 
 from grok.serving.http.generation import build_job, respond
 from grok.serving.http.chat_template import ChatTemplate
+from grok.serving.http.client_routes import add_client_routes, encode_text, model_card
 from grok.serving.http.engine_loop import Backend, EngineLoop
 from grok.serving.http.errors import APIError, install_error_handlers, invalid, validation_error
 from grok.serving.http.metrics import CONTENT_TYPE
 from grok.serving.http.protocol import (ChatCompletionRequest, CompletionRequest,
                                         DetokenizeRequest, TokenizeRequest)
+from grok.serving.http.responses import token_text
 
-OWNER = "grok"
 MAX_BODY_BYTES = 16 * 2**20     # a request body beyond this is refused (413) before parsing
 ENGINE_STOP_TIMEOUT_S = 10.0    # how long shutdown waits for the engine thread to cancel
 
@@ -116,10 +118,7 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
     @app.get("/v1/models")
     async def models(request: HTTPRequest):
         state.check_key(request)
-        card = {"id": model_name, "object": "model", "created": state.started, "owned_by": OWNER}
-        if engine.ready.is_set():
-            card["max_model_len"] = engine.backend.sequence_len
-        return {"object": "list", "data": [card]}
+        return {"object": "list", "data": [model_card(state)]}
 
     @app.get("/health")
     async def health():
@@ -134,6 +133,7 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     _add_tokenizer_routes(app, state)
+    add_client_routes(app, state)
     return app
 
 
@@ -146,8 +146,11 @@ def _add_tokenizer_routes(app: FastAPI, state: ServerState) -> None:
         backend = state.backend()
         text = body.prompt if body.prompt is not None else state.chat_template.render(
             [(m.role, m.text) for m in body.messages])
-        tokens = backend.tokenizer.encode(text)
-        return {"tokens": tokens, "count": len(tokens), "max_model_len": backend.sequence_len}
+        tokens = encode_text(backend.tokenizer, text, body.add_special_tokens)
+        out = {"tokens": tokens, "count": len(tokens), "max_model_len": backend.sequence_len}
+        if body.return_token_strs:
+            out["token_strs"] = [token_text(backend.tokenizer, t) for t in tokens]
+        return out
 
     @app.post("/detokenize")
     async def detokenize(request: HTTPRequest):
