@@ -12,6 +12,7 @@ import jax
 
 from grok.cli.flags import DEFAULT_MAX_SLOTS, REFERENCE_PROMPT, build_parser
 from grok.cli.inputs import Item, make_request, read_items
+from grok.serving.interrupt import exit_on_interrupt
 from grok.cli.launch import follow, init_multihost
 from grok.cli.model import ModelOptions, StartupTimes, UsageError, load_model
 from grok.cli.output import ResultPrinter, RunStats
@@ -78,7 +79,8 @@ def run(args, runner=None, stdin=None) -> int:
     items = [] if args.interactive or follower else read_items(args, REFERENCE_PROMPT)
     times = StartupTimes()
     if runner is None:
-        runner = build_runner(args, default_slots(args, items), times)
+        with exit_on_interrupt():    # Ctrl-C while loading or compiling: 130 at once
+            runner = build_runner(args, default_slots(args, items), times)
     if follower:
         follow(runner)
         return 0
@@ -96,6 +98,9 @@ def _check_flags(args) -> None:
     """Flag combinations and sampling flags, before anything is loaded."""
     if args.interactive and (args.prompt or args.input_file):
         raise UsageError("--interactive reads prompts from stdin: drop --prompt/--input-file")
+    if args.interactive and args.serve:
+        raise UsageError("--serve answers HTTP requests; --interactive reads a terminal: "
+                         "drop one of them")
     if args.interactive and args.json:
         raise UsageError("--interactive prints text for a person; --json is for --prompt or "
                          "--input-file runs: drop one of them")
@@ -141,6 +146,7 @@ def main(argv: Optional[Sequence[str]] = None, runner=None, stdin=None,
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.serve:
+            _check_flags(args)
             return _serve(module, args)
         init_multihost(args)
         _check_flags(args)
