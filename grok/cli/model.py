@@ -23,6 +23,7 @@ import jax
 from grok import checkpoint as checkpoint_module
 from grok import demo
 from grok.checkpoint import CheckpointError
+from grok.cli import compile_cache
 from grok.cli.flags import (BYTE_TOKENIZER, CONFIG_FILE, DEFAULT_CHECKPOINT_DIR,
                             DEFAULT_TOKENIZER, LARGEST_DEFAULT_PAD)
 from grok.config import GROK_1, LanguageModelConfig, load_config
@@ -54,13 +55,15 @@ class ModelOptions:
     pad_sizes: Optional[tuple] = None
     prefix_cache_tokens: Optional[int] = None
     quiet: bool = False
+    compile_cache: Optional[str] = None   # a folder, "off", or None: the default folder
 
     @classmethod
     def from_args(cls, args, slots: int) -> "ModelOptions":
         return cls(checkpoint=args.checkpoint, config=args.config, tokenizer=args.tokenizer,
                    dtype=args.dtype, moe=args.moe, mesh=args.mesh, hosts=tuple(args.hosts),
                    slots=slots, pad_sizes=args.pad_sizes,
-                   prefix_cache_tokens=getattr(args, "prefix_cache_tokens", None), quiet=args.quiet)
+                   prefix_cache_tokens=getattr(args, "prefix_cache_tokens", None), quiet=args.quiet,
+                   compile_cache=getattr(args, "compile_cache", None))
 
 
 @dataclasses.dataclass
@@ -248,6 +251,7 @@ def _notice(options: ModelOptions, text: str) -> None:
 
 def load_model(options: ModelOptions) -> tuple[InferenceRunner, StartupTimes]:
     """The initialized InferenceRunner (weights loaded, steps compiled) and how long each took."""
+    compile_cache.enable(options.compile_cache, options.quiet)
     checkpoint = find_checkpoint(options.checkpoint)
     is_demo = checkpoint is None and options.config is None
     config, source = resolve_config(options, checkpoint)
