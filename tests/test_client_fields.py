@@ -135,3 +135,16 @@ def test_max_tokens_0_needs_echo_and_no_stream():
         with pytest.raises(pydantic.ValidationError, match="max_tokens 0"):
             CompletionRequest.model_validate({"model": "m", "prompt": "x", "max_tokens": 0,
                                               **extra})
+
+
+def test_readme_lists_the_ignored_fields_and_installs_the_package():
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    ignored = text[text.index("Accepted and ignored"):]
+    ignored = ignored[:ignored.index("\n- ", 1)]
+    for name in OPENAI_NO_EFFECT_FIELDS:
+        assert f"`{name}`" in ignored, name
+    for name in VLLM_EXTRA_FIELDS:
+        assert f"`{name}`" in text, name
+    assert "pip install -r requirements-cpu.txt -e ." in text     # `import grok` from anywhere
