@@ -158,6 +158,8 @@ def test_max_tokens_0_scores_the_prompt_only(http):
     assert lp["text_offset"] == list(range(len(prompt)))      # one byte per character
     assert lp["top_logprobs"][0] is None
     assert all(len(top) >= 2 for top in lp["top_logprobs"][1:])
-    refused = http.post("/v1/completions", json={"model": MODEL, "prompt": prompt,
-                                                 "max_tokens": 0})
-    assert refused.status_code == 400 and "echo" in refused.json()["error"]["message"]
+    for extra in ({}, {"echo": True, "stream": True}):
+        refused = http.post("/v1/completions", json={"model": MODEL, "prompt": prompt,
+                                                     "max_tokens": 0, **extra})
+        assert refused.status_code == 400 and "echo" in refused.json()["error"]["message"]
+        assert refused.json()["error"]["param"] == "max_tokens"

@@ -94,7 +94,10 @@ def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = ()) 
         prompt_ids = [ids if ids[:1] == [bos[0]] else [bos[0]] + ids for ids in prompt_ids]
     longest = max(map(len, prompt_ids))
     max_tokens = body.max_new_tokens if chat else body.max_tokens
-    score_only = max_tokens == 0            # (the body allows it only with echo)
+    score_only = max_tokens == 0            # (only the completions body allows 0)
+    if score_only and not (body.echo and not body.stream):
+        raise invalid("max_tokens 0 (scoring the prompt only) needs echo: true and no stream",
+                      "max_tokens")
     if score_only:
         max_tokens = 1
     limit_param = ("max_completion_tokens" if chat and body.max_completion_tokens

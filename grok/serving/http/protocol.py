@@ -133,15 +133,6 @@ class CompletionRequest(_Sampling):
             raise ValueError("a token-id prompt must not be empty")
         return v
 
-    @model_validator(mode="after")
-    def _score_only_needs_echo(self):
-        if self.max_tokens == 0 and not self.echo:
-            raise ValueError("max_tokens 0 (scoring the prompt only) needs echo: true")
-        if self.max_tokens == 0 and self.stream:
-            raise ValueError("max_tokens 0 (scoring the prompt only) is answered whole: "
-                             "stream must be false")
-        return self
-
     def prompts(self) -> list[Union[str, TokenIds]]:
         """The batch: one prompt per entry (a str, or a list of token ids)."""
         p = self.prompt

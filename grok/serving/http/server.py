@@ -187,7 +187,7 @@ def _serve_multihost(args, build_runner, template) -> int:
                              shutdown_grace=args.shutdown_grace)
         print(f"Serving '{name}' on http://{args.host}:{args.port} (process 0 of "
               f"{jax.process_count()})", file=sys.stderr, flush=True)
-        server.run()
+        server.run(sockets=[socket_for(args.host, args.port)])
     finally:
         log.close()     # the followers' replay ends
     return 0
