@@ -4,7 +4,8 @@ import os
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ.setdefault("GROK_COMPILE_CACHE", "off")   # tests measure compiles; test_startup turns it on
+# Tests measure compiles: the persistent compilation cache is off unless a test turns it on.
+os.environ.setdefault("GROK_COMPILE_CACHE", "off")
 
 import pytest  # noqa: E402
 

@@ -85,7 +85,8 @@ def validation_error(errors: list) -> APIError:
     them named in one message."""
     if not errors:
         return invalid("invalid request body")
-    unknown = [_param(tuple(e.get("loc", ()))) for e in errors if e.get("type") == "extra_forbidden"]
+    unknown = [_param(tuple(e.get("loc", ()))) for e in errors
+               if e.get("type") == "extra_forbidden"]
     if unknown and all(unknown):
         names = ", ".join(f"'{name}'" for name in unknown)
         return invalid(f"unrecognized request argument{'s' if len(unknown) > 1 else ''} "

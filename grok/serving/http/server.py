@@ -4,11 +4,12 @@ The CLI adds `add_serve_arguments(parser)` to its parser and calls
 `serve(args, build_runner)` with a function that builds the InferenceRunner for the model
 flags. The port is bound first (grok.serving.listen; the entry points bind it before even
 importing JAX): a port in use or any bind failure is an error naming --host/--port before
-anything loads (exit 2). Then the port opens, the model is built
-and compiled on the engine thread, and /health answers 200 when it is ready. SIGTERM or SIGINT
-while the model loads or compiles ends the process at once (128 + the signal: 130 for Ctrl-C;
-nothing is in flight). Once ready: the server stops accepting, lets requests in flight finish
-for up to --shutdown-grace seconds, cancels the rest, and `serve` returns 0. In a multi-process job, process 0 serves HTTP and the others follow its steps.
+anything loads (exit 2). Then the port opens, the model is built and compiled on the engine
+thread, and /health answers 200 when it is ready. SIGTERM or SIGINT while the model loads or
+compiles ends the process at once (128 + the signal: 130 for Ctrl-C; nothing is in flight).
+Once ready: the server stops accepting, lets requests in flight finish for up to
+--shutdown-grace seconds, cancels the rest, and `serve` returns 0. In a multi-process job,
+process 0 serves HTTP and the others follow its steps.
 """
 
 from __future__ import annotations
