@@ -13,7 +13,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from grok.cli import main  # noqa: E402
-
 if __name__ == "__main__":
+    from grok.serving.listen import bind_early
+
+    bind_early(sys.argv[1:], "run.py")     # --serve on a port in use: exit 2 before loading
+    from grok.cli import main
+
     sys.exit(main())

@@ -22,7 +22,7 @@ from typing import Optional
 
 import jax
 
-from grok import demo
+from grok import compile_cache, demo
 from grok.checkpoint import CheckpointError, ConfigMismatchError
 from grok.checkpoint.preflight import (check_config, check_tokenizer_file, check_vocabulary,
                                        load_config_file)
@@ -65,13 +65,15 @@ class ModelOptions:
     pad_sizes: Optional[tuple] = None
     prefix_cache_tokens: Optional[int] = None
     quiet: bool = False
+    compile_cache: Optional[str] = None   # a folder, "off", or None: the default folder
 
     @classmethod
     def from_args(cls, args, slots: int) -> "ModelOptions":
         return cls(checkpoint=args.checkpoint, config=args.config, tokenizer=args.tokenizer,
                    dtype=args.dtype, moe=args.moe, mesh=args.mesh, hosts=tuple(args.hosts),
                    slots=slots, pad_sizes=args.pad_sizes,
-                   prefix_cache_tokens=args.prefix_cache_tokens, quiet=args.quiet)
+                   prefix_cache_tokens=args.prefix_cache_tokens, quiet=args.quiet,
+                   compile_cache=args.compile_cache)
 
 
 @dataclasses.dataclass
@@ -265,6 +267,7 @@ def _notice(options: ModelOptions, text: str) -> None:
 
 def load_model(options: ModelOptions) -> tuple[InferenceRunner, StartupTimes]:
     """The initialized InferenceRunner (weights loaded, steps compiled) and how long each took."""
+    compile_cache.enable(options.compile_cache, options.quiet)
     checkpoint = find_checkpoint(options.checkpoint)
     is_demo = checkpoint is None and options.config is None
     config, source = resolve_config(options, checkpoint)

@@ -3,8 +3,9 @@
 Both implement `Tokenizer`: `encode(text) -> list[int]` (no BOS, as the reference),
 `decode(ids) -> str`, `min_tokens(text) -> int`: a lower bound on `len(encode(text))` found
 without tokenizing, so a prompt far too long for the model is refused before it is tokenized,
-`token_text(id)`: one token's own text for logprobs, and `fingerprint`: a string naming the
-exact vocabulary.
+`token_text(id)`: one token's own text for logprobs, `fingerprint`: a string naming the
+exact vocabulary, and `special_tokens`: role ("bos", "eos", "pad") -> (id, the token's own
+text), for the tokenizer endpoints.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class Tokenizer(Protocol):
         """One token's own text as logprobs show it (a SentencePiece piece with its leading
         space; a byte that is not a whole UTF-8 character as `bytes:\\xNN`)."""
 
+    @property
+    def special_tokens(self) -> dict[str, tuple[int, str]]:
+        """Role ("bos", "eos", "pad") -> (id, the token's own text)."""
+
 
 class SentencePieceTokenizer:
     def __init__(self, path: str | os.PathLike):
@@ -63,6 +68,12 @@ class SentencePieceTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return list(self.processor.encode(text))
+
+    @functools.cached_property
+    def special_tokens(self) -> dict[str, tuple[int, str]]:
+        p = self.processor
+        ids = {"bos": p.bos_id(), "eos": p.eos_id(), "pad": p.pad_id()}
+        return {role: (i, p.id_to_piece(i)) for role, i in ids.items() if i >= 0}
 
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
@@ -93,6 +104,7 @@ class ByteTokenizer:
     NUM_SPECIAL = 3
     vocab_size = 256 + NUM_SPECIAL
     fingerprint = "bytes"
+    special_tokens = {"pad": (0, "<pad>"), "bos": (1, "<s>"), "eos": (2, "</s>")}
 
     def encode(self, text: str) -> list[int]:
         return [b + self.NUM_SPECIAL for b in text.encode("utf-8")]

@@ -5,6 +5,8 @@ import os
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ["JAX_PLATFORMS"] = "cpu"
+# Tests measure compiles: the persistent compilation cache is off unless a test turns it on.
+os.environ.setdefault("GROK_COMPILE_CACHE", "off")
 
 import pytest  # noqa: E402
 

@@ -98,7 +98,7 @@ class FakeEngine:
         echo_lps = None
         if echo:
             targets = list(tokens[1:]) + [next_token if next_token is not None else 0]
-            echo_lps = np.array([token_logprob(t) for t in targets], np.float32)
+            echo_lps = self._output(targets)
         return prefix, FakeResult(self._output([first]), FakeArm(first, sample.seed), echo_lps)
 
     def prefill_batch(self, prompts, samples):
@@ -150,7 +150,7 @@ class FakeEngine:
     def read(self, handle) -> TokenOutput:
         return handle.out
 
-    def read_echo(self, result) -> np.ndarray:
+    def read_echo(self, result) -> TokenOutput:
         return result.echo
 
 
@@ -161,6 +161,7 @@ class FailingTokenizer:
         self.inner, self.bad_token = inner, bad_token
         self.vocab_size = inner.vocab_size
         self.fingerprint = f"failing:{inner.fingerprint}"
+        self.special_tokens = inner.special_tokens
 
     def token_text(self, token_id):
         return self.inner.token_text(token_id)

@@ -173,9 +173,15 @@ def test_echo_scores_the_prompt_across_chunks(engine, reference):
     prompt = make_prompt(20, 50)
     first, r1 = engine.prefill(prompt[:16], GREEDY, echo=True, next_token=prompt[16])
     _, r2 = engine.prefill(prompt[16:], GREEDY, existing_prefix=first, echo=True)
-    echo = np.concatenate([engine.read_echo(r1)[:16], engine.read_echo(r2)[:3]])   # [19]
+    s1, s2 = engine.read_echo(r1), engine.read_echo(r2)
+    echo = np.concatenate([s1.logprobs[:16], s2.logprobs[:3]])                        # [19]
     full = reference.logprobs(prompt)
     np.testing.assert_allclose(echo, full[np.arange(19), prompt[1:]], **TOLERANCE)
+    # each position carries the alternatives of a generated token: the most probable first
+    top_ids = np.concatenate([s1.top_ids[:16], s2.top_ids[:3]])                       # [19, A]
+    np.testing.assert_array_equal(top_ids[:, 0], np.argmax(full[:19], axis=-1))
+    np.testing.assert_array_equal(np.concatenate([s1.token_ids[:16], s2.token_ids[:3]]),
+                                  prompt[1:])
     assert engine.read(r2).token_ids[0] == int(np.argmax(full[-1]))
 
 

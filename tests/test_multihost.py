@@ -136,7 +136,8 @@ def test_decisions_cross_processes_as_json_unchanged():
     admitted = [Admission(Request(prompt="héllo", temperature=0.7, top_p=0.9,
                                   seed=2**32 - 1, max_tokens=5, top_k=3,
                                   stop_tokens=[np.int64(7)], stop=["\n\n", "é"], stream=True,
-                                  logprobs=True, echo=True, request_id="a"), "a"),
+                                  logprobs=True, echo=True, request_id="a", ignore_eos=True,
+                                  min_tokens=2), "a"),
                 Admission(Request(prompt=np.arange(3, 9, dtype=np.int32)), "req-1")]
     decisions = Decisions(admitted, ["b", "c"])
     assert decode(encode(decisions)) == decisions

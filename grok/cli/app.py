@@ -13,6 +13,7 @@ from grok.cli.flags import DEFAULT_MAX_SLOTS, REFERENCE_PROMPT, build_parser
 from grok.cli.inputs import Item, make_request, read_items
 from grok.cli.launch import init_multihost
 from grok.loading import ModelOptions, StartupTimes, UsageError, load_model
+from grok.serving.interrupt import exit_on_interrupt
 from grok.cli.output import ResultPrinter, RunStats
 from grok.cli.repl import Repl
 from grok.serving.multihost import follow
@@ -75,7 +76,8 @@ def run(args, runner=None, stdin=None) -> int:
     items = [] if args.interactive or follower else read_items(args, REFERENCE_PROMPT)
     times = StartupTimes()
     if runner is None:
-        runner = build_runner(args, default_slots(args, items), times)
+        with exit_on_interrupt():    # Ctrl-C while loading or compiling: 130 at once
+            runner = build_runner(args, default_slots(args, items), times)
     if follower:
         follow(runner)
         return 0
@@ -93,6 +95,9 @@ def _check_flags(args) -> None:
     """Flag combinations and sampling flags, before anything is loaded."""
     if args.interactive and (args.prompt or args.input_file):
         raise UsageError("--interactive reads prompts from stdin: drop --prompt/--input-file")
+    if args.interactive and args.serve:
+        raise UsageError("--serve answers HTTP requests; --interactive reads a terminal: "
+                         "drop one of them")
     if args.interactive and args.json:
         raise UsageError("--interactive prints text for a person; --json is for --prompt or "
                          "--input-file runs: drop one of them")
@@ -126,6 +131,7 @@ def main(argv: Optional[Sequence[str]] = None, runner=None, stdin=None,
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.serve:
+            _check_flags(args)
             return _serve(args)
         init_multihost(args)
         _check_flags(args)

@@ -91,6 +91,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     serving.add_argument("--prefix-cache-tokens", type=int, metavar="N",
                          help="prompt KV positions kept on the devices for reuse by later "
                          "prompts that start the same way (default 8192; 0 turns it off)")
+    serving.add_argument("--compile-cache", metavar="DIR|off", help="keep compiled programs "
+                         "in DIR, so the next start skips XLA (default: $GROK_COMPILE_CACHE, "
+                         "else grok/xla in the user's cache directory, ~/.cache)")
     hosts = p.add_argument_group("multi-host (or env " + ", ".join(MULTIHOST_ENV) + ")")
     hosts.add_argument("--coordinator", metavar="HOST:PORT")
     hosts.add_argument("--num-processes", type=int, metavar="N")

@@ -115,7 +115,8 @@ class PrefillResult(NamedTuple):
 
     packed: jax.Array              # [1, 2 + 2A] float32: the first token's TokenOutput
     arm: SlotArm                   # for `insert`
-    echo: Optional[jax.Array]      # [T] float32 with echo: log p(next prompt token), else None
+    echo: Optional[jax.Array]      # [T, 2 + 2A] float32 with echo: each position's next prompt
+                                   # token, its logprob and the top A (read with `read_echo`)
 
 
 Handle = Union[StepHandle, PrefillResult]
@@ -181,5 +182,7 @@ class Engine(Protocol):
     def read(self, handle: Handle) -> TokenOutput:
         """A step's or a prefill's sampled tokens on the host (waits for the device)."""
 
-    def read_echo(self, result: PrefillResult) -> np.ndarray:
-        """A prefill's echo logprobs [T] on the host (float32)."""
+    def read_echo(self, result: PrefillResult) -> TokenOutput:
+        """A prefill's echo scores on the host, one row per chunk position: token_ids [T] the
+        next prompt token, logprobs [T] its log p, top_ids / top_logprobs [T, A] the A most
+        probable tokens at that position."""

@@ -329,10 +329,10 @@ class JaxEngine:
     def read(self, handle: Handle) -> TokenOutput:
         return unpack_output(to_host(handle.packed))
 
-    def read_echo(self, result: PrefillResult) -> np.ndarray:
+    def read_echo(self, result: PrefillResult) -> TokenOutput:
         if result.echo is None:
             raise ValueError("read_echo: this prefill ran without echo=True")
-        return to_host(result.echo)
+        return unpack_output(to_host(result.echo))
 
     def _check_slot(self, slot: int) -> None:
         if not (isinstance(slot, (int, np.integer)) and 0 <= slot < self.batch_size):
@@ -367,14 +367,18 @@ class JaxEngine:
     def precompile_all(self) -> None:
         """`precompile`, plus every continuation chunk (from each capacity that can hold a
         prompt), every batched-prefill shape, every decode variant and every `extract_prefix`
-        capacity, so no request ever waits for XLA."""
+        capacity, and the echo (prompt-scoring) variant of every prefill chunk, so no request
+        ever waits for XLA."""
         self._run_decode_variants(self.kv_len_buckets)
         state = self.init_state()
+        for bucket in self.prefill_buckets:
+            self.prefill([1] * bucket, echo=True)
         for capacity in self.prefix_capacities:
             prefix = empty_prefix(self.config, self.runtime, capacity)
             prefix = jax.device_put(prefix, self._prefix_sh(capacity))
             for bucket in self.prefill_buckets:
-                out, result = self.prefill([1] * bucket, existing_prefix=prefix)
+                for echo in (False, True):
+                    out, result = self.prefill([1] * bucket, existing_prefix=prefix, echo=echo)
                 state = self.insert(out, result.arm, state, 0)
         for n in self.prefill_batch_sizes:
             for bucket in self.prefill_buckets:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from grok.engine.api import Prefix, SlotArm
-from grok.engine.sampling import SampleSettings, sample_token, token_logprobs
+from grok.engine.sampling import NUM_ALTERNATIVES, SampleOutput, SampleSettings, sample_token
 from grok.engine.state import DecodeState, arm_slot, pack_output
 from grok.model.transformer import Memory
 
@@ -55,7 +55,7 @@ def prefill(forward: Forward, params, tokens, length, prefix: Prefix, targets, s
     tokens, targets [1, T] (right-padded; targets: each position's next prompt token, for
     echo); length []: real tokens in the chunk; settings [3]; seed [] uint32. Returns
     (Prefix of `capacity` positions, packed first-token sample [1, 2 + 2A], SlotArm,
-    echo logprobs [T] or None). `prefix` is only read.
+    echo scores [T, 2 + 2A] or None). `prefix` is only read.
     """
     memory = _grow(prefix, capacity)
     logits, memory = forward(params, tokens, memory, length[None],
@@ -64,7 +64,20 @@ def prefill(forward: Forward, params, tokens, length, prefix: Prefix, targets, s
     last = logits[:, length - 1] if echo else logits[:, 0]                      # [1, V]
     packed, arm = _sample_first(last, settings[None], seed[None])
     arm = jax.tree.map(lambda a: a[0], arm)
-    return out, packed, arm, (token_logprobs(logits, targets)[0] if echo else None)
+    return out, packed, arm, (_echo_scores(logits, targets) if echo else None)
+
+
+def _echo_scores(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Each prompt position's score in the decode step's packed format [T, 2 + 2A]: the next
+    prompt token (as the row's token), its logprob, and the A most probable tokens there (so
+    an echoed prompt token carries its alternatives as a generated one does)."""
+    logprobs = jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1)         # [T, V]
+    top_lps, top_ids = jax.lax.top_k(logprobs, min(NUM_ALTERNATIVES, logits.shape[-1]))
+    # The target's logprob is read from the same array as the top ones, so a target that is
+    # the most probable token has exactly the top value (clients compare them for greedy).
+    chosen = jnp.take_along_axis(logprobs, targets[0][:, None], axis=-1)[:, 0]     # [T]
+    scored = SampleOutput(targets[0], chosen, top_ids, top_lps)
+    return pack_output(scored)
 
 
 def prefill_batch(forward: Forward, empty_memory: Callable[[int, int], Memory], params, tokens,

@@ -144,6 +144,8 @@ class Request:
     request_id: Optional[str] = None  # None: the scheduler names it (never a caller's id)
     stop: Sequence[str] = ()      # stop strings: the text ends before the first one found
     cache_salt: Optional[str] = None  # prefix-cache namespace: only equal salts share cached KV
+    ignore_eos: bool = False      # EOS does not end the output (kept as an ordinary token)
+    min_tokens: int = 0           # EOS and stop tokens end the output only after this many
     _: dataclasses.KW_ONLY
     # The reference's keywords for top_p, seed and max_tokens: init-only (mapped in
     # __post_init__, never stored; the class attributes stay None for dataclasses.replace).
@@ -181,8 +183,10 @@ class Request:
             else self.stop_tokens
         set_("stop_tokens", _token_ids("stop_tokens", stops, allow_empty=True))
         set_("stop", stop_strings(self.stop))
+        set_("min_tokens", _int_field("min_tokens", self.min_tokens, 0, self.max_tokens,
+                                      "an int in [0, max_tokens]"))
         for name, value in (("stream", self.stream), ("logprobs", self.logprobs),
-                            ("echo", self.echo)):
+                            ("echo", self.echo), ("ignore_eos", self.ignore_eos)):
             if not isinstance(value, (bool, np.bool_)):
                 raise RequestError(name, value, f"must be a bool, got {_short(value)}")
             set_(name, bool(value))

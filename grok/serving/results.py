@@ -10,7 +10,7 @@ FINISH_REASONS = ("stop", "length", "cancelled", "error")
 _COMPLETION_FIELDS = {           # name -> default (lists are copied per Completion)
     "request_id": None, "prompt_ids": (), "output_ids": (), "finish_reason": "stop",
     "stop_reason": None, "error": None, "logprobs": None, "top_logprobs": None,
-    "prompt_logprobs": None,
+    "prompt_logprobs": None, "prompt_top_logprobs": None,
 }
 _LIST_FIELDS = ("prompt_ids", "output_ids")
 
@@ -41,8 +41,8 @@ class Completion(str):
     stop string are included); finish_reason ("stop", "length", "cancelled" or "error");
     stop_reason (the stop string or stop token id that ended it; None for EOS and the other
     reasons, as OpenAI/vLLM); error (message or None); logprobs (per output token, when
-    asked); top_logprobs (per output token: [(token_id, logprob), ...]); prompt_logprobs
-    (aligned with prompt_ids, None first, when echo was asked).
+    asked); top_logprobs (per output token: [(token_id, logprob), ...]); prompt_logprobs and
+    prompt_top_logprobs (aligned with prompt_ids, None first, when echo was asked).
 
     Picklable and deep-copyable (a str subclass needs `__reduce__` for its attributes).
     """
@@ -71,7 +71,8 @@ class Completion(str):
         out = {"request_id": self.request_id, "prompt_ids": self.prompt_ids,
                "output_ids": self.output_ids, "text": self.text,
                "finish_reason": self.finish_reason}
-        for name in ("stop_reason", "error", "logprobs", "top_logprobs", "prompt_logprobs"):
+        for name in ("stop_reason", "error", "logprobs", "top_logprobs", "prompt_logprobs",
+                     "prompt_top_logprobs"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out

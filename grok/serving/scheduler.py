@@ -63,6 +63,7 @@ class _Stream:
     logprobs: list = dataclasses.field(default_factory=list)
     top_logprobs: list = dataclasses.field(default_factory=list)
     prompt_logprobs: Optional[list] = None
+    prompt_top_logprobs: Optional[list] = None
     held: list = dataclasses.field(default_factory=list)   # TokenEvents whose text is not final
     inserted: bool = False                 # the slot holds its KV (release it when done)
     cache_hit: Optional[Hit] = None        # the prefix-cache entry it continues (pinned)
@@ -314,17 +315,22 @@ class Scheduler:
     def _on_first_token(self, stream: _Stream) -> list:
         result, stream.first = stream.first, None
         if stream.request.echo:
-            lps = []
+            lps, tops = [], []
             for echo_result, size in stream.echo_results:
-                lps += self.engine.read_echo(echo_result)[:size].tolist()
+                scores = self.engine.read_echo(echo_result)
+                lps += scores.logprobs[:size].tolist()
+                tops += [list(zip(ids, values)) for ids, values in
+                         zip(scores.top_ids[:size].tolist(), scores.top_logprobs[:size].tolist())]
             stream.prompt_logprobs = [None] + lps[:len(stream.prompt_ids) - 1]
+            stream.prompt_top_logprobs = [None] + tops[:len(stream.prompt_ids) - 1]
             stream.echo_results = []
         return self._on_token(stream, self.engine.read(result), 0)
 
     def _on_token(self, stream: _Stream, out: TokenOutput, row: int) -> list:
         """Takes row `row` of a TokenOutput for `stream`."""
         token, r = int(out.token_ids[row]), stream.request
-        if token == self.eos_token or token in r.stop_tokens:
+        if len(stream.output_ids) >= r.min_tokens and (
+                (token == self.eos_token and not r.ignore_eos) or token in r.stop_tokens):
             return self._finish(stream, "stop", token if token in r.stop_tokens else None)
         logprob = float(out.logprobs[row])
         top = list(zip(out.top_ids[row].tolist(), out.top_logprobs[row].tolist()))
@@ -377,7 +383,8 @@ class Scheduler:
             output_ids=stream.output_ids, finish_reason=reason, stop_reason=stop_reason,
             error=error, logprobs=stream.logprobs if r.logprobs else None,
             top_logprobs=stream.top_logprobs if r.logprobs else None,
-            prompt_logprobs=stream.prompt_logprobs)
+            prompt_logprobs=stream.prompt_logprobs,
+            prompt_top_logprobs=stream.prompt_top_logprobs)
         events, stream.held = stream.held, []
         return events + [completion]
 

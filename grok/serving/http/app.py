@@ -1,8 +1,9 @@
 """The FastAPI application: routes, authentication, and the engine thread's lifetime.
 
 Routes: POST /v1/completions, POST /v1/chat/completions (grok.serving.http.generation),
-GET /v1/models, GET /health (200 once the model is compiled, 503 before), GET /metrics
-(Prometheus text), GET /openapi.json, POST /tokenize, POST /detokenize. With API keys, every
+GET /v1/models, GET /v1/models/{id}, GET /health (200 once the model is compiled, 503
+before), GET /metrics (Prometheus text), GET /openapi.json, POST /tokenize, POST /detokenize,
+GET /tokenizer_info (grok.serving.http.client_routes). With API keys, every
 route but /health needs `Authorization: Bearer KEY`: /metrics counts prefix-cache hits, which
 would tell an outsider whether someone's prompt began like theirs. /health stays open for load
 balancers.
@@ -28,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from grok.serving.http.body_limit import BodyLimit
 from grok.serving.http.generation import build_job, respond
 from grok.serving.http.chat_template import ChatTemplate
+from grok.serving.http.client_routes import add_client_routes, encode_text, model_card
 from grok.serving.http.engine_loop import Backend, EngineLoop
 from grok.serving.http.errors import APIError, install_error_handlers, invalid, validation_error
 from grok.serving.http.metrics import CONTENT_TYPE
@@ -142,10 +144,7 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
     @app.get("/v1/models")
     async def models(request: HTTPRequest):
         state.check_key(request)
-        card = {"id": model_name, "object": "model", "created": state.started, "owned_by": OWNER}
-        if engine.ready.is_set():
-            card["max_model_len"] = engine.backend.sequence_len
-        return {"object": "list", "data": [card]}
+        return {"object": "list", "data": [model_card(state)]}
 
     @app.get("/health")
     async def health():
@@ -166,6 +165,7 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
         return app.openapi()
 
     _add_tokenizer_routes(app, state)
+    add_client_routes(app, state)
     return app
 
 
@@ -197,8 +197,11 @@ def _tokenize(state: ServerState, body: TokenizeRequest) -> dict:
     if len(text) > max_text_chars(backend.sequence_len):
         raise invalid(f"{param} has {len(text)} characters, more than this model's context of "
                       f"{backend.sequence_len} tokens could hold", param)
-    tokens = backend.tokenizer.encode(text)
-    return {"tokens": tokens, "count": len(tokens), "max_model_len": backend.sequence_len}
+    tokens = encode_text(backend.tokenizer, text, body.add_special_tokens)
+    out = {"tokens": tokens, "count": len(tokens), "max_model_len": backend.sequence_len}
+    if body.return_token_strs:
+        out["token_strs"] = [backend.tokenizer.token_text(t) for t in tokens]
+    return out
 
 
 def _detokenize(state: ServerState, body: DetokenizeRequest) -> dict:

@@ -81,9 +81,16 @@ UNION_FIELDS = {
 
 
 def validation_error(errors: list) -> APIError:
-    """The first pydantic error as a 400 naming its field."""
+    """The first pydantic error as a 400 naming its field; unknown fields come first, all of
+    them named in one message."""
     if not errors:
         return invalid("invalid request body")
+    unknown = [_param(tuple(e.get("loc", ()))) for e in errors
+               if e.get("type") == "extra_forbidden"]
+    if unknown and all(unknown):
+        names = ", ".join(f"'{name}'" for name in unknown)
+        return invalid(f"unrecognized request argument{'s' if len(unknown) > 1 else ''} "
+                       f"supplied: {names}", unknown[0])
     first = errors[0]
     param = _param(tuple(first.get("loc", ())))
     if first.get("type") == "json_invalid":

@@ -7,7 +7,8 @@ built from the Completions. Prompts are tokenized here, once, and each request g
 admission's checks (grok.serving.admission) before anything is queued, so what the scheduler
 would refuse is a 400 naming the field (from RequestError.field). A streamed `echo` sends the prompt's text first,
 without prompt logprobs (the engine scores the prompt with the last prefill chunk; the
-non-streamed response has them).
+non-streamed response has them). `max_tokens: 0` with `echo` scores the prompt alone: the
+request runs for one token, which the response leaves out.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Job:
     requests: list
     num_top: int                     # alternatives per token in logprobs
     logprobs: bool
+    score_only: bool = False         # max_tokens 0: the prompt's scores, no new tokens
 
 
 def prompt_token_ids(server, prompt: Union[str, list[int]], param: str) -> list[int]:
@@ -90,8 +92,17 @@ def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = (),
     backend = server.backend()
     param = "messages" if chat else "prompt"
     prompt_ids = [prompt_token_ids(server, p, param) for p in prompts]
+    bos = backend.tokenizer.special_tokens.get("bos")
+    if body.add_special_tokens and bos is not None:
+        prompt_ids = [ids if ids[:1] == [bos[0]] else [bos[0]] + ids for ids in prompt_ids]
     longest = max(map(len, prompt_ids))
     max_tokens = body.max_new_tokens if chat else body.max_tokens
+    score_only = max_tokens == 0            # (only the completions body allows 0)
+    if score_only and not (body.echo and not body.stream):
+        raise invalid("max_tokens 0 (scoring the prompt only) needs echo: true and no stream",
+                      "max_tokens")
+    if score_only:
+        max_tokens = 1
     if longest >= backend.sequence_len:
         raise invalid(f"{param} has {longest} tokens; this model's context is "
                       f"{backend.sequence_len} (prompt plus new tokens)", param)
@@ -123,15 +134,17 @@ def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = (),
                     top_p=DEFAULT_TOP_P if body.top_p is None else body.top_p,
                     top_k=body.top_k, seed=seed, stop_tokens=tuple(body.stop_token_ids or ()),
                     stop=body.stop_strings + tuple(extra_stops), stream=True,
-                    logprobs=logprobs, echo=echo, cache_salt=cache_salt), backend.tokenizer,
-                    limits)
+                    logprobs=logprobs, echo=echo, cache_salt=cache_salt,
+                    ignore_eos=body.ignore_eos, min_tokens=body.min_tokens),
+                    backend.tokenizer, limits)
             except RequestError as e:   # what admission would refuse: a 400 naming the field
                 name = api_field.get(e.field, e.field)
                 raise invalid(str(e.named(name)), name) from None
             text = prompts[p] if isinstance(prompts[p], str) else backend.tokenizer.decode(ids)
             choices.append(Choice(index, request_id, p, text))
             requests.append(request)
-    return Job(response_id, chat, body, prompt_ids, choices, requests, num_top, logprobs)
+    return Job(response_id, chat, body, prompt_ids, choices, requests, num_top, logprobs,
+               score_only)
 
 
 def start(server, job: Job) -> RequestStream:
@@ -159,36 +172,62 @@ async def respond(server, job: Job, http_request: HTTPRequest):
     for completion in completions:
         if completion.finish_reason == "error":
             raise generation_failure(completion)
+    if job.score_only:
+        completions = [_scores_only(c) for c in completions]
     tokenizer = server.backend().tokenizer
     choices = []
     for choice, completion in zip(job.choices, completions):
         reason = completion.finish_reason
         stop_reason = completion.stop_reason
+        generated = completion.text + _stop_text(job, completion)
         if job.chat:
             lp = (chat_logprobs(tokenizer, job.num_top, completion.output_ids,
                                 completion.logprobs or [], completion.top_logprobs)
                   if job.logprobs else None)
-            choices.append(chat_choice(choice.index, completion.text, reason, lp, stop_reason))
+            choices.append(chat_choice(choice.index, generated, reason, lp, stop_reason))
             continue
-        text, lp = completion.text, None
-        if job.body.echo:
-            text = choice.prompt_text + text
-        if job.logprobs:
-            builder = CompletionLogprobs(tokenizer, job.num_top)
-            lp = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-            parts = []
-            if job.body.echo:
-                prompt_lps = completion.prompt_logprobs or [None] * len(completion.prompt_ids)
-                parts.append(builder.build(completion.prompt_ids, prompt_lps))
-            parts.append(builder.build(completion.output_ids, completion.logprobs or [],
-                                       completion.top_logprobs))
-            for part in parts:
-                for key in lp:
-                    lp[key] += part[key]
+        text = choice.prompt_text + generated if job.body.echo else generated
+        lp = _completion_logprobs(tokenizer, job, choice, completion) if job.logprobs else None
         choices.append(completion_choice(choice.index, text, reason, lp, stop_reason))
     use = _usage(job, completions)
     maker = chat_body if job.chat else completion_body
     return JSONResponse(maker(job.response_id, server.model_name, choices, use))
+
+
+def _scores_only(completion):
+    """A max_tokens 0 request's Completion: the prompt and its scores, no new token."""
+    fields = dict(completion.fields(), output_ids=[], finish_reason="length", stop_reason=None)
+    fields.update(logprobs=[] if completion.logprobs is not None else None,
+                  top_logprobs=[] if completion.top_logprobs is not None else None)
+    return type(completion)("", **fields)
+
+
+def _stop_text(job: Job, completion) -> str:
+    """The stop string that ended the output, when include_stop_str_in_output asks for it."""
+    if job.body.include_stop_str_in_output and isinstance(completion.stop_reason, str):
+        return completion.stop_reason
+    return ""
+
+
+def _completion_logprobs(tokenizer, job: Job, choice: Choice, completion) -> dict:
+    """A whole choice's logprobs; with echo the prompt's tokens first (the first one has no
+    logprob), each with its top alternatives, text offsets into the echoed text."""
+    lp: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [],
+                           "text_offset": []}
+    parts = []
+    if job.body.echo:
+        prompt = completion.prompt_ids
+        parts.append(CompletionLogprobs(tokenizer, job.num_top).build(
+            prompt, completion.prompt_logprobs or [None] * len(prompt),
+            completion.prompt_top_logprobs))
+    builder = CompletionLogprobs(tokenizer, job.num_top, completion.prompt_ids,
+                                 len(choice.prompt_text) if job.body.echo else 0)
+    parts.append(builder.build(completion.output_ids, completion.logprobs or [],
+                               completion.top_logprobs))
+    for part in parts:
+        for key in lp:
+            lp[key] += part[key]
+    return lp
 
 
 def _usage(job: Job, completions: list) -> dict:
@@ -230,7 +269,7 @@ async def _choice_chunks(job: Job, stream: RequestStream, completions: list, tex
             if event.finish_reason == "error":
                 yield _data(generation_failure(event).body())
                 continue
-            rest = _rest(choice, event)
+            rest = _rest(choice, event) + _stop_text(job, event)
             completions.append(event)
             if rest:
                 yield text_chunk(choice, rest, None)
@@ -238,6 +277,7 @@ async def _choice_chunks(job: Job, stream: RequestStream, completions: list, tex
             continue
         lp = logprobs_of(choice, event) if job.logprobs else None
         choice.sent += event.text
+        choice.tokens += 1
         if event.text or lp is not None:
             yield text_chunk(choice, event.text, lp)
 
@@ -245,13 +285,15 @@ async def _choice_chunks(job: Job, stream: RequestStream, completions: list, tex
 async def _completion_events(server, job: Job, stream: RequestStream) -> AsyncIterator[str]:
     created, model, usage_on = int(time.time()), server.model_name, job.body.include_usage
     tokenizer = server.backend().tokenizer
-    builders = {c.index: CompletionLogprobs(tokenizer, job.num_top) for c in job.choices}
+    builders = {c.index: CompletionLogprobs(tokenizer, job.num_top, job.prompt_ids[c.prompt_index],
+                                            len(c.prompt_text) if job.body.echo else 0)
+                for c in job.choices}
 
     def chunk(choice: Choice, text: str, reason=None, lp=None, stop_reason=None) -> str:
         return _data(completion_chunk(
             job.response_id, model, created,
             [completion_choice(choice.index, text, reason, lp, stop_reason)],
-            None, usage_on))
+            _usage_so_far(job), usage_on or job.body.continuous_usage))
 
     def finish(choice: Choice, completion) -> str:
         return chunk(choice, "", completion.finish_reason, None,
@@ -263,7 +305,6 @@ async def _completion_events(server, job: Job, stream: RequestStream) -> AsyncIt
 
     if job.body.echo:
         for choice in job.choices:
-            builders[choice.index].offset = len(choice.prompt_text)
             yield chunk(choice, choice.prompt_text)
     completions = []
     async for data in _choice_chunks(job, stream, completions,
@@ -283,7 +324,7 @@ async def _chat_events(server, job: Job, stream: RequestStream) -> AsyncIterator
     def chunk(choice: Choice, delta: dict, reason=None, lp=None) -> str:
         return _data(chat_chunk(job.response_id, model, created,
                                 [chat_chunk_choice(choice.index, delta, reason, lp)],
-                                None, usage_on))
+                                _usage_so_far(job), usage_on or job.body.continuous_usage))
 
     def logprobs_of(choice: Choice, event) -> Any:
         return chat_logprobs(tokenizer, job.num_top, [event.token_id], [event.logprob],
@@ -302,6 +343,14 @@ async def _chat_events(server, job: Job, stream: RequestStream) -> AsyncIterator
         yield _data(chat_chunk(job.response_id, model, created, [],
                                _usage(job, completions), True))
     yield "data: [DONE]\n\n"
+
+
+def _usage_so_far(job: Job) -> Optional[dict]:
+    """vLLM's continuous usage stats: the prompt tokens and every choice's tokens so far
+    (None unless asked: include_usage alone puts null in the chunks, as OpenAI does)."""
+    if not job.body.continuous_usage:
+        return None
+    return usage(sum(len(ids) for ids in job.prompt_ids), sum(c.tokens for c in job.choices))
 
 
 def _rest(choice: Choice, completion) -> str:

@@ -4,7 +4,8 @@ Field names, types and ranges are OpenAI's. Models are strict (a string is not a
 not `true`) and forbid unknown fields, as OpenAI's API does, so a typo is an error naming the
 field instead of a silently ignored setting. OpenAI fields this engine does not implement
 (penalties, logit_bias, best_of, tools, ...) are accepted only at their neutral values.
-Extras beyond OpenAI's (vLLM's names): `top_k`, `stop_token_ids`, `cache_salt`.
+Extras beyond OpenAI's (vLLM's names): `top_k`, `stop_token_ids`, `cache_salt`, and those of
+grok.serving.http.client_fields (with the OpenAI fields accepted without an effect here).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from grok.engine.sampling import NUM_ALTERNATIVES
 from grok.serving.requests import MAX_CACHE_SALT_CHARS, MAX_STOP_CHARS, MAX_STOP_TOKENS
+from grok.serving.http.client_fields import OpenAINoEffect, StreamOptions, VLLMExtras
 
 MAX_SEED = 2**32 - 1        # Request.seed is a uint32
 MAX_STOP_STRINGS = 16       # OpenAI allows 4; a few more cost nothing here
@@ -36,10 +38,6 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class StreamOptions(_Body):
-    include_usage: bool = False
-
-
 def _neutral(value, neutral, name: str):
     """OpenAI fields the engine does not implement: only their no-op value is accepted."""
     if value is not None and value != neutral:
@@ -47,7 +45,7 @@ def _neutral(value, neutral, name: str):
     return value
 
 
-class _Sampling(_Body):
+class _Sampling(VLLMExtras):
     """Fields shared by completions and chat completions."""
 
     model: str
@@ -112,13 +110,18 @@ class _Sampling(_Body):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def continuous_usage(self) -> bool:
+        """vLLM's stream_options.continuous_usage_stats: usage so far in every chunk."""
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
+
 
 class CompletionRequest(_Sampling):
     """POST /v1/completions."""
 
     prompt: Union[str, TokenIds, Annotated[list[str], Field(max_length=MAX_PROMPTS)],
                   Annotated[list[TokenIds], Field(max_length=MAX_PROMPTS)]]
-    max_tokens: Optional[int] = Field(16, ge=1)      # OpenAI's default for completions
+    max_tokens: Optional[int] = Field(16, ge=0)      # OpenAI's default; 0 only with echo
     logprobs: Optional[int] = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: bool = False
     best_of: Optional[int] = None
@@ -173,7 +176,7 @@ class ChatMessage(_Body):
         return "".join(part["text"] for part in self.content)
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(_Sampling, OpenAINoEffect):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
@@ -218,6 +221,8 @@ class TokenizeRequest(_Body):
     model: Optional[str] = None
     prompt: Optional[str] = None
     messages: Optional[list[ChatMessage]] = Field(None, max_length=MAX_MESSAGES)
+    add_special_tokens: bool = False      # vLLM's: BOS first
+    return_token_strs: bool = False       # vLLM's: each token's text too
 
     @model_validator(mode="after")
     def _one_input(self):

@@ -12,6 +12,9 @@ import secrets
 import time
 from typing import Any, Optional, Sequence
 
+from grok.serving.text import Detokenizer
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
@@ -22,11 +25,19 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 class CompletionLogprobs:
-    """The completions API's logprobs: tokens, token_logprobs, top_logprobs, text_offset."""
+    """The completions API's logprobs: tokens, token_logprobs, top_logprobs, text_offset.
 
-    def __init__(self, tokenizer, num_top: int, offset: int = 0):
+    A token's text_offset is where its text starts in the choice's returned text: the text is
+    built by incremental detokenization (grok.serving.text), so a SentencePiece piece's
+    leading space counts only where the text has it (not at the start of the text).
+    `prompt_ids` are the tokens before the first one built (context only); `offset` the text
+    before it.
+    """
+
+    def __init__(self, tokenizer, num_top: int, prompt_ids: Sequence[int] = (), offset: int = 0):
         self.tokenizer = tokenizer
         self.num_top = num_top
+        self.detokenizer = Detokenizer(tokenizer, prompt_ids)
         self.offset = offset     # text_offset of the next token
 
     def build(self, token_ids: Sequence[int], logprobs: Sequence[Optional[float]],
@@ -46,7 +57,7 @@ class CompletionLogprobs:
                                 for t, v in list(top or [])[:self.num_top]}
                 alternatives.setdefault(text, float(lp))
                 out["top_logprobs"].append(alternatives)
-            self.offset += len(text)
+            self.offset += len(self.detokenizer.add(int(token)))
         return out
 
 

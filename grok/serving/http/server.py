@@ -2,10 +2,14 @@
 
 The CLI adds `add_serve_arguments(parser)` to its parser and calls
 `serve(args, build_runner)` with a function that builds the InferenceRunner for the model
-flags. The port opens at once; the model is built and compiled on the engine thread, and
-/health answers 200 when it is ready. SIGTERM or SIGINT: the server stops accepting, lets
-requests in flight finish for up to --shutdown-grace seconds, cancels the rest, and `serve`
-returns 0. In a multi-process job, process 0 serves HTTP and the others follow its steps.
+flags. The port is bound first (grok.serving.listen; the entry points bind it before even
+importing JAX): a port in use or any bind failure is an error naming --host/--port before
+anything loads (exit 2). Then the port opens, the model is built and compiled on the engine
+thread, and /health answers 200 when it is ready. SIGTERM or SIGINT while the model loads or
+compiles ends the process at once (128 + the signal: 130 for Ctrl-C; nothing is in flight).
+Once ready: the server stops accepting, lets requests in flight finish for up to
+--shutdown-grace seconds, cancels the rest, and `serve` returns 0. In a multi-process job,
+process 0 serves HTTP and the others follow its steps.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any, Callable, Optional
 
 import uvicorn
 
+from grok.serving.interrupt import interrupted_exit
+from grok.serving.listen import DEFAULT_HOST, DEFAULT_PORT, socket_for
 from grok.serving.http.app import create_app
 from grok.serving.http.chat_template import ChatTemplate
 from grok.serving.http.engine_loop import Backend, EngineLoop, backend_for
@@ -30,8 +36,6 @@ from grok.serving.http.metrics import ServerMetrics
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "GROK_API_KEY"
-DEFAULT_HOST = "127.0.0.1"      # local only unless asked: the server has no TLS
-DEFAULT_PORT = 8000
 DEFAULT_MAX_QUEUE = 1024        # waiting requests beyond the slots; more get 503 at once
 DEFAULT_SHUTDOWN_GRACE_S = 20.0  # in-flight requests get this long to finish on SIGTERM
 RELEASE_CHECKPOINT_DIR = "checkpoints"   # the release's directory: served as "grok-1"
@@ -103,7 +107,15 @@ def check_serve_arguments(args) -> None:
 class GracefulServer(uvicorn.Server):
     """uvicorn's Server, but a SIGTERM/SIGINT that shut it down cleanly is not re-raised
     afterwards (uvicorn re-raises it, which would end the process with the signal's status
-    instead of 0)."""
+    instead of 0); one that comes while the model loads or compiles ends the process at once
+    (grok.serving.interrupt: a KeyboardInterrupt cannot stop XLA mid-compile cleanly)."""
+
+    engine: EngineLoop
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if not self.engine.ready.is_set():
+            interrupted_exit(sig)
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -148,6 +160,7 @@ def serve(args, build_runner: Callable[[], Any]) -> int:
     if jax.process_count() > 1:
         return _serve_multihost(args, build_runner, template)
     name = json_safe(args.served_model_name or default_model_name(args))
+    sock = socket_for(args.host, args.port)
     failure: list = []
 
     def build() -> Backend:
@@ -165,7 +178,7 @@ def serve(args, build_runner: Callable[[], Any]) -> int:
                          api_key=args.api_key, max_queue=args.max_queue,
                          chat_template=template, shutdown_grace=args.shutdown_grace,
                          isolate_cache_per_key=args.isolate_cache_per_key)
-    server.run()
+    server.run(sockets=[sock])
     if failure:
         raise failure[0]
     return 0
@@ -195,7 +208,7 @@ def _serve_multihost(args, build_runner, template) -> int:
                              isolate_cache_per_key=args.isolate_cache_per_key)
         print(f"Serving '{name}' on http://{args.host}:{args.port} (process 0 of "
               f"{jax.process_count()})", file=sys.stderr, flush=True)
-        server.run()
+        server.run(sockets=[socket_for(args.host, args.port)])
     finally:
         log.close()     # the followers' replay ends
     return 0
