@@ -25,6 +25,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from grok.serving.results import Completion, TokenEvent  # noqa: F401 (re-exported)
+from grok.serving.structured import fields
 
 Prompt = Union[str, Sequence[int]]
 
@@ -104,6 +105,17 @@ class Request:
     echo: bool = False            # also score the prompt: log p(token_t | tokens before t)
     request_id: Optional[str] = None  # None: the scheduler names it (never a caller's id)
     stop: Sequence[str] = ()      # stop strings: the text ends before the first one found
+    # Structured outputs (at most one) and logit processing: grok.serving.structured.fields
+    json_schema: Optional[Union[str, dict]] = None   # the output is JSON matching this schema
+    regex: Optional[str] = None   # the output matches this regular expression
+    choice: Optional[Sequence[str]] = None   # the output is one of these strings
+    grammar: Optional[str] = None  # the output follows this Lark or GBNF grammar
+    logit_bias: Optional[object] = None   # {token id: bias in [-100, 100]}
+    min_p: float = 0.0            # drop tokens below min_p x the top token's probability
+    presence_penalty: float = 0.0   # [-2, 2]: minus this for every token already generated
+    frequency_penalty: float = 0.0  # [-2, 2]: minus this x the token's count so far
+    repetition_penalty: float = 1.0  # (0, 2]: generated tokens' logits / (or x) this
+    min_tokens: int = 0           # EOS and stop tokens are not sampled before this many
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -141,6 +153,7 @@ class Request:
                 raise ValueError(f"Request.request_id must be a non-empty str or None, "
                                  f"got {self.request_id!r}")
             _valid_text("request_id", self.request_id)
+        fields.normalise(self, set_)
 
     @staticmethod
     def _stop_strings(stop) -> tuple:
