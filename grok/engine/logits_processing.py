@@ -76,7 +76,7 @@ def process_logits(logits: jax.Array, controls: LogitControls, token_counts: jax
     """The logits [B, V] float32 after each row's controls (see the module docstring).
 
     token_counts [B, V] int32: tokens each row generated; temperature [B] (0 = greedy)."""
-    logits = logits.astype(jnp.float32)
+    logits = jnp.asarray(logits, jnp.float32)
     b, v = logits.shape
     rows = jnp.arange(b)[:, None]
     out = logits.at[rows, controls.bias_ids].add(controls.bias_values)           # [B, V]
