@@ -114,7 +114,7 @@ class FakeEngine:
     def insert(self, prefix, arm, state, slot):
         assert state["slots"][slot] is None, f"insert into occupied slot {slot}"
         self.calls.append(("insert", slot))
-        state["slots"][slot] = [prefix.tokens + (arm.token,), len(prefix.tokens), arm.seed]
+        state["slots"][slot] = [prefix.tokens + (int(arm.token),), len(prefix.tokens), arm.seed]
         return state
 
     def generate(self, state, *, controls=None):

@@ -21,6 +21,8 @@ from starlette.responses import JSONResponse, Response
 
 from grok.serving.http.generation import build_job, respond
 from grok.serving.http.chat_template import ChatTemplate
+from grok.serving.http.structured_body import uses_tools
+from grok.serving.http.tools import transcript
 from grok.serving.http.engine_loop import Backend, EngineLoop
 from grok.serving.http.errors import APIError, install_error_handlers, invalid, validation_error
 from grok.serving.http.metrics import CONTENT_TYPE
@@ -109,7 +111,8 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
     @app.post("/v1/chat/completions")
     async def chat_completions(request: HTTPRequest):
         body = await state.read_body(request, ChatCompletionRequest)
-        prompt = state.chat_template.render([(m.role, m.text) for m in body.messages])
+        prompt = state.chat_template.render(transcript(body.messages, body.tools,
+                                                       uses_tools(body)))
         job = build_job(state, body, [prompt], chat=True, extra_stops=state.chat_template.stop)
         return await respond(state, job, request)
 

@@ -26,6 +26,9 @@ from grok.serving.http.responses import (
 from grok.serving.http.engine_loop import NotReady, QueueFull, is_completion
 from grok.serving.http.errors import APIError, invalid
 from grok.serving.http.protocol import MAX_SEED, ChatCompletionRequest, CompletionRequest
+from grok.serving.http.structured_body import (API_FIELD, constraint_fields, sampling_fields,
+                                               uses_tools)
+from grok.serving.http.tools import parse_calls, tool_call_deltas
 from grok.serving.admission import ModelLimits, prepare
 from grok.serving.requests import Request
 from grok.serving.http.streams import (CancellingStreamingResponse, RequestStream,
@@ -63,6 +66,7 @@ class Job:
     requests: list
     num_top: int                     # alternatives per token in logprobs
     logprobs: bool
+    tool_calls: bool = False         # read tool calls from the text (chat with tools)
 
 
 def prompt_token_ids(server, prompt: Union[str, list[int]], param: str) -> list[int]:
@@ -109,6 +113,8 @@ def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = ()) 
         logprobs, num_top = body.logprobs is not None, body.logprobs or 0
         echo = body.echo and logprobs
     response_id = new_id("chatcmpl" if chat else "cmpl")
+    constraint, _ = constraint_fields(body, chat)
+    extra_fields = {**constraint, **sampling_fields(body)}
     choices, requests = [], []
     for p, ids in enumerate(prompt_ids):
         for j in range(body.n):
@@ -124,8 +130,9 @@ def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = ()) 
                 nucleus_p=DEFAULT_TOP_P if body.top_p is None else body.top_p,
                 top_k=body.top_k, rng_seed=seed, stop_tokens=tuple(body.stop_token_ids or ()),
                 stop=body.stop_strings + tuple(extra_stops), stream=True, logprobs=logprobs,
-                echo=echo)))
-    return Job(response_id, chat, body, prompt_ids, choices, requests, num_top, logprobs)
+                echo=echo, **extra_fields)))
+    return Job(response_id, chat, body, prompt_ids, choices, requests, num_top, logprobs,
+               chat and uses_tools(body))
 
 
 def _admissible(backend, prompt_param: str, fields: dict) -> Request:
@@ -138,7 +145,8 @@ def _admissible(backend, prompt_param: str, fields: dict) -> Request:
     except ValueError as e:
         message = str(e)
         name = message.removeprefix("Request.").split(" ")[0].split(":")[0]
-        param = prompt_param if name == "prompt" else REQUEST_TO_API_FIELD.get(name)
+        param = (prompt_param if name == "prompt"
+                 else REQUEST_TO_API_FIELD.get(name, API_FIELD.get(name)))
         raise invalid(message, param) from None
     return request
 
@@ -178,6 +186,11 @@ async def respond(server, job: Job, http_request: HTTPRequest):
             lp = (chat_logprobs(tokenizer, job.num_top, completion.output_ids,
                                 completion.logprobs or [], completion.top_logprobs)
                   if job.logprobs else None)
+            calls = parse_calls(completion.text) if job.tool_calls else None
+            if calls is not None:
+                choices.append(chat_choice(choice.index, None, "tool_calls", lp, stop_reason,
+                                           calls))
+                continue
             choices.append(chat_choice(choice.index, completion.text, reason, lp, stop_reason))
             continue
         text, lp = completion.text, None
@@ -293,15 +306,27 @@ async def _chat_events(server, job: Job, stream: RequestStream) -> AsyncIterator
         return chat_logprobs(tokenizer, job.num_top, [event.token_id], [event.logprob],
                              [getattr(event, "top_logprobs", None)])
 
+    def text_chunk(choice: Choice, text: str, lp) -> str:
+        if job.tool_calls:
+            return ""    # held: the whole answer tells text from tool calls
+        return chunk(choice, {"content": text}, lp=lp)
+
+    def finish(choice: Choice, completion) -> str:
+        if not job.tool_calls:
+            return chunk(choice, {}, completion.finish_reason)
+        calls = parse_calls(completion.text)
+        if calls is None:
+            return (chunk(choice, {"content": completion.text})
+                    + chunk(choice, {}, completion.finish_reason))
+        return "".join(chunk(choice, {"tool_calls": [delta]}) for delta in
+                       tool_call_deltas(calls)) + chunk(choice, {}, "tool_calls")
+
     for choice in job.choices:
         yield chunk(choice, {"role": "assistant", "content": ""})
     completions = []
-    async for data in _choice_chunks(
-            job, stream, completions,
-            lambda choice, text, lp: chunk(choice, {"content": text}, lp=lp),
-            lambda choice, completion: chunk(choice, {}, completion.finish_reason),
-            logprobs_of):
-        yield data
+    async for data in _choice_chunks(job, stream, completions, text_chunk, finish, logprobs_of):
+        if data:
+            yield data
     if usage_on:
         yield _data(chat_chunk(job.response_id, model, created, [],
                                _usage(job, completions), True))

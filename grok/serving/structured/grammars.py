@@ -100,7 +100,7 @@ def schema_text(schema, field: str) -> str:
             raise ValueError(f"{field} is not valid JSON: {e}") from None
     if not isinstance(schema, (dict, bool)):
         raise ValueError(f"{field} must be a JSON schema (an object), got {type(schema).__name__}")
-    return json.dumps(schema, ensure_ascii=False, sort_keys=True)
+    return json.dumps(schema, ensure_ascii=False)   # key order kept: it orders the output
 
 
 def choice_text(choices, field: str) -> str:
