@@ -10,6 +10,7 @@ same (slow) is at the end.
 - bad schemas, grammars and tool choices are 400s naming the field.
 """
 
+import concurrent.futures
 import json
 import re
 
@@ -185,10 +186,29 @@ def test_sampling_fields_are_accepted(client):
 
 @pytest.mark.slow
 def test_two_hundred_seeds_all_validate(client):
-    for seed in range(200):
+    """Every kind of constraint over 200 seeds, 8 requests in flight at a time."""
+    def json_schema(seed):
         out = chat(client, seed=seed, response_format={"type": "json_schema", "json_schema": {
             "name": "w", "schema": Weather.model_json_schema(), "strict": True}})
         Weather.model_validate_json(out.choices[0].message.content)
+
+    def tools(seed):
         out = chat(client, tools=[WEATHER_TOOL, TIME_TOOL], tool_choice="required", seed=seed)
+        assert out.choices[0].message.tool_calls
         for call in out.choices[0].message.tool_calls:
             arguments_ok(call)
+
+    def constrained(seed):
+        for constraint, ok in [
+                ({"regex": r"[a-z]{1,5}@[a-z]{1,5}\.(com|org)"},
+                 lambda t: re.fullmatch(r"[a-z]{1,5}@[a-z]{1,5}\.(com|org)", t)),
+                ({"choice": ["alpha", "beta", "gamma"]}, lambda t: t in ("alpha", "beta", "gamma")),
+                ({"grammar": 'start: "(" NUM ("+" NUM){0,3} ")"\nNUM: /[0-9]{1,3}/\n'},
+                 lambda t: re.fullmatch(r"\([0-9]{1,3}(\+[0-9]{1,3}){0,3}\)", t))]:
+            out = client.completions.create(model="fake", prompt="x", max_tokens=300, seed=seed,
+                                            extra_body={"structured_outputs": constraint})
+            assert ok(out.choices[0].text), (constraint, seed, out.choices[0].text)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for check in (json_schema, tools, constrained):
+            list(pool.map(check, range(200)))
