@@ -29,6 +29,10 @@ from grok.serving.requests import Cancel, Completion, Request, TokenEvent
 Prompt = Union[str, Sequence[int]]
 PROGRESS_BAR_MIN_PROMPTS = 2        # one prompt needs no progress bar
 DEFAULT_SEED = 0                    # base of the per-request seeds when SamplingParams.seed is None
+# Request fields SamplingParams passes as they are (grok.serving.structured.fields).
+_SAME_NAME_FIELDS = ("json_schema", "regex", "choice", "grammar", "logit_bias", "min_p",
+                     "presence_penalty", "frequency_penalty", "repetition_penalty",
+                     "min_tokens")
 # SamplingParams field -> the Request field it fills.
 _REQUEST_FIELD = {"max_tokens": "max_len", "temperature": "temperature", "top_p": "nucleus_p",
                   "top_k": "top_k", "seed": "rng_seed", "stop_token_ids": "stop_tokens",
@@ -43,7 +47,9 @@ class SamplingParams:
     gives each request its own seed (distinct across calls of this LLM, the same in every run
     of the same program); stop strings end the text (not included), as do stop_token_ids and
     EOS; logprobs adds per-token logprobs and the top alternatives; prompt_logprobs scores the
-    prompt.
+    prompt. json_schema / regex / choice / grammar (at most one) constrain the output (a bad
+    one is a ValueError naming the field); logit_bias, min_p, the penalties and min_tokens
+    process the logits (see grok.serving.structured.fields).
     """
 
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -55,6 +61,17 @@ class SamplingParams:
     stop_token_ids: Sequence[int] = ()
     logprobs: bool = False
     prompt_logprobs: bool = False
+    # Structured outputs (at most one) and logit processing, as Request's (same names)
+    json_schema: Optional[Union[str, dict]] = None
+    regex: Optional[str] = None
+    choice: Optional[Sequence[str]] = None
+    grammar: Optional[str] = None
+    logit_bias: Optional[dict] = None
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
 
     def __post_init__(self):
         stop = (self.stop,) if isinstance(self.stop, str) else self.stop
@@ -73,12 +90,14 @@ class SamplingParams:
                   "echo": self.prompt_logprobs}
         if HAS_STOP_STRINGS:
             fields["stop"] = self.stop
+        fields.update({name: getattr(self, name) for name in _SAME_NAME_FIELDS})
         try:
             return Request(prompt=prompt, request_id=request_id, **fields)
         except REQUEST_ERRORS as e:
             message = str(e)
             for name, field in _REQUEST_FIELD.items():
                 message = message.replace(f"Request.{field}", f"SamplingParams.{name}")
+            message = message.replace("Request.", "SamplingParams.")
             raise ValueError(message) from None
 
 

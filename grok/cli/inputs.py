@@ -14,6 +14,7 @@ import json
 import re
 from typing import Any, Optional
 
+from grok.cli import structured_flags
 from grok.cli.flags import FIELD_NAMES, RECORD_FIELDS, RECORD_KEYS
 from grok.cli.model import UsageError
 from grok.serving.requests import Request
@@ -99,6 +100,7 @@ def _make(record, args, index: int) -> tuple[Request, tuple]:
                   max_len=args.max_tokens, rng_seed=request_seed(args.seed, index),
                   stop_tokens=tuple(args.stop_tokens), logprobs=args.logprobs,
                   echo=args.echo_logprobs)
+    fields.update(structured_flags.request_fields(args))
     stop = _stop_strings(args.stop, "--stop") if args.stop else ()
     from_record = {}
     for name, field in RECORD_FIELDS.items():
