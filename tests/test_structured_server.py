@@ -212,3 +212,17 @@ def test_two_hundred_seeds_all_validate(client):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         for check in (json_schema, tools, constrained):
             list(pool.map(check, range(200)))
+
+
+def test_metrics_count_constrained_requests_and_mask_fills(client, url):
+    import httpx
+
+    def value(name):
+        text = httpx.get(url + "/metrics").text
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith(name + " ") or line.startswith(name + "{"))
+    before, fills = value("grok_constrained_requests_total"), value("grok_mask_fill_seconds_count")
+    chat(client, extra_body={"structured_outputs": {"choice": ["a", "b"]}})
+    chat(client, max_tokens=3)
+    assert value("grok_constrained_requests_total") == before + 1
+    assert value("grok_mask_fill_seconds_count") > fills
