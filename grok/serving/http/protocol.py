@@ -206,14 +206,17 @@ class CompletionRequest(_Sampling):
 
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Optional[Union[str, list[dict[str, Any]]]] = None
+    # null only in an assistant message (one that makes tool calls)
+    content: Optional[Union[str, list[dict[str, Any]]]] = Field(None, validate_default=True)
     name: Optional[str] = None
     tool_calls: Optional[list[ToolCall]] = None      # assistant messages
     tool_call_id: Optional[str] = None               # tool messages
 
     @field_validator("content")
     @classmethod
-    def _text_parts(cls, v):
+    def _text_parts(cls, v, info):
+        if v is None and info.data.get("role") != "assistant":
+            raise ValueError("content is required (null only in an assistant message)")
         if isinstance(v, list):   # OpenAI content parts: only text here
             for part in v:
                 if part.get("type") != "text" or not isinstance(part.get("text"), str):
