@@ -18,6 +18,7 @@ BENCHMARKS = {
     "prefill_batch": "grok.benchmarks.prefill_batch",   # N prompts in one prefill call vs one each
     "prefix": "grok.benchmarks.prefix",   # time to first token with and without the prefix cache
     "serve": "grok.benchmarks.serving",   # an OpenAI-compatible server under load
+    "structured": "grok.benchmarks.structured",   # decode steps with grammar-constrained rows
 }
 DEFAULT = "decode"
 

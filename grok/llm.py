@@ -39,7 +39,9 @@ class SamplingParams:
     gives each request its own seed (distinct across calls of this LLM, the same in every run
     of the same program); stop strings end the text (not included), as do stop_token_ids and
     EOS; logprobs adds per-token logprobs and the top alternatives; prompt_logprobs scores the
-    prompt.
+    prompt. json_schema / regex / choice / grammar (at most one) constrain the output (a bad
+    one is a ValueError naming the field); logit_bias, min_p, the penalties and min_tokens
+    process the logits (see grok.serving.structured.fields).
     """
 
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -51,6 +53,17 @@ class SamplingParams:
     stop_token_ids: Sequence[int] = ()
     logprobs: bool = False
     prompt_logprobs: bool = False
+    # Structured outputs (at most one) and logit processing, as Request's (same names)
+    json_schema: Optional[Union[str, dict]] = None
+    regex: Optional[str] = None
+    choice: Optional[Sequence[str]] = None
+    grammar: Optional[str] = None
+    logit_bias: Optional[dict] = None
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
 
     def __post_init__(self):
         for name in ("stop", "stop_token_ids"):   # a generator is read once, here
@@ -68,7 +81,13 @@ class SamplingParams:
                            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                            seed=seed if self.seed is None else self.seed,
                            stop_tokens=self.stop_token_ids, stop=self.stop, logprobs=self.logprobs,
-                           echo=self.prompt_logprobs)
+                           echo=self.prompt_logprobs, json_schema=self.json_schema,
+                           regex=self.regex, choice=self.choice, grammar=self.grammar,
+                           logit_bias=self.logit_bias, min_p=self.min_p,
+                           presence_penalty=self.presence_penalty,
+                           frequency_penalty=self.frequency_penalty,
+                           repetition_penalty=self.repetition_penalty,
+                           min_tokens=self.min_tokens)
         except RequestError as e:
             if e.field == "prompt":
                 raise

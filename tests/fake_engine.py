@@ -112,22 +112,38 @@ class FakeEngine:
     def insert(self, prefix, arm, state, slot):
         assert state["slots"][slot] is None, f"insert into occupied slot {slot}"
         self.calls.append(("insert", slot))
-        state["slots"][slot] = [prefix.tokens + (arm.token,), len(prefix.tokens), arm.seed]
+        state["slots"][slot] = [prefix.tokens + (int(arm.token),), len(prefix.tokens), arm.seed]
         return state
 
-    def generate(self, state):
+    def generate(self, state, *, controls=None):
         active = [i for i, s in enumerate(state["slots"]) if s is not None]
-        self.calls.append(("generate", tuple(active)))
+        self.calls.append(("generate" if controls is None else "generate_processed",
+                           tuple(active)))
         tokens = []
-        for entry in state["slots"]:
+        for slot, entry in enumerate(state["slots"]):
             if entry is None:
                 tokens.append(self.pad_token)
                 continue
             sequence, prompt_len, seed = entry
             token = self.next_token(sequence, prompt_len, seed)
+            if controls is not None and controls.processed[slot]:
+                token = self._allowed(token, sequence, controls, slot)
             entry[0] = sequence + (token,)
             tokens.append(token)
         return state, FakeHandle(self._output(tokens))
+
+    def _allowed(self, token: int, sequence: tuple, controls, slot: int) -> int:
+        """`token` if the slot's mask allows it, else an allowed one picked by the sequence."""
+        bits = np.unpackbits(np.asarray(controls.allowed[slot]).view(np.uint8),
+                             bitorder="little")[:self.vocab_size]
+        if bits[token]:
+            return token
+        allowed = np.flatnonzero(bits)
+        return int(allowed[(sum(sequence) * 7 + len(sequence) * 13) % len(allowed)])
+
+    def trim(self, prefix, length):
+        self.calls.append(("trim", length))
+        return FakePrefix(prefix.tokens[:length])
 
     def release(self, state, slot):
         self.calls.append(("release", slot))

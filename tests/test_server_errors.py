@@ -69,7 +69,7 @@ BAD_COMPLETIONS = [  # (body, param the error must name)
     ({"model": MODEL, "prompt": "hi", "stop_token_ids": [99999]}, "stop_token_ids"),
     ({"model": MODEL, "prompt": "hi", "echo": "yes"}, "echo"),
     ({"model": MODEL, "prompt": "hi", "stream": 1}, "stream"),
-    ({"model": MODEL, "prompt": "hi", "presence_penalty": 0.5}, "presence_penalty"),
+    ({"model": MODEL, "prompt": "hi", "presence_penalty": 5}, "presence_penalty"),
     ({"model": MODEL, "prompt": "hi", "best_of": 3}, "best_of"),
     ({"model": MODEL, "prompt": "hi", "frobnicate": True}, "frobnicate"),
     ({"model": MODEL, "prompt": []}, "prompt"),
@@ -94,7 +94,7 @@ BAD_CHATS = [
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3},
      None),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [{"x": 1}]},
-     "tools"),
+     "tools[0].x"),
     ({"model": MODEL, "messages": "hi"}, "messages"),
 ]
 

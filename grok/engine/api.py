@@ -161,8 +161,11 @@ class Engine(Protocol):
         """The state with `slot` holding exactly `prefix` (everything else in it cleared),
         armed with `arm` and active. Donates `state`, not `prefix`."""
 
-    def generate(self, state):
-        """One decode step for every active slot -> (state, StepHandle). Donates `state`."""
+    def generate(self, state, *, controls=None):
+        """One decode step for every active slot -> (state, StepHandle). Donates `state`.
+
+        `controls` (grok.engine.logits_processing.LogitControls, None: none) process each
+        row's logits before sampling: masks, logit_bias, penalties, min_p."""
 
     def release(self, state, slot: int):
         """The state with `slot` inactive (its KV stays until the next insert clears it)."""

@@ -33,6 +33,7 @@ from grok.config import LanguageModelConfig
 from grok.engine import steps
 from grok.engine.api import (GREEDY, Handle, Prefix, PrefillResult, SampleParams, SlotArm,
                              StepHandle, TokenOutput)
+from grok.engine.logits_processing import LogitControls, neutral_controls
 from grok.engine.live_lengths import (HostShadow, SlotLengths, after_step, longest_after_step,
                                       with_slot)
 from grok.engine.state import (DecodeState, capacity_for, empty_prefix, new_state,
@@ -150,22 +151,25 @@ class JaxEngine:
                            donate_argnums=(0,))
         return self._jit(("insert", capacity), build)
 
-    def sample_step_fn(self, kv_len: int):
+    def sample_step_fn(self, kv_len: int, processed: bool = False):
         """The compiled decode step `sample_step(params, state) -> (state, packed)` whose
-        attention reads the first kv_len cache positions (one of `kv_len_buckets`)."""
+        attention reads the first kv_len cache positions (one of `kv_len_buckets`); with
+        `processed`, `sample_step(params, state, controls)` processes the logits first
+        (grok.engine.logits_processing)."""
         if kv_len not in self.kv_len_buckets:
             raise ValueError(f"kv_len must be one of the decode variants {self.kv_len_buckets}, "
                              f"got {kv_len!r}")
         forward = self._forward
 
-        def sample_step(params, state):
+        def sample_step(params, state, controls=None):
             # (named as the reference's compiled decode step, for XLA dumps and profiles)
-            return steps.generate(lambda *args: forward(*args, kv_len), params, state)
+            return steps.generate(lambda *args: forward(*args, kv_len), params, state, controls)
 
         def build():
-            return jax.jit(sample_step, in_shardings=(self._params_sh, self._state_sh),
+            ins = (self._params_sh, self._state_sh) + ((self._rep,) if processed else ())
+            return jax.jit(sample_step, in_shardings=ins,
                            out_shardings=(self._state_sh, self._rep), donate_argnums=(1,))
-        return self._jit(("sample_step", kv_len), build)
+        return self._jit(("sample_step", kv_len, processed), build)
 
     def kv_len_for(self, state: DecodeState) -> int:
         """The decode variant the next `generate(state)` runs: the smallest bucket holding
@@ -262,12 +266,13 @@ class JaxEngine:
         self._slot_lengths.set(state.memory.step, lengths)
         return state
 
-    def generate(self, state: DecodeState, kv_len: Optional[int] = None
-                 ) -> tuple[DecodeState, StepHandle]:
+    def generate(self, state: DecodeState, kv_len: Optional[int] = None,
+                 controls: Optional[LogitControls] = None) -> tuple[DecodeState, StepHandle]:
         """See grok.engine.api.Engine.generate (donates `state`; starts the host copy).
 
         Runs the `sample_step` variant `kv_len_for(state)`; `kv_len` (a bucket at least that
-        long) forces a longer one, e.g. sequence_len for the whole-cache reference."""
+        long) forces a longer one, e.g. sequence_len for the whole-cache reference. With
+        `controls`, the processed variant of that step runs."""
         needed = self.kv_len_for(state)
         if kv_len is None:
             kv_len = needed
@@ -275,7 +280,9 @@ class JaxEngine:
             raise ValueError(f"generate: kv_len must be a decode variant >= {needed} (the live "
                              f"context), one of {self.kv_len_buckets}; got {kv_len!r}")
         lengths = self._slot_lengths.get(state.memory.step)
-        state, packed = self.sample_step_fn(kv_len)(self.params, state)
+        step = self.sample_step_fn(kv_len, controls is not None)
+        extra = () if controls is None else (controls,)
+        state, packed = step(self.params, state, *extra)
         packed.copy_to_host_async()
         if lengths is not None:
             self._slot_lengths.set(state.memory.step, after_step(lengths, self.sequence_len))
@@ -359,8 +366,10 @@ class JaxEngine:
             prefix, result = self.prefill([1] * bucket)
             state = self.insert(prefix, result.arm, state, 0)
         packed = None
+        controls = neutral_controls(self.batch_size, self.vocab_size)
         for kv_len in kv_lens:   # each variant once (the slot's context is irrelevant here)
             state, packed = self.sample_step_fn(kv_len)(self.params, state)
+            state, packed = self.sample_step_fn(kv_len, True)(self.params, state, controls)
         state = self.release_slot(state, np.int32(0))
         jax.block_until_ready((state, packed))
 

@@ -37,6 +37,7 @@ class DecodeState(NamedTuple):
     settings: SampleSettings
     rngs: jax.Array         # [B, 2] uint32 PRNG key per slot (raw key data; 2 for threefry)
     last_tokens: jax.Array  # [B] int32: the token each slot feeds to the next step
+    token_counts: jax.Array  # [B, V] int32: tokens each slot generated (for penalties)
 
 
 def new_state(config: LanguageModelConfig, runtime: RuntimeConfig, batch_size: int) -> DecodeState:
@@ -46,7 +47,8 @@ def new_state(config: LanguageModelConfig, runtime: RuntimeConfig, batch_size: i
         init_memory(config, b, config.sequence_len, runtime),
         SampleSettings(jnp.zeros((b,), jnp.float32), jnp.ones((b,), jnp.float32),
                        jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool)),
-        jnp.zeros((b, PRNG_KEY_WORDS), jnp.uint32), jnp.zeros((b,), jnp.int32))
+        jnp.zeros((b, PRNG_KEY_WORDS), jnp.uint32), jnp.zeros((b,), jnp.int32),
+        jnp.zeros((b, config.vocab_size), jnp.int32))
 
 
 def empty_prefix(config: LanguageModelConfig, runtime: RuntimeConfig, capacity: int) -> Prefix:
@@ -112,7 +114,8 @@ def state_shardings(state_shape: DecodeState, mesh: Mesh) -> DecodeState:
     per_slot = lambda x: sharding.batch_sharding(x.shape, mesh)
     return DecodeState(sharding.memory_shardings(state_shape.memory, mesh),
                        jax.tree.map(per_slot, state_shape.settings),
-                       per_slot(state_shape.rngs), per_slot(state_shape.last_tokens))
+                       per_slot(state_shape.rngs), per_slot(state_shape.last_tokens),
+                       per_slot(state_shape.token_counts))
 
 
 def prefix_shardings(prefix_shape: Prefix, mesh: Mesh) -> Prefix:

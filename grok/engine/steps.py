@@ -10,12 +10,13 @@ Glossary: B slots, N prompts in a batched prefill, T chunk bucket, P / Q prefix 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 from grok.engine.api import Prefix, SlotArm
+from grok.engine.logits_processing import LogitControls, count_tokens, process_logits
 from grok.engine.sampling import NUM_ALTERNATIVES, SampleOutput, SampleSettings, sample_token
 from grok.engine.state import DecodeState, arm_slot, pack_output
 from grok.model.transformer import Memory
@@ -104,22 +105,32 @@ def insert(state: DecodeState, prefix: Prefix, arm: SlotArm, slot) -> DecodeStat
     put = lambda a, r, axis: jax.lax.dynamic_update_slice_in_dim(a, r.astype(a.dtype), slot, axis)
     memory = Memory(put(mem.k, row.k, 1), put(mem.v, row.v, 1), put(mem.step, row.step, 0),
                     put(mem.valid, row.valid, 0))
-    return arm_slot(state._replace(memory=memory), arm, slot)
+    counts = state.token_counts.at[slot].set(0)
+    return arm_slot(state._replace(memory=memory, token_counts=counts), arm, slot)
 
 
-def generate(forward: Forward, params, state: DecodeState):
+def generate(forward: Forward, params, state: DecodeState,
+             controls: Optional[LogitControls] = None):
     """One decode step for every slot; inactive slots are left exactly as they were.
 
+    With `controls` (grok.engine.logits_processing), each row's logits are processed before
+    sampling and the slots' generated-token counts kept; without, neither (the counts only
+    matter to processed rows, and a row's counts restart when a request enters its slot).
     Returns (state, packed [B, 2 + 2A])."""
     active = state.settings.active
     b = active.shape[0]
     logits, memory = forward(params, state.last_tokens[:, None], state.memory,
                              active.astype(jnp.int32), jnp.zeros((b,), jnp.int32))
     keys = jax.vmap(jax.random.split)(state.rngs)                               # [B, 2, 2]
-    out = sample_token(logits[:, 0], state.settings, keys[:, 1])
+    logits = logits[:, 0]
+    if controls is not None:
+        logits = process_logits(logits, controls, state.token_counts, state.settings.temperature)
+    out = sample_token(logits, state.settings, keys[:, 1])
     rngs = jnp.where(active[:, None], keys[:, 0], state.rngs)
     tokens = jnp.where(active, out.token_id, state.last_tokens)
-    return DecodeState(memory, state.settings, rngs, tokens), pack_output(out)
+    counts = (state.token_counts if controls is None
+              else count_tokens(state.token_counts, out.token_id, active))
+    return DecodeState(memory, state.settings, rngs, tokens, counts), pack_output(out)
 
 
 def release(state: DecodeState, slot) -> DecodeState:

@@ -25,6 +25,9 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from grok.serving.request_error import RequestError
+from grok.serving.structured import fields
+
 Prompt = Union[str, Sequence[int]]
 
 MAX_INT32 = 2**31 - 1      # token ids, top_k and max_tokens travel to the device as int32
@@ -39,24 +42,6 @@ MAX_CACHE_SALT_CHARS = 1024
 _SEQUENCES = (list, tuple, np.ndarray)
 # The reference's Request keywords -> the fields they fill.
 REFERENCE_NAMES = {"nucleus_p": "top_p", "rng_seed": "seed", "max_len": "max_tokens"}
-
-
-class RequestError(ValueError):
-    """A request field with a bad value, as data: `field` (the Request field, OpenAI's name),
-    `value` (what was given) and `problem` ("must be in (0, 1], got 2"). The message is
-    "<name> <problem>", where `name` is the field unless a door renamed it with `named` (the
-    flag `--top-p`, the record key 'top_p', SamplingParams.top_p)."""
-
-    def __init__(self, field: str, value: Any, problem: str, name: Optional[str] = None):
-        self.field = field
-        self.value = value
-        self.problem = problem
-        self.name = name or field
-        super().__init__(f"{self.name} {problem}")
-
-    def named(self, name: str) -> "RequestError":
-        """The same error, its message naming the field as the door's user wrote it."""
-        return RequestError(self.field, self.value, self.problem, name)
 
 
 def _is_int(x) -> bool:
@@ -145,7 +130,17 @@ class Request:
     stop: Sequence[str] = ()      # stop strings: the text ends before the first one found
     cache_salt: Optional[str] = None  # prefix-cache namespace: only equal salts share cached KV
     ignore_eos: bool = False      # EOS does not end the output (kept as an ordinary token)
-    min_tokens: int = 0           # EOS and stop tokens end the output only after this many
+    min_tokens: int = 0           # EOS and stop tokens are not sampled before this many
+    # Structured outputs (at most one) and logit processing: grok.serving.structured.fields
+    json_schema: Optional[Union[str, dict]] = None   # the output is JSON matching this schema
+    regex: Optional[str] = None   # the output matches this regular expression
+    choice: Optional[Sequence[str]] = None   # the output is one of these strings
+    grammar: Optional[str] = None  # the output follows this Lark or GBNF grammar
+    logit_bias: Optional[object] = None   # {token id: bias in [-100, 100]}
+    min_p: float = 0.0            # drop tokens below min_p x the top token's probability
+    presence_penalty: float = 0.0   # [-2, 2]: minus this for every token already generated
+    frequency_penalty: float = 0.0  # [-2, 2]: minus this x the token's count so far
+    repetition_penalty: float = 1.0  # (0, 2]: generated tokens' logits / (or x) this
     _: dataclasses.KW_ONLY
     # The reference's keywords for top_p, seed and max_tokens: init-only (mapped in
     # __post_init__, never stored; the class attributes stay None for dataclasses.replace).
@@ -202,6 +197,7 @@ class Request:
                                    f"must be a non-empty str of at most {MAX_CACHE_SALT_CHARS} "
                                    f"characters or None, got {_short(self.cache_salt)}")
             _valid_text("cache_salt", self.cache_salt)
+        fields.normalise(self, set_)
 
     def _map_reference_names(self, **given) -> None:
         """The reference's keywords fill OpenAI-named fields; both names with different values

@@ -36,9 +36,13 @@ import itertools
 import secrets
 from typing import Optional
 
+import numpy as np
+
 from grok.engine.api import Engine, Prefix, PrefillResult, SampleParams, TokenOutput
 from grok.serving.admission import ModelLimits, prepare
 from grok.serving.decisions import Admission, AdmissionLog, Decisions
+from grok.serving.logit_controls import StepControls
+from grok.serving.structured_streams import Structured
 from grok.serving.prefix_cache import Hit
 from grok.serving.prefix_hooks import PrefixReuse
 from grok.serving.requests import Cancel, Request
@@ -70,6 +74,7 @@ class _Stream:
     looked_up: bool = False                # the prefix cache was asked for its prompt
     fed: int = 0                           # output tokens fed to dispatched decode steps
     done: bool = False
+    structured: Optional[Structured] = None  # logit processing / grammar (see `_admit`)
 
 
 class Scheduler:
@@ -104,6 +109,9 @@ class Scheduler:
         self._auto_prefix = f"req-{secrets.token_hex(4)}-"
         self._auto_ids = itertools.count()
         self.prefixes = PrefixReuse(engine, prefix_cache_tokens, prefix_cache_outputs)
+        self.step_controls = StepControls(engine.batch_size, engine.vocab_size)
+        self.constrained_requests = 0        # admitted requests with a grammar
+        self.on_mask_fill = None             # callable(seconds) per step that fills masks
         self.prefix_cache = self.prefixes.cache      # None when off
 
     # ---- the API the generator and the HTTP server use ---------------------------------------
@@ -173,25 +181,51 @@ class Scheduler:
             if stream is not None:
                 events += self._finish(stream, "cancelled")
         for admission in decisions.admitted:
-            self._admit(admission)
+            events += self._admit(admission)
         inserted = self._prefill(events)
         dispatched = None
+        if self._inflight is not None and any(
+                s.structured is not None and s.structured.grammar is not None
+                for s in self._running.values()):
+            # a grammar's next mask needs the last token: read it before dispatching
+            events += self._read_inflight()
         if self._running:
-            self.state, handle = self.engine.generate(self.state)
+            controls = self._controls()
+            if controls is None:
+                self.state, handle = self.engine.generate(self.state)
+            else:
+                self.state, handle = self.engine.generate(self.state, controls=controls)
             dispatched = (handle, dict(self._running))
             for stream in self._running.values():
                 stream.fed += 1       # this step writes the KV of its last token
-        if self._inflight is not None:
-            handle, snapshot = self._inflight
-            out = self.engine.read(handle)
-            for slot, stream in snapshot.items():
-                if not stream.done:
-                    events += self._guarded(stream, self._on_token, out, slot)
+        events += self._read_inflight()
         self._inflight = dispatched
         for stream in inserted:
             if not stream.done:
                 events += self._guarded(stream, self._on_first_token)
         return events
+
+    def _read_inflight(self) -> list:
+        """Reads the step in flight (if any) and takes each of its slots' tokens."""
+        events = []
+        if self._inflight is not None:
+            (handle, snapshot), self._inflight = self._inflight, None
+            out = self.engine.read(handle)
+            for slot, stream in snapshot.items():
+                if not stream.done:
+                    events += self._guarded(stream, self._on_token, out, slot)
+        return events
+
+    def _controls(self):
+        """This step's LogitControls, or None when no running request processes logits."""
+        rows = {slot: s.structured.row(s.fed) for slot, s in self._running.items()
+                if s.structured is not None}
+        if not rows:
+            return None
+        controls = self.step_controls.build(rows)
+        if self.on_mask_fill is not None and any(r.grammar is not None for r in rows.values()):
+            self.on_mask_fill(self.step_controls.last_fill_seconds)
+        return controls
 
     # ---- decisions and admission ------------------------------------------------------------
     def _new_id(self) -> str:
@@ -215,13 +249,21 @@ class Scheduler:
                                       request_id))
         return Decisions(admitted, cancelled)
 
-    def _admit(self, admission: Admission) -> None:
+    def _admit(self, admission: Admission) -> list:
         request, prompt_ids = admission.request, list(admission.request.prompt)
         slot = heapq.heappop(self._free)
         stream = _Stream(request, admission.request_id, prompt_ids, slot,
                          TextStream(self.tokenizer, prompt_ids, request.stop))
         self._streams[stream.request_id] = stream
         self._prefilling.append(stream)
+        return self._guarded(stream, self._structure)
+
+    def _structure(self, stream: _Stream) -> None:
+        """Logit processing and the grammar of a request that needs them (every process of a
+        multi-host job builds the same from the same admission)."""
+        stream.structured = Structured.of(stream.request, self.tokenizer, self.engine)
+        if stream.structured is not None and stream.structured.grammar is not None:
+            self.constrained_requests += 1
 
     # ---- prefill ----------------------------------------------------------------------------
     def _prefill(self, events: list) -> list:
@@ -296,7 +338,14 @@ class Scheduler:
             self._insert(stream, result)
 
     def _insert(self, stream: _Stream, result: PrefillResult) -> None:
-        self.state = self.engine.insert(stream.prefix, result.arm, self.state, stream.slot)
+        prefix, arm = stream.prefix, result.arm
+        if stream.structured is not None:
+            # Its first token must come from a processed step: the slot gets the prompt but
+            # its last token, which the first decode step feeds (`fed` counts it as -1).
+            prefix = self.engine.trim(prefix, len(stream.prompt_ids) - 1)
+            arm = arm._replace(token=np.int32(stream.prompt_ids[-1]))
+            stream.fed = -1
+        self.state = self.engine.insert(prefix, arm, self.state, stream.slot)
         prefix = stream.prefix
         stream.prefix, stream.first, stream.inserted = None, result, True
         self._prefilling.remove(stream)
@@ -324,11 +373,16 @@ class Scheduler:
             stream.prompt_logprobs = [None] + lps[:len(stream.prompt_ids) - 1]
             stream.prompt_top_logprobs = [None] + tops[:len(stream.prompt_ids) - 1]
             stream.echo_results = []
+        if stream.structured is not None:
+            return []      # its first token comes from its first decode step (`_insert`)
         return self._on_token(stream, self.engine.read(result), 0)
 
     def _on_token(self, stream: _Stream, out: TokenOutput, row: int) -> list:
         """Takes row `row` of a TokenOutput for `stream`."""
         token, r = int(out.token_ids[row]), stream.request
+        grammar = stream.structured.grammar if stream.structured is not None else None
+        if grammar is not None and token != self.eos_token:
+            grammar.advance(token)
         if len(stream.output_ids) >= r.min_tokens and (
                 (token == self.eos_token and not r.ignore_eos) or token in r.stop_tokens):
             return self._finish(stream, "stop", token if token in r.stop_tokens else None)
@@ -343,6 +397,8 @@ class Scheduler:
                                           released, logprob, top if r.logprobs else None))
         if stop is not None:
             return self._finish(stream, "stop", stop)
+        if grammar is not None and grammar.finished:
+            return self._finish(stream, "stop")
         if len(stream.output_ids) >= r.max_tokens:
             return self._finish(stream, "length")
         if stream.text.holding:

@@ -30,6 +30,8 @@ from grok.serving.http.body_limit import BodyLimit
 from grok.serving.http.generation import build_job, respond
 from grok.serving.http.chat_template import ChatTemplate
 from grok.serving.http.client_routes import add_client_routes, encode_text, model_card
+from grok.serving.http.structured_body import uses_tools
+from grok.serving.http.tools import transcript
 from grok.serving.http.engine_loop import Backend, EngineLoop
 from grok.serving.http.errors import APIError, install_error_handlers, invalid, validation_error
 from grok.serving.http.metrics import CONTENT_TYPE
@@ -170,7 +172,7 @@ def create_app(engine: EngineLoop, model_name: str, chat_template: Optional[Chat
 
 
 def _chat_job(state: ServerState, body: ChatCompletionRequest, cache_salt: Optional[str]):
-    prompt = state.chat_template.render([(m.role, m.text) for m in body.messages])
+    prompt = state.chat_template.render(transcript(body.messages, body.tools, uses_tools(body)))
     return build_job(state, body, [prompt], chat=True, extra_stops=state.chat_template.stop,
                      cache_salt=cache_salt)
 

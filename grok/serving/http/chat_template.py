@@ -13,7 +13,8 @@ that a base model continues naturally:
 
     Assistant:
 
-each message as its role's line (a "developer" message as a system one), blank lines
+each message as its role's line (a "developer" message as a system one, a tool's result as
+"Tool: ..."; grok.serving.http.tools shows tools and writes calls), blank lines
 between, and the prompt ending with "Assistant:" for the model to continue. Generation stops
 at "\\nUser:" (the model starting the user's next turn) besides the request's own `stop`.
 
@@ -30,7 +31,7 @@ import json
 from typing import Sequence
 
 PLACEHOLDER = "{content}"
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 ROLE_ALIASES = {"developer": "system"}   # OpenAI's newer name for the system role
 
 
@@ -39,6 +40,7 @@ class ChatTemplate:
     system: str = "System: {content}\n\n"
     user: str = "User: {content}\n\n"
     assistant: str = "Assistant: {content}\n\n"
+    tool: str = "Tool: {content}\n\n"     # a tool's result (see grok.serving.http.tools)
     generation_prompt: str = "Assistant:"
     stop: tuple[str, ...] = ("\nUser:",)
 

@@ -39,7 +39,6 @@ class OpenAINoEffect(_Strict):
     store: Optional[bool] = None
     metadata: Optional[dict[str, str]] = None
     service_tier: Optional[Literal["auto", "default", "flex", "scale", "priority"]] = None
-    parallel_tool_calls: Optional[bool] = None
     reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high"]] = None
     verbosity: Optional[Literal["low", "medium", "high"]] = None
     prompt_cache_key: Optional[str] = None

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 from grok.serving.http.metrics import ServerMetrics
 from grok.serving.interface import SchedulerAPI
+from grok.serving.structured.fields import constraint_of
 from grok.serving.results import Completion, error_completion
 from grok.serving.generator import scheduler_for
 from grok.tokenizer import Tokenizer
@@ -130,6 +131,7 @@ class EngineLoop(threading.Thread):
             logger.exception("the model could not be started")
             self.error = f"the model could not be started: {type(e).__name__}: {e}"
             return
+        self.scheduler.on_mask_fill = self.metrics.mask_fill.observe
         self.ready.set()
         logger.info("engine ready: %d slots", self.slots)
         try:
@@ -173,6 +175,7 @@ class EngineLoop(threading.Thread):
             _, requests, deliver, arrival = command
             for request in requests:
                 self._routes[request.request_id] = _Route(deliver, arrival)
+            self.metrics.on_constrained(sum(constraint_of(r) is not None for r in requests))
             self._guarded(lambda: self.scheduler.submit(requests))
         elif command[0] == "cancel":
             for request_id in command[1]:

@@ -29,6 +29,8 @@ from grok.serving.http.responses import (
 from grok.serving.http.engine_loop import NotReady, QueueFull, is_completion
 from grok.serving.http.errors import APIError, invalid
 from grok.serving.http.protocol import MAX_SEED, ChatCompletionRequest, CompletionRequest
+from grok.serving.http.structured_body import constraint_fields, sampling_fields, uses_tools
+from grok.serving.http.tools import parse_calls, tool_call_deltas
 from grok.serving.admission import ModelLimits, prepare
 from grok.serving.requests import Request, RequestError
 from grok.serving.http.streams import (CancellingStreamingResponse, RequestStream,
@@ -66,6 +68,7 @@ class Job:
     num_top: int                     # alternatives per token in logprobs
     logprobs: bool
     score_only: bool = False         # max_tokens 0: the prompt's scores, no new tokens
+    tool_calls: bool = False         # read tool calls from the text (chat with tools)
 
 
 def prompt_token_ids(server, prompt: Union[str, list[int]], param: str) -> list[int]:
@@ -119,6 +122,9 @@ def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = (),
         echo = body.echo and logprobs
     response_id = new_id("chatcmpl" if chat else "cmpl")
     limits = ModelLimits(backend.vocab_size, backend.sequence_len, backend.pad_token)
+    constraint, constraint_param = constraint_fields(body, chat)
+    extra_fields = {**constraint, **sampling_fields(body)}
+    api_field.update({name: constraint_param for name in constraint})
     choices, requests = [], []
     for p, ids in enumerate(prompt_ids):
         for j in range(body.n):
@@ -135,8 +141,7 @@ def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = (),
                     top_k=body.top_k, seed=seed, stop_tokens=tuple(body.stop_token_ids or ()),
                     stop=body.stop_strings + tuple(extra_stops), stream=True,
                     logprobs=logprobs, echo=echo, cache_salt=cache_salt,
-                    ignore_eos=body.ignore_eos, min_tokens=body.min_tokens),
-                    backend.tokenizer, limits)
+                    ignore_eos=body.ignore_eos, **extra_fields), backend.tokenizer, limits)
             except RequestError as e:   # what admission would refuse: a 400 naming the field
                 name = api_field.get(e.field, e.field)
                 raise invalid(str(e.named(name)), name) from None
@@ -144,7 +149,7 @@ def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = (),
             choices.append(Choice(index, request_id, p, text))
             requests.append(request)
     return Job(response_id, chat, body, prompt_ids, choices, requests, num_top, logprobs,
-               score_only)
+               score_only, chat and uses_tools(body))
 
 
 def start(server, job: Job) -> RequestStream:
@@ -184,6 +189,11 @@ async def respond(server, job: Job, http_request: HTTPRequest):
             lp = (chat_logprobs(tokenizer, job.num_top, completion.output_ids,
                                 completion.logprobs or [], completion.top_logprobs)
                   if job.logprobs else None)
+            calls = parse_calls(completion.text) if job.tool_calls else None
+            if calls is not None:
+                choices.append(chat_choice(choice.index, None, "tool_calls", lp, stop_reason,
+                                           calls))
+                continue
             choices.append(chat_choice(choice.index, generated, reason, lp, stop_reason))
             continue
         text = choice.prompt_text + generated if job.body.echo else generated
@@ -330,15 +340,27 @@ async def _chat_events(server, job: Job, stream: RequestStream) -> AsyncIterator
         return chat_logprobs(tokenizer, job.num_top, [event.token_id], [event.logprob],
                              [event.top_logprobs])
 
+    def text_chunk(choice: Choice, text: str, lp) -> str:
+        if job.tool_calls:
+            return ""    # held: the whole answer tells text from tool calls
+        return chunk(choice, {"content": text}, lp=lp)
+
+    def finish(choice: Choice, completion) -> str:
+        if not job.tool_calls:
+            return chunk(choice, {}, completion.finish_reason)
+        calls = parse_calls(completion.text)
+        if calls is None:
+            return (chunk(choice, {"content": completion.text})
+                    + chunk(choice, {}, completion.finish_reason))
+        return "".join(chunk(choice, {"tool_calls": [delta]}) for delta in
+                       tool_call_deltas(calls)) + chunk(choice, {}, "tool_calls")
+
     for choice in job.choices:
         yield chunk(choice, {"role": "assistant", "content": ""})
     completions = []
-    async for data in _choice_chunks(
-            job, stream, completions,
-            lambda choice, text, lp: chunk(choice, {"content": text}, lp=lp),
-            lambda choice, completion: chunk(choice, {}, completion.finish_reason),
-            logprobs_of):
-        yield data
+    async for data in _choice_chunks(job, stream, completions, text_chunk, finish, logprobs_of):
+        if data:
+            yield data
     if usage_on:
         yield _data(chat_chunk(job.response_id, model, created, [],
                                _usage(job, completions), True))

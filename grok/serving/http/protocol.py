@@ -3,9 +3,11 @@
 Field names, types and ranges are OpenAI's. Models are strict (a string is not a number, 1 is
 not `true`) and forbid unknown fields, as OpenAI's API does, so a typo is an error naming the
 field instead of a silently ignored setting. OpenAI fields this engine does not implement
-(penalties, logit_bias, best_of, tools, ...) are accepted only at their neutral values.
-Extras beyond OpenAI's (vLLM's names): `top_k`, `stop_token_ids`, `cache_salt`, and those of
-grok.serving.http.client_fields (with the OpenAI fields accepted without an effect here).
+(best_of, suffix) are accepted only at their neutral values.
+Extras beyond OpenAI's (vLLM's names): `top_k`, `stop_token_ids`, `cache_salt`, `min_p`,
+`repetition_penalty`, `structured_outputs`, and those of grok.serving.http.client_fields (with
+the OpenAI fields accepted without an effect here). Structured outputs and tools:
+grok.serving.http.structured_body and grok.serving.http.tools.
 """
 
 from __future__ import annotations
@@ -45,6 +47,77 @@ def _neutral(value, neutral, name: str):
     return value
 
 
+class StructuredOutputs(_Body):
+    """vLLM's `structured_outputs`: one constraint on the output."""
+
+    json_: Optional[Union[dict, str]] = Field(None, alias="json")   # a JSON schema
+    regex: Optional[str] = None
+    choice: Optional[list[str]] = None
+    grammar: Optional[str] = None               # Lark or GBNF
+    json_object: Optional[bool] = None          # any JSON object
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = [k for k in ("json_", "regex", "choice", "grammar", "json_object")
+                 if getattr(self, k) not in (None, False)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of json, regex, choice, grammar, json_object; "
+                             f"got {given or 'none'}")
+        return self
+
+
+class JsonSchemaFormat(_Body):
+    name: str
+    description: Optional[str] = None
+    schema_: Optional[dict] = Field(None, alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(_Body):
+    """OpenAI's response_format: text, any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is needed with (and only with) type json_schema")
+        return self
+
+
+class FunctionDefinition(_Body):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: Optional[str] = None
+    parameters: Optional[dict] = None
+    strict: Optional[bool] = None
+
+
+class Tool(_Body):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class FunctionCall(_Body):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Body):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class _Sampling(VLLMExtras):
     """Fields shared by completions and chat completions."""
 
@@ -62,20 +135,13 @@ class _Sampling(VLLMExtras):
     stop_token_ids: Optional[list[int]] = Field(None, max_length=MAX_STOP_TOKENS)  # extra (vLLM)
     # extra (vLLM): only requests with the same salt share prefix-cache entries
     cache_salt: Optional[str] = Field(None, min_length=1, max_length=MAX_CACHE_SALT_CHARS)
-    # OpenAI fields without an implementation here: neutral values only.
-    presence_penalty: Optional[float] = None
-    frequency_penalty: Optional[float] = None
+    presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
+    # token id (as a string) -> [-100, 100]
     logit_bias: Optional[dict[str, float]] = Field(None, max_length=MAX_LIST_ENTRIES)
-
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalty(cls, v, info):
-        return _neutral(v, 0.0, info.field_name)
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_bias(cls, v):
-        return _neutral(v or None, None, "logit_bias")
+    min_p: Optional[float] = Field(None, ge=0.0, le=1.0)              # extra (vLLM)
+    repetition_penalty: Optional[float] = Field(None, gt=0.0, le=2.0)  # extra (vLLM)
+    structured_outputs: Optional[StructuredOutputs] = None            # extra (vLLM)
 
     @field_validator("stop")
     @classmethod
@@ -155,13 +221,19 @@ class CompletionRequest(_Sampling):
 
 
 class ChatMessage(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, Annotated[list[dict[str, Any]], Field(max_length=MAX_CONTENT_PARTS)]]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # null only in an assistant message (one that makes tool calls)
+    content: Optional[Union[str, Annotated[list[dict[str, Any]],
+                                           Field(max_length=MAX_CONTENT_PARTS)]]] = Field(None, validate_default=True)
     name: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None      # assistant messages
+    tool_call_id: Optional[str] = None               # tool messages
 
     @field_validator("content")
     @classmethod
-    def _text_parts(cls, v):
+    def _text_parts(cls, v, info):
+        if v is None and info.data.get("role") != "assistant":
+            raise ValueError("content is required (null only in an assistant message)")
         if isinstance(v, list):   # OpenAI content parts: only text here
             for part in v:
                 if part.get("type") != "text" or not isinstance(part.get("text"), str):
@@ -171,8 +243,8 @@ class ChatMessage(_Body):
 
     @property
     def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
+        if isinstance(self.content, str) or self.content is None:
+            return self.content or ""
         return "".join(part["text"] for part in self.content)
 
 
@@ -183,26 +255,10 @@ class ChatCompletionRequest(_Sampling, OpenAINoEffect):
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_CHAT_TOP_LOGPROBS)
-    tools: Optional[list] = Field(None, max_length=MAX_LIST_ENTRIES)
-    tool_choice: Optional[Union[str, dict]] = None
-    response_format: Optional[dict] = None
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, v):
-        return _neutral(v or None, None, "tools")
-
-    @field_validator("tool_choice")
-    @classmethod
-    def _no_tool_choice(cls, v):
-        return _neutral(v if v != "none" else None, None, "tool_choice")
-
-    @field_validator("response_format")
-    @classmethod
-    def _text_format(cls, v):
-        if v is not None and v.get("type") != "text":
-            raise ValueError("only response_format {'type': 'text'} is supported")
-        return v
+    tools: Optional[list[Tool]] = Field(None, max_length=MAX_LIST_ENTRIES)
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+    parallel_tool_calls: Optional[bool] = None
+    response_format: Optional[ResponseFormat] = None
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self):

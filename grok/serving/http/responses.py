@@ -101,10 +101,14 @@ def chat_body(response_id: str, model: str, choices: list, usage_: dict) -> dict
             "model": model, "choices": choices, "usage": usage_}
 
 
-def chat_choice(index: int, text: str, finish_reason: Optional[str],
-                logprobs: Optional[dict] = None, stop_reason: Any = None) -> dict:
-    return {"index": index, "message": {"role": "assistant", "content": text},
-            "logprobs": logprobs, "finish_reason": finish_reason, "stop_reason": stop_reason}
+def chat_choice(index: int, text: Optional[str], finish_reason: Optional[str],
+                logprobs: Optional[dict] = None, stop_reason: Any = None,
+                tool_calls: Optional[list] = None) -> dict:
+    message = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {"index": index, "message": message, "logprobs": logprobs,
+            "finish_reason": finish_reason, "stop_reason": stop_reason}
 
 
 def chat_chunk(response_id: str, model: str, created: int, choices: list,

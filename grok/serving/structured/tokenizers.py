@@ -1,0 +1,83 @@
+"""Our tokenizers as llguidance tokenizers: every token id's bytes, EOS, and an encoder.
+
+llguidance computes masks from each token's bytes. SentencePiece pieces are text with "▁" for
+a space, `<0xNN>` byte pieces and control pieces ([PAD], [BOS], [EOS], [UNK]); control
+pieces become special tokens (bytes starting 0xFF, llguidance's convention), so no grammar
+ever emits them (EOS aside, which llguidance allows where the grammar accepts). Its encoder
+must not add SentencePiece's dummy-prefix space: we encode "\\x01" + text (the control
+character is one byte piece that never merges) and drop those leading pieces.
+
+Building one costs about a second at 131,072 tokens, so each (tokenizer, vocabulary, EOS) is
+built once per process and kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import llguidance
+
+from grok.tokenizer import ByteTokenizer, SentencePieceTokenizer
+
+SPECIAL_PREFIX = b"\xff"      # llguidance: a token whose bytes start so is special
+_SENTINEL = "\x01"            # see the module docstring
+_lock = threading.Lock()
+
+
+class _Vocabulary:
+    """What llguidance.TokenizerWrapper reads: eos/bos ids, token bytes, an encoder."""
+
+    def __init__(self, tokens: list, eos: int, bos, encode):
+        self.tokens, self.eos_token_id, self.bos_token_id = tokens, eos, bos
+        self._encode = encode
+
+    def __call__(self, text) -> list:
+        return self._encode(text.decode("utf-8", "replace") if isinstance(text, bytes) else text)
+
+
+def _sentencepiece(tokenizer: SentencePieceTokenizer, eos: int) -> _Vocabulary:
+    sp = tokenizer.processor
+    tokens = []
+    for i in range(sp.vocab_size()):
+        piece = sp.id_to_piece(i)
+        if sp.is_byte(i):
+            tokens.append(bytes([int(piece[3:-1], 16)]))
+        elif sp.is_control(i) or sp.is_unknown(i):
+            tokens.append(SPECIAL_PREFIX + piece.encode())
+        else:
+            tokens.append(piece.replace("\u2581", " ").encode())
+    lead = sp.encode(_SENTINEL)
+
+    def encode(text: str) -> list:
+        ids = sp.encode(_SENTINEL + text)
+        return ids[len(lead):] if ids[:len(lead)] == lead else sp.encode(text)
+    return _Vocabulary(tokens, eos, sp.bos_id(), encode)
+
+
+def _bytes(tokenizer: ByteTokenizer, eos: int) -> _Vocabulary:
+    special = [SPECIAL_PREFIX + name for name in (b"<pad>", b"<bos>", b"<eos>")]
+    tokens = special[:tokenizer.NUM_SPECIAL] + [bytes([b]) for b in range(256)]
+    return _Vocabulary(tokens, eos, 1, tokenizer.encode)
+
+
+@functools.lru_cache(maxsize=8)
+def _build(kind: str, tokenizer, vocab_size: int, eos: int) -> llguidance.LLTokenizer:
+    vocabulary = _sentencepiece(tokenizer, eos) if kind == "sp" else _bytes(tokenizer, eos)
+    wrapper = llguidance.TokenizerWrapper(vocabulary)
+    return llguidance.LLTokenizer(wrapper, n_vocab=vocab_size, eos_token=eos)
+
+
+def llg_tokenizer(tokenizer, vocab_size: int, eos_token: int) -> llguidance.LLTokenizer:
+    """The llguidance tokenizer of `tokenizer` for a model of `vocab_size` ids (>= the
+    tokenizer's; ids past it are never allowed) and EOS id; ValueError for a tokenizer
+    structured outputs do not know."""
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        kind = "sp"
+    elif isinstance(tokenizer, ByteTokenizer):
+        kind = "bytes"
+    else:
+        raise ValueError(f"structured outputs need the SentencePiece or byte tokenizer, "
+                         f"not {type(tokenizer).__name__}")
+    with _lock:
+        return _build(kind, tokenizer, int(vocab_size), int(eos_token))
