@@ -47,13 +47,15 @@ def test_ignore_eos_keeps_going_to_max_tokens():
     assert ignoring.text == "abcd"         # EOS has no text
 
 
-def test_min_tokens_holds_eos_and_stop_tokens_until_reached():
+def test_min_tokens_masks_eos_and_stop_tokens_until_reached():
+    # vLLM's meaning: EOS and stop tokens cannot be sampled before min_tokens tokens are out
+    # (the fake engine takes another allowed token where its script's is masked).
     script = [EOS] + BYTES.encode("x") + [EOS, 9, 9]
     done = run(Request(prompt=PROMPT, max_tokens=8, min_tokens=2, request_id="m"), script)
-    assert done.output_ids == [EOS] + BYTES.encode("x") and done.finish_reason == "stop"
+    assert len(done.output_ids) >= 2 and EOS not in done.output_ids[:2]
     stop = run(Request(prompt=PROMPT, max_tokens=8, min_tokens=1, stop_tokens=[9],
                        request_id="s"), [9, 9, 5])
-    assert (stop.output_ids, stop.stop_reason) == ([9], 9)
+    assert stop.output_ids[:1] != [9] and 9 not in stop.output_ids
     with pytest.raises(ValueError, match="min_tokens"):
         Request(prompt=PROMPT, max_tokens=2, min_tokens=3)
 
@@ -102,7 +104,7 @@ def test_tokenize_reads_special_tokens_text():
 
 
 NO_EFFECT_VALUES = {"store": False, "metadata": {"k": "v"}, "service_tier": "auto",
-                    "parallel_tool_calls": True, "reasoning_effort": "low", "verbosity": "low",
+                    "reasoning_effort": "low", "verbosity": "low",
                     "prompt_cache_key": "k", "safety_identifier": "u1",
                     "prediction": {"type": "content", "content": "x"}, "modalities": ["text"]}
 

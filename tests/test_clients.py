@@ -17,7 +17,7 @@ from grok.serving.http.client_fields import OPENAI_NO_EFFECT_FIELDS
 MODEL = "demo"
 pytestmark = pytest.mark.slow
 NO_EFFECT_VALUES = {"store": False, "metadata": {"k": "v"}, "service_tier": "auto",
-                    "parallel_tool_calls": True, "reasoning_effort": "low", "verbosity": "low",
+                    "reasoning_effort": "low", "verbosity": "low",
                     "prompt_cache_key": "k", "safety_identifier": "u1",
                     "prediction": {"type": "content", "content": "x"}, "modalities": ["text"]}
 

@@ -160,7 +160,8 @@ def test_batch_invariance_through_the_scheduler(engine):
         assert together[r.request_id].output_ids == alone[r.request_id].output_ids
         assert together[r.request_id].logprobs == alone[r.request_id].logprobs
     assert together["q2"].output_ids == alone_c["q2"].output_ids
-    assert re.fullmatch(r"[a-f]{3,6}-[0-9]{2}", together["q2"].text), together["q2"]
+    c = together["q2"]
+    assert re.fullmatch(r"[a-f]{3,6}-[0-9]{2}", together["q2"].text), (c.output_ids, c.finish_reason, c.error)
     assert together["q2"].finish_reason == "stop"
 
 

@@ -98,7 +98,7 @@ def test_processed_rows_use_the_processed_step_only_while_running():
     engine = FakeEngine(batch_size=4)
     run([req(0), req(1, min_p=0.2)], engine)
     names = {name for name, _ in engine.calls}
-    assert "generate_processed" in names and "trim" in names
+    assert "generate_processed" in names and "slice_prefix" in names
 
 
 def test_follower_replays_to_the_same_outputs():

@@ -171,9 +171,10 @@ class Engine(Protocol):
         """The state with `slot` inactive (its KV stays until the next insert clears it)."""
 
     def slice_prefix(self, prefix: Prefix, length: int) -> Prefix:
-        """The first `length` positions of `prefix` (1 <= length <= prefix.length) as a new
+        """The first `length` positions of `prefix` (0 <= length <= prefix.length) as a new
         Prefix of the smallest capacity holding them; `prefix` is not modified (a prefix
-        cache continues a hit that ends inside a cached prompt from this)."""
+        cache continues a hit that ends inside a cached prompt from this; a constrained
+        request's slot gets its prompt but the last token, which may leave none)."""
 
     def extract_prefix(self, state, slot: int, length: int) -> Prefix:
         """The slot's first `length` positions (a finished request's prompt and the outputs

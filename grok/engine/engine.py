@@ -299,8 +299,8 @@ class JaxEngine:
 
     def slice_prefix(self, prefix: Prefix, length: int) -> Prefix:
         """See grok.engine.api.Engine.slice_prefix (one program per capacity pair)."""
-        if not 1 <= length <= prefix.capacity:
-            raise ValueError(f"slice_prefix: length must be in [1, {prefix.capacity}], "
+        if not 0 <= length <= prefix.capacity:
+            raise ValueError(f"slice_prefix: length must be in [0, {prefix.capacity}], "
                              f"got {length}")
         capacity = capacity_for(length, self.prefix_capacities)
         capacity = min(capacity, prefix.capacity)

@@ -342,7 +342,7 @@ class Scheduler:
         if stream.structured is not None:
             # Its first token must come from a processed step: the slot gets the prompt but
             # its last token, which the first decode step feeds (`fed` counts it as -1).
-            prefix = self.engine.trim(prefix, len(stream.prompt_ids) - 1)
+            prefix = self.engine.slice_prefix(prefix, len(stream.prompt_ids) - 1)
             arm = arm._replace(token=np.int32(stream.prompt_ids[-1]))
             stream.fed = -1
         self.state = self.engine.insert(prefix, arm, self.state, stream.slot)
