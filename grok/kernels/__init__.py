@@ -13,6 +13,6 @@ BK contracting tile, BN output tile, K contracting width, N output width.
 """
 
 from grok.kernels.block_layout import BlockLayout, sort_into_blocks
-from grok.kernels.fused_moe import Tiling, fused_moe, tiling_for
+from grok.kernels.fused_moe import Tiling, fused_moe, supported, tiling_for
 
-__all__ = ["BlockLayout", "Tiling", "fused_moe", "sort_into_blocks", "tiling_for"]
+__all__ = ["BlockLayout", "Tiling", "fused_moe", "sort_into_blocks", "supported", "tiling_for"]

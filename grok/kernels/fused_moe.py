@@ -69,6 +69,16 @@ def _pow2_tile(width: int, most: int) -> int:
     return tile
 
 
+def supported(emb: int, ffn: int, up_groups: int, down_groups: int) -> bool:
+    """Whether the GPU kernels' tiles fit these widths (emb D, the device's ffn F, scale groups):
+    every output and per-group contracting width needs a power-of-two factor >= 16 (Triton's
+    smallest dot). Grok-1 (D 6144, F 32768 over up to 8 devices) fits."""
+    if emb % up_groups or ffn % down_groups:
+        return False
+    return min(_pow2_tile(ffn, 16), _pow2_tile(emb // up_groups, 16),
+               _pow2_tile(emb, 16), _pow2_tile(ffn // down_groups, 16)) >= 16
+
+
 def _stacked(qw: QuantizedWeight8bit) -> tuple[jax.Array, jax.Array]:
     """weight [L, E, K, N] and scales [L, E, G, N]; a per-layer [E, K, N] gets L = 1 (a bitcast)."""
     if qw.weight.ndim == 3:
