@@ -106,45 +106,44 @@ def _grouped_dot(lhs_ref, rows, w_ref, s_ref, layer, expert, cols, *, groups, bk
     return jax.lax.fori_loop(0, groups, group, jnp.zeros((bm, bn), jnp.float32))
 
 
-def _up_kernel(layer_ref, block_expert_ref, x_ref, wg_ref, sg_ref, wv_ref, sv_ref, h_ref, *,
-               groups, bk, dtype, act_dtype):
+def _per_used_block(block_expert_ref, out_ref, compute):
+    """Program (b, n) writes out block (b, n): compute(expert, rows, cols) [BM, BN] where block b
+    has an expert, zeros (and no weight load) where it is unused (expert -1)."""
     b, n = pl.program_id(0), pl.program_id(1)
-    bm, bn = h_ref.shape
+    bm, bn = out_ref.shape
     expert = block_expert_ref[b]
 
     @pl.when(expert < 0)
     def _unused():
-        h_ref[...] = jnp.zeros(h_ref.shape, h_ref.dtype)
+        out_ref[...] = jnp.zeros(out_ref.shape, out_ref.dtype)
 
     @pl.when(expert >= 0)
-    def _compute():
+    def _used():
         rows, cols = pl.ds(pl.multiple_of(b * bm, bm), bm), pl.ds(pl.multiple_of(n * bn, bn), bn)
+        out_ref[...] = compute(expert, rows, cols).astype(out_ref.dtype)
+
+
+def _up_kernel(layer_ref, block_expert_ref, x_ref, wg_ref, sg_ref, wv_ref, sv_ref, h_ref, *,
+               groups, bk, dtype, act_dtype):
+    def compute(expert, rows, cols):                                              # [BM, BN]
         dot = functools.partial(_grouped_dot, x_ref, rows, layer=layer_ref[0], expert=expert,
                                 cols=cols, groups=groups, bk=bk, dtype=dtype)
-        gate = dot(w_ref=wg_ref, s_ref=sg_ref).astype(act_dtype).astype(jnp.float32)  # [BM, BN]
+        gate = dot(w_ref=wg_ref, s_ref=sg_ref).astype(act_dtype).astype(jnp.float32)
         value = dot(w_ref=wv_ref, s_ref=sv_ref).astype(act_dtype).astype(jnp.float32)
-        h_ref[...] = (jax.nn.gelu(gate) * value).astype(h_ref.dtype)
+        return jax.nn.gelu(gate) * value
+    _per_used_block(block_expert_ref, h_ref, compute)
 
 
 def _down_kernel(layer_ref, block_expert_ref, h_ref, w_ref, s_ref, row_gate_ref, row_valid_ref,
                  y_ref, *, groups, bk, dtype, act_dtype):
-    b, n = pl.program_id(0), pl.program_id(1)
-    bm, bn = y_ref.shape
-    expert = block_expert_ref[b]
-
-    @pl.when(expert < 0)
-    def _unused():
-        y_ref[...] = jnp.zeros(y_ref.shape, y_ref.dtype)
-
-    @pl.when(expert >= 0)
-    def _compute():
-        rows, cols = pl.ds(pl.multiple_of(b * bm, bm), bm), pl.ds(pl.multiple_of(n * bn, bn), bn)
+    def compute(expert, rows, cols):                                              # [BM, BN]
         y = _grouped_dot(h_ref, rows, w_ref, s_ref, layer_ref[0], expert, cols,
                          groups=groups, bk=bk, dtype=dtype)
-        y = y.astype(act_dtype).astype(jnp.float32)                               # [BM, BN]
+        y = y.astype(act_dtype).astype(jnp.float32)
         gate = row_gate_ref[rows].astype(act_dtype).astype(jnp.float32)           # [BM]
         valid = row_valid_ref[rows] != 0                                          # [BM]
-        y_ref[...] = jnp.where(valid[:, None], y * gate[:, None], 0.0)
+        return jnp.where(valid[:, None], y * gate[:, None], 0.0)
+    _per_used_block(block_expert_ref, y_ref, compute)
 
 
 def _call(kernel, out_width: int, out_dtype, layout: BlockLayout, tiling: Tiling, operands,
