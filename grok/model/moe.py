@@ -124,7 +124,8 @@ class MoELayer(hk.Module):
             return _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down)
 
         def kernels(x, gates, experts):
-            weights = (w_gate, w_value, w_down) if stacks is None else dataclasses.astuple(stacks)
+            weights = ((w_gate, w_value, w_down) if stacks is None
+                       else (stacks.gate, stacks.value, stacks.down))
             run = functools.partial(_fused, interpret=kind == "interpret")
             return _per_model_shard(run, x, gates, experts, *weights,
                                     jnp.asarray(0 if stacks is None else layer, jnp.int32))
