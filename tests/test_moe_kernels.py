@@ -143,3 +143,20 @@ def test_per_model_shard_equals_dense():
     jaxpr = str(jax.make_jaxpr(sharded)(x, gates, experts, *placed))
     assert "shard_map" in jaxpr and jaxpr.count("psum") == 1
     assert_close(jax.jit(sharded)(x, gates, experts, *placed), dense(x, gates, experts, w))
+
+
+@pytest.mark.slow
+def test_model_with_interpreted_kernels_equals_xla_paths():
+    """The whole tiny model with moe_kernel="interpret" (kernels on the layer stacks, layer
+    index operand) gives the logits of the XLA paths."""
+    from grok import checkpoint
+    from grok.model.transformer import build_forward
+    from grok.runtime_config import RuntimeConfig
+    from tests.test_model import TINY, tiny_tensors
+
+    params = checkpoint.stack_params(tiny_tensors(seed=7, groups={"moe/linear_1": 8}), TINY)
+    tokens = np.random.default_rng(7).integers(1, TINY.vocab_size, (2, 5))
+    run = lambda kind: np.asarray(jax.jit(build_forward(TINY, RuntimeConfig(moe_kernel=kind)))(
+        params, tokens)[0])
+    want = run("xla")
+    np.testing.assert_allclose(run("interpret"), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

@@ -76,3 +76,27 @@ def test_kernels_compile_for_h100_reading_experts_in_place(m):
         assert declared == selected         # decode: each selected expert read exactly once
     else:                                   # prefill: padding at most E*BM rows past the pairs
         assert grid_flops <= 1.25 * ideal_flops
+
+
+@pytest.mark.slow
+def test_whole_model_runs_the_kernels_on_the_layer_stacks_for_h100():
+    """build_forward compiled for an H100: the MoE is the kernels (auto dispatch) reading the
+    [L, E, ...] stacks whole; no s8 buffer of expert shape exists (attention's are i16's)."""
+    from grok.config import LanguageModelConfig, TransformerConfig
+    from grok.model.transformer import abstract_params, build_forward
+
+    config = LanguageModelConfig(
+        model=TransformerConfig(emb_size=256, key_size=32, num_q_heads=8, num_kv_heads=8,
+                                num_layers=2, num_experts=8, num_selected_experts=2,
+                                widening_factor=3, attn_output_multiplier=0.35),
+        vocab_size=512, sequence_len=64, embedding_multiplier_scale=4.0, output_multiplier_scale=0.5)
+    f = config.model.ffn_size
+    device = SingleDeviceSharding(compile_only_devices("h100", 1)[0])
+    params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                          abstract_params(config))
+    tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32, sharding=device)
+    forward = build_forward(config)
+    hlo = jax.jit(lambda p, t: forward(p, t)[0]).lower(params, tokens).compile().as_text()
+    assert hlo.count('custom_call_target="__gpu$xla.gpu.triton"') >= 2
+    expert_shaped = [b for b in s8_buffers(hlo) if str(f) in b.split("=")[1][:40]]
+    assert expert_shaped == []
