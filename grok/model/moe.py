@@ -14,6 +14,13 @@ Three implementations with the same numbers (tests/test_model.py checks they agr
   one grouped matmul per weight (`jax.lax.ragged_dot`, the MaxText/megablox shape): k/E of
   the dense FLOPs, no loop over experts.
 
+On GPUs the sparse MoE runs grok.kernels' fused Pallas kernels instead of `routed` and
+`grouped` (RuntimeConfig.moe_kernel "auto": chosen where the step is lowered for CUDA, by
+`jax.lax.platform_dependent`, so a deviceless compile for a GPU picks them too). They read
+the selected experts in place from every layer's stack [L, E, ...] with the layer index as an
+operand (`ExpertStacks`): a per-layer slice of the scanned stack would be a copy of all E
+experts on GPU. On CPU XLA's paths run; moe_kernel="interpret" runs the kernels there.
+
 Unrouted rows are excluded with `where`, never multiplied by a 0 gate: NaN in an expert no
 row of a request chose cannot reach that request (NaN * 0 is NaN).
 
@@ -22,6 +29,10 @@ P token-expert pairs (M*k), U experts a decode step runs (min(E, M*k)).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
 
 import haiku as hk
 import jax
@@ -32,8 +43,30 @@ from grok.config import TransformerConfig
 from grok.runtime_config import RuntimeConfig
 from grok.ops.layers import no_init
 from grok.ops.model_parallel import model_axis_size, sum_over_model_axis
+from grok.kernels import fused_moe, supported
 from grok.ops.quantization import QuantizedWeight8bit, matmul_dtype, qmatmul, qmatmul_experts
 from grok.axes import MODEL_AXIS
+from grok.parallel.sharding import LOGICAL_TO_MESH, param_logical_axes
+
+# The experts' parameters: gelu branch [E, D, F], linear branch [E, D, F], down projection [E, F, D]
+EXPERT_WEIGHTS = ("linear", "linear_v", "linear_1")
+_MOE_PATH = "transformer/decoder_layer/moe/"
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class ExpertStacks:
+    """Every layer's expert weights, [L, E, D, F] / [L, E, D, F] / [L, E, F, D], outside the
+    layer scan: the GPU kernels index them with the layer number (no per-layer slice exists)."""
+
+    gate: QuantizedWeight8bit
+    value: QuantizedWeight8bit
+    down: QuantizedWeight8bit
+
+
+def expert_stacks(params: dict) -> ExpertStacks:
+    """The stacked expert weights of a parameter tree (grok.model.build_forward's params)."""
+    return ExpertStacks(*(params[_MOE_PATH + name]["w"] for name in EXPERT_WEIGHTS))
 
 
 class Router(hk.Module):
@@ -72,8 +105,11 @@ class MoELayer(hk.Module):
         self.config = config
         self.runtime = runtime   # moe_impl, moe_block_rows
 
-    def __call__(self, x: jax.Array, gates: jax.Array, experts: jax.Array) -> jax.Array:
-        """x [M, D], gates/experts [M, k] -> [M, D]."""
+    def __call__(self, x: jax.Array, gates: jax.Array, experts: jax.Array,
+                 stacks: Optional[ExpertStacks] = None, layer: jax.Array | int = 0) -> jax.Array:
+        """x [M, D], gates/experts [M, k] -> [M, D]. `stacks` and `layer` (this layer's index in
+        them) let the GPU kernels read the experts in place; without them the kernels read
+        this layer's weights."""
         c = self.config
         e, d, f = c.num_experts, c.emb_size, c.ffn_size
         w_gate = _expert_weight(self, "linear", [e, d, f])      # gelu branch   [E, D, F]
@@ -83,25 +119,63 @@ class MoELayer(hk.Module):
         gates = gates.astype(x.dtype)    # the reference combines with bf16(gate)
         if moe_fn is _dense:
             return _dense(x, gates, experts, w_gate, w_value, w_down)
-        return _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down)
+        kind = self.runtime.moe_kernel
+
+        def xla(x, gates, experts):
+            return _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down)
+
+        def kernels(x, gates, experts):
+            weights = ((w_gate, w_value, w_down) if stacks is None
+                       else (stacks.gate, stacks.value, stacks.down))
+            run = functools.partial(_fused, interpret=kind == "interpret")
+            return _per_model_shard(run, x, gates, experts, *weights,
+                                    jnp.asarray(0 if stacks is None else layer, jnp.int32))
+        if kind == "xla" or (kind == "auto" and not _fits_kernels(w_gate, w_down)):
+            return xla(x, gates, experts)
+        if kind == "interpret":
+            return kernels(x, gates, experts)
+        return jax.lax.platform_dependent(x, gates, experts, cuda=kernels, default=xla)
 
 
-def _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down):
+def _fits_kernels(w_gate: QuantizedWeight8bit, w_down: QuantizedWeight8bit) -> bool:
+    """Whether the GPU kernels' tiles fit each device's share of the weights."""
+    n, d, f = model_axis_size(), w_gate.weight.shape[-2], w_gate.weight.shape[-1]
+    if n > 1 and not (f % n or (w_down.num_groups > 1 and w_down.num_groups % n)):
+        f, down_groups = f // n, max(1, w_down.num_groups // n)
+    else:
+        down_groups = w_down.num_groups
+    return supported(d, f, w_gate.num_groups, down_groups)
+
+
+def _fused(x, gates, experts, w_gate, w_value, w_down, layer, *, interpret: bool):
+    return fused_moe(x, gates, experts, w_gate, w_value, w_down, layer=layer, interpret=interpret)
+
+
+def _model_axis_specs(name: str, qw: QuantizedWeight8bit) -> QuantizedWeight8bit:
+    """The weight's and scales' PartitionSpecs over the model axis only, from the sharding
+    table (grok.parallel.sharding); scales [.., G, N] follow N, and their groups follow the
+    contracting axis when there are several (each device holds its rows' groups)."""
+    axes = param_logical_axes(f"{_MOE_PATH}{name}/w")[-qw.weight.ndim:]
+    spec = tuple(MODEL_AXIS if LOGICAL_TO_MESH[a] == MODEL_AXIS else None for a in axes)
+    groups = spec[-2] if qw.num_groups > 1 else None
+    return QuantizedWeight8bit(P(*spec), P(*spec[:-2], groups, spec[-1]))
+
+
+def _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down, *rest):
     """Runs moe_fn on each device's slice of the FFN axis, then one all-reduce.
 
     Under plain GSPMD every selected expert's down projection ends in its own all-reduce;
     here each device sums its partial outputs over all experts first (grok.ops.model_parallel).
     Needs the FFN axis and down-projection scale groups divisible by the model axis;
-    otherwise moe_fn runs as it is, with the same result.
+    otherwise moe_fn runs as it is, with the same result. `rest` (replicated) goes to moe_fn.
     """
     n, groups = model_axis_size(), w_down.num_groups
     if n == 1 or w_gate.weight.shape[-1] % n or (groups > 1 and groups % n):
-        return moe_fn(x, gates, experts, w_gate, w_value, w_down)
-    up = QuantizedWeight8bit(P(None, None, MODEL_AXIS), P(None, None, MODEL_AXIS))   # [E, D, F]
-    down = QuantizedWeight8bit(P(None, MODEL_AXIS, None),                             # [E, F, D]
-                               P(None, MODEL_AXIS if groups > 1 else None, None))
-    return sum_over_model_axis(moe_fn, (P(), P(), P(), up, up, down),
-                               x, gates, experts, w_gate, w_value, w_down)
+        return moe_fn(x, gates, experts, w_gate, w_value, w_down, *rest)
+    specs = tuple(_model_axis_specs(name, w)
+                  for name, w in zip(EXPERT_WEIGHTS, (w_gate, w_value, w_down)))
+    return sum_over_model_axis(moe_fn, (P(), P(), P(), *specs) + (P(),) * len(rest),
+                               x, gates, experts, w_gate, w_value, w_down, *rest)
 
 
 def _select(qw: QuantizedWeight8bit, expert) -> QuantizedWeight8bit:

@@ -22,7 +22,7 @@ from grok.model.attention import AttentionContext, LayerKV, MultiHeadAttention, 
 from grok.config import LanguageModelConfig, TransformerConfig
 from grok.runtime_config import RuntimeConfig
 from grok.ops.layers import RMSNorm, no_init
-from grok.model.moe import MoELayer, Router
+from grok.model.moe import ExpertStacks, MoELayer, Router, expert_stacks
 from grok.ops.quantization import QuantizedWeight8bit
 from grok.parallel.sharding import LOGITS_AXES, RESIDUAL_AXES, logical_sharding
 
@@ -85,24 +85,27 @@ def residual_layout(x: jax.Array) -> jax.Array:
 
 
 def decoder_layer(config: TransformerConfig, runtime: RuntimeConfig, x: jax.Array,
-                  ctx: AttentionContext, kv: Optional[LayerKV]) -> tuple[jax.Array, Optional[LayerKV]]:
-    """One pre- and post-normed attention + MoE block on x [B, T, D]."""
+                  ctx: AttentionContext, kv: Optional[LayerKV], layer: jax.Array,
+                  stacks: Optional[ExpertStacks]) -> tuple[jax.Array, Optional[LayerKV]]:
+    """One pre- and post-normed attention + MoE block on x [B, T, D] (layer number `layer`)."""
     eps = config.norm_eps
     a, kv = MultiHeadAttention(config)(RMSNorm(eps, "rms_norm")(x), ctx, kv)
     x = x + RMSNorm(eps, "rms_norm_1")(residual_layout(a))
     b, t, d = x.shape
     h = RMSNorm(eps, "rms_norm_2")(x).reshape(b * t, d)                        # [M, D]
     gates, experts = Router(config)(h)
-    m = MoELayer(config, runtime)(h, gates, experts).reshape(b, t, d)
+    m = MoELayer(config, runtime)(h, gates, experts, stacks, layer).reshape(b, t, d)
     x = x + RMSNorm(eps, "rms_norm_3")(residual_layout(m))
     return x, kv
 
 
 class Transformer(hk.Module):
-    def __init__(self, config: TransformerConfig, runtime: RuntimeConfig, name: str = "transformer"):
+    def __init__(self, config: TransformerConfig, runtime: RuntimeConfig,
+                 stacks: Optional[ExpertStacks] = None, name: str = "transformer"):
         super().__init__(name=name)
         self.config = config
         self.runtime = runtime
+        self.stacks = stacks   # every layer's experts, for the GPU MoE kernels (grok.model.moe)
 
     def __call__(self, x: jax.Array, ctx: AttentionContext,
                  kv: Optional[LayerKV]) -> tuple[jax.Array, Optional[LayerKV]]:
@@ -111,12 +114,13 @@ class Transformer(hk.Module):
         stack = hk.layer_stack(c.num_layers, with_per_layer_inputs=True, name="decoder_layer")
         layers = jnp.arange(c.num_layers, dtype=jnp.int32)
         if kv is None:
-            x, _ = stack(lambda x, _: (decoder_layer(c, self.runtime, x, ctx, None)[0], None))(x, layers)
+            x, _ = stack(lambda x, i: (decoder_layer(c, self.runtime, x, ctx, None, i, self.stacks)[0],
+                                       None))(x, layers)
             return x, None
 
         def layer(carry, index):
             x, k, v = carry
-            x, kv = decoder_layer(c, self.runtime, x, ctx, LayerKV(k, v, index))
+            x, kv = decoder_layer(c, self.runtime, x, ctx, LayerKV(k, v, index), index, self.stacks)
             return (x, kv.k, kv.v), None
 
         (x, k, v), _ = stack(layer)((x, kv.k, kv.v), layers)
@@ -183,13 +187,18 @@ def build_forward(config: LanguageModelConfig, runtime: Optional[RuntimeConfig] 
     """
     runtime = runtime or RuntimeConfig()
 
-    def fn(tokens, memory=None, lengths=None, output_index=None, kv_len=None):
-        transformer = Transformer(config.model, runtime)
+    def fn(stacks, tokens, memory=None, lengths=None, output_index=None, kv_len=None):
+        transformer = Transformer(config.model, runtime, stacks)
         return LanguageModel(config, runtime)(transformer, tokens, memory, lengths, output_index,
                                               kv_len)
 
     transformed = hk.without_apply_rng(hk.transform(fn))
-    return transformed.apply
+
+    def forward(params, tokens, memory=None, lengths=None, output_index=None, kv_len=None):
+        # the expert stacks also enter whole, beside the layer scan's per-layer slices
+        return transformed.apply(params, expert_stacks(params), tokens, memory, lengths,
+                                 output_index, kv_len)
+    return forward
 
 
 def abstract_params(config: LanguageModelConfig, scale_groups: int = 1) -> dict:

@@ -1,0 +1,18 @@
+"""Device kernels (Pallas) beside grok.ops: the fused int8 Mixture-of-Experts for GPUs.
+
+`fused_moe` runs the experts' three int8 matmuls on token->expert pairs sorted into blocks
+(`sort_into_blocks`), reading each selected expert's weight tiles in place from the stack
+([E, K, N] or, with a layer index, [L, E, K, N]); no slice or copy of the stack exists.
+On CPU the kernels run with `interpret=True` (tests); the model uses them on GPUs
+(grok.model.moe).
+
+Glossary: M tokens, D emb_size, F ffn_size (the device's share of it under model
+parallelism), E experts, k selected experts per token, P token-expert pairs (M*k),
+L layers, G scale groups, BM rows per block, NB blocks, R padded sorted rows (NB*BM),
+BK contracting tile, BN output tile, K contracting width, N output width.
+"""
+
+from grok.kernels.block_layout import BlockLayout, sort_into_blocks
+from grok.kernels.fused_moe import Tiling, fused_moe, supported, tiling_for
+
+__all__ = ["BlockLayout", "Tiling", "fused_moe", "sort_into_blocks", "supported", "tiling_for"]
