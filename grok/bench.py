@@ -18,6 +18,7 @@ BENCHMARKS = {
     "prefill_batch": "grok.benchmarks.prefill_batch",   # N prompts in one prefill call vs one each
     "prefix": "grok.benchmarks.prefix",   # time to first token with and without the prefix cache
     "serve": "grok.benchmarks.serving",   # an OpenAI-compatible server under load
+    "gpu_hlo": "grok.benchmarks.gpu_hlo",   # the decode step as XLA:GPU compiles it (no GPU)
 }
 DEFAULT = "decode"
 

@@ -13,6 +13,8 @@ M rows (tokens or token-expert pairs).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 
 import jax
@@ -60,13 +62,30 @@ def dequantize(qw: QuantizedWeight8bit, dtype=jnp.float32) -> jax.Array:
     return w.reshape(*lead, k, n)
 
 
+_PLATFORM = contextvars.ContextVar("matmul_platform", default=None)
+
+
+@contextlib.contextmanager
+def compute_platform(platform: str):
+    """Traces inside this block are for devices of `platform` ("cpu", "gpu", "tpu"), whatever
+    the default backend: the runner names its mesh's platform, so a program compiled for a
+    GPU from a CPU-only host (grok.benchmarks.gpu_target) takes the GPU's matmul types."""
+    token = _PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _PLATFORM.reset(token)
+
+
 def matmul_dtype(dtype) -> jnp.dtype:
     """The operand type of a matmul on activations of `dtype` that accumulates in float32.
 
     Accelerators take bf16 operands with float32 accumulation natively; XLA:CPU's runtime has
     no bf16 x bf16 -> f32 dot (DotThunk: "Unsupported element type"), so on CPU operands are
-    float32 (the same numbers: a bf16 value is exact in float32)."""
-    return jnp.dtype(jnp.float32) if jax.default_backend() == "cpu" else jnp.dtype(dtype)
+    float32 (the same numbers: a bf16 value is exact in float32). The platform is the one
+    `compute_platform` names, else the default backend."""
+    platform = _PLATFORM.get() or jax.default_backend()
+    return jnp.dtype(jnp.float32) if platform == "cpu" else jnp.dtype(dtype)
 
 
 def _dot(x: jax.Array, w: jax.Array, dims) -> jax.Array:
