@@ -31,7 +31,7 @@ from grok.config import LanguageModelConfig
 from grok.engine.engine import JaxEngine
 from grok.engine.state import DecodeState, pack_output, unpack_output  # noqa: F401 (re-exported)
 from grok.model.transformer import abstract_params, build_forward
-from grok.ops.quantization import compute_platform
+from grok.ops.platform import compute_platform
 from grok.parallel import sharding
 from grok.runtime_config import RuntimeConfig, runtime_for
 
