@@ -19,6 +19,7 @@ BENCHMARKS = {
     "prefix": "grok.benchmarks.prefix",   # time to first token with and without the prefix cache
     "serve": "grok.benchmarks.serving",   # an OpenAI-compatible server under load
     "structured": "grok.benchmarks.structured",   # decode steps with grammar-constrained rows
+    "gpu_hlo": "grok.benchmarks.gpu_hlo",   # the decode step as XLA:GPU compiles it (no GPU)
 }
 DEFAULT = "decode"
 

@@ -40,6 +40,7 @@ from grok.engine.state import (DecodeState, capacity_for, empty_prefix, new_stat
                                prefix_capacities, prefix_shardings, slice_prefix,
                                state_shardings, to_host, unpack_output)
 from grok.model.transformer import MIN_KV_LEN, init_memory, kv_len_buckets, live_kv_len
+from grok.ops.platform import compute_platform
 from grok.parallel import sharding
 from grok.runtime_config import RuntimeConfig
 
@@ -104,6 +105,16 @@ class JaxEngine:
     def _arm_sharding(self) -> SlotArm:
         return SlotArm(self._rep, self._rep, steps.SampleSettings(*(self._rep,) * 4))
 
+    def _on_mesh_platform(self, fn: Callable) -> Callable:
+        """fn traced for the mesh's platform (grok.ops.platform), not the host's backend."""
+        platform = self.mesh.devices.flat[0].platform
+
+        @functools.wraps(fn)
+        def traced(*args):
+            with compute_platform(platform):
+                return fn(*args)
+        return traced
+
     def _jit(self, key: tuple, build: Callable[[], Any]):
         if key not in self._jits:
             self._jits[key] = build()
@@ -115,6 +126,7 @@ class JaxEngine:
         rep, forward = self._rep, self._forward
         outs = (self._prefix_sh(capacity), rep, self._arm_sharding()) + ((rep,) if echo else ())
 
+        @self._on_mesh_platform
         def prefill_memory(params, tokens, length, prefix, targets, settings, seed):
             # (named as the reference's compiled prefill, for XLA dumps and profiles)
             if prefix is None:
@@ -138,6 +150,7 @@ class JaxEngine:
             outs = ((self._prefix_sh(capacity),) * n, (rep,) * n, (self._arm_sharding(),) * n)
             fn = functools.partial(steps.prefill_batch, self._forward, empty, capacity=capacity)
 
+            @self._on_mesh_platform
             def rows(*args):
                 prefixes, packed, arms = fn(*args)
                 return prefixes, tuple(packed[i:i + 1] for i in range(n)), arms
@@ -161,6 +174,7 @@ class JaxEngine:
                              f"got {kv_len!r}")
         forward = self._forward
 
+        @self._on_mesh_platform
         def sample_step(params, state, controls=None):
             # (named as the reference's compiled decode step, for XLA dumps and profiles)
             return steps.generate(lambda *args: forward(*args, kv_len), params, state, controls)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from grok import checkpoint
 from grok.config import LanguageModelConfig
 from grok.model.transformer import abstract_params, build_forward
+from grok.ops.platform import compute_platform
 from grok.parallel import sharding
 from grok.runtime_config import RuntimeConfig
 
@@ -58,8 +59,11 @@ class ModelRunner:
         self.batch_size = max(1, int(runtime.bs_per_device * num_devices))
         forward = build_forward(self.model, runtime)
 
+        platform = self.mesh.devices.flat[0].platform
+
         def forward_on_mesh(*args):
-            with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):   # for grok.model.moe
+            with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh), \
+                    compute_platform(platform):       # the mesh's, not the host's backend
                 return forward(*args)
 
         self.forward = forward_on_mesh

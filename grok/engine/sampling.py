@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry2x32_p
 
+from grok.ops.platform import on_cpu
+
 DISALLOWED_LOGIT = -1e10  # the reference's fill for filtered-out tokens
 NUM_ALTERNATIVES = 8      # the reference reports the 8 most probable tokens
 # Candidates per sampled row. `lax.top_k` over 8 x 131,072 logits on CPU costs ~1.3 ms at
@@ -235,6 +237,8 @@ def sample_token(logits: jax.Array, settings: SampleSettings, keys: jax.Array,
     # into +inf (which would tie them); softmax and the filters are shift-invariant.
     shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
     scaled = shifted / jnp.where(draws, settings.temperature, 1.0)[:, None]     # [B, V]
+    if not on_cpu():
+        return _finish(logits, draws, *_sorted_draw(scaled, settings, keys))
     cand = _candidates(scaled, settings, num_candidates)
     # The first candidate is the argmax (cheaper than jnp.argmax on CPU): top_k puts the
     # lowest index first among equals, and shifting never reorders or ties the max.
@@ -253,6 +257,34 @@ def sample_token(logits: jax.Array, settings: SampleSettings, keys: jax.Array,
         lambda: _unfiltered_draw(scaled, keys),
         lambda: _full_row_draw(scaled, settings, cand, keys, draws, sort=False),
         lambda: _full_row_draw(scaled, settings, cand, keys, draws, sort=True)])
+    return _finish(logits, draws, sampled, argmax)
+
+
+def _sorted_draw(scaled: jax.Array, settings: SampleSettings, keys: jax.Array):
+    """(draw, argmax) [B] with no control flow: exact top-k and nucleus thresholds from one
+    ascending sort of each row, then jax.random.categorical over the filtered row.
+
+    The accelerator path: there `lax.top_k` over the vocabulary is a full sort already, and a
+    `lax.switch` on a device value is a device -> host round trip every step. The thresholds
+    are the fallback filters' (`_top_k_filter`, `_nucleus_filter`) from the same sorted row;
+    a row with top_k 0 or top_p 1 keeps everything. Same tokens as the candidate path."""
+    v = scaled.shape[-1]
+    ascending = jnp.sort(scaled, axis=-1)                                       # [B, V]
+    k = jnp.where(settings.top_k > 0, jnp.minimum(settings.top_k, v), v)        # [B]
+    kth = jnp.take_along_axis(ascending, (v - k)[:, None], axis=-1)             # [B, 1]
+    # The top-k-filtered row, still ascending: the dropped logits are its smallest.
+    kept = jnp.where(ascending >= kth, ascending, DISALLOWED_LOGIT)
+    cumulative = jnp.cumsum(jax.nn.softmax(kept, axis=-1), axis=-1)
+    reached = cumulative >= (1.0 - settings.nucleus_p)[:, None]                 # [B, V]
+    first = jnp.where(jnp.any(reached, axis=-1), jnp.argmax(reached, axis=-1), v - 1)
+    threshold = jnp.maximum(jnp.take_along_axis(kept, first[:, None], axis=-1), kth)
+    filtered = jnp.where(scaled >= threshold, scaled, DISALLOWED_LOGIT)
+    return jax.vmap(jax.random.categorical)(keys, filtered), jnp.argmax(scaled, axis=-1)
+
+
+def _finish(logits: jax.Array, draws: jax.Array, sampled: jax.Array,
+            argmax: jax.Array) -> SampleOutput:
+    """The SampleOutput of rows that drew `sampled` (the others take `argmax`)."""
     token = jnp.where(draws, sampled, argmax).astype(jnp.int32)
     logprobs = jax.nn.log_softmax(logits, axis=-1)                              # [B, V]
     top_logprobs, top_ids = jax.lax.top_k(logprobs, min(NUM_ALTERNATIVES, logits.shape[-1]))

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from grok.config import TransformerConfig
 from grok.ops.layers import QuantizedLinear, apply_rope
+from grok.ops.platform import on_cpu
 from grok.ops.quantization import matmul_dtype
 
 MASKED_SCORE = -1e30  # the reference's fill for invisible keys (scores are float32)
@@ -62,6 +63,46 @@ def _live(cache: jax.Array, layer: jax.Array, kv_len: int) -> jax.Array:
     return jax.lax.dynamic_slice(cache, (layer, 0, 0, 0, 0), (1, b, k, kv_len, d))[0]
 
 
+def _softmax_weights(c: TransformerConfig, scores: jax.Array, key_valid: jax.Array,
+                     dtype) -> jax.Array:
+    """Soft-capped, masked softmax of float32 scores [B, K, G, T, S], in the reference's bf16."""
+    scores = scores * c.attn_output_multiplier
+    cap = c.attn_logit_soft_cap
+    scores = cap * jnp.tanh(scores / cap)
+    visible = key_valid[:, None, None]                                          # [B, 1, 1, T, S]
+    scores = jnp.where(visible, scores, MASKED_SCORE)
+    weights = jax.nn.softmax(scores, axis=-1)
+    # A query with no visible key (a pad-only prompt) would otherwise average every key.
+    weights = jnp.where(jnp.any(visible, axis=-1, keepdims=True), weights, 0)
+    return weights.astype(dtype)                         # the reference's bf16 weights
+
+
+def _attention(c: TransformerConfig, q, k, v, key_valid, dtype) -> jax.Array:
+    """q [B, T, K, G, d] over k, v [B, K, S, d] as two matmuls -> [B, T, K, G, d]."""
+    mm = matmul_dtype(dtype)               # bf16 operands, float32 accumulation
+    scores = jnp.einsum("btkgd,bksd->bkgts", q.astype(mm), k.astype(mm),
+                        preferred_element_type=jnp.float32)                     # [B, K, G, T, S]
+    weights = _softmax_weights(c, scores, key_valid, dtype).astype(mm)
+    return jnp.einsum("bkgts,bksd->btkgd", weights, v.astype(mm),
+                      preferred_element_type=jnp.float32).astype(dtype)
+
+
+def _decode_attention(c: TransformerConfig, q, k, v, key_valid, dtype) -> jax.Array:
+    """One new token per row (T = 1) over the cache window k, v [B, K, S, d] -> [B, 1, K, G, d].
+
+    The same products and float32 sums as `_attention`, written as multiply-reduce: XLA:GPU
+    fuses the cache window (a slice of the layer's [L, B, K, S, d] stack on two axes) into a
+    reduction's input and reads it in place, where a GEMM fusion would first copy the window
+    out (its dynamic slices must be on the major-most axis). bf16 x bf16 products are exact
+    in float32."""
+    f32 = jnp.float32
+    qf = q[:, 0].astype(f32)                                                    # [B, K, G, d]
+    scores = jnp.sum(qf[:, :, :, None, :] * k.astype(f32)[:, :, None], axis=-1)  # [B, K, G, S]
+    weights = _softmax_weights(c, scores[:, :, :, None], key_valid, dtype)[:, :, :, 0]
+    out = jnp.sum(weights.astype(f32)[..., None] * v.astype(f32)[:, :, None], axis=3)  # [B, K, G, d]
+    return out[:, None].astype(dtype)
+
+
 class MultiHeadAttention(hk.Module):
     def __init__(self, config: TransformerConfig, name: str = "multi_head_attention"):
         super().__init__(name=name)
@@ -80,6 +121,7 @@ class MultiHeadAttention(hk.Module):
         q = apply_rope(q, ctx.positions, c.rope_base)
         k = apply_rope(k, ctx.positions, c.rope_base)
 
+        q = q.reshape(b, t, c.num_kv_heads, c.q_per_kv, c.key_size)             # [B, T, K, G, d]
         if kv is None:
             k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)                  # [B, K, T, d]
         else:
@@ -87,22 +129,10 @@ class MultiHeadAttention(hk.Module):
                              v=_write(kv.v, kv.layer, v, ctx.write_index))
             kv_len = ctx.key_valid.shape[-1]
             k, v = _live(kv.k, kv.layer, kv_len), _live(kv.v, kv.layer, kv_len)  # [B, K, S, d]
-
-        q = q.reshape(b, t, c.num_kv_heads, c.q_per_kv, c.key_size)             # [B, T, K, G, d]
-        dtype = matmul_dtype(x.dtype)          # bf16 operands, float32 accumulation
-        scores = jnp.einsum("btkgd,bksd->bkgts", q.astype(dtype), k.astype(dtype),
-                            preferred_element_type=jnp.float32)                 # [B, K, G, T, S]
-        scores = scores * c.attn_output_multiplier
-        cap = c.attn_logit_soft_cap
-        scores = cap * jnp.tanh(scores / cap)
-        visible = ctx.key_valid[:, None, None]                                  # [B, 1, 1, T, S]
-        scores = jnp.where(visible, scores, MASKED_SCORE)
-        weights = jax.nn.softmax(scores, axis=-1)
-        # A query with no visible key (a pad-only prompt) would otherwise average every key.
-        weights = jnp.where(jnp.any(visible, axis=-1, keepdims=True), weights, 0)
-        weights = weights.astype(x.dtype).astype(dtype)       # the reference's bf16 weights
-        out = jnp.einsum("bkgts,bksd->btkgd", weights, v.astype(dtype),
-                         preferred_element_type=jnp.float32).astype(x.dtype)
+        if t == 1 and kv is not None and not on_cpu():
+            out = _decode_attention(c, q, k, v, ctx.key_valid, x.dtype)
+        else:
+            out = _attention(c, q, k, v, ctx.key_valid, x.dtype)
         out = out.reshape(b, t, c.num_q_heads * c.key_size)                    # [B, T, H*d]
         return QuantizedLinear(c.emb_size, name="linear", row_parallel=True)(out), kv
 

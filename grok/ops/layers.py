@@ -6,6 +6,8 @@ d key_size, N output width.
 
 from __future__ import annotations
 
+import math
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -13,7 +15,8 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from grok.ops.model_parallel import model_axis_size, sum_over_model_axis
-from grok.ops.quantization import QuantizedWeight8bit, qmatmul
+from grok.ops.platform import on_cpu
+from grok.ops.quantization import REDUCE_ROWS, QuantizedWeight8bit, qmatmul, qmatmul_reduce
 from grok.axes import MODEL_AXIS
 
 
@@ -43,7 +46,8 @@ class QuantizedLinear(hk.Module):
     row_parallel: x's last axis and W's rows are split over the model axis (attention's
     output projection over heads); each device multiplies its slices and one all-reduce in
     x's dtype sums them (grok.ops.model_parallel). Without a mesh, or where the model axis
-    does not divide K and W's scale groups, the plain matmul (same numbers).
+    does not divide K and W's scale groups, the plain matmul (same numbers). A few rows on an
+    accelerator (decode) take `qmatmul_reduce`, which reads W in place.
     """
 
     def __init__(self, output_size: int, name: str, row_parallel: bool = False):
@@ -55,12 +59,14 @@ class QuantizedLinear(hk.Module):
         w = hk.get_parameter("w", [x.shape[-1], self.output_size], jnp.int8, init=no_init)
         if not isinstance(w, QuantizedWeight8bit):
             raise TypeError(f"{self.module_name}/w must be a QuantizedWeight8bit, got {type(w).__name__}")
+        rows = math.prod(x.shape[:-1])
+        matmul = qmatmul_reduce if rows <= REDUCE_ROWS and not on_cpu() else qmatmul
         n, groups = model_axis_size(), w.num_groups
         if not self.row_parallel or n == 1 or x.shape[-1] % n or (groups > 1 and groups % n):
-            return qmatmul(x, w)
+            return matmul(x, w)
         x_spec = P(*(None,) * (x.ndim - 1), MODEL_AXIS)                     # [..., K/n]
         w_spec = QuantizedWeight8bit(P(MODEL_AXIS, None), P(MODEL_AXIS if groups > 1 else None, None))
-        return sum_over_model_axis(qmatmul, (x_spec, w_spec), x, w)
+        return sum_over_model_axis(matmul, (x_spec, w_spec), x, w)
 
 
 def rotate_half(x: jax.Array) -> jax.Array:

@@ -23,7 +23,8 @@ def model_axis_size() -> int:
     return 1 if mesh.empty or MODEL_AXIS not in mesh.axis_names else mesh.shape[MODEL_AXIS]
 
 
-def sum_over_model_axis(fn: Callable, in_specs: tuple, *args) -> jax.Array:
-    """fn(*local slices) on every model-axis device, summed: one all-reduce of fn's output."""
+def sum_over_model_axis(fn: Callable, in_specs: tuple, *args, out_specs: P = P()) -> jax.Array:
+    """fn(*local slices) on every model-axis device, summed: one all-reduce of fn's output
+    (laid out as `out_specs` over the other mesh axes)."""
     local = lambda *a: jax.lax.psum(fn(*a), MODEL_AXIS)
-    return jax.shard_map(local, in_specs=in_specs, out_specs=P(), check_vma=False)(*args)
+    return jax.shard_map(local, in_specs=in_specs, out_specs=out_specs, check_vma=False)(*args)

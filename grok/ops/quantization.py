@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from grok.ops.platform import on_cpu
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
@@ -65,8 +67,9 @@ def matmul_dtype(dtype) -> jnp.dtype:
 
     Accelerators take bf16 operands with float32 accumulation natively; XLA:CPU's runtime has
     no bf16 x bf16 -> f32 dot (DotThunk: "Unsupported element type"), so on CPU operands are
-    float32 (the same numbers: a bf16 value is exact in float32)."""
-    return jnp.dtype(jnp.float32) if jax.default_backend() == "cpu" else jnp.dtype(dtype)
+    float32 (the same numbers: a bf16 value is exact in float32). The platform is the
+    traced program's (grok.ops.platform)."""
+    return jnp.dtype(jnp.float32) if on_cpu() else jnp.dtype(dtype)
 
 
 def _dot(x: jax.Array, w: jax.Array, dims) -> jax.Array:
@@ -96,6 +99,39 @@ def qmatmul(x: jax.Array, qw: QuantizedWeight8bit) -> jax.Array:
         wg = qw.weight.reshape(g, k // g, n)                                    # [G, K/G, N]
         partial = _dot(xg, wg, (((2,), (1,)), ((1,), (0,))))                    # [G, M, N]
         out = jnp.einsum("gmn,gn->mn", partial, qw.scales.astype(jnp.float32))
+    return out.astype(x.dtype).reshape(*lead, n)
+
+
+# On an accelerator, a matmul of at most this many rows is better done by `qmatmul_reduce`:
+# it reads the int8 weight where it lies; above it a GEMM (tensor cores) is faster even though
+# XLA copies a weight sliced out of the layer stack before its GEMM reads it. At 8 rows a
+# reduction does 8 float32 FMAs per weight byte, under the ~10 an H100 or H200 does per byte
+# of HBM bandwidth, so it stays bandwidth-bound.
+REDUCE_ROWS = 8
+_REDUCE_CHUNK = 8     # contracting values summed first, in the reduction's inner stage
+
+
+def qmatmul_reduce(x: jax.Array, qw: QuantizedWeight8bit) -> jax.Array:
+    """x [..., K] @ weight [K, N] -> [..., N] in x's dtype, as products and sums.
+
+    For a few rows on an accelerator. XLA:GPU turns a few-row matmul into a multiply and a
+    reduction anyway, but with the contracting axis whole it writes the products out before
+    reducing them (and for a weight sliced out of the layer stack, a GEMM copies the slice);
+    summing in two stages (chunks of _REDUCE_CHUNK values, then the chunks) gives one fused
+    reduction that reads each weight byte once, in place. Each product x * w is exact in
+    float32 and takes its group's scale before the float32 sums (the same numbers as qmatmul
+    up to rounding order)."""
+    k, n = qw.weight.shape
+    g = qw.scales.shape[0]
+    lead = x.shape[:-1]
+    chunk = _REDUCE_CHUNK if (k // g) % _REDUCE_CHUNK == 0 else 1
+    r = k // chunk                                                              # chunks
+    f32 = jnp.float32
+    xs = x.reshape(-1, r, chunk, 1).astype(f32)                                 # [M, R, c, 1]
+    ws = qw.weight.reshape(1, r, chunk, n).astype(f32)                          # [1, R, c, N]
+    scales = jnp.broadcast_to(qw.scales.astype(f32)[:, None, :], (g, r // g, n))
+    products = xs * ws * scales.reshape(1, r, 1, n)                             # [M, R, c, N]
+    out = jnp.sum(jnp.sum(products, axis=2), axis=1)                            # [M, N]
     return out.astype(x.dtype).reshape(*lead, n)
 
 

@@ -46,6 +46,8 @@ LOGICAL_TO_MESH: dict[str, Any] = {
 }
 
 _LAYER = r"^transformer/decoder_layer/"
+# The embedding table [V, D] (the input lookup reads it by this layout too)
+TABLE_AXES = ("vocab", "embed_table")
 # (regex over "module/name", logical axes of the parameter's dimensions)
 PARAM_RULES: tuple[tuple[str, tuple], ...] = (
     (_LAYER + r"multi_head_attention/(query|key|value)/w$", ("layers", "embed", "heads")),
@@ -54,7 +56,7 @@ PARAM_RULES: tuple[tuple[str, tuple], ...] = (
     (_LAYER + r"moe/linear_1/w$", ("layers", "experts", "ffn", "embed")),
     (_LAYER + r"router/w$", ("layers", "embed", "router_experts")),
     (_LAYER + r"rms_norm(_\d+)?/scale$", ("layers", "norm")),
-    (r"^language_model/in_out_embed/embeddings$", ("vocab", "embed_table")),
+    (r"^language_model/in_out_embed/embeddings$", TABLE_AXES),
     (r"^language_model/rms_norm/scale$", ("norm",)),
 )
 
