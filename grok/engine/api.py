@@ -50,7 +50,7 @@ import numpy as np
 from grok.engine.sampling import SampleSettings
 
 __all__ = ["Prefix", "SlotArm", "SampleParams", "PrefillResult", "StepHandle", "TokenOutput",
-           "Engine", "GREEDY"]
+           "VerifyOutput", "Engine", "GREEDY"]
 
 
 class Prefix(NamedTuple):
@@ -116,6 +116,13 @@ class PrefillResult(NamedTuple):
     packed: jax.Array              # [1, 2 + 2A] float32: the first token's TokenOutput
     arm: SlotArm                   # for `insert`
     echo: Optional[jax.Array]      # [T] float32 with echo: log p(next prompt token), else None
+
+
+class VerifyOutput(NamedTuple):
+    """A verify step's tokens on the host: every position's sample, and how many count."""
+
+    tokens: TokenOutput    # each field [B, J, ...]: position j's sample (J = K + 1)
+    emitted: np.ndarray    # [B] int64: slot b's tokens are tokens[b, :emitted[b]] (0: inactive)
 
 
 Handle = Union[StepHandle, PrefillResult]
@@ -188,3 +195,19 @@ class Engine(Protocol):
 
     def read_echo(self, result: PrefillResult) -> np.ndarray:
         """A prefill's echo logprobs [T] on the host (float32)."""
+
+    # ---- speculative decoding (optional: a scheduler asks for it only when configured) ----
+    def verify(self, state, drafts: Sequence[Sequence[int]], k: int) -> tuple[object, VerifyOutput]:
+        """One step scoring each active slot's last token and its drafts (drafts[b]: at most
+        k ids; [] = a plain decode step for that slot) -> (state, VerifyOutput), on the host.
+
+        Slot b emits its accepted drafts (those equal to the token sampled at their position,
+        with the key a decode step would use there) plus the next sampled token: exactly the
+        tokens decode steps would give. Its length advances by what it emitted; rejected
+        drafts' KV is never visible later. Donates `state`."""
+        raise NotImplementedError("this engine does not verify drafts (speculative decoding)")
+
+    def step_costs(self, k: int) -> tuple[float, float]:
+        """Measured seconds of (a decode step, a k-draft verify step) at this batch size: the
+        cost model of the speculation gate."""
+        raise NotImplementedError("this engine does not verify drafts (speculative decoding)")
