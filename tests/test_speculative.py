@@ -16,7 +16,7 @@ from grok.engine.api import GREEDY, SampleParams
 from grok.engine.engine import JaxEngine
 from grok.engine.runner import InferenceRunner, ModelRunner
 from grok.serving.drafting import propose
-from grok.serving.requests import Request
+from grok.serving.requests import Completion, Request
 from grok.serving.scheduler import Scheduler
 from grok.tokenizer import ByteTokenizer
 from test_runner import SEED, TOLERANCE, make_prompt, tiny_config
@@ -25,8 +25,7 @@ K = 4
 SAMPLED = SampleParams(temperature=0.8, top_p=0.9, top_k=20, seed=7)
 
 
-@pytest.fixture(scope="module")
-def engine():
+def tiny_engine() -> JaxEngine:
     params = checkpoint.random_params(tiny_config(), SEED)
     runner = InferenceRunner(ModelRunner(tiny_config(), bs_per_device=4, rng_seed=SEED),
                              local_mesh_config=(1, 1), pad_sizes=(8, 16),
@@ -35,6 +34,11 @@ def engine():
     model = runner.runner
     return JaxEngine(runner.config, runner.runtime, model.mesh, model.forward, runner.params,
                      model.param_shardings, runner.batch_size, min_kv_len=16)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return tiny_engine()
 
 
 # ---- drafting ---------------------------------------------------------------------------------
@@ -100,3 +104,116 @@ def test_verify_gives_the_decode_steps_tokens(engine, sample):
     half = lambda toks: right(toks)[:2] + wrong(toks)[2:]
     tokens, _, steps = _speculated(engine, prompt, sample, 21, half)
     assert tokens == expected and steps == 7      # 3 tokens a step
+
+
+# ---- the scheduler: the same completions with speculation off and on --------------------------
+def run_all(scheduler, requests, cancel_after=None):
+    """Submits `requests`, steps until idle; {request_id: Completion}, [TokenEvents]. With
+    cancel_after=(request_id, n): cancels that request once it has streamed n tokens."""
+    scheduler.submit(list(requests))
+    done, streamed = {}, []
+    for _ in range(500):
+        if scheduler.idle():
+            break
+        for event in scheduler.step():
+            if isinstance(event, Completion):
+                done[event.request_id] = event
+            else:
+                streamed.append(event)
+        if cancel_after and sum(e.request_id == cancel_after[0] for e in streamed) >= cancel_after[1]:
+            scheduler.cancel(cancel_after[0])
+            cancel_after = None
+    assert scheduler.idle()
+    return done, streamed
+
+
+def scheduler(engine, k, **kwargs):
+    kwargs.setdefault("speculative_break_even", 0.0)   # verify whenever there is a draft
+    return Scheduler(engine, ByteTokenizer(), speculative_tokens=k, **kwargs)
+
+
+# A prompt the tiny greedy model continues with a loop (drafts get accepted), others random.
+LOOPING = make_prompt(6, 21)
+REQUESTS = [
+    Request(LOOPING, temperature=0.0, max_len=40, logprobs=True, request_id="greedy-loop"),
+    Request(make_prompt(13, 5), temperature=0.8, nucleus_p=0.9, top_k=20, rng_seed=11,
+            max_len=30, logprobs=True, request_id="sampled"),
+    Request(make_prompt(9, 6), temperature=1.0, rng_seed=3, max_len=25, request_id="seeded"),
+    Request(LOOPING, temperature=0.0, max_len=33, stop=["zz"], request_id="greedy-stop"),
+    Request(make_prompt(20, 8), temperature=0.7, top_k=5, rng_seed=5, max_len=12,
+            stream=True, request_id="queued-stream"),
+]
+
+
+def assert_same(off: dict, on: dict):
+    assert off.keys() == on.keys()
+    for rid, a in off.items():
+        b = on[rid]
+        assert (b.output_ids, str(b), b.finish_reason, b.stop_reason) == \
+            (a.output_ids, str(a), a.finish_reason, a.stop_reason), rid
+        if a.logprobs is not None:
+            np.testing.assert_allclose(b.logprobs, a.logprobs, **TOLERANCE)
+            assert [[t for t, _ in top] for top in b.top_logprobs] == \
+                [[t for t, _ in top] for top in a.top_logprobs]
+
+
+def test_speculation_gives_the_same_completions(engine):
+    off, off_events = run_all(scheduler(engine, 0), REQUESTS)
+    spec = scheduler(engine, K)
+    on, on_events = run_all(spec, REQUESTS)
+    assert_same(off, on)
+    assert [(e.request_id, e.token_id, e.text) for e in on_events] == \
+        [(e.request_id, e.token_id, e.text) for e in off_events]
+    s = spec.speculation
+    assert s.verify_steps > 0 and s.accepted_tokens > 0 and s.draft_tokens >= s.accepted_tokens
+    # the looping prompt really loops: most of its drafts are accepted
+    assert s.accepted_tokens >= 0.5 * len(off["greedy-loop"].output_ids)
+
+
+def test_speculation_with_stop_strings_and_tokens(engine):
+    base = run_all(scheduler(engine, 0), REQUESTS[:1])[0]["greedy-loop"]
+    text, ids = str(base), base.output_ids
+    stop = text[len(text) // 2:len(text) // 2 + 2]      # ends the loop's text in mid-step
+    requests = [Request(LOOPING, temperature=0.0, max_len=40, stop=[stop], request_id="s"),
+                Request(LOOPING, temperature=0.0, max_len=40, stop_tokens=[ids[9]],
+                        request_id="t"),
+                Request(LOOPING, temperature=0.0, max_len=7, request_id="len")]
+    assert_same(run_all(scheduler(engine, 0), requests)[0],
+                run_all(scheduler(engine, K), requests)[0])
+
+
+def test_cancel_mid_speculation_keeps_a_prefix(engine):
+    request = Request(LOOPING, temperature=0.0, max_len=60, stream=True, request_id="c")
+    full = run_all(scheduler(engine, 0), [request])[0]["c"]
+    done, _ = run_all(scheduler(engine, K), [request], cancel_after=("c", 5))
+    got = done["c"]
+    assert got.finish_reason == "cancelled"
+    assert 5 <= len(got.output_ids) < len(full.output_ids)
+    assert got.output_ids == full.output_ids[:len(got.output_ids)]
+
+
+def test_speculation_with_the_prefix_cache(engine):
+    """A second turn continuing the first's cached prompt + output KV (written by verify
+    steps) gives the tokens it gives without speculation."""
+    first = Request(LOOPING, temperature=0.0, max_len=20, request_id="one")
+    results = []
+    for k in (0, K):
+        s = scheduler(engine, k, prefix_cache_tokens=512)
+        one = run_all(s, [first])[0]["one"]
+        follow = Request(list(LOOPING) + one.output_ids + make_prompt(3, 9), temperature=0.0,
+                         max_len=20, logprobs=True, request_id="two")
+        results.append((one, run_all(s, [follow])[0]))
+        assert s.prefix_cache_hit_tokens > len(LOOPING)
+    assert results[0][0].output_ids == results[1][0].output_ids
+    assert_same(results[0][1], results[1][1])
+
+
+def test_a_closed_gate_runs_plain_decode_steps(engine):
+    spec = scheduler(engine, K, speculative_break_even=1e9)   # never worth it
+    assert_same(run_all(scheduler(engine, 0), REQUESTS[:2])[0], run_all(spec, REQUESTS[:2])[0])
+    assert spec.speculation.verify_steps == 0
+
+
+def test_measured_break_even_is_a_cost_ratio(engine):
+    spec = Scheduler(engine, ByteTokenizer(), speculative_tokens=K).speculation
+    assert 0.5 < spec.break_even < 50     # a verify step costs about some decode steps

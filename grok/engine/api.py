@@ -207,7 +207,8 @@ class Engine(Protocol):
         drafts' KV is never visible later. Donates `state`."""
         raise NotImplementedError("this engine does not verify drafts (speculative decoding)")
 
-    def step_costs(self, k: int) -> tuple[float, float]:
-        """Measured seconds of (a decode step, a k-draft verify step) at this batch size: the
-        cost model of the speculation gate."""
+    def step_costs(self, state, k: int) -> tuple[object, float, float]:
+        """(state, seconds of a decode step, seconds of a k-draft verify step) measured at
+        this batch size in `state` (donated; every slot free, and free again after): the cost
+        model of the speculation gate."""
         raise NotImplementedError("this engine does not verify drafts (speculative decoding)")

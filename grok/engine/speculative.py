@@ -79,10 +79,12 @@ class SpeculativeSteps:
         tokens = type(flat)(*(a.reshape((b, j) + a.shape[1:]) for a in flat))
         return state, VerifyOutput(tokens, emitted.astype(np.int64))
 
-    def step_costs(self, k: int) -> tuple[float, float]:
+    def step_costs(self, state: DecodeState, k: int) -> tuple[DecodeState, float, float]:
         """Median seconds of a decode step and of a K-draft verify step (each dispatched and
-        read back), with every slot active and drafting K tokens, on the shortest variant."""
-        state = self.init_state()
+        read back), with every slot active and drafting K tokens, on the shortest variant.
+        Runs in `state` (donated; every slot must be free: they are used and freed again,
+        so no second KV cache is allocated). In a multi-process job every process
+        returns process 0's figures, so their schedulers take the same steps."""
         prefix, result = self.prefill([1], SampleParams())
         for slot in range(self.batch_size):
             state = self.insert(prefix, result.arm, state, slot)
@@ -98,6 +100,9 @@ class SpeculativeSteps:
             verify_times.append(time.perf_counter() - start)
         for slot in range(self.batch_size):
             state = self.release(state, slot)
-        median = lambda xs: float(np.median(xs[1:]))
-        return median(decode), median(verify_times)
+        costs = np.asarray([np.median(decode[1:]), np.median(verify_times[1:])], np.float64)
+        if jax.process_count() > 1:    # every process gates alike: process 0's measurement
+            from jax.experimental import multihost_utils
+            costs = np.asarray(multihost_utils.broadcast_one_to_all(costs))
+        return state, float(costs[0]), float(costs[1])
 

@@ -78,7 +78,7 @@ def verify(forward: Callable, params, state: DecodeState, drafts: jax.Array,
     rngs = jnp.where(active[:, None], pick(kept_keys), state.rngs)
     last = jnp.take_along_axis(sampled, accepted[:, None], axis=1)[:, 0]
     last_tokens = jnp.where(active, last, state.last_tokens)
-    step = state.memory.step - fed + emitted     # the forward added every fed position
+    step = state.memory.step + emitted           # (the forward's counts every fed position)
     positions = jnp.arange(memory.valid.shape[1], dtype=jnp.int32)              # [S]
     memory = memory._replace(step=step, valid=memory.valid & (positions[None] < step[:, None]))
     packed = pack_output(out).reshape(b, j, -1)
