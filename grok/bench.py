@@ -18,6 +18,7 @@ BENCHMARKS = {
     "prefill_batch": "grok.benchmarks.prefill_batch",   # N prompts in one prefill call vs one each
     "prefix": "grok.benchmarks.prefix",   # time to first token with and without the prefix cache
     "serve": "grok.benchmarks.serving",   # an OpenAI-compatible server under load
+    "spec": "grok.benchmarks.spec",   # speculative decoding (n-gram drafts) vs off
 }
 DEFAULT = "decode"
 

@@ -96,6 +96,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     serving.add_argument("--prefix-cache-tokens", type=int, metavar="N",
                          help="prompt KV positions kept on the devices for reuse by later "
                          "prompts that start the same way (default 8192; 0 turns it off)")
+    serving.add_argument("--speculative-tokens", type=int, metavar="K", default=0,
+                         help="speculative decoding: verify up to K tokens drafted from each "
+                         "request's own prompt and output per step (same tokens; 0 = off)")
+    serving.add_argument("--speculative-method", choices=("ngram",), default="ngram",
+                         help="how drafts are made: ngram (prompt lookup)")
     hosts = p.add_argument_group("multi-host (or env " + ", ".join(MULTIHOST_ENV) + ")")
     hosts.add_argument("--coordinator", metavar="HOST:PORT")
     hosts.add_argument("--num-processes", type=int, metavar="N")

@@ -22,7 +22,9 @@ def scheduler_for(runner, log: Optional[AdmissionLog] = None) -> Scheduler:
                      prefill_budget=getattr(runtime, "prefill_chunk_tokens", 0),
                      max_prefill_batch=getattr(runtime, "max_prefill_batch", 1), log=log,
                      prefix_cache_tokens=getattr(runtime, "prefix_cache_tokens", 0),
-                     prefix_cache_outputs=getattr(runtime, "prefix_cache_outputs", True))
+                     prefix_cache_outputs=getattr(runtime, "prefix_cache_outputs", True),
+                     speculative_tokens=getattr(runtime, "speculative_tokens", 0),
+                     speculative_method=getattr(runtime, "speculative_method", "ngram"))
 
 
 def serve(source):

@@ -127,6 +127,12 @@ class Scheduler:
         return self.prefixes.query_tokens
 
     @property
+    def speculative_counts(self) -> tuple[int, int]:
+        """(drafted tokens verified, of those accepted) so far; (0, 0) with speculation off."""
+        s = self.speculation
+        return (0, 0) if s is None else (s.draft_tokens, s.accepted_tokens)
+
+    @property
     def num_running(self) -> int:
         """Requests holding a slot (prefilling or decoding)."""
         return len(self._streams)

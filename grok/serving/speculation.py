@@ -28,9 +28,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
+from grok.runtime_config import SPECULATIVE_METHODS as METHODS
 from grok.serving.drafting import propose
 
-METHODS = ("ngram",)
 MIN_BACKOFF, MAX_BACKOFF = 8, 256   # steps a closed gate waits before it retries
 SMOOTHING = 0.5                     # weight of the newest verify step in a slot's average
 
