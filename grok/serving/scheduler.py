@@ -196,9 +196,9 @@ class Scheduler:
             events += self._read_inflight() + self._first_tokens(inserted)
             inserted, drafts = [], spec.plan(self._running) if self._running else None
             if drafts is not None:
-                self.state, taken = spec.verify(self.state, dict(self._running), drafts,
-                                                self._take)
-                return events + taken
+                running = dict(self._running)
+                self.state, out = self.engine.verify(self.state, spec.table(drafts), spec.k)
+                return events + spec.take(out, running, drafts, self._take)
         dispatched = None
         if self._running:
             self.state, handle = self.engine.generate(self.state)

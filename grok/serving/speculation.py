@@ -132,12 +132,14 @@ class Speculation:
         else:
             gate.backoff = MIN_BACKOFF
 
-    def verify(self, state, running: dict, drafts: dict,
-               take: Callable[[object, object, int], list]):
-        """Runs the verify step -> (state, events). take(stream, TokenOutput, row) hands one
-        emitted token to the scheduler (its events)."""
-        table = [drafts.get(slot, []) for slot in range(self.engine.batch_size)]
-        state, out = self.engine.verify(state, table, self.k)
+    def table(self, drafts: dict) -> list:
+        """Every slot's drafts for Engine.verify ([] where none)."""
+        return [drafts.get(slot, []) for slot in range(self.engine.batch_size)]
+
+    def take(self, out, running: dict, drafts: dict,
+             take: Callable[[object, object, int], list]) -> list:
+        """Hands a verify step's emitted tokens (out: VerifyOutput) to the scheduler, one by
+        one through take(stream, TokenOutput, row) -> its events; updates the gates."""
         self.verify_steps += 1
         events = []
         for slot, stream in running.items():
@@ -152,4 +154,4 @@ class Speculation:
                 if stream.done:
                     break
                 events += take(stream, rows, j)
-        return state, events
+        return events
