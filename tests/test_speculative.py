@@ -132,7 +132,8 @@ def scheduler(engine, k, **kwargs):
     return Scheduler(engine, ByteTokenizer(), speculative_tokens=k, **kwargs)
 
 
-# A prompt the tiny greedy model continues with a loop (drafts get accepted), others random.
+# Greedy and sampled requests; the greedy one's output repeats a few n-grams (some drafts
+# are accepted: `accepted_tokens > 0`).
 LOOPING = make_prompt(6, 21)
 REQUESTS = [
     Request(LOOPING, temperature=0.0, max_len=40, logprobs=True, request_id="greedy-loop"),
@@ -166,8 +167,6 @@ def test_speculation_gives_the_same_completions(engine):
         [(e.request_id, e.token_id, e.text) for e in off_events]
     s = spec.speculation
     assert s.verify_steps > 0 and s.accepted_tokens > 0 and s.draft_tokens >= s.accepted_tokens
-    # the looping prompt really loops: most of its drafts are accepted
-    assert s.accepted_tokens >= 0.5 * len(off["greedy-loop"].output_ids)
 
 
 def test_speculation_with_stop_strings_and_tokens(engine):
