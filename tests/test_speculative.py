@@ -216,3 +216,24 @@ def test_a_closed_gate_runs_plain_decode_steps(engine):
 def test_measured_break_even_is_a_cost_ratio(engine):
     spec = Scheduler(engine, ByteTokenizer(), speculative_tokens=K).speculation
     assert 0.5 < spec.break_even < 50     # a verify step costs about some decode steps
+
+
+# ---- flags and metrics (no engine) ------------------------------------------------------------
+def test_flags_metrics_and_settings_are_checked():
+    from grok.cli.flags import build_parser
+    from grok.runtime_config import RuntimeConfig
+    from grok.serving.http.metrics import ServerMetrics
+
+    args = build_parser().parse_args(["--speculative-tokens", "4", "--speculative-method",
+                                      "ngram"])
+    assert (args.speculative_tokens, args.speculative_method) == (4, "ngram")
+    assert build_parser().parse_args([]).speculative_tokens == 0
+    with pytest.raises(ValueError, match="speculative_tokens"):
+        RuntimeConfig(speculative_tokens=-1)
+    with pytest.raises(ValueError, match="speculative_method"):
+        RuntimeConfig(speculative_method="eagle")
+    metrics = ServerMetrics("m")
+    metrics.add_speculation(5, 3)
+    text = metrics.render().decode()
+    assert "grok_spec_draft_tokens_total 5.0" in text
+    assert "grok_spec_accepted_tokens_total 3.0" in text
