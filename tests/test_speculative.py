@@ -86,7 +86,8 @@ def _speculated(engine, prompt, sample, want, guess):
     return tokens[:want], logprobs[:want], steps
 
 
-@pytest.mark.parametrize("sample", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("sample", [GREEDY, pytest.param(SAMPLED, marks=pytest.mark.slow)],
+                         ids=["greedy", "sampled"])
 def test_verify_gives_the_decode_steps_tokens(engine, sample):
     prompt = make_prompt(11, 3)
     expected, expected_lps = _plain(engine, prompt, sample, 20)
@@ -191,6 +192,7 @@ def test_cancel_mid_speculation_keeps_a_prefix(engine):
     assert got.output_ids == full.output_ids[:len(got.output_ids)]
 
 
+@pytest.mark.slow   # two schedulers with a prefix cache (more compiles)
 def test_speculation_with_the_prefix_cache(engine):
     """A second turn continuing the first's cached prompt + output KV (written by verify
     steps) gives the tokens it gives without speculation."""
