@@ -20,6 +20,7 @@ BENCHMARKS = {
     "serve": "grok.benchmarks.serving",   # an OpenAI-compatible server under load
     "structured": "grok.benchmarks.structured",   # decode steps with grammar-constrained rows
     "gpu_hlo": "grok.benchmarks.gpu_hlo",   # the decode step as XLA:GPU compiles it (no GPU)
+    "spec": "grok.benchmarks.spec",   # speculative decoding (n-gram drafts) vs off
 }
 DEFAULT = "decode"
 

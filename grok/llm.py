@@ -118,12 +118,17 @@ class LLM:
                  tokenizer: Optional[str] = None, max_slots: int = DEFAULT_MAX_SLOTS,
                  mesh: Optional[tuple] = None, hosts: tuple = (1, 1), dtype: str = "auto",
                  moe: Optional[str] = None, pad_sizes: Optional[Sequence[int]] = None,
-                 prefix_cache_tokens: Optional[int] = None, quiet: bool = False):
+                 prefix_cache_tokens: Optional[int] = None, quiet: bool = False,
+                 speculative_tokens: int = 0, speculative_method: str = "ngram"):
+        """speculative_tokens: drafted tokens verified per step (0 = off; the same tokens
+        either way, see grok.serving.speculation); speculative_method: "ngram"."""
         options = ModelOptions(checkpoint=checkpoint, config=config, tokenizer=tokenizer,
                                dtype=dtype, moe=moe, mesh=None if mesh is None else tuple(mesh),
                                hosts=tuple(hosts), slots=max_slots, quiet=quiet,
                                pad_sizes=None if pad_sizes is None else tuple(pad_sizes),
-                               prefix_cache_tokens=prefix_cache_tokens)
+                               prefix_cache_tokens=prefix_cache_tokens,
+                               speculative_tokens=speculative_tokens,
+                               speculative_method=speculative_method)
         self.runner, self.startup_times = load_model(options)   # StartupTimes
         self.quiet = quiet
         self._gen = None

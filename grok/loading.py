@@ -64,6 +64,8 @@ class ModelOptions:
     slots: int = 1
     pad_sizes: Optional[tuple] = None
     prefix_cache_tokens: Optional[int] = None
+    speculative_tokens: int = 0
+    speculative_method: str = "ngram"
     quiet: bool = False
     compile_cache: Optional[str] = None   # a folder, "off", or None: the default folder
 
@@ -73,7 +75,8 @@ class ModelOptions:
                    dtype=args.dtype, moe=args.moe, mesh=args.mesh, hosts=tuple(args.hosts),
                    slots=slots, pad_sizes=args.pad_sizes,
                    prefix_cache_tokens=args.prefix_cache_tokens, quiet=args.quiet,
-                   compile_cache=args.compile_cache)
+                   compile_cache=args.compile_cache, speculative_tokens=args.speculative_tokens,
+                   speculative_method=args.speculative_method)
 
 
 @dataclasses.dataclass
@@ -137,7 +140,9 @@ def resolve_config(options: ModelOptions, checkpoint: Optional[str]
 # RuntimeConfig field -> the flag that sets it, so its errors name the flag.
 _RUNTIME_FLAGS = {"activation_dtype": "--dtype", "moe_impl": "--moe", "local_mesh_config": "--mesh",
                   "between_hosts_config": "--hosts", "bs_per_device": "--batch-size",
-                  "prefill_buckets": "--pad-sizes", "prefix_cache_tokens": "--prefix-cache-tokens"}
+                  "prefill_buckets": "--pad-sizes", "prefix_cache_tokens": "--prefix-cache-tokens",
+                  "speculative_tokens": "--speculative-tokens",
+                  "speculative_method": "--speculative-method"}
 
 
 def resolve_runtime(options: ModelOptions, config: LanguageModelConfig, is_demo: bool
@@ -155,7 +160,8 @@ def resolve_runtime(options: ModelOptions, config: LanguageModelConfig, is_demo:
     changes = dict(activation_dtype=dtype, moe_impl=options.moe or base.moe_impl,
                    local_mesh_config=tuple(mesh), between_hosts_config=tuple(options.hosts),
                    bs_per_device=bs_per_device(options.slots, num_devices),
-                   prefill_buckets=tuple(pad_sizes))
+                   prefill_buckets=tuple(pad_sizes), speculative_tokens=options.speculative_tokens,
+                   speculative_method=options.speculative_method)
     if options.prefix_cache_tokens is not None:
         changes["prefix_cache_tokens"] = options.prefix_cache_tokens
     try:

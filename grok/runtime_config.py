@@ -24,6 +24,7 @@ MOE_IMPLS = ("sparse", "dense")
 # "interpret" = the Pallas kernels in interpret mode (CPU tests).
 MOE_KERNELS = ("auto", "xla", "interpret")
 ACTIVATION_DTYPES = ("bfloat16", "float32")
+SPECULATIVE_METHODS = ("ngram",)   # how speculative decoding drafts (grok.serving.drafting)
 # Reference defaults: Grok-1's run.py prefills prompts in one 1024-token bucket; the reference
 # ModelRunner's bs_per_device is 2.0; the sparse MoE's routed-path threshold (see below).
 DEFAULT_PREFILL_BUCKETS = (1024,)
@@ -80,6 +81,10 @@ class RuntimeConfig:
     # The prefix cache also keeps a finished request's output KV (written by decode steps),
     # so a conversation's next turn prefills only its new text (see grok.serving.scheduler).
     prefix_cache_outputs: bool = True
+    # Speculative decoding: drafted tokens verified per slot and step (0 = off), and how they
+    # are drafted (grok.serving.speculation); the tokens are the same either way.
+    speculative_tokens: int = 0
+    speculative_method: str = "ngram"
 
     def __post_init__(self):
         if self.moe_impl not in MOE_IMPLS:
@@ -93,7 +98,10 @@ class RuntimeConfig:
         for name in ("moe_block_rows", "max_prefill_batch"):
             if not _positive_int(getattr(self, name)):
                 raise ValueError(f"RuntimeConfig.{name} must be a positive int, got {getattr(self, name)!r}")
-        for name in ("prefill_chunk_tokens", "prefix_cache_tokens"):
+        if self.speculative_method not in SPECULATIVE_METHODS:
+            raise ValueError(f"RuntimeConfig.speculative_method must be one of "
+                             f"{SPECULATIVE_METHODS}, got {self.speculative_method!r}")
+        for name in ("prefill_chunk_tokens", "prefix_cache_tokens", "speculative_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"RuntimeConfig.{name} must be an int >= 0, got {value!r}")

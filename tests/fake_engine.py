@@ -14,7 +14,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from grok.engine.api import SampleParams, TokenOutput
+from grok.engine.api import Engine, SampleParams, TokenOutput
 
 # Unscripted outputs are printable ASCII in the byte tokenizer's ids (bytes 32..126), so
 # streamed text is never held back for an unfinished character.
@@ -50,7 +50,7 @@ def token_logprob(token: int) -> float:
     return -((token % 7) + 1) / 8
 
 
-class FakeEngine:
+class FakeEngine(Engine):
     def __init__(self, batch_size=3, buckets=(8, 16), sequence_len=128, vocab_size=259,
                  eos_token=2, pad_token=0, script=None, fail_prefill=None, batched=False):
         self.batch_size = batch_size

@@ -56,6 +56,8 @@ class FakeScheduler:
     def idle(self) -> bool:
         return not self.running and not self.waiting
 
+    speculative_counts = (0, 0)     # no speculative decoding (drafted, accepted)
+
     def submit(self, item) -> list:
         for request in item if isinstance(item, list) else [item]:
             self.waiting.append(request)

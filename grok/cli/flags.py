@@ -98,6 +98,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     serving.add_argument("--compile-cache", metavar="DIR|off", help="keep compiled programs "
                          "in DIR, so the next start skips XLA (default: $GROK_COMPILE_CACHE, "
                          "else grok/xla in the user's cache directory, ~/.cache)")
+    serving.add_argument("--speculative-tokens", type=int, metavar="K", default=0,
+                         help="speculative decoding: verify up to K tokens drafted from each "
+                         "request's own prompt and output per step (same tokens; 0 = off)")
+    serving.add_argument("--speculative-method", choices=("ngram",), default="ngram",
+                         help="how drafts are made: ngram (prompt lookup)")
     hosts = p.add_argument_group("multi-host (or env " + ", ".join(MULTIHOST_ENV) + ")")
     hosts.add_argument("--coordinator", metavar="HOST:PORT")
     hosts.add_argument("--num-processes", type=int, metavar="N")

@@ -50,7 +50,7 @@ import numpy as np
 from grok.engine.sampling import SampleSettings
 
 __all__ = ["Prefix", "SlotArm", "SampleParams", "PrefillResult", "StepHandle", "TokenOutput",
-           "Engine", "GREEDY"]
+           "VerifyOutput", "Engine", "GREEDY"]
 
 
 class Prefix(NamedTuple):
@@ -117,6 +117,13 @@ class PrefillResult(NamedTuple):
     arm: SlotArm                   # for `insert`
     echo: Optional[jax.Array]      # [T, 2 + 2A] float32 with echo: each position's next prompt
                                    # token, its logprob and the top A (read with `read_echo`)
+
+
+class VerifyOutput(NamedTuple):
+    """A verify step's tokens on the host: every position's sample, and how many count."""
+
+    tokens: TokenOutput    # each field [B, J, ...]: position j's sample (J = K + 1)
+    emitted: np.ndarray    # [B] int64: slot b's tokens are tokens[b, :emitted[b]] (0: inactive)
 
 
 Handle = Union[StepHandle, PrefillResult]
@@ -190,3 +197,20 @@ class Engine(Protocol):
         """A prefill's echo scores on the host, one row per chunk position: token_ids [T] the
         next prompt token, logprobs [T] its log p, top_ids / top_logprobs [T, A] the A most
         probable tokens at that position."""
+
+    # ---- speculative decoding (optional: a scheduler asks for it only when configured) ----
+    def verify(self, state, drafts: Sequence[Sequence[int]], k: int) -> tuple[object, VerifyOutput]:
+        """One step scoring each active slot's last token and its drafts (drafts[b]: at most
+        k ids; [] = a plain decode step for that slot) -> (state, VerifyOutput), on the host.
+
+        Slot b emits its accepted drafts (those equal to the token sampled at their position,
+        with the key a decode step would use there) plus the next sampled token: exactly the
+        tokens decode steps would give. Its length advances by what it emitted; rejected
+        drafts' KV is never visible later. Donates `state`."""
+        raise NotImplementedError("this engine does not verify drafts (speculative decoding)")
+
+    def step_costs(self, state, k: int) -> tuple[object, float, float]:
+        """(state, seconds of a decode step, seconds of a k-draft verify step) measured at
+        this batch size in `state` (donated; every slot free, and free again after): the cost
+        model of the speculation gate."""
+        raise NotImplementedError("this engine does not verify drafts (speculative decoding)")

@@ -36,6 +36,7 @@ from grok.engine.api import (GREEDY, Handle, Prefix, PrefillResult, SampleParams
 from grok.engine.logits_processing import LogitControls, neutral_controls
 from grok.engine.live_lengths import (HostShadow, SlotLengths, after_step, longest_after_step,
                                       with_slot)
+from grok.engine.speculative import SpeculativeSteps
 from grok.engine.state import (DecodeState, capacity_for, empty_prefix, new_state,
                                prefix_capacities, prefix_shardings, slice_prefix,
                                state_shardings, to_host, unpack_output)
@@ -60,8 +61,9 @@ def _settings_row(sample: SampleParams) -> np.ndarray:
     return np.asarray([sample.temperature, sample.top_p, sample.top_k], np.float32)
 
 
-class JaxEngine:
-    """The Engine protocol (see grok.engine.api) for one model, mesh and set of weights."""
+class JaxEngine(SpeculativeSteps):
+    """The Engine protocol (see grok.engine.api) for one model, mesh and set of weights;
+    `verify` and `step_costs` come from grok.engine.speculative."""
 
     def __init__(self, config: LanguageModelConfig, runtime: RuntimeConfig, mesh: Mesh,
                  forward: Callable, params: Any, param_shardings: Any, batch_size: int,

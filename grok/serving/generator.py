@@ -22,7 +22,9 @@ def scheduler_for(runner, log: Optional[AdmissionLog] = None) -> Scheduler:
                      prefill_budget=runtime.prefill_chunk_tokens,
                      max_prefill_batch=runtime.max_prefill_batch, log=log,
                      prefix_cache_tokens=runtime.prefix_cache_tokens,
-                     prefix_cache_outputs=runtime.prefix_cache_outputs)
+                     prefix_cache_outputs=runtime.prefix_cache_outputs,
+                     speculative_tokens=runtime.speculative_tokens,
+                     speculative_method=runtime.speculative_method)
 
 
 def serve(source):

@@ -47,6 +47,7 @@ from grok.serving.prefix_cache import Hit
 from grok.serving.prefix_hooks import PrefixReuse
 from grok.serving.requests import Cancel, Request
 from grok.serving.results import Completion, TokenEvent, error_completion
+from grok.serving.speculation import Speculation
 from grok.serving.text import TextStream
 
 
@@ -87,11 +88,16 @@ class Scheduler:
     see grok.serving.prefix_cache); `prefix_cache_hit_tokens` / `prefix_cache_query_tokens`
     count prompt tokens served from it / looked up in it. `prefix_cache_outputs`: also keep
     a finished request's output KV (see "Output KV" in grok.serving.prefix_hooks).
+    `speculative_tokens`: drafts verified per slot and step (0: off; see
+    grok.serving.speculation, whose `break_even` `speculative_break_even` fixes instead of
+    measuring it); `speculative_method`: how drafts are made ("ngram").
     """
 
     def __init__(self, engine: Engine, tokenizer, *, prefill_budget: int = 0,
                  max_prefill_batch: int = 1, log: Optional[AdmissionLog] = None,
-                 prefix_cache_tokens: int = 0, prefix_cache_outputs: bool = True):
+                 prefix_cache_tokens: int = 0, prefix_cache_outputs: bool = True,
+                 speculative_tokens: int = 0, speculative_method: str = "ngram",
+                 speculative_break_even: Optional[float] = None):
         self.engine, self.tokenizer, self.log = engine, tokenizer, log
         self.limits = ModelLimits.of(engine)
         self.eos_token = int(engine.eos_token)
@@ -113,6 +119,10 @@ class Scheduler:
         self.constrained_requests = 0        # admitted requests with a grammar
         self.on_mask_fill = None             # callable(seconds) per step that fills masks
         self.prefix_cache = self.prefixes.cache      # None when off
+        self.speculation = (Speculation(engine, speculative_tokens, speculative_method,
+                                        speculative_break_even) if speculative_tokens else None)
+        if self.speculation is not None and speculative_break_even is None:
+            self.state = self.speculation.measure(self.state)
 
     # ---- the API the generator and the HTTP server use ---------------------------------------
     @property
@@ -124,6 +134,12 @@ class Scheduler:
     def prefix_cache_query_tokens(self) -> int:
         """Prompt tokens looked up in the prefix cache so far."""
         return self.prefixes.query_tokens
+
+    @property
+    def speculative_counts(self) -> tuple[int, int]:
+        """(drafted tokens verified, of those accepted) so far; (0, 0) with speculation off."""
+        s = self.speculation
+        return (0, 0) if s is None else (s.draft_tokens, s.accepted_tokens)
 
     @property
     def num_running(self) -> int:
@@ -183,6 +199,18 @@ class Scheduler:
         for admission in decisions.admitted:
             events += self._admit(admission)
         inserted = self._prefill(events)
+        spec = self.speculation
+        # (a request that processes its logits runs the processed decode step: no verify
+        # step while one is running)
+        if (spec is not None and self._running and spec.wants(self._running)
+                and all(s.structured is None for s in self._running.values())):
+            # drafts continue every token so far: read the step in flight and first tokens
+            events += self._read_inflight() + self._first_tokens(inserted)
+            inserted, drafts = [], spec.plan(self._running) if self._running else None
+            if drafts is not None:
+                running = dict(self._running)
+                self.state, out = self.engine.verify(self.state, spec.table(drafts), spec.k)
+                return events + spec.take(out, running, drafts, self._take)
         dispatched = None
         if self._inflight is not None and any(
                 s.structured is not None and s.structured.grammar is not None
@@ -198,23 +226,26 @@ class Scheduler:
             dispatched = (handle, dict(self._running))
             for stream in self._running.values():
                 stream.fed += 1       # this step writes the KV of its last token
+            if spec is not None:
+                spec.decoded(self._running)
         events += self._read_inflight()
         self._inflight = dispatched
-        for stream in inserted:
-            if not stream.done:
-                events += self._guarded(stream, self._on_first_token)
-        return events
+        return events + self._first_tokens(inserted)
 
     def _read_inflight(self) -> list:
-        """Reads the step in flight (if any) and takes each of its slots' tokens."""
-        events = []
-        if self._inflight is not None:
-            (handle, snapshot), self._inflight = self._inflight, None
-            out = self.engine.read(handle)
-            for slot, stream in snapshot.items():
-                if not stream.done:
-                    events += self._guarded(stream, self._on_token, out, slot)
-        return events
+        """The tokens of the step in flight, if any (it is then no longer in flight)."""
+        if self._inflight is None:
+            return []
+        (handle, snapshot), self._inflight = self._inflight, None
+        out = self.engine.read(handle)
+        return sum((self._take(stream, out, slot) for slot, stream in snapshot.items()
+                    if not stream.done), [])
+
+    def _first_tokens(self, inserted: list) -> list:
+        return sum((self._guarded(s, self._on_first_token) for s in inserted if not s.done), [])
+
+    def _take(self, stream: _Stream, out: TokenOutput, row: int) -> list:
+        return self._guarded(stream, self._on_token, out, row)
 
     def _controls(self):
         """This step's LogitControls, or None when no running request processes logits."""
@@ -428,6 +459,8 @@ class Scheduler:
                 self.prefixes.store_output(stream, self.state)
             self._running.pop(stream.slot, None)
             self.state = self.engine.release(self.state, stream.slot)
+            if self.speculation is not None:
+                self.speculation.forget(stream.slot)
         else:
             self._prefilling.remove(stream)
             self.prefixes.release(stream)

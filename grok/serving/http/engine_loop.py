@@ -96,6 +96,7 @@ class EngineLoop(threading.Thread):
         self._outstanding = 0                     # submitted and not finished (any thread)
         self._stopping = False
         self._prefix_counted = (0, 0)               # prefix-cache (hit, query) tokens reported
+        self._spec_counted = (0, 0)                 # speculative (drafted, accepted) reported
 
     # ---- called from HTTP handlers (any thread) -------------------------------------------
     def submit(self, requests: list, deliver: Deliver) -> None:
@@ -160,6 +161,7 @@ class EngineLoop(threading.Thread):
                 self._guarded(self.scheduler.step)
             self.metrics.set_load(self.scheduler.num_running, self.scheduler.num_waiting)
             self._count_prefix_cache()
+            self._count_speculation()
 
     def _count_prefix_cache(self) -> None:
         """Adds what the scheduler's cumulative prefix-cache counters gained since last time."""
@@ -169,6 +171,14 @@ class EngineLoop(threading.Thread):
             self.metrics.add_prefix_cache(hit - self._prefix_counted[0],
                                           query - self._prefix_counted[1])
             self._prefix_counted = (hit, query)
+
+    def _count_speculation(self) -> None:
+        """Adds what the scheduler's speculative counters gained since last time."""
+        counts = self.scheduler.speculative_counts
+        if counts != self._spec_counted:
+            self.metrics.add_speculation(counts[0] - self._spec_counted[0],
+                                         counts[1] - self._spec_counted[1])
+            self._spec_counted = counts
 
     def _handle(self, command: tuple) -> None:
         if command[0] == "submit":

@@ -60,6 +60,10 @@ class ServerMetrics:
         self.mask_fill = Histogram("grok_mask_fill_seconds",
                                    "Host time filling a decode step's allowed-token masks.",
                                    buckets=MASK_FILL_BUCKETS, registry=r)
+        self.spec_draft = Counter("grok_spec_draft_tokens", "Speculative tokens drafted and "
+                                  "verified.", registry=r)
+        self.spec_accepted = Counter("grok_spec_accepted_tokens", "Speculative drafted tokens "
+                                     "accepted (equal to the sampled token).", registry=r)
         for reason in ("stop", "length", "cancelled", "error"):
             self.requests.labels(finish_reason=reason)   # export 0s before the first request
         self.info = Gauge("grok_model_info", "The served model (value 1).", ["model_name"],
@@ -90,6 +94,11 @@ class ServerMetrics:
         """For the prefix cache (issue 13): tokens found and tokens looked up at admission."""
         self.prefix_hit.inc(hit_tokens)
         self.prefix_query.inc(query_tokens)
+
+    def add_speculation(self, drafted: int, accepted: int) -> None:
+        """Speculative decoding: tokens drafted and verified, and of those accepted."""
+        self.spec_draft.inc(drafted)
+        self.spec_accepted.inc(accepted)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,0 +1,199 @@
+"""Benchmark: decode tokens/s with speculative decoding (n-gram drafts, K per step) vs off.
+
+    python -m grok.bench spec                      # CPU, the fixture-sized random model
+    python -m grok.bench spec --json spec.json --rounds 3
+
+Three workloads, each run by a Scheduler with speculation off and one with it on (the gate
+measuring its own break-even, as in serving), on the same engine, alternating round by round
+(--rounds), after an untimed warm-up round of each that compiles everything:
+
+(a) repeat, 1 slot: greedy requests whose continuation repeats its context. A random-weight
+    model's greedy continuation of most prompts falls into a cycle (it loops); the prompts are
+    the --repeat-prompts random prompts, among --candidates, whose greedy continuation
+    prompt lookup predicts best (measured with speculation off, before timing).
+(b) no repeat, 1 slot: sampled requests (temperature 1) over the 131k vocabulary, whose
+    tokens practically never repeat: nothing to draft, so the gate must keep speculation
+    from costing anything.
+(c) mixed, 8 slots: half (a)'s prompts, half (b)'s, in one batch.
+
+Reported per workload: output tokens / wall seconds from submission to the last Completion
+(prompts are short, so prefill is a small, equal share), on / off, the acceptance rate
+(accepted / drafted) and the tokens per verify step. Outputs are checked equal token for
+token between the two modes.
+
+Glossary: K drafted tokens per slot and step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from grok.benchmarks import save_report
+from grok.config import LanguageModelConfig, TransformerConfig
+from grok.engine.runner import ModelRunner
+from grok.serving.runner import InferenceRunner
+from grok.runtime_config import RuntimeConfig
+from grok.serving.drafting import propose
+from grok.serving.requests import Request
+from grok.serving.results import Completion
+from grok.serving.scheduler import Scheduler
+from grok.tokenizer import ByteTokenizer
+
+# The golden fixture's dimensions (../shared/fixtures/tiny-grok-a/config.json).
+FIXTURE = dict(emb_size=64, widening_factor=8, key_size=16, num_q_heads=16, num_kv_heads=8,
+               num_layers=2, num_experts=8, num_selected_experts=2)
+FIXTURE_VOCAB = 131072
+NUM_SPECIAL = 3          # ids below this are pad, bos, eos
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m grok.bench spec", description=__doc__.split("\n")[0])
+    p.add_argument("--k", type=int, default=4, help="speculative tokens K")
+    p.add_argument("--max-tokens", type=int, default=192, help="output tokens per request")
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--candidates", type=int, default=16, help="prompts tried for (a)")
+    p.add_argument("--repeat-prompts", type=int, default=4, help="prompts of (a) kept")
+    p.add_argument("--rounds", type=int, default=2, help="timed rounds per mode")
+    p.add_argument("--sequence-len", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the results to this file")
+    args = p.parse_args(argv)
+    if args.k < 1 or args.rounds < 1 or args.repeat_prompts < 1:
+        p.error("--k, --rounds and --repeat-prompts must be >= 1")
+    if args.prompt_len + args.max_tokens > args.sequence_len:
+        p.error("--prompt-len + --max-tokens must fit --sequence-len")
+    return args
+
+
+def make_engine(args, slots: int):
+    """A JaxEngine over a random model of the fixture's size, `slots` slots."""
+    config = LanguageModelConfig(model=TransformerConfig(**FIXTURE), vocab_size=FIXTURE_VOCAB,
+                                 sequence_len=args.sequence_len)
+    runtime = RuntimeConfig(activation_dtype="float32", prefill_buckets=(32,),
+                            max_prefill_batch=1)
+    runner = InferenceRunner(ModelRunner(config, bs_per_device=slots, rng_seed=args.seed,
+                                         runtime=runtime),
+                             local_mesh_config=(1, 1), tokenizer=ByteTokenizer(), precompile=False)
+    runner.initialize()
+    return runner.engine
+
+
+def run(scheduler: Scheduler, requests: list) -> tuple[float, dict]:
+    """Seconds from submission to the last Completion, and {request_id: output ids}."""
+    start = time.perf_counter()
+    scheduler.submit(requests)
+    outputs = {}
+    while not scheduler.idle():
+        for event in scheduler.step():
+            if isinstance(event, Completion):
+                if event.error is not None:
+                    raise RuntimeError(f"{event.request_id} failed: {event.error}")
+                outputs[event.request_id] = list(event.output_ids)
+    return time.perf_counter() - start, outputs
+
+
+def predictability(ids: list, k: int) -> float:
+    """Tokens per step prompt lookup would give along `ids` (1 = nothing predicted)."""
+    at, steps = 0, 0
+    while at < len(ids):
+        draft = propose(ids[:at], k) if at else []
+        hits = 0
+        while hits < len(draft) and at + hits < len(ids) and draft[hits] == ids[at + hits]:
+            hits += 1
+        at, steps = at + hits + 1, steps + 1
+    return len(ids) / max(steps, 1)
+
+
+def prompts(args, count: int, offset: int) -> list:
+    rng = np.random.default_rng(args.seed + offset)
+    return [rng.integers(NUM_SPECIAL, FIXTURE_VOCAB, args.prompt_len).tolist()
+            for _ in range(count)]
+
+
+def repeating_prompts(args, scheduler: Scheduler) -> tuple[list, list]:
+    """The candidates whose greedy continuation prompt lookup predicts best, and how well
+    (tokens per step prompt lookup would give on prompt + continuation)."""
+    candidates = prompts(args, args.candidates, 1)
+    requests = [Request(p, temperature=0.0, max_tokens=args.max_tokens, request_id=f"c{i}")
+                for i, p in enumerate(candidates)]
+    _, outputs = run(scheduler, requests)
+    score = {i: predictability(candidates[i] + outputs[f"c{i}"], args.k)
+             for i in range(len(candidates))}
+    best = sorted(score, key=score.get, reverse=True)[:args.repeat_prompts]
+    return [candidates[i] for i in best], [round(score[i], 2) for i in best]
+
+
+def workload(args, name: str, repeat: list, fresh: list) -> list:
+    greedy = [Request(p, temperature=0.0, max_tokens=args.max_tokens, request_id=f"{name}-g{i}")
+              for i, p in enumerate(repeat)]
+    sampled = [Request(p, temperature=1.0, seed=args.seed + i, max_tokens=args.max_tokens,
+                       request_id=f"{name}-s{i}") for i, p in enumerate(fresh)]
+    return greedy + sampled
+
+
+def measure(args, engine, requests: list, one_at_a_time: bool) -> dict:
+    """Off and on, alternating rounds after a warm-up; tokens/s of each and the counters."""
+    modes = {"off": Scheduler(engine, ByteTokenizer()),
+             "on": Scheduler(engine, ByteTokenizer(), speculative_tokens=args.k)}
+    batches = [[r] for r in requests] if one_at_a_time else [requests]
+    seconds, outputs = {m: 0.0 for m in modes}, {m: {} for m in modes}
+    for r in range(args.rounds + 1):
+        for mode, scheduler in modes.items():
+            spec = scheduler.speculation
+            if r == 1 and spec is not None:     # count the timed rounds only
+                spec.draft_tokens = spec.accepted_tokens = spec.verify_steps = 0
+            for batch in batches:
+                took, out = run(scheduler, batch)
+                outputs[mode].update(out)
+                seconds[mode] += took if r else 0.0
+    if outputs["on"] != outputs["off"]:
+        raise AssertionError("speculation changed the tokens")
+    tokens = sum(len(o) for o in outputs["off"].values()) * args.rounds
+    spec = modes["on"].speculation
+    on_tokens_per_s, off_tokens_per_s = tokens / seconds["on"], tokens / seconds["off"]
+    return {"requests": len(requests), "tokens": tokens,
+            "off_tokens_per_s": round(off_tokens_per_s, 1),
+            "on_tokens_per_s": round(on_tokens_per_s, 1),
+            "speedup": round(on_tokens_per_s / off_tokens_per_s, 3),
+            "break_even": round(spec.break_even, 2), "verify_steps": spec.verify_steps,
+            "draft_tokens": spec.draft_tokens, "accepted_tokens": spec.accepted_tokens,
+            "acceptance": round(spec.accepted_tokens / max(spec.draft_tokens, 1), 3),
+            "tokens_per_verify_step": round(
+                (spec.accepted_tokens + spec.verify_steps) / max(spec.verify_steps, 1), 2)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = parse_args(argv)
+    one = make_engine(args, 1)
+    repeat, scores = repeating_prompts(args, Scheduler(one, ByteTokenizer()))
+    fresh = prompts(args, args.repeat_prompts, 2)
+    report = {"k": args.k, "max_tokens": args.max_tokens, "prompt_len": args.prompt_len,
+              "rounds": args.rounds, "model": dict(FIXTURE, vocab_size=FIXTURE_VOCAB),
+              "repeat_predictability": scores}
+    report["a_repeat_1_slot"] = measure(args, one, workload(args, "a", repeat, []), True)
+    report["b_no_repeat_1_slot"] = measure(args, one, workload(args, "b", [], fresh), True)
+    eight = make_engine(args, 8)
+    report["c_mixed_8_slots"] = measure(
+        args, eight, workload(args, "c", (repeat * 4)[:4], (fresh * 4)[:4]), False)
+    print(f"speculative decoding, K={args.k}, fixture-sized random model (vocab {FIXTURE_VOCAB}), "
+          f"{args.max_tokens} tokens per request, {args.rounds} rounds, CPU")
+    print(f"(a)'s prompts: prompt lookup would give {scores} tokens per step on their greedy "
+          f"continuations (1.0: they do not repeat, and (a) measures the gate only)")
+    print(f"{'workload':<22}{'off tok/s':>10}{'on tok/s':>10}{'on/off':>8}{'accept':>8}"
+          f"{'tok/verify':>11}{'break-even':>11}")
+    for name in ("a_repeat_1_slot", "b_no_repeat_1_slot", "c_mixed_8_slots"):
+        r = report[name]
+        print(f"{name:<22}{r['off_tokens_per_s']:>10}{r['on_tokens_per_s']:>10}{r['speedup']:>8}"
+              f"{r['acceptance']:>8}{r['tokens_per_verify_step']:>11}{r['break_even']:>11}")
+    save_report(report, args.json)
+    sys.stdout.flush()
+    return report
+
+
+if __name__ == "__main__":
+    main()
