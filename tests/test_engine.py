@@ -249,9 +249,10 @@ def _steps_run(engine, run):
     return out, dict(engine.decode_steps_by_kv_len - before)
 
 
-def test_a_short_context_runs_the_short_variant_bitwise_equal(engine):
-    """Two short prompts decode through the 16-position variant, with exactly the
-    tokens and logprobs of the step reading all 128 positions (float32, bitwise)."""
+def test_a_short_context_runs_the_short_variant_with_the_same_tokens(engine):
+    """Two short prompts decode through the 16-position variant, with exactly the tokens of
+    the step reading all 128 positions, and their logprobs to float32 rounding (the softmax
+    sums 16 or 128 terms, which a vectorising CPU backend may group differently)."""
     prompts = {0: make_prompt(3, 90), 2: make_prompt(5, 91)}
     prefilled = {slot: engine.prefill(p, SAMPLED._replace(seed=slot)) for slot, p in prompts.items()}
     (live, live_steps) = _steps_run(engine, lambda: decode(engine, prefilled, steps=5))
@@ -261,7 +262,7 @@ def test_a_short_context_runs_the_short_variant_bitwise_equal(engine):
     assert full_steps == {128: 5}
     for slot in prompts:
         assert live[0][slot] == full[0][slot], slot
-        np.testing.assert_array_equal(live[1][slot], full[1][slot])
+        np.testing.assert_allclose(live[1][slot], full[1][slot], rtol=2e-6, atol=0)
     np.testing.assert_array_equal(np.asarray(live[2].memory.k), np.asarray(full[2].memory.k))
 
 
@@ -274,7 +275,7 @@ def test_a_context_crossing_buckets_keeps_the_full_length_tokens(engine, referen
     full, _ = _steps_run(engine, lambda: decode(engine, prefilled, steps=20, kv_len=128))
     assert live_steps == {16: 2, 32: 16, 64: 2}   # needs 15 .. 34 positions
     assert live[0][1] == full[0][1] == reference.greedy(prompt, 21)[0]
-    np.testing.assert_array_equal(live[1][1], full[1][1])
+    np.testing.assert_allclose(live[1][1], full[1][1], rtol=2e-6, atol=0)
 
 
 def test_the_variant_follows_the_host_lengths(engine):
