@@ -263,7 +263,8 @@ def test_a_short_context_runs_the_short_variant_with_the_same_tokens(engine):
     for slot in prompts:
         assert live[0][slot] == full[0][slot], slot
         np.testing.assert_allclose(live[1][slot], full[1][slot], rtol=2e-6, atol=0)
-    np.testing.assert_array_equal(np.asarray(live[2].memory.k), np.asarray(full[2].memory.k))
+    np.testing.assert_allclose(np.asarray(live[2].memory.k), np.asarray(full[2].memory.k),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_a_context_crossing_buckets_keeps_the_full_length_tokens(engine, reference):
