@@ -33,9 +33,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except (OSError, OverflowError) as e:
         sock.close()
-        reason = getattr(e, "strerror", None) or str(e)
+        is_os = isinstance(e, OSError)    # an OverflowError (port out of range) has no errno
+        reason = (e.strerror if is_os else None) or str(e)
         hint = (" (another server is running there? choose another --port)"
-                if getattr(e, "errno", None) == errno.EADDRINUSE else "")
+                if is_os and e.errno == errno.EADDRINUSE else "")
         raise ValueError(f"--host {host} --port {port}: cannot listen: {reason}{hint}") from None
     return sock
 

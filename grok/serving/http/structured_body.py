@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Optional
 
 from grok.serving.http.errors import invalid
+from grok.serving.http.protocol import ChatCompletionRequest
 from grok.serving.http.tools import tool_grammar
 from grok.serving.structured import grammars
 
@@ -107,5 +108,7 @@ def tool_choice_forces_calls(body) -> bool:
 
 
 def uses_tools(body) -> bool:
-    return bool(getattr(body, "tools", None)) and body.tool_choice != "none"
+    """Whether a chat body offers tools the answer may call (a completions body has none)."""
+    return (isinstance(body, ChatCompletionRequest) and bool(body.tools)
+            and body.tool_choice != "none")
 
