@@ -184,6 +184,27 @@ def test_speculation_with_stop_strings_and_tokens(engine):
                 run_all(scheduler(engine, K), requests)[0])
 
 
+def test_speculation_with_min_tokens_and_ignore_eos(engine):
+    # a stop token early in the greedy output: min_tokens carries the request past it, and
+    # accepted drafts go through the same stop check as decode steps' tokens
+    plain, _ = run_all(scheduler(engine, 0), [Request(LOOPING, temperature=0.0, max_tokens=40,
+                                                      request_id="p")])
+    ids = plain["p"].output_ids
+    requests = [Request(LOOPING, temperature=0.0, max_tokens=40, stop_tokens=[ids[2]],
+                        min_tokens=12, request_id="min"),
+                Request(LOOPING, temperature=0.0, max_tokens=30, ignore_eos=True,
+                        min_tokens=5, request_id="ignore")]
+    off, _ = run_all(scheduler(engine, 0), requests)
+    spec = scheduler(engine, K)
+    on, _ = run_all(spec, requests)
+    assert_same(off, on)
+    # the greedy output up to the stop token's first place at or after the 12th token
+    end = next((i + 1 for i in range(11, len(ids)) if ids[i] == ids[2]), len(ids))
+    assert on["min"].output_ids == ids[:end] and end > 3
+    assert len(on["ignore"].output_ids) == 30
+    assert spec.speculation.verify_steps > 0
+
+
 def test_cancel_mid_speculation_keeps_a_prefix(engine):
     request = Request(LOOPING, temperature=0.0, max_tokens=60, stream=True, request_id="c")
     full = run_all(scheduler(engine, 0), [request])[0]["c"]

@@ -82,4 +82,6 @@ def verify(forward: Callable, params, state: DecodeState, drafts: jax.Array,
     positions = jnp.arange(memory.valid.shape[1], dtype=jnp.int32)              # [S]
     memory = memory._replace(step=step, valid=memory.valid & (positions[None] < step[:, None]))
     packed = pack_output(out).reshape(b, j, -1)
-    return DecodeState(memory, state.settings, rngs, last_tokens), packed, emitted
+    # token_counts stay as they are: only logit-processing rows read them, and no verify
+    # step runs while such a row is running (their counts restart when a request enters)
+    return state._replace(memory=memory, rngs=rngs, last_tokens=last_tokens), packed, emitted

@@ -37,6 +37,10 @@ class SchedulerAPI(Protocol):
     def prefix_cache_query_tokens(self) -> int:
         """Prompt tokens looked up in the prefix cache so far (0 without one)."""
 
+    @property
+    def speculative_counts(self) -> tuple[int, int]:
+        """(drafted tokens verified, of those accepted) so far; (0, 0) without speculation."""
+
     def idle(self) -> bool:
         """Nothing queued or running."""
 
