@@ -1,6 +1,6 @@
 """The tests' fakes implement the seams they stand in for (so a fake never drifts from what
 the code calls), checked with isinstance against each Protocol; and the scheduler's streams
-are the narrow view the prefix cache's hooks are typed with."""
+are the narrow views the prefix cache's and structured decoding's hooks are typed with."""
 
 from fake_engine import FailingTokenizer, FakeEngine
 from server_fakes import FakeScheduler
@@ -9,6 +9,7 @@ from grok.serving.interface import SchedulerAPI
 from grok.serving.prefix_hooks import CachedStream
 from grok.serving.requests import Request
 from grok.serving.scheduler import Scheduler, _Stream
+from grok.serving.structured_decoding import StructuredStream
 from grok.tokenizer import ByteTokenizer, Tokenizer
 
 
@@ -37,3 +38,8 @@ def test_a_fake_missing_a_member_is_refused():
 def test_the_schedulers_streams_are_what_the_prefix_cache_sees():
     stream = _Stream(Request(prompt=[5, 6]), "r", [5, 6], 0, None)
     assert isinstance(stream, CachedStream)
+
+
+def test_the_schedulers_streams_are_what_structured_decoding_sees():
+    stream = _Stream(Request(prompt=[5, 6]), "r", [5, 6], 0, None)
+    assert isinstance(stream, StructuredStream)

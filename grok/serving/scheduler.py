@@ -36,18 +36,16 @@ import itertools
 import secrets
 from typing import Optional
 
-import numpy as np
-
 from grok.engine.api import Engine, Prefix, PrefillResult, SampleParams, TokenOutput
 from grok.serving.admission import ModelLimits, prepare
 from grok.serving.decisions import Admission, AdmissionLog, Decisions
-from grok.serving.logit_controls import StepControls
-from grok.serving.structured_streams import Structured
 from grok.serving.prefix_cache import Hit
 from grok.serving.prefix_hooks import PrefixReuse
 from grok.serving.requests import Cancel, Request
 from grok.serving.results import Completion, TokenEvent, error_completion
 from grok.serving.speculation import Speculation
+from grok.serving.structured_decoding import StructuredDecoding
+from grok.serving.structured_streams import Structured
 from grok.serving.text import TextStream
 
 
@@ -75,7 +73,7 @@ class _Stream:
     looked_up: bool = False                # the prefix cache was asked for its prompt
     fed: int = 0                           # output tokens fed to dispatched decode steps
     done: bool = False
-    structured: Optional[Structured] = None  # logit processing / grammar (see `_admit`)
+    structured: Optional[Structured] = None  # logit processing / grammar (StructuredDecoding)
 
 
 class Scheduler:
@@ -91,6 +89,7 @@ class Scheduler:
     `speculative_tokens`: drafts verified per slot and step (0: off; see
     grok.serving.speculation, whose `break_even` `speculative_break_even` fixes instead of
     measuring it); `speculative_method`: how drafts are made ("ngram").
+    Requests that process their logits: see grok.serving.structured_decoding.
     """
 
     def __init__(self, engine: Engine, tokenizer, *, prefill_budget: int = 0,
@@ -115,9 +114,7 @@ class Scheduler:
         self._auto_prefix = f"req-{secrets.token_hex(4)}-"
         self._auto_ids = itertools.count()
         self.prefixes = PrefixReuse(engine, prefix_cache_tokens, prefix_cache_outputs)
-        self.step_controls = StepControls(engine.batch_size, engine.vocab_size)
-        self.constrained_requests = 0        # admitted requests with a grammar
-        self.on_mask_fill = None             # callable(seconds) per step that fills masks
+        self.structured_decoding = StructuredDecoding(engine, tokenizer)
         self.prefix_cache = self.prefixes.cache      # None when off
         self.speculation = (Speculation(engine, speculative_tokens, speculative_method,
                                         speculative_break_even) if speculative_tokens else None)
@@ -140,6 +137,20 @@ class Scheduler:
         """(drafted tokens verified, of those accepted) so far; (0, 0) with speculation off."""
         s = self.speculation
         return (0, 0) if s is None else (s.draft_tokens, s.accepted_tokens)
+
+    @property
+    def constrained_requests(self) -> int:
+        """Admitted requests with a grammar so far."""
+        return self.structured_decoding.constrained_requests
+
+    @property
+    def on_mask_fill(self):
+        """callable(seconds) per step that fills grammar masks (None: nobody listens)."""
+        return self.structured_decoding.on_mask_fill
+
+    @on_mask_fill.setter
+    def on_mask_fill(self, observe) -> None:
+        self.structured_decoding.on_mask_fill = observe
 
     @property
     def num_running(self) -> int:
@@ -199,11 +210,9 @@ class Scheduler:
         for admission in decisions.admitted:
             events += self._admit(admission)
         inserted = self._prefill(events)
-        spec = self.speculation
-        # (a request that processes its logits runs the processed decode step: no verify
-        # step while one is running)
+        spec, structured = self.speculation, self.structured_decoding
         if (spec is not None and self._running and spec.wants(self._running)
-                and all(s.structured is None for s in self._running.values())):
+                and not structured.processes(self._running)):
             # drafts continue every token so far: read the step in flight and first tokens
             events += self._read_inflight() + self._first_tokens(inserted)
             inserted, drafts = [], spec.plan(self._running) if self._running else None
@@ -212,17 +221,11 @@ class Scheduler:
                 self.state, out = self.engine.verify(self.state, spec.table(drafts), spec.k)
                 return events + spec.take(out, running, drafts, self._take)
         dispatched = None
-        if self._inflight is not None and any(
-                s.structured is not None and s.structured.grammar is not None
-                for s in self._running.values()):
-            # a grammar's next mask needs the last token: read it before dispatching
-            events += self._read_inflight()
+        if self._inflight is not None and structured.needs_last_token(self._running):
+            events += self._read_inflight()      # the next mask needs its last token
         if self._running:
-            controls = self._controls()
-            if controls is None:
-                self.state, handle = self.engine.generate(self.state)
-            else:
-                self.state, handle = self.engine.generate(self.state, controls=controls)
+            self.state, handle = self.engine.generate(
+                self.state, controls=structured.controls(self._running))
             dispatched = (handle, dict(self._running))
             for stream in self._running.values():
                 stream.fed += 1       # this step writes the KV of its last token
@@ -246,17 +249,6 @@ class Scheduler:
 
     def _take(self, stream: _Stream, out: TokenOutput, row: int) -> list:
         return self._guarded(stream, self._on_token, out, row)
-
-    def _controls(self):
-        """This step's LogitControls, or None when no running request processes logits."""
-        rows = {slot: s.structured.row(s.fed) for slot, s in self._running.items()
-                if s.structured is not None}
-        if not rows:
-            return None
-        controls = self.step_controls.build(rows)
-        if self.on_mask_fill is not None and any(r.grammar is not None for r in rows.values()):
-            self.on_mask_fill(self.step_controls.last_fill_seconds)
-        return controls
 
     # ---- decisions and admission ------------------------------------------------------------
     def _new_id(self) -> str:
@@ -287,14 +279,7 @@ class Scheduler:
                          TextStream(self.tokenizer, prompt_ids, request.stop))
         self._streams[stream.request_id] = stream
         self._prefilling.append(stream)
-        return self._guarded(stream, self._structure)
-
-    def _structure(self, stream: _Stream) -> None:
-        """Logit processing and the grammar of a request that needs them (every process of a
-        multi-host job builds the same from the same admission)."""
-        stream.structured = Structured.of(stream.request, self.tokenizer, self.engine)
-        if stream.structured is not None and stream.structured.grammar is not None:
-            self.constrained_requests += 1
+        return self._guarded(stream, self.structured_decoding.admit)
 
     # ---- prefill ----------------------------------------------------------------------------
     def _prefill(self, events: list) -> list:
@@ -369,13 +354,7 @@ class Scheduler:
             self._insert(stream, result)
 
     def _insert(self, stream: _Stream, result: PrefillResult) -> None:
-        prefix, arm = stream.prefix, result.arm
-        if stream.structured is not None:
-            # Its first token must come from a processed step: the slot gets the prompt but
-            # its last token, which the first decode step feeds (`fed` counts it as -1).
-            prefix = self.engine.slice_prefix(prefix, len(stream.prompt_ids) - 1)
-            arm = arm._replace(token=np.int32(stream.prompt_ids[-1]))
-            stream.fed = -1
+        prefix, arm = self.structured_decoding.held_back(stream, stream.prefix, result.arm)
         self.state = self.engine.insert(prefix, arm, self.state, stream.slot)
         prefix = stream.prefix
         stream.prefix, stream.first, stream.inserted = None, result, True
@@ -405,15 +384,13 @@ class Scheduler:
             stream.prompt_top_logprobs = [None] + tops[:len(stream.prompt_ids) - 1]
             stream.echo_results = []
         if stream.structured is not None:
-            return []      # its first token comes from its first decode step (`_insert`)
+            return []      # its first token comes from its first decode step (`held_back`)
         return self._on_token(stream, self.engine.read(result), 0)
 
     def _on_token(self, stream: _Stream, out: TokenOutput, row: int) -> list:
         """Takes row `row` of a TokenOutput for `stream`."""
         token, r = int(out.token_ids[row]), stream.request
-        grammar = stream.structured.grammar if stream.structured is not None else None
-        if grammar is not None and token != self.eos_token:
-            grammar.advance(token)
+        finished = self.structured_decoding.advance(stream, token, self.eos_token)
         if len(stream.output_ids) >= r.min_tokens and (
                 (token == self.eos_token and not r.ignore_eos) or token in r.stop_tokens):
             return self._finish(stream, "stop", token if token in r.stop_tokens else None)
@@ -428,7 +405,7 @@ class Scheduler:
                                           released, logprob, top if r.logprobs else None))
         if stop is not None:
             return self._finish(stream, "stop", stop)
-        if grammar is not None and grammar.finished:
+        if finished:           # the grammar allows nothing but EOS
             return self._finish(stream, "stop")
         if len(stream.output_ids) >= r.max_tokens:
             return self._finish(stream, "length")
