@@ -245,6 +245,11 @@ def print_report(report: dict) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if not os.environ.get("JAX_PLATFORMS"):
+        # The compile needs no device: only the CPU backend, beside the CUDA plugin's compiler.
+        # Started as a backend on a host without CUDA libraries, the plugin fails to load, and
+        # its topology (grok.benchmarks.gpu_target) cannot be made.
+        jax.config.update("jax_platforms", "cpu")
     report = {"command": " ".join(["python -m grok.bench gpu_hlo", *argv]), **run(args)}
     print_report(report)
     save_report(report, args.json)
