@@ -1,4 +1,4 @@
-"""The fused MoE kernels compiled for an H100 (sm_90a) without a GPU (deviceless XLA:GPU).
+"""The fused MoE kernels compiled for an H100 (sm_90) without a GPU (deviceless XLA:GPU).
 
 Asserts on the optimised HLO of a 2-layer scan that runs the kernels with the layer index as
 an operand: the only s8 buffers are the entry parameters (no copy or slice of expert weights,
@@ -18,8 +18,9 @@ from jax.sharding import SingleDeviceSharding
 from grok.kernels import fused_moe, sort_into_blocks, tiling_for
 from grok.ops.quantization import QuantizedWeight8bit
 
-pytest.importorskip("jax_plugins.xla_cuda12", reason="needs the CUDA plugin wheels")
-from tests.gpu_compile import compile_only_devices  # noqa: E402
+from grok.benchmarks.gpu_target import compile_only_devices, plugin_available
+
+pytestmark = pytest.mark.skipif(not plugin_available(), reason="needs the CUDA plugin wheels")
 
 L, E, D, F, K, G = 2, 8, 256, 512, 2, 8   # layers, experts, emb, ffn, selected, scale groups
 

@@ -108,7 +108,7 @@ def _shard_bytes(x: jax.ShapeDtypeStruct) -> int:
 
 
 def ideal_layer_bytes(config: LanguageModelConfig, params: dict, batch: int, kv_len: int,
-                      model_axis: int) -> dict[str, float]:
+                      model_axis: int, cache_dtype=jnp.bfloat16) -> dict[str, float]:
     """Per device, one layer: {"outside_moe", "moe"} bytes a decode step must move."""
     c, layers = config.model, config.model.num_layers
     outside, moe = 0.0, 0.0
@@ -121,7 +121,7 @@ def ideal_layer_bytes(config: LanguageModelConfig, params: dict, batch: int, kv_
         else:
             outside += size
     kv_heads = c.num_kv_heads // model_axis if c.num_kv_heads % model_axis == 0 else c.num_kv_heads
-    kv = 2 * batch * kv_heads * kv_len * c.key_size * jnp.dtype(config.fprop_dtype).itemsize
+    kv = 2 * batch * kv_heads * kv_len * c.key_size * jnp.dtype(cache_dtype).itemsize
     return {"outside_moe": outside + kv, "moe": moe}
 
 
@@ -187,7 +187,6 @@ def build(args: argparse.Namespace, batch: int):
                             prefill_buckets=buckets)
     runner = ModelRunner(config, bs_per_device=batch / n, runtime=runtime)
     runner.initialize(None, devices=devices)
-    config = config.replace(fprop_dtype="bfloat16")
     params = abstract_inputs(config, runner.param_shardings, jnp.bfloat16)
     engine = JaxEngine(config, runner.runtime, runner.mesh, runner.forward, None,
                        runner.param_shardings, runner.batch_size, min_kv_len=args.kv_len)
@@ -246,6 +245,11 @@ def print_report(report: dict) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if not os.environ.get("JAX_PLATFORMS"):
+        # The compile needs no device: only the CPU backend, beside the CUDA plugin's compiler.
+        # Started as a backend on a host without CUDA libraries, the plugin fails to load, and
+        # its topology (grok.benchmarks.gpu_target) cannot be made.
+        jax.config.update("jax_platforms", "cpu")
     report = {"command": " ".join(["python -m grok.bench gpu_hlo", *argv]), **run(args)}
     print_report(report)
     save_report(report, args.json)

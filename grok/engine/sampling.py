@@ -275,7 +275,7 @@ def _sorted_draw(scaled: jax.Array, settings: SampleSettings, keys: jax.Array):
     # The top-k-filtered row, still ascending: the dropped logits are its smallest.
     kept = jnp.where(ascending >= kth, ascending, DISALLOWED_LOGIT)
     cumulative = jnp.cumsum(jax.nn.softmax(kept, axis=-1), axis=-1)
-    reached = cumulative >= (1.0 - settings.nucleus_p)[:, None]                 # [B, V]
+    reached = cumulative >= (1.0 - settings.top_p)[:, None]                 # [B, V]
     first = jnp.where(jnp.any(reached, axis=-1), jnp.argmax(reached, axis=-1), v - 1)
     threshold = jnp.maximum(jnp.take_along_axis(kept, first[:, None], axis=-1), kth)
     filtered = jnp.where(scaled >= threshold, scaled, DISALLOWED_LOGIT)
