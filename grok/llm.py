@@ -119,16 +119,20 @@ class LLM:
                  mesh: Optional[tuple] = None, hosts: tuple = (1, 1), dtype: str = "auto",
                  moe: Optional[str] = None, pad_sizes: Optional[Sequence[int]] = None,
                  prefix_cache_tokens: Optional[int] = None, quiet: bool = False,
-                 speculative_tokens: int = 0, speculative_method: str = "ngram"):
+                 speculative_tokens: int = 0, speculative_method: str = "ngram",
+                 compile_cache: Optional[str] = None):
         """speculative_tokens: drafted tokens verified per step (0 = off; the same tokens
-        either way, see grok.serving.speculation); speculative_method: "ngram"."""
+        either way, see grok.serving.speculation); speculative_method: "ngram";
+        compile_cache: a folder for compiled programs, "off", or None (the default folder,
+        grok.compile_cache)."""
         options = ModelOptions(checkpoint=checkpoint, config=config, tokenizer=tokenizer,
                                dtype=dtype, moe=moe, mesh=None if mesh is None else tuple(mesh),
                                hosts=tuple(hosts), slots=max_slots, quiet=quiet,
                                pad_sizes=None if pad_sizes is None else tuple(pad_sizes),
                                prefix_cache_tokens=prefix_cache_tokens,
                                speculative_tokens=speculative_tokens,
-                               speculative_method=speculative_method)
+                               speculative_method=speculative_method,
+                               compile_cache=compile_cache)
         self.runner, self.startup_times = load_model(options)   # StartupTimes
         self.quiet = quiet
         self._gen = None
