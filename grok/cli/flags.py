@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from grok.cli import structured_flags
+from grok.cli.structured_flags import add_arguments as add_structured_arguments
 from grok.loading import (BYTE_TOKENIZER, CONFIG_FILE, DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_SLOTS,
                           DEFAULT_TOKENIZER, LARGEST_DEFAULT_PAD)
 from grok.serving.requests import DEFAULT_MAX_TOKENS, REFERENCE_NAMES
@@ -141,7 +141,7 @@ def build_parser(prog: str = "run.py", serve_arguments: Optional[callable] = Non
                           help="a string that ends a completion, not included (repeatable)")
     sampling.add_argument("--stop-tokens", type=_ints, default=(), metavar="ID,..",
                           help="token ids that end a completion (besides EOS)")
-    structured_flags.add_arguments(p)
+    add_structured_arguments(p)
     output = p.add_argument_group("output")
     output.add_argument("--stream", action="store_true", help="print text as it is made "
                         "(several requests: each in turn, in input order); with --json it "

@@ -13,7 +13,7 @@ import dataclasses
 import json
 from typing import Any, Optional
 
-from grok.cli import structured_flags
+from grok.cli.structured_flags import request_fields as structured_request_fields
 from grok.cli.flags import FIELD_NAMES, RECORD_FIELDS, RECORD_KEYS
 from grok.loading import UsageError
 from grok.serving.requests import Request, RequestError, request_seed
@@ -50,7 +50,7 @@ def make_request(record, args, index: int) -> Request:
                   max_tokens=args.max_tokens, seed=request_seed(args.seed, index),
                   stop_tokens=tuple(args.stop_tokens), stop=tuple(args.stop),
                   logprobs=args.logprobs, echo=args.echo_logprobs)
-    fields.update(structured_flags.request_fields(args))
+    fields.update(structured_request_fields(args))
     from_record = {}
     for name, field in RECORD_FIELDS.items():
         if name in record:
