@@ -88,16 +88,22 @@ def prompt_token_ids(server, prompt: Union[str, list[int]], param: str) -> list[
         raise invalid(f"{param} cannot be tokenized: {e}", param) from None
 
 
+def _prompts_ids(server, body, prompts: list, param: str) -> list[list[int]]:
+    """Each prompt's token ids, BOS first when the body asks for special tokens."""
+    prompt_ids = [prompt_token_ids(server, p, param) for p in prompts]
+    bos = server.backend().tokenizer.special_tokens.get("bos")
+    if body.add_special_tokens and bos is not None:
+        prompt_ids = [ids if ids[:1] == [bos[0]] else [bos[0]] + ids for ids in prompt_ids]
+    return prompt_ids
+
+
 def build_job(server, body, prompts: list, chat: bool, extra_stops: tuple = (),
               cache_salt: Optional[str] = None) -> Job:
     """Validates lengths and settings and makes one scheduler request per choice (work
     proportional to the prompts: run it on a worker, grok.serving.http.workers)."""
     backend = server.backend()
     param = "messages" if chat else "prompt"
-    prompt_ids = [prompt_token_ids(server, p, param) for p in prompts]
-    bos = backend.tokenizer.special_tokens.get("bos")
-    if body.add_special_tokens and bos is not None:
-        prompt_ids = [ids if ids[:1] == [bos[0]] else [bos[0]] + ids for ids in prompt_ids]
+    prompt_ids = _prompts_ids(server, body, prompts, param)
     longest = max(map(len, prompt_ids))
     max_tokens = body.max_new_tokens if chat else body.max_tokens
     score_only = max_tokens == 0            # (only the completions body allows 0)
