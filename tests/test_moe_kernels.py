@@ -78,7 +78,7 @@ def test_block_layout_sorts_every_pair_once_into_one_expert_blocks():
         needed = sum(-(-np.sum(flat == e) // rows) for e in range(E))
         assert used.size == needed                            # no block beyond ceil(count/BM)
     # decode tiling: one block per distinct expert
-    one = sort_into_blocks(jnp.array([[3, 1]]), E, tiling_for(1).block_rows)
+    one = sort_into_blocks(jnp.array([[3, 1]]), E, tiling_for(1, K, E).block_rows)
     assert np.asarray(one.block_expert).tolist() == [1, 3]
 
 
@@ -118,7 +118,7 @@ def test_prefill_chunk_equals_dense_with_empty_and_crowded_experts():
     """M = 96 > 64: the prefill tiling (BM = 64, several blocks per expert)."""
     w = weights(1, seed=4)
     x, gates, experts = routing(96)
-    assert tiling_for(96).block_rows == 64
+    assert tiling_for(96, K, E).block_rows == 16   # E*BM <= P/4
     assert_close(kernel()(x, gates, experts, *w), dense(x, gates, experts, w))
     crowded = jnp.stack([jnp.full((96,), 1), jnp.where(experts[:, 1] == 1, 2, 0)], axis=1)
     crowded = crowded.at[:, 1].set(jnp.where(crowded[:, 1] == 3, 0, crowded[:, 1]))

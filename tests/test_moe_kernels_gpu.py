@@ -62,7 +62,7 @@ def test_kernels_compile_for_h100_reading_experts_in_place(m):
     # what the grid reads and computes, from the block layout of a random routing
     rng = np.random.default_rng(0)
     experts = np.argsort(rng.random((m, E)), axis=1)[:, :K]
-    tiling = tiling_for(m)
+    tiling = tiling_for(m, K, E)
     layout = sort_into_blocks(jnp.asarray(experts), E, tiling.block_rows)
     used = np.asarray(layout.block_expert)
     used = used[used >= 0]

@@ -12,7 +12,9 @@ L layers, G scale groups, BM rows per block, NB blocks, R padded sorted rows (NB
 BK contracting tile, BN output tile, K contracting width, N output width.
 """
 
-from grok.kernels.block_layout import BlockLayout, sort_into_blocks
-from grok.kernels.fused_moe import Tiling, fused_moe, supported, tiling_for
+from grok.kernels.block_layout import (BlockLayout, MatmulTiles, Tiling, matmul_tiles,
+                                       sort_into_blocks, tiling_for)
+from grok.kernels.fused_moe import fused_moe, supported
 
-__all__ = ["BlockLayout", "Tiling", "fused_moe", "sort_into_blocks", "supported", "tiling_for"]
+__all__ = ["BlockLayout", "MatmulTiles", "Tiling", "fused_moe", "matmul_tiles", "sort_into_blocks",
+           "supported", "tiling_for"]
