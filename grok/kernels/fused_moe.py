@@ -65,25 +65,27 @@ def _rows(ref, rows: jax.Array, cols: pl.Slice):
     return ref.at[rows[:, None], (cols.start + jnp.arange(cols.size, dtype=jnp.int32))[None, :]]
 
 
-def _grouped_dot(load_lhs, w_ref, s_ref, layer, expert, cols, *, tiles: MatmulTiles, dtype):
-    """sum_g (lhs[:, group g] @ w[layer, expert, group g, cols]) * s[layer, expert, g, cols].
+def _grouped_dots(load_lhs, weights, layer, expert, cols, *, tiles: MatmulTiles, dtype):
+    """For each (w_ref, s_ref) of `weights` (same K and groups):
+    sum_g (lhs[:, group g] @ w[layer, expert, group g, cols]) * s[layer, expert, g, cols].
 
-    load_lhs(kk) gives the block's [BM, BK] rows of the contracting tile kk. float32 [BM, BN];
-    each int8 tile is converted to the matmul type in registers."""
+    load_lhs(kk) gives the block's [BM, BK] rows of the contracting tile kk, loaded once per
+    step for all the weights. A tuple of float32 [BM, BN]; each int8 tile is converted to the
+    matmul type in registers."""
     per_group, bk = tiles.k_size // tiles.groups, tiles.block_k
+    zeros = tuple(jnp.zeros((tiles.block_rows, tiles.block_n), jnp.float32) for _ in weights)
 
-    def group(g, acc):
-        def step(i, part):
+    def group(g, accs):
+        def step(i, parts):
             kk = pl.ds(pl.multiple_of(g * per_group + i * bk, bk), bk)
             a = load_lhs(kk).astype(dtype)                                        # [BM, BK]
-            w = w_ref[layer, expert, kk, cols].astype(dtype)                      # [BK, BN]
-            return part + jnp.dot(a, w, preferred_element_type=jnp.float32)
-        part = jax.lax.fori_loop(0, tiles.k_steps_per_group, step,
-                                 jnp.zeros((tiles.block_rows, tiles.block_n), jnp.float32))
-        scale = s_ref[layer, expert, g, cols].astype(jnp.float32)                 # [BN]
-        return acc + part * scale[None, :]
-    return jax.lax.fori_loop(0, tiles.groups, group,
-                             jnp.zeros((tiles.block_rows, tiles.block_n), jnp.float32))
+            return tuple(part + jnp.dot(a, w_ref[layer, expert, kk, cols].astype(dtype),
+                                        preferred_element_type=jnp.float32)       # [BK, BN] tile
+                         for part, (w_ref, _) in zip(parts, weights))
+        parts = jax.lax.fori_loop(0, tiles.k_steps_per_group, step, zeros)
+        return tuple(acc + part * s_ref[layer, expert, g, cols].astype(jnp.float32)[None, :]
+                     for acc, part, (_, s_ref) in zip(accs, parts, weights))
+    return jax.lax.fori_loop(0, tiles.groups, group, zeros)
 
 
 def _per_used_block(block_expert_ref, row_pair_ref, out_ref, tiles: MatmulTiles, num_pairs, compute):
@@ -108,10 +110,9 @@ def _up_kernel(layer_ref, block_expert_ref, row_pair_ref, x_ref, wg_ref, sg_ref,
     def compute(expert, pairs, valid, cols):                                      # [BM, BN]
         tokens = jnp.where(valid, pairs // selected, 0)                           # [BM]
         load_x = lambda kk: plgpu.load(_rows(x_ref, tokens, kk), mask=valid[:, None], other=0)
-        dot = functools.partial(_grouped_dot, load_x, layer=layer_ref[0], expert=expert,
-                                cols=cols, tiles=tiles, dtype=dtype)
-        gate = dot(w_ref=wg_ref, s_ref=sg_ref).astype(act_dtype).astype(jnp.float32)
-        value = dot(w_ref=wv_ref, s_ref=sv_ref).astype(act_dtype).astype(jnp.float32)
+        gate, value = (part.astype(act_dtype).astype(jnp.float32) for part in _grouped_dots(
+            load_x, ((wg_ref, sg_ref), (wv_ref, sv_ref)), layer_ref[0], expert, cols,
+            tiles=tiles, dtype=dtype))
         return jax.nn.gelu(gate) * value
     _per_used_block(block_expert_ref, row_pair_ref, h_ref, tiles, num_pairs, compute)
 
@@ -122,7 +123,8 @@ def _down_kernel(layer_ref, block_expert_ref, row_pair_ref, h_ref, w_ref, s_ref,
 
     def compute(expert, pairs, valid, cols):                                      # [BM, BN]
         load_h = lambda kk: plgpu.load(_rows(h_ref, pairs, kk), mask=valid[:, None], other=0)
-        y = _grouped_dot(load_h, w_ref, s_ref, layer_ref[0], expert, cols, tiles=tiles, dtype=dtype)
+        y, = _grouped_dots(load_h, ((w_ref, s_ref),), layer_ref[0], expert, cols, tiles=tiles,
+                           dtype=dtype)
         y = y.astype(act_dtype).astype(jnp.float32)
         safe = jnp.where(valid, pairs, 0)
         gate = plgpu.load(gates_ref.at[safe], mask=valid, other=0)                # [BM]
