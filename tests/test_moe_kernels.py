@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from grok.kernels import fused_moe, sort_into_blocks, tiling_for
+from grok.kernels import expert_matmul, fused_moe, sort_into_blocks, tiling_for
 from grok.model.moe import _dense, _per_model_shard
-from grok.ops.quantization import QuantizedWeight8bit, quantize
+from grok.ops.quantization import QuantizedWeight8bit, qmatmul, quantize
 from grok.parallel import sharding
 
 E, D, F, K = 4, 64, 64, 2   # experts, emb, ffn, selected experts per token
@@ -111,6 +111,17 @@ def test_64_rows_from_a_layer_stack_with_ragged_groups_and_nan_isolation():
     assert np.isnan(out[poisoned]).all(axis=1).all()
     assert np.isfinite(out[~poisoned]).all()
     assert poisoned.sum() < 64 - 8                          # most rows are clean
+
+
+def test_expert_matmul_is_one_experts_product_read_from_the_stack():
+    """The kernels' inner loop on one expert of a [L, E, K, N] stack (the GEMV of a decode step)."""
+    gate = weights(8, seed=5, layers=2)[0]
+    x = routing(1)[0]
+    run = jax.jit(lambda x, w, e, layer: expert_matmul(x, w, e, layer=layer, interpret=True))
+    for layer, expert in ((1, 3), (0, 0)):
+        want = qmatmul(x.astype(jnp.float32), QuantizedWeight8bit(gate.weight[layer, expert],
+                                                                  gate.scales[layer, expert]))
+        assert_close(run(x, gate, expert, layer), np.asarray(want, np.float32))
 
 
 @pytest.mark.slow

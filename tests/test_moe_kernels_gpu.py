@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import SingleDeviceSharding
 
-from grok.kernels import fused_moe
+from grok.kernels import expert_matmul, fused_moe
 from grok.benchmarks import kernel_accounting as acct
 from grok.ops.quantization import QuantizedWeight8bit
 
@@ -94,3 +94,16 @@ def test_whole_model_runs_the_kernels_on_the_layer_stacks_for_h100():
     assert hlo.count('custom_call_target="__gpu$xla.gpu.triton"') >= 2
     expert_shaped = [b for b in s8_buffers(hlo) if str(f) in b.split("=")[1][:40]]
     assert expert_shaped == []
+
+
+@pytest.mark.slow
+def test_expert_gemv_compiles_for_h100_at_grok_width():
+    """grok.kernels.expert_matmul, the kernels' inner loop as a GEMV [1, 6144] x expert e of an
+    [8, 6144, 32768] stack (the GPU calibration's shape): one Triton kernel, no s8 buffer."""
+    device = SingleDeviceSharding(compile_only_devices("h100", 1)[0])
+    sd = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=device)
+    stack = QuantizedWeight8bit(sd((8, 6144, 32768), jnp.int8), sd((8, 1, 32768), jnp.bfloat16))
+    hlo = jax.jit(expert_matmul).lower(sd((1, 6144), jnp.bfloat16), stack,
+                                       sd((), jnp.int32)).compile().as_text()
+    assert hlo.count('custom_call_target="__gpu$xla.gpu.triton"') == 1
+    assert s8_buffers(hlo) == []

@@ -157,6 +157,42 @@ def _call(kernel, out_width: int, out_dtype, layout: BlockLayout, tiling: Tiling
     )(*operands)
 
 
+def _matmul_kernel(layer_ref, expert_ref, x_ref, w_ref, s_ref, out_ref, *, tiles, dtype):
+    b, n = pl.program_id(0), pl.program_id(1)
+    rows = pl.ds(pl.multiple_of(b * tiles.block_rows, tiles.block_rows), tiles.block_rows)
+    cols = pl.ds(pl.multiple_of(n * tiles.block_n, tiles.block_n), tiles.block_n)
+    out_ref[...], = _grouped_dots(lambda kk: x_ref[rows, kk], ((w_ref, s_ref),), layer_ref[0],
+                                  expert_ref[0], cols, tiles=tiles, dtype=dtype)
+
+
+def expert_matmul(x: jax.Array, w: QuantizedWeight8bit, expert: jax.Array | int, *,
+                  layer: jax.Array | int = 0, interpret: bool = False) -> jax.Array:
+    """x [M, K] @ expert `expert` of w ([E, K, N], or [L, E, K, N] at `layer`) -> float32 [M, N].
+
+    The MoE kernels' inner loop (the same tiles, the same in-place reads of one expert's
+    tiles, scales in the kernel) on one weight: a GEMV at M = 1 to set beside a plain int8
+    GEMV of the same bytes on a GPU."""
+    m, k_size = x.shape
+    ws = _stacked(w)
+    tiling = tiling_for(m, 1, ws[0].shape[1])
+    tiles = matmul_tiles(tiling, k_size, ws[0].shape[3], ws[1].shape[2])
+    bm = tiles.block_rows
+    rows = -(-m // bm) * bm
+    xs = jnp.zeros((rows, k_size), x.dtype).at[:m].set(x)                       # [M padded, K]
+    dtype = jnp.float32 if interpret else x.dtype
+    out = pl.pallas_call(
+        functools.partial(_matmul_kernel, tiles=tiles, dtype=dtype),
+        out_shape=jax.ShapeDtypeStruct((rows, tiles.out_width), jnp.float32),
+        grid=tiles.grid(rows // bm),
+        out_specs=pl.BlockSpec((bm, tiles.block_n), lambda b, n: (b, n)),
+        compiler_params=plgpu.CompilerParams(num_warps=tiling.num_warps,
+                                             num_stages=tiling.num_stages),
+        interpret=interpret,
+        name="expert_matmul",
+    )(jnp.asarray(layer, jnp.int32).reshape(1), jnp.asarray(expert, jnp.int32).reshape(1), xs, *ws)
+    return out[:m]
+
+
 def fused_moe(x: jax.Array, gates: jax.Array, experts: jax.Array,
               w_gate: QuantizedWeight8bit, w_value: QuantizedWeight8bit,
               w_down: QuantizedWeight8bit, *, layer: jax.Array | int = 0,
