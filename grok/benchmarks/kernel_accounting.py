@@ -127,12 +127,11 @@ def count_grid(shapes: MoEShapes, experts: np.ndarray) -> GridCount:
     row_pair = np.asarray(layout.row_pair).reshape(layout.num_blocks, -1)         # [NB, BM]
     used = np.flatnonzero(block_expert >= 0)
     valid_rows = (row_pair[used] < m * k).sum(axis=1)                             # [used]
-    # (kernel, weights it reads, K, N, G, row tile element bytes, output element bytes)
-    matmuls = (("moe_up", 2, s.emb, s.ffn, s.up_groups, s.act_bytes, s.act_bytes),
-               ("moe_down", 1, s.ffn, s.emb, s.down_groups, s.act_bytes, 4))
+    # (kernel, weights it reads, K, N, G): rows and outputs are in the activation type
+    matmuls = (("moe_up", 2, s.emb, s.ffn, s.up_groups), ("moe_down", 1, s.ffn, s.emb, s.down_groups))
     loads = unique = act_loads = flops = 0
     grids = {}
-    for name, weights, k_size, n_size, groups, row_bytes, out_bytes in matmuls:
+    for name, weights, k_size, n_size, groups in matmuls:
         tiles = matmul_tiles(tiling, k_size, n_size, groups)
         grids[name] = tiles.grid(layout.num_blocks)
         bk, bn = tiles.block_k, tiles.block_n
@@ -145,15 +144,15 @@ def count_grid(shapes: MoEShapes, experts: np.ndarray) -> GridCount:
         tile_bytes = bk * bn + 2 * bn * groups / k_starts.size      # int8 tile + its share of scales
         loads += weights * keys.size * tile_bytes
         unique += weights * np.unique(keys).size * tile_bytes
-        act_loads += int(valid_rows.sum()) * tiles.n_tiles * k_size * row_bytes  # once per k-step
+        act_loads += int(valid_rows.sum()) * tiles.n_tiles * k_size * s.act_bytes  # once per k-step
         flops += weights * used.size * tiles.n_tiles * 2 * tiles.block_rows * k_size * bn
     act_loads += int(valid_rows.sum()) * tiles.n_tiles * 4                       # down: the gates
     distinct = np.unique(experts).size
     per_expert = 2 * (s.emb * s.ffn + 2 * s.up_groups * s.ffn) + s.ffn * s.emb + 2 * s.down_groups * s.emb
     p = m * k
-    activation = (p * s.emb * s.act_bytes            # up: x rows of each pair
-                  + 2 * p * s.ffn * s.act_bytes      # h written, read back
-                  + p * s.emb * 4)                   # y written (f32)
+    activation = s.act_bytes * (p * s.emb            # up: x rows of each pair
+                                + 2 * p * s.ffn      # h written, read back
+                                + p * s.emb)         # y written
     return GridCount(tiling.block_rows, layout.num_blocks, used.size, distinct, grids,
                      int(round(loads)), int(round(unique)), distinct * per_expert,
                      int(act_loads), activation, float(flops))

@@ -3,11 +3,12 @@
 Two kernels, each one `pallas_call` over a grid of (block, output tile):
 - up:   h[p] = gelu(x[t] @ Wgate[e]) * (x[t] @ Wvalue[e])      [M, D] x [E, D, F] -> [P+1, F]
 - down: y[p] = gate[p] * (h[p] @ Wdown[e])                       [P+1, F] x [E, F, D] -> [P+1, D]
+  (rounded to the activation type, as the XLA paths round each expert's gated output)
 where p runs over the token-expert pairs of a block (`sort_into_blocks`), t = p // k is the
 pair's token and e the block's expert. The kernels gather their rows by pair index and store
 them back by pair index (masked: padding rows load nothing and store nothing), so nothing is
 materialised in sorted or padded order; a token's output is then its k pair rows summed in
-order (y viewed as [M, k, D]). Row P of h and y is scratch that no valid row touches.
+order, in float32 (y viewed as [M, k, D]). Row P of h and y is scratch that no valid row touches.
 
 How only the selected experts' weights are read: the weight operands have no BlockSpec
 (the kernel gets the whole stack's address; nothing is copied in or out), and program
@@ -213,7 +214,8 @@ def fused_moe(x: jax.Array, gates: jax.Array, experts: jax.Array,
     common = dict(interpret=interpret, act_dtype=x.dtype)
     h = _call(_up_kernel, f, x.dtype, layout, tiling, k,                          # [P+1, F]
               (*grid_inputs, x, *wg, *wv), wg, name="moe_up", **common)
-    y = _call(_down_kernel, d, jnp.float32, layout, tiling, k,                    # [P+1, D]
+    y = _call(_down_kernel, d, x.dtype, layout, tiling, k,                        # [P+1, D]
               (*grid_inputs, h, *wd, gates.reshape(-1).astype(jnp.float32)), wd,
               name="moe_down", **common)
-    return jnp.sum(y[:m * k].reshape(m, k, d), axis=1).astype(x.dtype)           # [M, D]
+    y = y[:m * k].reshape(m, k, d).astype(jnp.float32)                            # [M, k, D]
+    return jnp.sum(y, axis=1).astype(x.dtype)                                     # [M, D]
