@@ -89,7 +89,8 @@ def _grouped_dots(load_lhs, weights, layer, expert, cols, *, tiles: MatmulTiles,
     return jax.lax.fori_loop(0, tiles.groups, group, zeros)
 
 
-def _per_used_block(block_expert_ref, row_pair_ref, out_ref, tiles: MatmulTiles, num_pairs, compute):
+def _per_used_block(block_expert_ref, row_pair_ref, out_ref, tiles: MatmulTiles, num_pairs: int,
+                    compute):
     """Program (b, n) stores compute(expert, pairs, valid, cols) [BM, BN] into rows `pairs`
     (block b's pair indices; padding rows masked) and columns n of out_ref, where block b has
     an expert; an unused block (expert -1) loads and stores nothing."""
@@ -119,9 +120,7 @@ def _up_kernel(layer_ref, block_expert_ref, row_pair_ref, x_ref, wg_ref, sg_ref,
 
 
 def _down_kernel(layer_ref, block_expert_ref, row_pair_ref, h_ref, w_ref, s_ref, gates_ref,
-                 y_ref, *, tiles, selected, num_pairs, dtype, act_dtype):
-    del selected
-
+                 y_ref, *, tiles, num_pairs, dtype, act_dtype):
     def compute(expert, pairs, valid, cols):                                      # [BM, BN]
         load_h = lambda kk: plgpu.load(_rows(h_ref, pairs, kk), mask=valid[:, None], other=0)
         y, = _grouped_dots(load_h, ((w_ref, s_ref),), layer_ref[0], expert, cols, tiles=tiles,
@@ -134,8 +133,8 @@ def _down_kernel(layer_ref, block_expert_ref, row_pair_ref, h_ref, w_ref, s_ref,
     _per_used_block(block_expert_ref, row_pair_ref, y_ref, tiles, num_pairs, compute)
 
 
-def _call(kernel, out_width: int, out_dtype, layout: BlockLayout, tiling: Tiling, selected: int,
-          operands, w, *, interpret: bool, act_dtype, name: str):
+def _call(kernel, out_width: int, out_dtype, layout: BlockLayout, tiling: Tiling, operands, w, *,
+          interpret: bool, act_dtype, name: str):
     """One grid over (block, output tile) for kernel on (layer, block_expert, row_pair, *operands);
     the output has a row per pair plus the scratch row P."""
     k_size, groups = w[0].shape[2], w[1].shape[2]
@@ -144,8 +143,8 @@ def _call(kernel, out_width: int, out_dtype, layout: BlockLayout, tiling: Tiling
         raise ValueError(f"{name}: tiles need widths with a power-of-two factor >= {MIN_TILE} "
                          f"(output {out_width}, {groups} groups of {k_size // groups})")
     dtype = jnp.float32 if interpret else act_dtype   # XLA:CPU has no bf16 x bf16 -> f32 dot
-    body = functools.partial(kernel, tiles=tiles, selected=selected, num_pairs=layout.num_pairs,
-                             dtype=dtype, act_dtype=act_dtype)
+    body = functools.partial(kernel, tiles=tiles, num_pairs=layout.num_pairs, dtype=dtype,
+                             act_dtype=act_dtype)
     return pl.pallas_call(
         body,
         out_shape=jax.ShapeDtypeStruct((layout.num_pairs + 1, out_width), out_dtype),
@@ -212,9 +211,9 @@ def fused_moe(x: jax.Array, gates: jax.Array, experts: jax.Array,
     layer = jnp.asarray(layer, jnp.int32).reshape(1)
     grid_inputs = (layer, layout.block_expert, layout.row_pair)
     common = dict(interpret=interpret, act_dtype=x.dtype)
-    h = _call(_up_kernel, f, x.dtype, layout, tiling, k,                          # [P+1, F]
+    h = _call(functools.partial(_up_kernel, selected=k), f, x.dtype, layout, tiling,  # [P+1, F]
               (*grid_inputs, x, *wg, *wv), wg, name="moe_up", **common)
-    y = _call(_down_kernel, d, x.dtype, layout, tiling, k,                        # [P+1, D]
+    y = _call(_down_kernel, d, x.dtype, layout, tiling,                           # [P+1, D]
               (*grid_inputs, h, *wd, gates.reshape(-1).astype(jnp.float32)), wd,
               name="moe_down", **common)
     y = y[:m * k].reshape(m, k, d).astype(jnp.float32)                            # [M, k, D]
