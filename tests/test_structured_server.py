@@ -1,7 +1,7 @@
 """Structured outputs and tools over HTTP with the official `openai` client: an in-process
 server whose Scheduler runs the fake engine (tests/fake_engine.py: every token the mask
 allows, so each output follows its grammar), no JAX compile. The demo model's run of the
-same (slow) is at the end.
+same (slow): tests/test_structured_demo.py.
 
 - chat.completions.parse(response_format=<pydantic model>) returns a parsed object;
 - tools with tool_choice "required" / a named function give tool_calls whose arguments
@@ -110,7 +110,7 @@ def test_named_tool_choice_and_streamed_calls_reassemble(client):
     arguments_ok(call)
     stream = chat(client, tools=[WEATHER_TOOL, TIME_TOOL], tool_choice=named, seed=4,
                   parallel_tool_calls=False, stream=True)
-    calls, reasons = {}, []
+    calls, reasons, fragments = {}, [], 0
     for chunk in stream:
         for c in chunk.choices:
             reasons.append(c.finish_reason)
@@ -118,8 +118,10 @@ def test_named_tool_choice_and_streamed_calls_reassemble(client):
                 entry = calls.setdefault(delta.index, {"name": "", "arguments": ""})
                 if delta.function.name:
                     entry["name"] += delta.function.name
+                fragments += delta.id is None
                 entry["arguments"] += delta.function.arguments or ""
     assert calls == {0: {"name": "get_time", "arguments": call.function.arguments}}
+    assert fragments > 1         # the arguments stream as they are generated
     assert reasons[-1] == "tool_calls"
 
 
