@@ -37,6 +37,6 @@ class Structured:
 
     def row(self, fed: int) -> SlotRow:
         """The slot's row of a step dispatched when the stream has fed `fed` output tokens
-        (-1 before its first step: see StructuredDecoding.held_back in
+        (-1 before its first step: see StructuredDecoding.insert in
         grok.serving.structured_decoding), so fed + 1 are sampled."""
         return SlotRow(self.controls, self.grammar, fed + 1)
