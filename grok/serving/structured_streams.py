@@ -3,7 +3,7 @@
 Its static controls (grok.serving.logit_controls.RowControls) and, for a constrained request,
 its grammar state (grok.serving.structured.masks.GrammarState), built at admission from the
 Request's fields and the model's tokenizer (its llguidance tokenizer is built once per
-process, on the first constrained request).
+process, when the model starts: grok.serving.structured.tokenizers.build_in_background).
 """
 
 from __future__ import annotations
