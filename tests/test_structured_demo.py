@@ -18,6 +18,7 @@ import pydantic
 import pytest
 
 from grok.benchmarks import serving as bench
+from structured_examples import TIME_TOOL, WEATHER_TOOL
 
 pytestmark = pytest.mark.slow
 
@@ -35,16 +36,6 @@ class Weather(pydantic.BaseModel):
     unit: str = pydantic.Field(pattern="^(c|f)$")
 
 
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string", "maxLength": 10},
-        "unit": {"enum": ["c", "f"]}}, "required": ["city", "unit"],
-        "additionalProperties": False}}}
-TIME_TOOL = {"type": "function", "function": {
-    "name": "get_time", "parameters": {"type": "object", "properties": {
-        "zone": {"type": "string", "maxLength": 6}}, "required": ["zone"],
-        "additionalProperties": False}}}
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
 
 

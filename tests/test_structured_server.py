@@ -23,6 +23,7 @@ from grok.serving.http.engine_loop import Backend
 from grok.serving.scheduler import Scheduler
 from grok.tokenizer import ByteTokenizer
 from server_fakes import ServerThread
+from structured_examples import TIME_TOOL, WEATHER_TOOL
 
 SEQUENCE_LEN = 2048
 SEEDS = 30                     # CI; the slow test below runs 200
@@ -33,18 +34,6 @@ class Weather(pydantic.BaseModel):
     city: str = pydantic.Field(max_length=12)
     celsius: int
     sunny: bool
-
-
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string", "maxLength": 10},
-        "unit": {"enum": ["c", "f"]}}, "required": ["city", "unit"],
-        "additionalProperties": False}}}
-TIME_TOOL = {"type": "function", "function": {
-    "name": "get_time", "parameters": {"type": "object", "properties": {
-        "zone": {"type": "string", "maxLength": 6}}, "required": ["zone"],
-        "additionalProperties": False}}}
 
 
 def build():
