@@ -114,6 +114,22 @@ def test_named_tool_choice_and_streamed_calls_reassemble(client):
     assert reasons[-1] == "tool_calls"
 
 
+def test_a_call_cut_by_max_tokens_ends_with_length_whole_or_streamed(client):
+    request = dict(tools=[WEATHER_TOOL], tool_choice="required", seed=3, max_tokens=62)
+    early = chat(client, **dict(request, max_tokens=20)).choices[0]   # before the name
+    assert early.finish_reason == "length" and not early.message.tool_calls
+    whole = chat(client, **request).choices[0]
+    assert whole.finish_reason == "length"
+    (call,) = whole.message.tool_calls       # as far as it was written, as OpenAI does
+    assert call.function.name == "get_weather" and call.function.arguments.startswith("{")
+    arguments, reasons = "", []
+    for chunk in chat(client, stream=True, **request):
+        for c in chunk.choices:
+            reasons.append(c.finish_reason)
+            arguments += "".join(d.function.arguments or "" for d in c.delta.tool_calls or [])
+    assert arguments == call.function.arguments and reasons[-1] == "length"
+
+
 def test_tool_history_is_accepted(client):
     messages = [{"role": "user", "content": "Weather in Oslo?"},
                 {"role": "assistant", "content": None, "tool_calls": [
