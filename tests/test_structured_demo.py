@@ -41,7 +41,9 @@ ASK = [{"role": "user", "content": "Weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def client():
-    process, url = bench.start_demo_server(2, flags=["--max-model-len", "1024"])
+    # one prompt bucket holding the tool prompt: no continuation-chunk compile mid-test
+    process, url = bench.start_demo_server(2, flags=["--max-model-len", "1024",
+                                                     "--pad-sizes", "256"])
     yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
     bench.stop_server(process)
 
