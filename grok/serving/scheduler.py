@@ -384,7 +384,7 @@ class Scheduler:
             stream.prompt_top_logprobs = [None] + tops[:len(stream.prompt_ids) - 1]
             stream.echo_results = []
         if stream.structured is not None:
-            return []      # its first token comes from its first decode step (see insert)
+            return []   # its first token: its first decode step's (StructuredDecoding.insert)
         return self._on_token(stream, self.engine.read(result), 0)
 
     def _on_token(self, stream: _Stream, out: TokenOutput, row: int) -> list:
