@@ -120,11 +120,12 @@ class LLM:
                  moe: Optional[str] = None, pad_sizes: Optional[Sequence[int]] = None,
                  prefix_cache_tokens: Optional[int] = None, quiet: bool = False,
                  speculative_tokens: int = 0, speculative_method: str = "ngram",
-                 compile_cache: Optional[str] = None):
+                 compile_cache: Optional[str] = None, max_model_len: Optional[int] = None):
         """speculative_tokens: drafted tokens verified per step (0 = off; the same tokens
         either way, see grok.serving.speculation); speculative_method: "ngram";
         compile_cache: a folder for compiled programs, "off", or None (the default folder,
-        grok.compile_cache)."""
+        grok.compile_cache); max_model_len: the context in tokens (default: the config's
+        sequence_len; at most that for trained weights)."""
         options = ModelOptions(checkpoint=checkpoint, config=config, tokenizer=tokenizer,
                                dtype=dtype, moe=moe, mesh=None if mesh is None else tuple(mesh),
                                hosts=tuple(hosts), slots=max_slots, quiet=quiet,
@@ -132,7 +133,7 @@ class LLM:
                                prefix_cache_tokens=prefix_cache_tokens,
                                speculative_tokens=speculative_tokens,
                                speculative_method=speculative_method,
-                               compile_cache=compile_cache)
+                               compile_cache=compile_cache, max_model_len=max_model_len)
         self.runner, self.startup_times = load_model(options)   # StartupTimes
         self.quiet = quiet
         self._gen = None

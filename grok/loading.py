@@ -68,6 +68,7 @@ class ModelOptions:
     speculative_method: str = "ngram"
     quiet: bool = False
     compile_cache: Optional[str] = None   # a folder, "off", or None: the default folder
+    max_model_len: Optional[int] = None   # context (KV cache) length; None: the config's
 
     @classmethod
     def from_args(cls, args, slots: int) -> "ModelOptions":
@@ -76,7 +77,8 @@ class ModelOptions:
                    slots=slots, pad_sizes=args.pad_sizes,
                    prefix_cache_tokens=args.prefix_cache_tokens, quiet=args.quiet,
                    compile_cache=args.compile_cache, speculative_tokens=args.speculative_tokens,
-                   speculative_method=args.speculative_method)
+                   speculative_method=args.speculative_method,
+                   max_model_len=args.max_model_len)
 
 
 @dataclasses.dataclass
@@ -135,6 +137,21 @@ def resolve_config(options: ModelOptions, checkpoint: Optional[str]
     else:
         config, source = GROK_1, GROK_1_SOURCE
     return config, source
+
+
+def with_context(config: LanguageModelConfig, max_model_len: Optional[int],
+                 random_weights: bool) -> LanguageModelConfig:
+    """The config with --max-model-len as its sequence_len (the context: prompt plus output,
+    the KV cache's length). Trained weights take at most their config's length (positions
+    past it were never trained); random weights (the demo) take any."""
+    if max_model_len is None:
+        return config
+    if isinstance(max_model_len, bool) or not isinstance(max_model_len, int) or max_model_len < 2:
+        raise UsageError(f"--max-model-len must be an int >= 2, got {max_model_len!r}")
+    if not random_weights and max_model_len > config.sequence_len:
+        raise UsageError(f"--max-model-len {max_model_len} is longer than the model's "
+                         f"sequence_len {config.sequence_len}")
+    return config.replace(sequence_len=max_model_len)
 
 
 # RuntimeConfig field -> the flag that sets it, so its errors name the flag.
@@ -277,6 +294,7 @@ def load_model(options: ModelOptions) -> tuple[InferenceRunner, StartupTimes]:
     checkpoint = find_checkpoint(options.checkpoint)
     is_demo = checkpoint is None and options.config is None
     config, source = resolve_config(options, checkpoint)
+    config = with_context(config, options.max_model_len, random_weights=checkpoint is None)
     try:    # a config made in Python meets what a config.json must (before any allocation)
         check_config(config)
     except ValueError as e:

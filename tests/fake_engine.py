@@ -115,6 +115,11 @@ class FakeEngine(Engine):
         state["slots"][slot] = [prefix.tokens + (int(arm.token),), len(prefix.tokens), arm.seed]
         return state
 
+    def mark_prompt(self, state, slot, tokens):
+        assert state["slots"][slot] is not None, f"mark_prompt of empty slot {slot}"
+        self.calls.append(("mark_prompt", (slot, tuple(tokens))))
+        return state
+
     def generate(self, state, *, controls=None):
         active = [i for i, s in enumerate(state["slots"]) if s is not None]
         self.calls.append(("generate" if controls is None else "generate_processed",

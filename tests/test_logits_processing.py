@@ -1,7 +1,8 @@
 """Logit processing before sampling (grok.engine.logits_processing) and its batch invariance.
 
-1. `process_logits` against a NumPy reference of each definition (logit_bias, repetition,
-   frequency and presence penalties, the packed mask, min_p) on fixed logits.
+1. `process_logits` against a NumPy reference of each definition (logit_bias, repetition
+   penalty over prompt and outputs, frequency and presence penalties over outputs, the
+   packed mask, min_p) on fixed logits; the engine marks a slot's prompt tokens.
 2. The tiny engine: the processed decode step with neutral rows gives the plain step's tokens
    and logprobs bit for bit; through the Scheduler, unconstrained requests co-batched with
    constrained and processed ones are identical to alone, a constrained request is identical
@@ -34,13 +35,18 @@ from tiny_model import F32, SEED, make_prompt, tiny_config
 V = 100
 
 
-def reference(logits, bias, counts, mask_bits, min_p, presence, frequency, repetition, temp):
-    """The definitions, one row at a time in NumPy (float64, then compared loosely)."""
+def reference(logits, bias, counts, prompt, mask_bits, min_p, presence, frequency, repetition,
+              temp):
+    """The definitions, one row at a time in NumPy (float64, then compared loosely): the
+    repetition penalty (vLLM's) counts the prompt's tokens and the outputs', presence and
+    frequency penalties (OpenAI's) the outputs' only."""
     out = logits.astype(np.float64).copy()
     for t, b in bias.items():
         out[t] += b
     seen = counts > 0
-    out = np.where(seen, np.where(out > 0, out / repetition, out * repetition), out)
+    repeated = seen.copy()
+    repeated[list(prompt)] = True
+    out = np.where(repeated, np.where(out > 0, out / repetition, out * repetition), out)
     out = out - frequency * counts - presence * seen
     out = np.where(mask_bits, out, DISALLOWED_LOGIT)
     if min_p > 0 and temp > 0:
@@ -61,6 +67,10 @@ def test_process_logits_matches_numpy_reference():
     b = 4
     logits = rng.normal(0, 3, (b, V)).astype(np.float32)
     counts = rng.integers(0, 3, (b, V)) * (rng.random((b, V)) < 0.2)
+    prompts = [set(rng.integers(0, V, 12).tolist()) for _ in range(b)]
+    prompt_tokens = np.zeros((b, V), bool)
+    for i, tokens in enumerate(prompts):
+        prompt_tokens[i, list(tokens)] = True
     bits = rng.random((b, V)) < 0.7
     bits[:, 0] = True
     settings = [  # bias, min_p, presence, frequency, repetition, temperature
@@ -79,9 +89,11 @@ def test_process_logits_matches_numpy_reference():
         controls.frequency_penalty[i], controls.repetition_penalty[i] = freq, rep
         controls.processed[i] = True
     temps = np.array([s[5] for s in settings], np.float32)
-    got = np.asarray(jax.jit(process_logits)(logits, controls, counts.astype(np.int32), temps))
+    got = np.asarray(jax.jit(process_logits)(logits, controls, counts.astype(np.int32),
+                                             prompt_tokens, temps))
     for i, (bias, min_p, pres, freq, rep, temp) in enumerate(settings):
-        want = reference(logits[i], bias, counts[i], bits[i], min_p, pres, freq, rep, temp)
+        want = reference(logits[i], bias, counts[i], prompts[i], bits[i], min_p, pres, freq,
+                         rep, temp)
         np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-4)
     # the packed mask means what llguidance means by it
     expect = logits.copy()
@@ -95,7 +107,7 @@ def test_neutral_rows_are_bit_identical():
     controls = neutral_controls(3, V)._replace(processed=np.array([False, True, False]),
                                                min_p=np.array([0.5, 0.5, 0.5], np.float32))
     got = np.asarray(process_logits(logits, controls, np.ones((3, V), np.int32),
-                                    np.ones(3, np.float32)))
+                                    np.ones((3, V), bool), np.ones(3, np.float32)))
     assert got[[0, 2]].tobytes() == logits[[0, 2]].tobytes()
     assert (got[1] <= DISALLOWED_LOGIT).any()
 
@@ -130,6 +142,21 @@ def test_processed_step_with_neutral_rows_equals_plain_step(engine):
             outs.append((out.token_ids[[0, 2]].tobytes(), out.logprobs[[0, 2]].tobytes()))
         runs.append(outs)
     assert runs[0] == runs[1]
+
+
+def test_mark_prompt_marks_the_slots_prompt_and_insert_clears_it(engine):
+    state = engine.init_state()
+    prompt = make_prompt(9, 7)
+    for slot in (1, 3):
+        prefix, result = engine.prefill(prompt, GREEDY)
+        state = engine.insert(prefix, result.arm, state, slot)
+    state = engine.mark_prompt(state, 1, prompt)
+    marked = np.asarray(state.prompt_tokens)
+    assert set(np.flatnonzero(marked[1]).tolist()) == set(prompt)
+    assert not marked[[0, 2, 3]].any()
+    prefix, result = engine.prefill(prompt, GREEDY)
+    state = engine.insert(prefix, result.arm, engine.release(state, 1), 1)
+    assert not np.asarray(state.prompt_tokens).any()
 
 
 def scheduler_run(engine, requests):

@@ -101,6 +101,14 @@ def test_processed_rows_use_the_processed_step_only_while_running():
     assert "generate_processed" in names and "slice_prefix" in names
 
 
+def test_a_repetition_penalty_marks_the_whole_prompt():
+    engine = FakeEngine(batch_size=4)
+    done, _ = run([req(0), req(1, presence_penalty=0.5), req(2, repetition_penalty=1.2)], engine)
+    marked = [args for name, args in engine.calls if name == "mark_prompt"]
+    assert [tokens for _, tokens in marked] == [tuple(BYTES.encode("prompt 2: "))]
+    assert all(done[f"r{i}"].finish_reason in ("stop", "length") for i in range(3))
+
+
 def test_follower_replays_to_the_same_outputs():
     """Multi-host: a follower that replays the leader's published decisions builds the same
     grammars and masks from the same tokens, so its outputs equal the leader's."""

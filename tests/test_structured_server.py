@@ -1,7 +1,7 @@
 """Structured outputs and tools over HTTP with the official `openai` client: an in-process
 server whose Scheduler runs the fake engine (tests/fake_engine.py: every token the mask
 allows, so each output follows its grammar), no JAX compile. The demo model's run of the
-same (slow) is at the end.
+same (slow): tests/test_structured_demo.py.
 
 - chat.completions.parse(response_format=<pydantic model>) returns a parsed object;
 - tools with tool_choice "required" / a named function give tool_calls whose arguments
@@ -23,6 +23,7 @@ from grok.serving.http.engine_loop import Backend
 from grok.serving.scheduler import Scheduler
 from grok.tokenizer import ByteTokenizer
 from server_fakes import ServerThread
+from structured_examples import TIME_TOOL, WEATHER_TOOL
 
 SEQUENCE_LEN = 2048
 SEEDS = 30                     # CI; the slow test below runs 200
@@ -33,18 +34,6 @@ class Weather(pydantic.BaseModel):
     city: str = pydantic.Field(max_length=12)
     celsius: int
     sunny: bool
-
-
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string", "maxLength": 10},
-        "unit": {"enum": ["c", "f"]}}, "required": ["city", "unit"],
-        "additionalProperties": False}}}
-TIME_TOOL = {"type": "function", "function": {
-    "name": "get_time", "parameters": {"type": "object", "properties": {
-        "zone": {"type": "string", "maxLength": 6}}, "required": ["zone"],
-        "additionalProperties": False}}}
 
 
 def build():
@@ -110,7 +99,7 @@ def test_named_tool_choice_and_streamed_calls_reassemble(client):
     arguments_ok(call)
     stream = chat(client, tools=[WEATHER_TOOL, TIME_TOOL], tool_choice=named, seed=4,
                   parallel_tool_calls=False, stream=True)
-    calls, reasons = {}, []
+    calls, reasons, fragments = {}, [], 0
     for chunk in stream:
         for c in chunk.choices:
             reasons.append(c.finish_reason)
@@ -118,9 +107,27 @@ def test_named_tool_choice_and_streamed_calls_reassemble(client):
                 entry = calls.setdefault(delta.index, {"name": "", "arguments": ""})
                 if delta.function.name:
                     entry["name"] += delta.function.name
+                fragments += delta.id is None
                 entry["arguments"] += delta.function.arguments or ""
     assert calls == {0: {"name": "get_time", "arguments": call.function.arguments}}
+    assert fragments > 1         # the arguments stream as they are generated
     assert reasons[-1] == "tool_calls"
+
+
+def test_a_call_cut_by_max_tokens_ends_with_length_whole_or_streamed(client):
+    request = dict(tools=[WEATHER_TOOL], tool_choice="required", seed=3, max_tokens=62)
+    early = chat(client, **dict(request, max_tokens=20)).choices[0]   # before the name
+    assert early.finish_reason == "length" and not early.message.tool_calls
+    whole = chat(client, **request).choices[0]
+    assert whole.finish_reason == "length"
+    (call,) = whole.message.tool_calls       # as far as it was written, as OpenAI does
+    assert call.function.name == "get_weather" and call.function.arguments.startswith("{")
+    arguments, reasons = "", []
+    for chunk in chat(client, stream=True, **request):
+        for c in chunk.choices:
+            reasons.append(c.finish_reason)
+            arguments += "".join(d.function.arguments or "" for d in c.delta.tool_calls or [])
+    assert arguments == call.function.arguments and reasons[-1] == "length"
 
 
 def test_tool_history_is_accepted(client):

@@ -208,11 +208,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_demo_server(batch_size: int, precompile_all: bool = False
-                      ) -> tuple[subprocess.Popen, str]:
-    """The demo model served on 127.0.0.1 (a free port) in a child process, once healthy."""
+def start_demo_server(batch_size: int, precompile_all: bool = False,
+                      flags: Sequence[str] = ()) -> tuple[subprocess.Popen, str]:
+    """The demo model served on 127.0.0.1 (a free port) in a child process, once healthy;
+    `flags`: more `grok serve` flags."""
     port = _free_port()
-    flags = ["--precompile-all"] if precompile_all else []
+    flags = (["--precompile-all"] if precompile_all else []) + list(flags)
     process = subprocess.Popen([sys.executable, "-m", "grok", "serve", "--port", str(port),
                                 "--batch-size", str(batch_size)] + flags,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -120,63 +120,69 @@ def compile_seconds(tokenizer, count: int = 5) -> float:
     return statistics.median(times)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    args = _parser().parse_args(argv)
-    text_tokenizer = load_tokenizer(None if args.tokenizer == "bytes" else args.tokenizer)
-    vocab = text_tokenizer.vocab_size
-    engine = _engine(vocab, args.slots, args)
-    tokenizer = llg_tokenizer(text_tokenizer, vocab, engine.eos_token)
-    schema = tool_schema(0)["function"]["parameters"]
-    constraint = grammars.check("json", json.dumps(schema), "json_schema")
-    grammars_ = [GrammarState(constraint, tokenizer) for _ in range(args.slots)]
-    row = RowControls.of(_Neutral, engine.eos_token, neutral_controls(1, 1).bias_ids.shape[1])
-    builder = StepControls(args.slots, vocab)
-    neutral = neutral_controls(args.slots, vocab)
-    states = {name: _fill(engine, args.slots, args.seed, args.temperature) for name in CASES}
-    last = {name: None for name in CASES}
-    fill_times = []
+class _Cases:
+    """The three cases' steps over one engine: each `run(state, previous TokenOutput)` does
+    one step as the scheduler would and returns (state, its TokenOutput or None)."""
 
-    def plain(state, _):
-        state, handle = engine.generate(state)
-        engine.read(handle)
+    def __init__(self, engine, tokenizer, slots: int, vocab: int):
+        self.engine = engine
+        schema = tool_schema(0)["function"]["parameters"]
+        constraint = grammars.check("json", json.dumps(schema), "json_schema")
+        self.grammars = [GrammarState(constraint, tokenizer) for _ in range(slots)]
+        self.row = RowControls.of(_Neutral, engine.eos_token,
+                                  neutral_controls(1, 1).bias_ids.shape[1])
+        self.builder = StepControls(slots, vocab)
+        self.neutral = neutral_controls(slots, vocab)
+        self.fill_times: list[float] = []
+        self.runs = dict(zip(CASES, (self.plain, self.unconstrained, self.constrained)))
+
+    def plain(self, state, _):
+        state, handle = self.engine.generate(state)
+        self.engine.read(handle)
         return state, None
 
-    def unconstrained(state, _):
-        state, handle = engine.generate(state, controls=neutral)
-        engine.read(handle)
+    def unconstrained(self, state, _):
+        state, handle = self.engine.generate(state, controls=self.neutral)
+        self.engine.read(handle)
         return state, None
 
-    def constrained(state, previous):
+    def constrained(self, state, previous):
         if previous is not None:
-            for slot, g in enumerate(grammars_):
+            for slot, g in enumerate(self.grammars):
                 token = int(previous.token_ids[slot])
-                if token == engine.eos_token or g.finished:
+                if token == self.engine.eos_token or g.finished:
                     g.matcher.reset()
                 else:
                     g.advance(token)
                 if g.finished:
                     g.matcher.reset()
-        controls = builder.build({s: SlotRow(row, g, 1) for s, g in enumerate(grammars_)})
-        fill_times.append(builder.last_fill_seconds)
-        state, handle = engine.generate(state, controls=controls)
-        return state, engine.read(handle)
+        controls = self.builder.build({s: SlotRow(self.row, g, 1)
+                                       for s, g in enumerate(self.grammars)})
+        self.fill_times.append(self.builder.last_fill_seconds)
+        state, handle = self.engine.generate(state, controls=controls)
+        return state, self.engine.read(handle)
 
-    runs = {"plain": plain, "processed, none constrained": unconstrained,
-            "all constrained (JSON schema)": constrained}
-    for name, run in runs.items():             # compile and warm up
+
+def _median_ms(cases: _Cases, states: dict, steps: int) -> dict:
+    """Each case's median ms per step, the cases taking turns step by step (after 3 warm-up
+    steps each, which compile)."""
+    last = {name: None for name in CASES}
+    for name, run in cases.runs.items():
         for _ in range(3):
             states[name], last[name] = run(states[name], last[name])
-    fill_times.clear()
-    times = {name: [] for name in runs}
-    for _ in range(args.steps):
-        for name, run in runs.items():
+    cases.fill_times.clear()
+    times = {name: [] for name in CASES}
+    for _ in range(steps):
+        for name, run in cases.runs.items():
             start = time.perf_counter()
             states[name], last[name] = run(states[name], last[name])
             times[name].append(time.perf_counter() - start)
-    ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def _report(args, vocab: int, ms: dict, fill_ms: float, compile_ms: float) -> dict:
+    """Prints the table and returns the results."""
     base = ms["plain"]
-    compile_ms = 1e3 * compile_seconds(tokenizer)
-    fill_ms = 1e3 * statistics.median(fill_times)
     print(f"decode step, B={args.slots} V={vocab} (tiny model, {args.layers} layers, emb "
           f"{args.emb}), temperature {args.temperature}, median of {args.steps} steps")
     print(f"{'case':<34}{'ms/step':>10}{'x plain':>10}")
@@ -184,9 +190,23 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print(f"{name:<34}{value:>10.2f}{value / base:>10.2f}")
     print(f"mask fill for {args.slots} rows (median): {fill_ms:.3f} ms")
     print(f"typical tool schema: grammar compile + first matcher {compile_ms:.1f} ms")
-    result = {"vocab": vocab, "slots": args.slots, "steps": args.steps, "ms_per_step": ms,
-              "ratio_to_plain": {n: v / base for n, v in ms.items()},
-              "mask_fill_ms": fill_ms, "tool_schema_compile_ms": compile_ms}
+    return {"vocab": vocab, "slots": args.slots, "steps": args.steps, "ms_per_step": ms,
+            "ratio_to_plain": {n: v / base for n, v in ms.items()},
+            "mask_fill_ms": fill_ms, "tool_schema_compile_ms": compile_ms}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = _parser().parse_args(argv)
+    text_tokenizer = load_tokenizer(None if args.tokenizer == "bytes" else args.tokenizer)
+    vocab = text_tokenizer.vocab_size
+    engine = _engine(vocab, args.slots, args)
+    tokenizer = llg_tokenizer(text_tokenizer, vocab, engine.eos_token)
+    cases = _Cases(engine, tokenizer, args.slots, vocab)
+    states = {name: _fill(engine, args.slots, args.seed, args.temperature) for name in CASES}
+    ms = _median_ms(cases, states, args.steps)
+    compile_ms = 1e3 * compile_seconds(tokenizer)
+    fill_ms = 1e3 * statistics.median(cases.fill_times)
+    result = _report(args, vocab, ms, fill_ms, compile_ms)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

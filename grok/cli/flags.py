@@ -81,6 +81,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                        help="activations; auto = float32 on CPU (faster there and closer to "
                        "the reference), bfloat16 on accelerators")
     model.add_argument("--moe", choices=("sparse", "dense"), help="MoE kernel (default: config's)")
+    model.add_argument("--max-model-len", type=int, metavar="N", help="context in tokens "
+                       "(prompt plus output; the KV cache's length), at most the config's "
+                       "sequence_len for trained weights (default: the config's)")
     serving = p.add_argument_group("serving")
     serving.add_argument("--mesh", type=_mesh_shape, metavar="D,M", help="local (data, model) "
                          "mesh (default: 1,<local devices>; 1,1 for the demo)")

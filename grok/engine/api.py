@@ -168,6 +168,11 @@ class Engine(Protocol):
         """The state with `slot` holding exactly `prefix` (everything else in it cleared),
         armed with `arm` and active. Donates `state`, not `prefix`."""
 
+    def mark_prompt(self, state, slot: int, tokens: Sequence[int]):
+        """The state with `tokens` (the prompt of the request in `slot`, inserted) counted by
+        the slot's repetition penalty besides its outputs (vLLM's definition); insert clears
+        them. Donates `state`."""
+
     def generate(self, state, *, controls=None):
         """One decode step for every active slot -> (state, StepHandle). Donates `state`.
 

@@ -282,6 +282,26 @@ class JaxEngine(SpeculativeSteps):
         self._slot_lengths.set(state.memory.step, lengths)
         return state
 
+    def mark_prompt(self, state: DecodeState, slot: int, tokens: Sequence[int]) -> DecodeState:
+        """See grok.engine.api.Engine.mark_prompt (one program: tokens padded to
+        sequence_len)."""
+        self._check_slot(slot)
+        if not 1 <= len(tokens) <= self.sequence_len:
+            raise ValueError(f"mark_prompt: 1 to {self.sequence_len} tokens (sequence_len), "
+                             f"got {len(tokens)}")
+        padded = np.zeros((self.sequence_len,), np.int32)
+        padded[:len(tokens)] = tokens
+
+        def build():
+            return jax.jit(steps.mark_prompt, in_shardings=(self._state_sh,) + (self._rep,) * 3,
+                           out_shardings=self._state_sh, donate_argnums=(0,))
+        lengths = self._slot_lengths.get(state.memory.step)
+        state = self._jit(("mark_prompt",), build)(state, padded, np.int32(len(tokens)),
+                                                   np.int32(slot))
+        if lengths is not None:
+            self._slot_lengths.set(state.memory.step, lengths)
+        return state
+
     def generate(self, state: DecodeState, kv_len: Optional[int] = None,
                  controls: Optional[LogitControls] = None) -> tuple[DecodeState, StepHandle]:
         """See grok.engine.api.Engine.generate (donates `state`; starts the host copy).
@@ -410,4 +430,5 @@ class JaxEngine(SpeculativeSteps):
                 self.prefill_batch([[1] * bucket] * n, [GREEDY] * n)
         for capacity in self.prefix_capacities:    # a finished request's KV, for the cache
             self.extract_prefix(state, 0, capacity)
+        state = self.mark_prompt(state, 0, [1])     # a request with a repetition penalty
         jax.block_until_ready(state)

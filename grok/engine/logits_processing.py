@@ -9,14 +9,18 @@ whether or not a constrained one shares its step, and whichever variant runs.
 
 Definitions (OpenAI's and vLLM's), in the order applied, on a row's logits l:
 - logit_bias: l[t] += bias[t];
-- repetition_penalty r: every token generated so far has l / r where l > 0, else l * r;
+- repetition_penalty r: every token of the prompt or generated so far has l / r where
+  l > 0, else l * r (vLLM's definition);
 - frequency_penalty f, presence_penalty p: l[t] -= f * count[t] + p * (count[t] > 0);
 - the allowed-token mask: a disallowed token's logit becomes DISALLOWED_LOGIT;
 - min_p m (with temperature T > 0): a token whose probability under the temperature-scaled
   softmax is below m times the most probable one's is disallowed, i.e. keep
   (l[t] - max l) / T >= log m.
 Counts are of the tokens the row generated (`token_counts`, kept in the DecodeState per slot,
-reset when a request enters the slot); the prompt's tokens are not counted.
+reset when a request enters the slot): presence and frequency penalties count outputs only,
+as OpenAI defines them. The prompt's tokens (`prompt_tokens`, marked once when a request with
+a repetition penalty enters its slot, grok.engine.steps.mark_prompt) count for the repetition
+penalty alone.
 
 Glossary: B rows (slots), V vocabulary, W = ceil(V / 32) mask words, K logit_bias entries.
 """
@@ -72,17 +76,18 @@ def unpack_mask(allowed: jax.Array, vocab_size: int) -> jax.Array:
 
 
 def process_logits(logits: jax.Array, controls: LogitControls, token_counts: jax.Array,
-                   temperature: jax.Array) -> jax.Array:
+                   prompt_tokens: jax.Array, temperature: jax.Array) -> jax.Array:
     """The logits [B, V] float32 after each row's controls (see the module docstring).
 
-    token_counts [B, V] int32: tokens each row generated; temperature [B] (0 = greedy)."""
+    token_counts [B, V] int32: tokens each row generated; prompt_tokens [B, V] bool: tokens
+    of each row's prompt; temperature [B] (0 = greedy)."""
     logits = jnp.asarray(logits, jnp.float32)
     b, v = logits.shape
     rows = jnp.arange(b)[:, None]
     out = logits.at[rows, controls.bias_ids].add(controls.bias_values)           # [B, V]
     r = controls.repetition_penalty[:, None]
     seen = token_counts > 0
-    out = jnp.where(seen, jnp.where(out > 0, out / r, out * r), out)
+    out = jnp.where(seen | prompt_tokens, jnp.where(out > 0, out / r, out * r), out)
     counts = token_counts.astype(jnp.float32)
     out = (out - controls.frequency_penalty[:, None] * counts
            - controls.presence_penalty[:, None] * seen.astype(jnp.float32))

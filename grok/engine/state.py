@@ -38,6 +38,8 @@ class DecodeState(NamedTuple):
     rngs: jax.Array         # [B, 2] uint32 PRNG key per slot (raw key data; 2 for threefry)
     last_tokens: jax.Array  # [B] int32: the token each slot feeds to the next step
     token_counts: jax.Array  # [B, V] int32: tokens each slot generated (for penalties)
+    prompt_tokens: jax.Array  # [B, V] bool: tokens of each slot's prompt, where marked
+    #                           (grok.engine.steps.mark_prompt: the repetition penalty's)
 
 
 def new_state(config: LanguageModelConfig, runtime: RuntimeConfig, batch_size: int) -> DecodeState:
@@ -48,7 +50,7 @@ def new_state(config: LanguageModelConfig, runtime: RuntimeConfig, batch_size: i
         SampleSettings(jnp.zeros((b,), jnp.float32), jnp.ones((b,), jnp.float32),
                        jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool)),
         jnp.zeros((b, PRNG_KEY_WORDS), jnp.uint32), jnp.zeros((b,), jnp.int32),
-        jnp.zeros((b, config.vocab_size), jnp.int32))
+        jnp.zeros((b, config.vocab_size), jnp.int32), jnp.zeros((b, config.vocab_size), bool))
 
 
 def empty_prefix(config: LanguageModelConfig, runtime: RuntimeConfig, capacity: int) -> Prefix:
@@ -115,7 +117,7 @@ def state_shardings(state_shape: DecodeState, mesh: Mesh) -> DecodeState:
     return DecodeState(sharding.memory_shardings(state_shape.memory, mesh),
                        jax.tree.map(per_slot, state_shape.settings),
                        per_slot(state_shape.rngs), per_slot(state_shape.last_tokens),
-                       per_slot(state_shape.token_counts))
+                       per_slot(state_shape.token_counts), per_slot(state_shape.prompt_tokens))
 
 
 def prefix_shardings(prefix_shape: Prefix, mesh: Mesh) -> Prefix:

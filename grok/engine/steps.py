@@ -106,7 +106,17 @@ def insert(state: DecodeState, prefix: Prefix, arm: SlotArm, slot) -> DecodeStat
     memory = Memory(put(mem.k, row.k, 1), put(mem.v, row.v, 1), put(mem.step, row.step, 0),
                     put(mem.valid, row.valid, 0))
     counts = state.token_counts.at[slot].set(0)
-    return arm_slot(state._replace(memory=memory, token_counts=counts), arm, slot)
+    prompt_tokens = state.prompt_tokens.at[slot].set(False)
+    return arm_slot(state._replace(memory=memory, token_counts=counts,
+                                   prompt_tokens=prompt_tokens), arm, slot)
+
+
+def mark_prompt(state: DecodeState, tokens: jax.Array, length: jax.Array, slot) -> DecodeState:
+    """The state with the slot's first `length` of `tokens` [S] (its prompt, right-padded)
+    marked in prompt_tokens: the tokens its repetition penalty counts besides its outputs."""
+    live = (jnp.arange(tokens.shape[0]) < length).astype(jnp.int32)            # [S]
+    row = jnp.zeros(state.prompt_tokens.shape[1:], jnp.int32).at[tokens].add(live) > 0  # [V]
+    return state._replace(prompt_tokens=state.prompt_tokens.at[slot].set(row))
 
 
 def generate(forward: Forward, params, state: DecodeState,
@@ -124,13 +134,15 @@ def generate(forward: Forward, params, state: DecodeState,
     keys = jax.vmap(jax.random.split)(state.rngs)                               # [B, 2, 2]
     logits = logits[:, 0]
     if controls is not None:
-        logits = process_logits(logits, controls, state.token_counts, state.settings.temperature)
+        logits = process_logits(logits, controls, state.token_counts, state.prompt_tokens,
+                                state.settings.temperature)
     out = sample_token(logits, state.settings, keys[:, 1])
     rngs = jnp.where(active[:, None], keys[:, 0], state.rngs)
     tokens = jnp.where(active, out.token_id, state.last_tokens)
     counts = (state.token_counts if controls is None
               else count_tokens(state.token_counts, out.token_id, active))
-    return DecodeState(memory, state.settings, rngs, tokens, counts), pack_output(out)
+    return (state._replace(memory=memory, rngs=rngs, last_tokens=tokens, token_counts=counts),
+            pack_output(out))
 
 
 def release(state: DecodeState, slot) -> DecodeState:

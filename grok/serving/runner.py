@@ -30,6 +30,7 @@ from grok.serving.generator import serve
 from grok.serving.multihost import serve_multihost
 from grok.serving.requests import Request
 from grok.serving.results import Completion
+from grok.serving.structured.tokenizers import build_in_background
 from grok.tokenizer import Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class InferenceRunner:
                 logger.warning("no tokenizer_path: text prompts use the byte tokenizer "
                                "(token-id prompts are unaffected)")
             self.tokenizer = load_tokenizer(self.tokenizer_path)
+        # structured outputs' view of the tokenizer, built while weights load and compile
+        build_in_background(self.tokenizer, runner.model.vocab_size, runner.model.eos_token)
         if jax.process_count() > 1:   # every process must compile the same programs
             # The architecture, every runtime field (flat, so a mismatch names the field), and
             # the tokenizer: every process applies stop strings with its own copy.

@@ -354,8 +354,8 @@ class Scheduler:
             self._insert(stream, result)
 
     def _insert(self, stream: _Stream, result: PrefillResult) -> None:
-        prefix, arm = self.structured_decoding.held_back(stream, stream.prefix, result.arm)
-        self.state = self.engine.insert(prefix, arm, self.state, stream.slot)
+        self.state = self.structured_decoding.insert(stream, stream.prefix, result.arm,
+                                                     self.state, stream.slot)
         prefix = stream.prefix
         stream.prefix, stream.first, stream.inserted = None, result, True
         self._prefilling.remove(stream)
@@ -384,7 +384,7 @@ class Scheduler:
             stream.prompt_top_logprobs = [None] + tops[:len(stream.prompt_ids) - 1]
             stream.echo_results = []
         if stream.structured is not None:
-            return []      # its first token comes from its first decode step (`held_back`)
+            return []   # its first token: its first decode step's (StructuredDecoding.insert)
         return self._on_token(stream, self.engine.read(result), 0)
 
     def _on_token(self, stream: _Stream, out: TokenOutput, row: int) -> list:

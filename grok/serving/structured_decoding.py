@@ -7,9 +7,10 @@ decode step. Hooks, each called by grok.serving.scheduler.Scheduler:
 
 - admission: `admit` builds the request's Structured (every process of a multi-host job
   builds the same from the same admission) and counts the requests with a grammar;
-- insertion: `held_back` gives the slot the prompt but its last token, which the first
+- insertion: `insert` gives the slot the prompt but its last token, which the first
   decode step feeds (`fed` counts it as -1), so the first output token comes from a
-  processed step too (the prefill's own first token is not taken);
+  processed step too (the prefill's own first token is not taken), and marks the prompt's
+  tokens for a repetition penalty (which counts them, as vLLM defines it);
 - each step: `controls` builds the step's LogitControls (None: the plain step runs);
   `needs_last_token` says a grammar's next mask needs the step in flight read before the
   next dispatch; `processes` keeps speculation's verify step off while it holds;
@@ -60,15 +61,19 @@ class StructuredDecoding:
         if stream.structured is not None and stream.structured.grammar is not None:
             self.constrained_requests += 1
 
-    def held_back(self, stream: StructuredStream, prefix: Prefix, arm):
-        """(prefix, arm) to insert into the stream's slot: as prefilled, or for a request
-        that processes its logits, all but the prompt's last token, which its first decode
-        step feeds."""
+    def insert(self, stream: StructuredStream, prefix: Prefix, arm, state, slot: int):
+        """The state with the stream's prompt in `slot` (engine.insert): as prefilled, or for
+        a request that processes its logits, all but the prompt's last token, which its first
+        decode step feeds; with a repetition penalty, the prompt's tokens marked."""
         if stream.structured is None:
-            return prefix, arm
+            return self.engine.insert(prefix, arm, state, slot)
         prefix = self.engine.slice_prefix(prefix, len(stream.prompt_ids) - 1)
         stream.fed = -1
-        return prefix, arm._replace(token=np.int32(stream.prompt_ids[-1]))
+        arm = arm._replace(token=np.int32(stream.prompt_ids[-1]))
+        state = self.engine.insert(prefix, arm, state, slot)
+        if stream.request.repetition_penalty != 1:
+            state = self.engine.mark_prompt(state, slot, stream.prompt_ids)
+        return state
 
     @staticmethod
     def processes(running: dict) -> bool:

@@ -3,7 +3,7 @@
 Its static controls (grok.serving.logit_controls.RowControls) and, for a constrained request,
 its grammar state (grok.serving.structured.masks.GrammarState), built at admission from the
 Request's fields and the model's tokenizer (its llguidance tokenizer is built once per
-process, on the first constrained request).
+process, when the model starts: grok.serving.structured.tokenizers.build_in_background).
 """
 
 from __future__ import annotations
@@ -37,6 +37,6 @@ class Structured:
 
     def row(self, fed: int) -> SlotRow:
         """The slot's row of a step dispatched when the stream has fed `fed` output tokens
-        (-1 before its first step: see StructuredDecoding.held_back in
+        (-1 before its first step: see StructuredDecoding.insert in
         grok.serving.structured_decoding), so fed + 1 are sampled."""
         return SlotRow(self.controls, self.grammar, fed + 1)

@@ -30,7 +30,7 @@ from grok.serving.http.engine_loop import NotReady, QueueFull, is_completion
 from grok.serving.http.errors import APIError, invalid
 from grok.serving.http.protocol import MAX_SEED, ChatCompletionRequest, CompletionRequest
 from grok.serving.http.structured_body import constraint_fields, sampling_fields, uses_tools
-from grok.serving.http.tools import parse_calls, tool_call_deltas
+from grok.serving.http.tool_calls import CallReader, read_calls
 from grok.serving.admission import ModelLimits, prepare
 from grok.serving.requests import Request, RequestError
 from grok.serving.http.streams import (CancellingStreamingResponse, RequestStream,
@@ -195,10 +195,10 @@ async def respond(server, job: Job, http_request: HTTPRequest):
             lp = (chat_logprobs(tokenizer, job.num_top, completion.output_ids,
                                 completion.logprobs or [], completion.top_logprobs)
                   if job.logprobs else None)
-            calls = parse_calls(completion.text) if job.tool_calls else None
+            calls = read_calls(completion.text) if job.tool_calls else None
             if calls is not None:
-                choices.append(chat_choice(choice.index, None, "tool_calls", lp, stop_reason,
-                                           calls))
+                choices.append(chat_choice(choice.index, None, _calls_reason(reason), lp,
+                                           stop_reason, calls))
                 continue
             choices.append(chat_choice(choice.index, generated, reason, lp, stop_reason))
             continue
@@ -346,20 +346,20 @@ async def _chat_events(server, job: Job, stream: RequestStream) -> AsyncIterator
         return chat_logprobs(tokenizer, job.num_top, [event.token_id], [event.logprob],
                              [event.top_logprobs])
 
+    readers = {c.index: CallReader() for c in job.choices} if job.tool_calls else {}
+
     def text_chunk(choice: Choice, text: str, lp) -> str:
-        if job.tool_calls:
-            return ""    # held: the whole answer tells text from tool calls
-        return chunk(choice, {"content": text}, lp=lp)
+        if not job.tool_calls:
+            return chunk(choice, {"content": text}, lp=lp)
+        # text or tool calls, as soon as the reader knows (a call's logprobs are not streamed)
+        return "".join(chunk(choice, delta, lp=lp if "content" in delta else None)
+                       for delta in readers[choice.index].feed(text))
 
     def finish(choice: Choice, completion) -> str:
-        if not job.tool_calls:
-            return chunk(choice, {}, completion.finish_reason)
-        calls = parse_calls(completion.text)
-        if calls is None:
-            return (chunk(choice, {"content": completion.text})
-                    + chunk(choice, {}, completion.finish_reason))
-        return "".join(chunk(choice, {"tool_calls": [delta]}) for delta in
-                       tool_call_deltas(calls)) + chunk(choice, {}, "tool_calls")
+        reason = completion.finish_reason
+        if job.tool_calls and readers[choice.index].mode == "calls":
+            reason = _calls_reason(reason)
+        return chunk(choice, {}, reason)
 
     for choice in job.choices:
         yield chunk(choice, {"role": "assistant", "content": ""})
@@ -371,6 +371,12 @@ async def _chat_events(server, job: Job, stream: RequestStream) -> AsyncIterator
         yield _data(chat_chunk(job.response_id, model, created, [],
                                _usage(job, completions), True))
     yield "data: [DONE]\n\n"
+
+
+def _calls_reason(reason: str) -> str:
+    """The finish_reason of an answer of tool calls: "tool_calls" when it ended on its own,
+    else why it was cut ("length")."""
+    return "tool_calls" if reason == "stop" else reason
 
 
 def _usage_so_far(job: Job) -> Optional[dict]:

@@ -1,7 +1,8 @@
 """Tool calling for a base model: how tools are shown, how a call is written, its grammar.
 
 Grok-1 has no tool format of its own, so the chat template shows the functions in a system
-message and asks for calls written as tagged JSON, one per line:
+message (the call format, then one compact signature line per function) and asks for calls
+written as tagged JSON, one per line:
 
     <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>
 
@@ -16,24 +17,23 @@ arguments the function's `parameters`) forces what tool_choice asks:
 - {"type": "function", "function": {"name": N}}: calls to N only;
 - "auto": text that does not start with "<", or calls (the model chooses);
 - "none": no grammar, no tools shown.
-`parse_calls` reads calls back from the text: OpenAI's `tool_calls` with fresh ids.
+grok.serving.http.tool_calls reads the calls back from the text, whole or as it streams.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Optional
 
+from grok.serving.http.tool_signatures import signature
 from grok.serving.structured.grammars import JSON_LAYOUT
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 MAX_PARALLEL_CALLS = 8       # calls in one answer at most (the grammar ends there)
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
 
-TOOLS_INTRO = ("You can call these functions. To call one, answer with a line\n"
-               f'{OPEN}{{"name": <function name>, "arguments": <arguments as JSON>}}{CLOSE}\n'
-               "and nothing else (several calls: one such line each). The functions:\n")
+TOOLS_INTRO = ("Functions (to call one, answer "
+               f'{OPEN}{{"name": ..., "arguments": {{...}}}}{CLOSE}; several: one per line):\n')
 
 
 def function_of(tool: dict) -> dict:
@@ -41,16 +41,9 @@ def function_of(tool: dict) -> dict:
 
 
 def tools_prompt(tools: list) -> str:
-    """The system message that shows `tools` (OpenAI's function tools) to the model."""
-    lines = []
-    for tool in tools:
-        fn = function_of(tool)
-        entry = {"name": fn["name"]}
-        if fn.get("description"):
-            entry["description"] = fn["description"]
-        entry["parameters"] = fn.get("parameters") or EMPTY_PARAMETERS
-        lines.append(json.dumps(entry, ensure_ascii=False))
-    return TOOLS_INTRO + "\n".join(lines)
+    """The system message that shows `tools` (OpenAI's function tools) to the model: the
+    call format, then one signature line per function (grok.serving.http.tool_signatures)."""
+    return TOOLS_INTRO + "\n".join(signature(function_of(t)) for t in tools)
 
 
 def transcript(messages, tools: Optional[list], shown: bool) -> list[tuple[str, str]]:
@@ -101,35 +94,3 @@ def tool_grammar(tools: list, choice, parallel: bool) -> Optional[str]:
     calls = "calls: call" + (" more_1?" if n > 1 else "")
     start = "start: calls | TEXT\nTEXT: /[^<](.|\\n)*/" if choice == "auto" else "start: calls"
     return "\n".join([start, calls] + more + [call] + rules) + "\n"
-
-
-def parse_calls(text: str) -> Optional[list]:
-    """OpenAI tool_calls from a text of tagged calls (one per line), or None when the text is
-    not calls (with tool_choice "auto" the model may answer in words)."""
-    calls = []
-    for line in text.strip().split("\n"):
-        if not (line.startswith(OPEN) and line.endswith(CLOSE)):
-            return None
-        try:
-            call = json.loads(line[len(OPEN):-len(CLOSE)])
-        except json.JSONDecodeError:
-            return None
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-            return None
-        calls.append({"id": f"call_{secrets.token_hex(12)}", "type": "function",
-                      "function": {"name": call["name"],
-                                   "arguments": json.dumps(call.get("arguments", {}),
-                                                           ensure_ascii=False)}})
-    return calls or None
-
-
-def tool_call_deltas(calls: list) -> list:
-    """Streamed `delta.tool_calls` entries as OpenAI sends them: per call, its id, type and
-    name with empty arguments, then its arguments."""
-    deltas = []
-    for i, call in enumerate(calls):
-        fn = call["function"]
-        deltas.append({"index": i, "id": call["id"], "type": "function",
-                       "function": {"name": fn["name"], "arguments": ""}})
-        deltas.append({"index": i, "function": {"arguments": fn["arguments"]}})
-    return deltas

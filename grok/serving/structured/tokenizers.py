@@ -7,13 +7,14 @@ ever emits them (EOS aside, which llguidance allows where the grammar accepts). 
 must not add SentencePiece's dummy-prefix space: we encode "\\x01" + text (the control
 character is one byte piece that never merges) and drop those leading pieces.
 
-Building one costs about a second at 131,072 tokens, so each (tokenizer, vocabulary, EOS) is
-built once per process and kept.
+Building one costs about 1.7 s at 131,072 tokens, so each (tokenizer, vocabulary, EOS) is
+built once per process and kept (by the tokenizer's fingerprint), and `build_in_background`
+builds it when the model starts (beside loading weights and compiling): the first
+constrained request does not wait for it (or waits only for what is left, under the lock).
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 
 import llguidance
@@ -61,7 +62,10 @@ def _bytes(tokenizer: ByteTokenizer, eos: int) -> _Vocabulary:
     return _Vocabulary(tokens, eos, 1, tokenizer.encode)
 
 
-@functools.lru_cache(maxsize=8)
+# (tokenizer fingerprint, vocabulary size, EOS) -> built; a few models per process at most
+_built: dict[tuple, llguidance.LLTokenizer] = {}
+
+
 def _build(kind: str, tokenizer, vocab_size: int, eos: int) -> llguidance.LLTokenizer:
     vocabulary = _sentencepiece(tokenizer, eos) if kind == "sp" else _bytes(tokenizer, eos)
     wrapper = llguidance.TokenizerWrapper(vocabulary)
@@ -79,5 +83,22 @@ def llg_tokenizer(tokenizer, vocab_size: int, eos_token: int) -> llguidance.LLTo
     else:
         raise ValueError(f"structured outputs need the SentencePiece or byte tokenizer, "
                          f"not {type(tokenizer).__name__}")
-    with _lock:
-        return _build(kind, tokenizer, int(vocab_size), int(eos_token))
+    key = (tokenizer.fingerprint, int(vocab_size), int(eos_token))
+    with _lock:      # (one build at a time; a second caller waits for it, then finds it)
+        if key not in _built:
+            _built[key] = _build(kind, tokenizer, *key[1:])
+        return _built[key]
+
+
+def build_in_background(tokenizer, vocab_size: int, eos_token: int) -> threading.Thread:
+    """Starts building `llg_tokenizer(tokenizer, vocab_size, eos_token)` in a daemon thread
+    (returned, started). A tokenizer structured outputs do not know builds nothing: the
+    first constrained request gets the error."""
+    def build():
+        try:
+            llg_tokenizer(tokenizer, vocab_size, eos_token)
+        except ValueError:
+            pass
+    thread = threading.Thread(target=build, name="llguidance-tokenizer", daemon=True)
+    thread.start()
+    return thread
