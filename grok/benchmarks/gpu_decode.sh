@@ -16,7 +16,7 @@
 # later loan with the same folder) skips compiling and autotuning.
 #
 #   bash grok/benchmarks/gpu_decode.sh [OUT_DIR]            # on the GPU host
-#   bash grok/benchmarks/gpu_decode.sh --dry-run [OUT_DIR]  # tiny width on CPU: the plumbing
+#   bash grok/benchmarks/gpu_decode.sh --dry-run [OUT_DIR]  # tiny width, 2 layers, on CPU
 #
 # Exit status: 0 if every phase succeeded, else 1 (status.txt lists each phase's).
 set -uo pipefail
@@ -37,14 +37,13 @@ XLA_DUMP=(--xla_dump_to="$OUT/xla_dump" --xla_dump_hlo_module_re='.*sample_step.
 if (( DRY_RUN )); then
     export JAX_PLATFORMS=cpu
     WIDTH=(--vocab 256 --emb 64 --q-heads 16 --kv-heads 8 --key-size 8 --widening 2)
-    RUN=(--sequence-len 64 --prompt-len 8 --new-tokens 2 --batch-size 1,4
-         --device-memory-gb 0.02)
-    CALIBRATE=(--seconds 2 --small)
+    RUN=(--sequence-len 64 --prompt-len 8 --new-tokens 2 --batch-size 1,4 --layers 2)
+    CALIBRATE=(--seconds 1 --small)
     CHECK=()                       # an XLA:CPU module: the GPU copy check does not apply
     LIMIT=(env 120 calibrate 120 decode 300 check 60)
 else
     WIDTH=(--emb 6144 --q-heads 48 --kv-heads 8 --key-size 128 --widening 8 --vocab 131072)
-    RUN=(--sequence-len 1024 --prompt-len 256 --new-tokens 32 --batch-size 1,64)
+    RUN=(--sequence-len 1024 --prompt-len 256 --new-tokens 32 --batch-size 1,64 --layers fit)
     CALIBRATE=(--seconds 20)
     CHECK=(--gpu)
     LIMIT=(env 60 calibrate 90 decode 330 check 30)
@@ -73,7 +72,7 @@ phase calibrate python -m grok.benchmarks.gpu_calibrate "${CALIBRATE[@]}" \
     --json "$OUT/calibration.json"
 rm -rf "$OUT/hlo" "$OUT/xla_dump" "$OUT/profile"
 phase decode env XLA_FLAGS="${XLA_FLAGS:-} ${XLA_DUMP[*]}" \
-    python -m grok.bench decode "${WIDTH[@]}" "${RUN[@]}" --layers fit --mesh 1,1 \
+    python -m grok.bench decode "${WIDTH[@]}" "${RUN[@]}" --mesh 1,1 \
     --dtype bfloat16 --kv-len auto --dump-hlo "$OUT/hlo" --profile "$OUT/profile" \
     --json "$OUT/decode.json" > "$OUT/decode.txt"
 cat "$OUT/decode.txt"
