@@ -10,7 +10,8 @@ with --layers layers and synthetic shapes (no weights are made). From each optim
 (grok.benchmarks.hlo_bytes) it reports, per layer-loop iteration and per device:
 - HBM bytes moved, outside the MoE and in it, beside their ideal: each weight the step needs
   read once (the MoE: the expected distinct experts of B rows under uniform routing, k at one
-  row), plus the live KV window (kv_len positions of every slot) read once;
+  row), plus the live KV window (kv_len positions of every slot) read once and each slot's new
+  key and value written;
 - kernels launched, collectives and their bytes;
 (work XLA hoists out of the loop, e.g. a transpose of a whole weight stack or of the KV cache
 before it, counts per layer as 1/L of its bytes: grok.benchmarks.hlo_bytes)
@@ -124,7 +125,8 @@ def ideal_layer_bytes(config: LanguageModelConfig, params: dict, batch: int, kv_
         else:
             outside += size
     kv_heads = c.num_kv_heads // model_axis if c.num_kv_heads % model_axis == 0 else c.num_kv_heads
-    kv = 2 * batch * kv_heads * kv_len * c.key_size * jnp.dtype(cache_dtype).itemsize
+    # keys and values: the live window read once, each slot's new token written
+    kv = 2 * batch * kv_heads * (kv_len + 1) * c.key_size * jnp.dtype(cache_dtype).itemsize
     return {"outside_moe": outside + kv, "moe": moe}
 
 
