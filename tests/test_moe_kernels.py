@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from grok.kernels import fused_moe, sort_into_blocks, tiling_for
+from grok.kernels import expert_matmul, fused_moe, sort_into_blocks, tiling_for
 from grok.model.moe import _dense, _per_model_shard
-from grok.ops.quantization import QuantizedWeight8bit, quantize
+from grok.ops.quantization import QuantizedWeight8bit, qmatmul, quantize
 from grok.parallel import sharding
 
 E, D, F, K = 4, 64, 64, 2   # experts, emb, ffn, selected experts per token
@@ -78,7 +78,7 @@ def test_block_layout_sorts_every_pair_once_into_one_expert_blocks():
         needed = sum(-(-np.sum(flat == e) // rows) for e in range(E))
         assert used.size == needed                            # no block beyond ceil(count/BM)
     # decode tiling: one block per distinct expert
-    one = sort_into_blocks(jnp.array([[3, 1]]), E, tiling_for(1).block_rows)
+    one = sort_into_blocks(jnp.array([[3, 1]]), E, tiling_for(1, K, E).block_rows)
     assert np.asarray(one.block_expert).tolist() == [1, 3]
 
 
@@ -113,12 +113,23 @@ def test_64_rows_from_a_layer_stack_with_ragged_groups_and_nan_isolation():
     assert poisoned.sum() < 64 - 8                          # most rows are clean
 
 
+def test_expert_matmul_is_one_experts_product_read_from_the_stack():
+    """The kernels' inner loop on one expert of a [L, E, K, N] stack (the GEMV of a decode step)."""
+    gate = weights(8, seed=5, layers=2)[0]
+    x = routing(1)[0]
+    run = jax.jit(lambda x, w, e, layer: expert_matmul(x, w, e, layer=layer, interpret=True))
+    for layer, expert in ((1, 3), (0, 0)):
+        want = qmatmul(x.astype(jnp.float32), QuantizedWeight8bit(gate.weight[layer, expert],
+                                                                  gate.scales[layer, expert]))
+        assert_close(run(x, gate, expert, layer), np.asarray(want, np.float32))
+
+
 @pytest.mark.slow
 def test_prefill_chunk_equals_dense_with_empty_and_crowded_experts():
     """M = 96 > 64: the prefill tiling (BM = 64, several blocks per expert)."""
     w = weights(1, seed=4)
     x, gates, experts = routing(96)
-    assert tiling_for(96).block_rows == 64
+    assert tiling_for(96, K, E).block_rows == 16   # E*BM <= P/4
     assert_close(kernel()(x, gates, experts, *w), dense(x, gates, experts, w))
     crowded = jnp.stack([jnp.full((96,), 1), jnp.where(experts[:, 1] == 1, 2, 0)], axis=1)
     crowded = crowded.at[:, 1].set(jnp.where(crowded[:, 1] == 3, 0, crowded[:, 1]))

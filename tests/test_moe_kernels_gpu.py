@@ -3,19 +3,20 @@
 Asserts on the optimised HLO of a 2-layer scan that runs the kernels with the layer index as
 an operand: the only s8 buffers are the entry parameters (no copy or slice of expert weights,
 no concatenation), and no dot outside the kernels touches expert weights (no dense-expanded
-ragged dot). The kernels' reads and FLOPs are counted from their grids (see grok.kernels.fused_moe
-for why a program reads only its block's expert tiles).
+ragged dot). The kernels' reads and FLOPs are counted from their grids
+(grok.benchmarks.kernel_accounting; grok.kernels.fused_moe says why a program reads only its
+block's expert tiles).
 """
 
 import re
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from jax.sharding import SingleDeviceSharding
 
-from grok.kernels import fused_moe, sort_into_blocks, tiling_for
+from grok.kernels import expert_matmul, fused_moe
+from grok.benchmarks import kernel_accounting as acct
 from grok.ops.quantization import QuantizedWeight8bit
 
 from grok.benchmarks.gpu_target import compile_only_devices, plugin_available
@@ -59,24 +60,16 @@ def test_kernels_compile_for_h100_reading_experts_in_place(m):
     dots = [l for l in hlo.splitlines() if re.search(r"= \S+ dot\(|ragged-dot|ragged_dot", l)]
     assert dots == []                       # every matmul is inside the kernels
 
-    # what the grid reads and computes, from the block layout of a random routing
-    rng = np.random.default_rng(0)
-    experts = np.argsort(rng.random((m, E)), axis=1)[:, :K]
-    tiling = tiling_for(m)
-    layout = sort_into_blocks(jnp.asarray(experts), E, tiling.block_rows)
-    used = np.asarray(layout.block_expert)
-    used = used[used >= 0]
-    per_expert = 3 * D * F                  # int8 bytes of gate + value + down
-    declared = used.size * per_expert
-    selected = np.unique(experts).size * per_expert
-    grid_flops = layout.num_blocks * tiling.block_rows * 2 * 3 * D * F
-    ideal_flops = 2 * m * K * 3 * D * F
-    print(f"M={m}: kernel weight reads {declared} B vs selected experts {selected} B; "
-          f"grid FLOPs {grid_flops / ideal_flops:.3f}x the grouped ideal 2*T*k*3*D*F")
-    if m <= 64:
-        assert declared == selected         # decode: each selected expert read exactly once
-    else:                                   # prefill: padding at most E*BM rows past the pairs
-        assert grid_flops <= 1.25 * ideal_flops
+    # what the grid reads and computes for a random routing (grok.benchmarks.kernel_accounting)
+    shapes = acct.MoEShapes(rows=m, selected=K, experts=E, emb=D, ffn=F, up_groups=G,
+                            down_groups=G, layers=L, act_bytes=2)
+    count = acct.count_grid(shapes, acct.random_routing(m, K, E))
+    grids = [tuple(int(v) for v in g) for g in re.findall(r"grid_x = (\d+) : i32, grid_y = (\d+)", hlo)]
+    assert sorted(grids) == sorted(count.grids.values())      # the compiled grids are the layout's
+    if m <= 64:                             # decode: each selected expert's tiles loaded once
+        assert count.weight_loads == count.selected_bytes
+    else:                                   # prefill: padding at most E*BM <= P/4 rows
+        assert count.flops <= 1.25 * acct.grouped_ideal_flops(shapes)
 
 
 @pytest.mark.slow
@@ -101,3 +94,16 @@ def test_whole_model_runs_the_kernels_on_the_layer_stacks_for_h100():
     assert hlo.count('custom_call_target="__gpu$xla.gpu.triton"') >= 2
     expert_shaped = [b for b in s8_buffers(hlo) if str(f) in b.split("=")[1][:40]]
     assert expert_shaped == []
+
+
+@pytest.mark.slow
+def test_expert_gemv_compiles_for_h100_at_grok_width():
+    """grok.kernels.expert_matmul, the kernels' inner loop as a GEMV [1, 6144] x expert e of an
+    [8, 6144, 32768] stack (the GPU calibration's shape): one Triton kernel, no s8 buffer."""
+    device = SingleDeviceSharding(compile_only_devices("h100", 1)[0])
+    sd = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=device)
+    stack = QuantizedWeight8bit(sd((8, 6144, 32768), jnp.int8), sd((8, 1, 32768), jnp.bfloat16))
+    hlo = jax.jit(expert_matmul).lower(sd((1, 6144), jnp.bfloat16), stack,
+                                       sd((), jnp.int32)).compile().as_text()
+    assert hlo.count('custom_call_target="__gpu$xla.gpu.triton"') == 1
+    assert s8_buffers(hlo) == []

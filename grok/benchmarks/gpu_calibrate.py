@@ -12,9 +12,9 @@ with what this device does on the same kind of work:
   layer loop and the MoE index a weight);
 - gemv_reduce: the same GEMV as the decode step's one-row form (grok.ops.quantization.
   qmatmul_reduce: products summed over D);
-- gemv_moe_kernel: one row through one expert of the [8, D, F] stack with the MoE kernel
-  (grok.kernels.fused_moe), the up projection's bytes only counted once (the companion
-  issue's "at least 80% of a plain GEMV").
+- gemv_moe_kernel: the same GEMV through expert e of the stack by the MoE kernels' inner loop
+  (grok.kernels.expert_matmul), to set beside gemv_plain (the MoE kernels' goal: at least 80%
+  of a plain GEMV).
 --small shrinks every size (a CPU dry run of the plumbing; the MoE kernel then runs
 interpreted).
 """
@@ -75,14 +75,11 @@ def calibrate(seconds: float = 20.0, small: bool = False) -> dict:
                         (x, stack, jnp.int32(3)), d * f),
     }
     if platform == "gpu" or small:        # elsewhere the kernel only runs interpreted
-        from grok.kernels import fused_moe
-        one = QuantizedWeight8bit(stack, jnp.ones((e, 1, f), jnp.bfloat16))
-        down = QuantizedWeight8bit(jnp.swapaxes(stack, 1, 2), jnp.ones((e, 1, d), jnp.bfloat16))
-        moe = jax.jit(lambda x, g, k: fused_moe(x, g, k, one, one, down,
-                                                interpret=platform != "gpu"))
-        # one row, one expert: up (gate and value, 2 D x F) and down (F x D) projections
-        cases["gemv_moe_kernel"] = (moe, (x, jnp.ones((1, 1), jnp.bfloat16),
-                                          jnp.full((1, 1), 3, jnp.int32)), 3 * d * f)
+        from grok.kernels import expert_matmul
+        qstack = QuantizedWeight8bit(stack, jnp.ones((e, 1, f), jnp.bfloat16))
+        kernel = jax.jit(lambda x, s, i: expert_matmul(x, QuantizedWeight8bit(s, qstack.scales), i,
+                                                       interpret=platform != "gpu"))
+        cases["gemv_moe_kernel"] = (kernel, (x, stack, jnp.int32(3)), d * f)
     out = {}
     for name, (fn, args, nbytes) in cases.items():
         t = _timed(fn, args, per)

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grok import checkpoint
-from grok.benchmarks import save_report, traffic
+from grok.benchmarks import kernel_accounting, save_report, traffic
 from grok.benchmarks.decode import _list, _mesh
 from grok.benchmarks.gpu_target import TARGETS, compile_only_devices
 from grok.benchmarks.hlo_bytes import Kernel, Traffic, dot_flops, traffic as module_traffic
@@ -154,7 +154,8 @@ def ideal_step_bytes(params: dict) -> float:
 
 def decode_report(text: str, ideal: dict, step_ideal: float) -> dict:
     t, module = module_traffic(text)
-    outside, moe = t.moved(moe=False), t.moved(moe=True)
+    kernels = kernel_accounting.layer_moe(t, module, module.layer_loop_body()[0])
+    outside, moe = t.moved(moe=False), kernels["moe_bytes"] if kernels else t.moved(moe=True)
     loop_collectives = _collectives(t, t.layer)
     step_collectives = _collectives(t, t.outside)
     return {
@@ -174,6 +175,7 @@ def decode_report(text: str, ideal: dict, step_ideal: float) -> dict:
         "step_mib": t.step_moved() / MIB, "step_ideal_mib": step_ideal / MIB,
         "step_ratio": t.step_moved() / step_ideal,
         "conditionals": t.conditionals(module),
+        "moe_kernels": kernels,
         "largest_outside_moe": [{"name": k.name, "mib": k.moved / MIB, "op_name": k.op_name}
                                 for k in sorted((k for k in t.layer + t.hoisted if not k.in_moe),
                                                 key=lambda k: -k.moved)[:5]],
@@ -184,11 +186,14 @@ def prefill_report(text: str, config: LanguageModelConfig, tokens: int, model_ax
     t, module = module_traffic(text)
     body, _ = module.layer_loop_body()
     c = config.model
-    flops = dot_flops(module, body)
+    kernels = kernel_accounting.layer_moe(t, module, body)
+    flops = dot_flops(module, body) + (kernels["random_routing"]["flops"] if kernels else 0.0)
     ffn_shard = c.ffn_size // model_axis if c.ffn_size % model_axis == 0 else c.ffn_size
     ideal = 2.0 * tokens * c.num_selected_experts * 3 * c.emb_size * ffn_shard
     return {"moe_gflop_per_layer": flops / 1e9, "moe_ideal_gflop_per_layer": ideal / 1e9,
             "moe_flop_ratio": flops / ideal, "kernels_per_layer": len(t.layer),
+            "moe_kernels": kernels,
+            "moe_flop_bound_ratio": kernel_accounting.bound_flops(kernels) / ideal if kernels else None,
             "conditionals": t.conditionals(module)}
 
 
@@ -253,11 +258,18 @@ def print_report(report: dict) -> None:
                           f"{r['largest_step_collective_mib']:.1f}", str(r["conditionals"]),
                           f"{r['step_mib']:.1f}", f"{r['step_ideal_mib']:.1f}",
                           f"{r['step_ratio']:.2f}"]))
+    for r in report["decode"]:
+        if r["moe_kernels"]:
+            print(kernel_accounting.describe(r["moe_kernels"], f"{r['batch_size']} slots"))
     if report["prefill"]:
         p = report["prefill"]
         print(f"prefill {p['tokens']} tokens: MoE {p['moe_gflop_per_layer']:.1f} GFLOP per layer "
               f"(grouped ideal {p['moe_ideal_gflop_per_layer']:.1f}, {p['moe_flop_ratio']:.2f}x), "
               f"{p['kernels_per_layer']} kernels per layer, {p['conditionals']} conditionals")
+        if p["moe_kernels"]:
+            print(f"  MoE kernels' grid: {p['moe_flop_bound_ratio']:.2f}x the grouped ideal for any "
+                  f"routing (every block used); "
+                  + kernel_accounting.describe(p["moe_kernels"], f"{p['tokens']} tokens").strip())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

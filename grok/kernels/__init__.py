@@ -4,7 +4,8 @@
 (`sort_into_blocks`), reading each selected expert's weight tiles in place from the stack
 ([E, K, N] or, with a layer index, [L, E, K, N]); no slice or copy of the stack exists.
 On CPU the kernels run with `interpret=True` (tests); the model uses them on GPUs
-(grok.model.moe).
+(grok.model.moe). `expert_matmul` is their inner loop on one expert of one weight stack (a
+GEMV at one row), to measure against a plain int8 GEMV on a GPU.
 
 Glossary: M tokens, D emb_size, F ffn_size (the device's share of it under model
 parallelism), E experts, k selected experts per token, P token-expert pairs (M*k),
@@ -12,7 +13,9 @@ L layers, G scale groups, BM rows per block, NB blocks, R padded sorted rows (NB
 BK contracting tile, BN output tile, K contracting width, N output width.
 """
 
-from grok.kernels.block_layout import BlockLayout, sort_into_blocks
-from grok.kernels.fused_moe import Tiling, fused_moe, supported, tiling_for
+from grok.kernels.block_layout import (BlockLayout, MatmulTiles, Tiling, matmul_tiles,
+                                       sort_into_blocks, tiling_for)
+from grok.kernels.fused_moe import expert_matmul, fused_moe, supported
 
-__all__ = ["BlockLayout", "Tiling", "fused_moe", "sort_into_blocks", "supported", "tiling_for"]
+__all__ = ["BlockLayout", "MatmulTiles", "Tiling", "expert_matmul", "fused_moe", "matmul_tiles",
+           "sort_into_blocks", "supported", "tiling_for"]

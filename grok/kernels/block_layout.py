@@ -7,6 +7,10 @@ last one is padded with invalid rows (pair index P). Blocks past the used ones h
 ceil(c/BM) <= c // BM + 1 blocks, and at most min(E, P) experts have pairs, so
 NB = P // BM + min(E, P) always suffices; when BM >= M (an expert has at most M pairs, one
 per token), every expert takes one block and NB = min(E, P).
+
+The tiling (BM, and each matmul's BN and BK) lives here too: the kernels (grok.kernels.fused_moe)
+take their grids from `matmul_tiles`, and the accounting of what those grids read and compute
+(grok.benchmarks.kernel_accounting) enumerates the same tiles.
 """
 
 from __future__ import annotations
@@ -15,6 +19,85 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+
+# Rows up to which a call is "decode": one block per selected expert (BM >= M).
+DECODE_ROWS = 64
+# Prefill blocks: at most this many rows (Triton's dot tiles), at least Triton's smallest dot.
+PREFILL_MAX_ROWS, MIN_TILE = 64, 16
+# Prefill padding bound: the grid computes at most (1 + 1/PADDING_SHARE) times the pairs' rows.
+PADDING_SHARE = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """Tile sizes (powers of two): BM rows per block, at most BN output and BK contracting
+    columns per tile (the largest power of two dividing the width, up to these), and
+    Triton's warps and pipeline stages."""
+
+    block_rows: int
+    block_n: int = 64
+    block_k: int = 128
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def tiling_for(rows: int, selected: int, experts: int) -> Tiling:
+    """The tiling for `rows` tokens, each routed to `selected` of `experts` experts.
+
+    Decode (rows <= DECODE_ROWS): BM = rows rounded up to a power of two (>= 16), so each
+    selected expert is one block and its weight tiles are read once. Prefill: the largest
+    power-of-two BM in [16, 64] with E*BM <= P/PADDING_SHARE (P = rows*selected pairs), so the
+    blocks the grid computes hold at most P + E*BM <= 1.25*P rows for any routing (when even
+    BM = 16 exceeds that, 16)."""
+    if rows <= DECODE_ROWS:
+        return Tiling(block_rows=max(MIN_TILE, _next_power_of_2(rows)))
+    pairs, bm = rows * selected, PREFILL_MAX_ROWS
+    while bm > MIN_TILE and experts * bm * PADDING_SHARE > pairs:
+        bm //= 2
+    return Tiling(block_rows=bm, block_n=128, block_k=64, num_warps=8, num_stages=3)
+
+
+def pow2_tile(width: int, most: int) -> int:
+    """The largest power of two <= most that divides width."""
+    tile = 1
+    while tile * 2 <= most and width % (tile * 2) == 0:
+        tile *= 2
+    return tile
+
+
+@dataclasses.dataclass(frozen=True)
+class MatmulTiles:
+    """One kernel's grid over (block, output tile): program (b, n) multiplies block b's BM rows
+    [BM, K] by columns [n*BN, (n+1)*BN) of its expert's [K, N] weight, BK contracting rows
+    per step, each of the G scale groups (K/G rows) in its own steps."""
+
+    block_rows: int     # BM
+    block_n: int        # BN
+    block_k: int        # BK
+    k_size: int         # K
+    out_width: int      # N
+    groups: int         # G
+
+    @property
+    def n_tiles(self) -> int:
+        return self.out_width // self.block_n
+
+    @property
+    def k_steps_per_group(self) -> int:
+        return self.k_size // self.groups // self.block_k
+
+    def grid(self, num_blocks: int) -> tuple[int, int]:
+        return num_blocks, self.n_tiles
+
+
+def matmul_tiles(tiling: Tiling, k_size: int, out_width: int, groups: int) -> MatmulTiles:
+    """The tiles of a [BM, K] x [K, N] kernel with G scale groups under `tiling`."""
+    return MatmulTiles(tiling.block_rows, pow2_tile(out_width, tiling.block_n),
+                       pow2_tile(k_size // groups, tiling.block_k), k_size, out_width, groups)
 
 
 @jax.tree_util.register_dataclass

@@ -1,30 +1,36 @@
 """Fused int8 MoE for GPUs (Pallas, Triton backend): experts read in place, per sorted block.
 
 Two kernels, each one `pallas_call` over a grid of (block, output tile):
-- up:   h[r] = gelu(x[r] @ Wgate[e]) * (x[r] @ Wvalue[e])       [R, D] x [E, D, F] -> [R, F]
-- down: y[r] = gate[r] * (h[r] @ Wdown[e])                        [R, F] x [E, F, D] -> [R, D]
-where r runs over the sorted rows of a block and e is that block's expert (`sort_into_blocks`).
-Rows are then summed back into their tokens (an XLA scatter-add of activations only).
+- up:   h[p] = gelu(x[t] @ Wgate[e]) * (x[t] @ Wvalue[e])      [M, D] x [E, D, F] -> [P+1, F]
+- down: y[p] = gate[p] * (h[p] @ Wdown[e])                       [P+1, F] x [E, F, D] -> [P+1, D]
+  (rounded to the activation type, as the XLA paths round each expert's gated output)
+where p runs over the token-expert pairs of a block (`sort_into_blocks`), t = p // k is the
+pair's token and e the block's expert. The kernels gather their rows by pair index and store
+them back by pair index (masked: padding rows load nothing and store nothing), so nothing is
+materialised in sorted or padded order; a token's output is then its k pair rows summed in
+order, in float32 (y viewed as [M, k, D]). Row P of h and y is scratch that no valid row touches.
 
 How only the selected experts' weights are read: the weight operands have no BlockSpec
 (the kernel gets the whole stack's address; nothing is copied in or out), and program
 (b, n) loads exactly the tiles `w[layer, block_expert[b], k-tile, n-tile]` for the k-tiles
-of its K range and its one n-tile; a block whose expert is -1 (unused) loads nothing.
-Over the grid each used block therefore reads its expert's [K, N] matrix once, and an
-expert is read by as many blocks as its rows need: with the decode tiling (BM >= M) one
-block per selected expert, so the kernel reads exactly the selected experts' bytes; with
-the prefill tiling ceil(rows/BM) times (a grouped GEMM's usual weight re-reads).
+of its K range and its one n-tile (grok.kernels.block_layout.matmul_tiles); a block whose
+expert is -1 (unused) loads and stores nothing. Over the grid each used block therefore
+reads its expert's [K, N] matrix once, and an expert is read by as many blocks as its rows
+need: with the decode tiling (BM >= M) one block per selected expert, so the kernel reads
+exactly the selected experts' bytes; with the prefill tiling ceil(rows/BM) times (a grouped
+GEMM's weight re-reads; the grid's first axis is the block, the fastest-launched, so the
+blocks of one expert load the same weight tile at about the same time, from L2).
+grok.benchmarks.kernel_accounting counts these tiles.
 
 Scales are applied per scale group to the float32 partial sums inside the kernel (the int8
 tile is converted to the matmul type in registers), so the weight is never dequantized in
-memory. Padding rows are excluded with `where` (never multiplied by a zero gate), and a
-row's output depends only on its own activations and its own expert: a NaN in one expert
-reaches only the rows routed to it.
+memory. Padding rows are excluded with masks and `where` (never multiplied by a zero gate),
+and a row's output depends only on its own activations and its own expert: a NaN in one
+expert reaches only the rows routed to it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -32,41 +38,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from grok.kernels.block_layout import BlockLayout, sort_into_blocks
+from grok.kernels.block_layout import (MIN_TILE, BlockLayout, MatmulTiles, Tiling, matmul_tiles,
+                                       pow2_tile, sort_into_blocks, tiling_for)
 from grok.ops.quantization import QuantizedWeight8bit
-
-# Rows up to which a call is "decode": one block per selected expert (BM >= M).
-DECODE_ROWS = 64
-
-
-@dataclasses.dataclass(frozen=True)
-class Tiling:
-    """Tile sizes (powers of two): BM rows per block, at most BN output and BK contracting
-    columns per tile (the largest power of two dividing the width, up to these), and
-    Triton's warps and pipeline stages."""
-
-    block_rows: int
-    block_n: int = 64
-    block_k: int = 128
-    num_warps: int = 4
-    num_stages: int = 3
-
-
-def tiling_for(rows: int) -> Tiling:
-    """Decode (rows <= DECODE_ROWS): BM = rows rounded up to a power of two (>= 16, Triton's
-    smallest dot), so each selected expert is one block and is read once. Prefill: BM = 64,
-    a grouped GEMM whose padding is at most E*BM rows beyond the P pairs."""
-    if rows <= DECODE_ROWS:
-        return Tiling(block_rows=max(16, pl.next_power_of_2(rows)))
-    return Tiling(block_rows=64, block_n=128, block_k=64, num_warps=8, num_stages=3)
-
-
-def _pow2_tile(width: int, most: int) -> int:
-    """The largest power of two <= most that divides width."""
-    tile = 1
-    while tile * 2 <= most and width % (tile * 2) == 0:
-        tile *= 2
-    return tile
 
 
 def supported(emb: int, ffn: int, up_groups: int, down_groups: int) -> bool:
@@ -75,8 +49,8 @@ def supported(emb: int, ffn: int, up_groups: int, down_groups: int) -> bool:
     smallest dot). Grok-1 (D 6144, F 32768 over up to 8 devices) fits."""
     if emb % up_groups or ffn % down_groups:
         return False
-    return min(_pow2_tile(ffn, 16), _pow2_tile(emb // up_groups, 16),
-               _pow2_tile(emb, 16), _pow2_tile(ffn // down_groups, 16)) >= 16
+    return min(pow2_tile(ffn, MIN_TILE), pow2_tile(emb // up_groups, MIN_TILE),
+               pow2_tile(emb, MIN_TILE), pow2_tile(ffn // down_groups, MIN_TILE)) >= MIN_TILE
 
 
 def _stacked(qw: QuantizedWeight8bit) -> tuple[jax.Array, jax.Array]:
@@ -86,89 +60,137 @@ def _stacked(qw: QuantizedWeight8bit) -> tuple[jax.Array, jax.Array]:
     return qw.weight, qw.scales
 
 
-def _grouped_dot(lhs_ref, rows, w_ref, s_ref, layer, expert, cols, *, groups, bk, dtype):
-    """sum_g (lhs[rows, group g] @ w[layer, expert, group g, cols]) * s[layer, expert, g, cols].
+def _rows(ref, rows: jax.Array, cols: pl.Slice):
+    """ref's [BM, BN] view at row indices rows [BM] and columns cols: both as index arrays
+    (one gather/scatter form for the Triton lowering and interpret mode)."""
+    return ref.at[rows[:, None], (cols.start + jnp.arange(cols.size, dtype=jnp.int32))[None, :]]
 
-    float32 [BM, BN]; each int8 tile is converted to the matmul type in registers."""
-    k_size = w_ref.shape[2]
-    per_group = k_size // groups
-    bm, bn = rows.size, cols.size
 
-    def group(g, acc):
-        def step(i, part):
+def _grouped_dots(load_lhs, weights, layer, expert, cols, *, tiles: MatmulTiles, dtype):
+    """For each (w_ref, s_ref) of `weights` (same K and groups):
+    sum_g (lhs[:, group g] @ w[layer, expert, group g, cols]) * s[layer, expert, g, cols].
+
+    load_lhs(kk) gives the block's [BM, BK] rows of the contracting tile kk, loaded once per
+    step for all the weights. A tuple of float32 [BM, BN]; each int8 tile is converted to the
+    matmul type in registers."""
+    per_group, bk = tiles.k_size // tiles.groups, tiles.block_k
+    zeros = tuple(jnp.zeros((tiles.block_rows, tiles.block_n), jnp.float32) for _ in weights)
+
+    def group(g, accs):
+        def step(i, parts):
             kk = pl.ds(pl.multiple_of(g * per_group + i * bk, bk), bk)
-            a = lhs_ref[rows, kk].astype(dtype)                                   # [BM, BK]
-            w = w_ref[layer, expert, kk, cols].astype(dtype)                      # [BK, BN]
-            return part + jnp.dot(a, w, preferred_element_type=jnp.float32)
-        part = jax.lax.fori_loop(0, per_group // bk, step, jnp.zeros((bm, bn), jnp.float32))
-        scale = s_ref[layer, expert, g, cols].astype(jnp.float32)                 # [BN]
-        return acc + part * scale[None, :]
-    return jax.lax.fori_loop(0, groups, group, jnp.zeros((bm, bn), jnp.float32))
+            a = load_lhs(kk).astype(dtype)                                        # [BM, BK]
+            return tuple(part + jnp.dot(a, w_ref[layer, expert, kk, cols].astype(dtype),
+                                        preferred_element_type=jnp.float32)       # [BK, BN] tile
+                         for part, (w_ref, _) in zip(parts, weights))
+        parts = jax.lax.fori_loop(0, tiles.k_steps_per_group, step, zeros)
+        return tuple(acc + part * s_ref[layer, expert, g, cols].astype(jnp.float32)[None, :]
+                     for acc, part, (_, s_ref) in zip(accs, parts, weights))
+    return jax.lax.fori_loop(0, tiles.groups, group, zeros)
 
 
-def _per_used_block(block_expert_ref, out_ref, compute):
-    """Program (b, n) writes out block (b, n): compute(expert, rows, cols) [BM, BN] where block b
-    has an expert, zeros (and no weight load) where it is unused (expert -1)."""
+def _per_used_block(block_expert_ref, row_pair_ref, out_ref, tiles: MatmulTiles, num_pairs: int,
+                    compute):
+    """Program (b, n) stores compute(expert, pairs, valid, cols) [BM, BN] into rows `pairs`
+    (block b's pair indices; padding rows masked) and columns n of out_ref, where block b has
+    an expert; an unused block (expert -1) loads and stores nothing."""
     b, n = pl.program_id(0), pl.program_id(1)
-    bm, bn = out_ref.shape
+    bm, bn = tiles.block_rows, tiles.block_n
     expert = block_expert_ref[b]
-
-    @pl.when(expert < 0)
-    def _unused():
-        out_ref[...] = jnp.zeros(out_ref.shape, out_ref.dtype)
 
     @pl.when(expert >= 0)
     def _used():
-        rows, cols = pl.ds(pl.multiple_of(b * bm, bm), bm), pl.ds(pl.multiple_of(n * bn, bn), bn)
-        out_ref[...] = compute(expert, rows, cols).astype(out_ref.dtype)
+        pairs = row_pair_ref[pl.ds(pl.multiple_of(b * bm, bm), bm)]              # [BM], P = padding
+        valid = pairs < num_pairs                                                 # [BM]
+        cols = pl.ds(pl.multiple_of(n * bn, bn), bn)
+        value = compute(expert, pairs, valid, cols).astype(out_ref.dtype)
+        plgpu.store(_rows(out_ref, pairs, cols), value, mask=valid[:, None])
 
 
-def _up_kernel(layer_ref, block_expert_ref, x_ref, wg_ref, sg_ref, wv_ref, sv_ref, h_ref, *,
-               groups, bk, dtype, act_dtype):
-    def compute(expert, rows, cols):                                              # [BM, BN]
-        dot = functools.partial(_grouped_dot, x_ref, rows, layer=layer_ref[0], expert=expert,
-                                cols=cols, groups=groups, bk=bk, dtype=dtype)
-        gate = dot(w_ref=wg_ref, s_ref=sg_ref).astype(act_dtype).astype(jnp.float32)
-        value = dot(w_ref=wv_ref, s_ref=sv_ref).astype(act_dtype).astype(jnp.float32)
+def _up_kernel(layer_ref, block_expert_ref, row_pair_ref, x_ref, wg_ref, sg_ref, wv_ref, sv_ref,
+               h_ref, *, tiles, selected, num_pairs, dtype, act_dtype):
+    def compute(expert, pairs, valid, cols):                                      # [BM, BN]
+        tokens = jnp.where(valid, pairs // selected, 0)                           # [BM]
+        load_x = lambda kk: plgpu.load(_rows(x_ref, tokens, kk), mask=valid[:, None], other=0)
+        gate, value = (part.astype(act_dtype).astype(jnp.float32) for part in _grouped_dots(
+            load_x, ((wg_ref, sg_ref), (wv_ref, sv_ref)), layer_ref[0], expert, cols,
+            tiles=tiles, dtype=dtype))
         return jax.nn.gelu(gate) * value
-    _per_used_block(block_expert_ref, h_ref, compute)
+    _per_used_block(block_expert_ref, row_pair_ref, h_ref, tiles, num_pairs, compute)
 
 
-def _down_kernel(layer_ref, block_expert_ref, h_ref, w_ref, s_ref, row_gate_ref, row_valid_ref,
-                 y_ref, *, groups, bk, dtype, act_dtype):
-    def compute(expert, rows, cols):                                              # [BM, BN]
-        y = _grouped_dot(h_ref, rows, w_ref, s_ref, layer_ref[0], expert, cols,
-                         groups=groups, bk=bk, dtype=dtype)
+def _down_kernel(layer_ref, block_expert_ref, row_pair_ref, h_ref, w_ref, s_ref, gates_ref,
+                 y_ref, *, tiles, num_pairs, dtype, act_dtype):
+    def compute(expert, pairs, valid, cols):                                      # [BM, BN]
+        load_h = lambda kk: plgpu.load(_rows(h_ref, pairs, kk), mask=valid[:, None], other=0)
+        y, = _grouped_dots(load_h, ((w_ref, s_ref),), layer_ref[0], expert, cols, tiles=tiles,
+                           dtype=dtype)
         y = y.astype(act_dtype).astype(jnp.float32)
-        gate = row_gate_ref[rows].astype(act_dtype).astype(jnp.float32)           # [BM]
-        valid = row_valid_ref[rows] != 0                                          # [BM]
+        safe = jnp.where(valid, pairs, 0)
+        gate = plgpu.load(gates_ref.at[safe], mask=valid, other=0)                # [BM]
+        gate = gate.astype(act_dtype).astype(jnp.float32)
         return jnp.where(valid[:, None], y * gate[:, None], 0.0)
-    _per_used_block(block_expert_ref, y_ref, compute)
+    _per_used_block(block_expert_ref, row_pair_ref, y_ref, tiles, num_pairs, compute)
 
 
-def _call(kernel, out_width: int, out_dtype, layout: BlockLayout, tiling: Tiling, operands,
-          w, *, interpret: bool, act_dtype, name: str):
-    """One grid over (block, output tile) for kernel on (layer, block_expert, *operands)."""
+def _call(kernel, out_width: int, out_dtype, layout: BlockLayout, tiling: Tiling, operands, w, *,
+          interpret: bool, act_dtype, name: str):
+    """One grid over (block, output tile) for kernel on (layer, block_expert, row_pair, *operands);
+    the output has a row per pair plus the scratch row P."""
     k_size, groups = w[0].shape[2], w[1].shape[2]
-    bn = _pow2_tile(out_width, tiling.block_n)
-    bk = _pow2_tile(k_size // groups, tiling.block_k)
-    if not interpret and min(bn, bk, tiling.block_rows) < 16:
-        raise ValueError(f"{name}: tiles need widths with a power-of-two factor >= 16 "
+    tiles = matmul_tiles(tiling, k_size, out_width, groups)
+    if not interpret and min(tiles.block_n, tiles.block_k, tiles.block_rows) < MIN_TILE:
+        raise ValueError(f"{name}: tiles need widths with a power-of-two factor >= {MIN_TILE} "
                          f"(output {out_width}, {groups} groups of {k_size // groups})")
-    bm, nb = tiling.block_rows, layout.num_blocks
     dtype = jnp.float32 if interpret else act_dtype   # XLA:CPU has no bf16 x bf16 -> f32 dot
-    body = functools.partial(kernel, groups=groups, bk=bk, dtype=dtype, act_dtype=act_dtype)
+    body = functools.partial(kernel, tiles=tiles, num_pairs=layout.num_pairs, dtype=dtype,
+                             act_dtype=act_dtype)
     return pl.pallas_call(
         body,
-        out_shape=jax.ShapeDtypeStruct((nb * bm, out_width), out_dtype),
-        grid=(nb, out_width // bn),
-        # inputs: no BlockSpec, i.e. whole arrays by address; each program loads its own tiles
-        out_specs=pl.BlockSpec((bm, bn), lambda b, n: (b, n)),
+        out_shape=jax.ShapeDtypeStruct((layout.num_pairs + 1, out_width), out_dtype),
+        grid=tiles.grid(layout.num_blocks),
+        # no BlockSpecs: whole arrays by address; each program loads and stores its own tiles
         compiler_params=plgpu.CompilerParams(num_warps=tiling.num_warps,
                                              num_stages=tiling.num_stages),
         interpret=interpret,
         name=name,
     )(*operands)
+
+
+def _matmul_kernel(layer_ref, expert_ref, x_ref, w_ref, s_ref, out_ref, *, tiles, dtype):
+    b, n = pl.program_id(0), pl.program_id(1)
+    rows = pl.ds(pl.multiple_of(b * tiles.block_rows, tiles.block_rows), tiles.block_rows)
+    cols = pl.ds(pl.multiple_of(n * tiles.block_n, tiles.block_n), tiles.block_n)
+    out_ref[...], = _grouped_dots(lambda kk: x_ref[rows, kk], ((w_ref, s_ref),), layer_ref[0],
+                                  expert_ref[0], cols, tiles=tiles, dtype=dtype)
+
+
+def expert_matmul(x: jax.Array, w: QuantizedWeight8bit, expert: jax.Array | int, *,
+                  layer: jax.Array | int = 0, interpret: bool = False) -> jax.Array:
+    """x [M, K] @ expert `expert` of w ([E, K, N], or [L, E, K, N] at `layer`) -> float32 [M, N].
+
+    The MoE kernels' inner loop (the same tiles, the same in-place reads of one expert's
+    tiles, scales in the kernel) on one weight: a GEMV at M = 1 to set beside a plain int8
+    GEMV of the same bytes on a GPU."""
+    m, k_size = x.shape
+    ws = _stacked(w)
+    tiling = tiling_for(m, 1, ws[0].shape[1])
+    tiles = matmul_tiles(tiling, k_size, ws[0].shape[3], ws[1].shape[2])
+    bm = tiles.block_rows
+    rows = -(-m // bm) * bm
+    xs = jnp.zeros((rows, k_size), x.dtype).at[:m].set(x)                       # [M padded, K]
+    dtype = jnp.float32 if interpret else x.dtype
+    out = pl.pallas_call(
+        functools.partial(_matmul_kernel, tiles=tiles, dtype=dtype),
+        out_shape=jax.ShapeDtypeStruct((rows, tiles.out_width), jnp.float32),
+        grid=tiles.grid(rows // bm),
+        out_specs=pl.BlockSpec((bm, tiles.block_n), lambda b, n: (b, n)),
+        compiler_params=plgpu.CompilerParams(num_warps=tiling.num_warps,
+                                             num_stages=tiling.num_stages),
+        interpret=interpret,
+        name="expert_matmul",
+    )(jnp.asarray(layer, jnp.int32).reshape(1), jnp.asarray(expert, jnp.int32).reshape(1), xs, *ws)
+    return out[:m]
 
 
 def fused_moe(x: jax.Array, gates: jax.Array, experts: jax.Array,
@@ -184,19 +206,15 @@ def fused_moe(x: jax.Array, gates: jax.Array, experts: jax.Array,
     d = x.shape[1]
     wg, wv, wd = _stacked(w_gate), _stacked(w_value), _stacked(w_down)
     e, f = wg[0].shape[1], wg[0].shape[3]
-    tiling = tiling or tiling_for(m)
+    tiling = tiling or tiling_for(m, k, e)
     layout = sort_into_blocks(experts, e, tiling.block_rows)
-    valid = layout.valid                                                          # [R]
-    pair = jnp.minimum(layout.row_pair, m * k - 1)                                # [R]
-    token = jnp.where(valid, layout.row_pair // k, m)                             # [R], m = dropped
-    xs = jnp.where(valid[:, None], x[pair // k], 0).astype(x.dtype)              # [R, D]
-    row_gate = jnp.where(valid, gates.reshape(-1)[pair], 0).astype(jnp.float32)   # [R]
     layer = jnp.asarray(layer, jnp.int32).reshape(1)
+    grid_inputs = (layer, layout.block_expert, layout.row_pair)
     common = dict(interpret=interpret, act_dtype=x.dtype)
-    h = _call(_up_kernel, f, x.dtype, layout, tiling,                             # [R, F]
-              (layer, layout.block_expert, xs, *wg, *wv), wg, name="moe_up", **common)
-    y = _call(_down_kernel, d, jnp.float32, layout, tiling,                       # [R, D]
-              (layer, layout.block_expert, h, *wd, row_gate, valid.astype(jnp.int32)), wd,
+    h = _call(functools.partial(_up_kernel, selected=k), f, x.dtype, layout, tiling,  # [P+1, F]
+              (*grid_inputs, x, *wg, *wv), wg, name="moe_up", **common)
+    y = _call(_down_kernel, d, x.dtype, layout, tiling,                           # [P+1, D]
+              (*grid_inputs, h, *wd, gates.reshape(-1).astype(jnp.float32)), wd,
               name="moe_down", **common)
-    out = jnp.zeros((m, d), jnp.float32).at[token].add(y, mode="drop")            # [M, D]
-    return out.astype(x.dtype)
+    y = y[:m * k].reshape(m, k, d).astype(jnp.float32)                            # [M, k, D]
+    return jnp.sum(y, axis=1).astype(x.dtype)                                     # [M, D]
