@@ -133,5 +133,8 @@ def test_the_checker_command_fails_on_a_bad_loop(tmp_path, capsys):
     path = tmp_path / "bad.txt"
     path.write_text(BAD_LOOP)
     with pytest.raises(SystemExit):
-        hlo_check.main([str(path), "--require-fused-int8"])
-    assert "1 conditionals in the layer loop" in capsys.readouterr().out
+        hlo_check.main([str(path), "--gpu"])
+    out = capsys.readouterr().out
+    assert "1 conditionals in the layer loop" in out
+    # --gpu: the stack sliced out whole (s8) and the float copy of a weight
+    assert "2 copies a GPU step must not make: stack: writes int8 s8[8,4,4]; wf: writes bf16[4,4]" in out

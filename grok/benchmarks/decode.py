@@ -31,6 +31,9 @@ ahead of time; the engine then runs these very executables):
   machine's measured copy bandwidth (CPU).
 - --dump-hlo DIR: each sample_step's optimised HLO, and its layer loop's collectives,
   conditionals and int8 copies (grok.benchmarks.hlo_check) in the results.
+- cost_analysis_mb_per_step: the bytes XLA's cost model gives the compiled sample_step,
+  beside the useful bytes (weight_mb_per_step + kv_mb_per_step).
+- --profile DIR: 3 more steps of each run traced with jax.profiler (TensorBoard/Perfetto).
 peak_rss_mb is the process's peak so far, so it only grows along a sweep.
 
 Glossary: B slots, T prompt length, S sequence_len, L layers, E experts, k selected experts.
@@ -127,6 +130,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="activation dtype(s); auto: float32 on CPU, bfloat16 elsewhere")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dump-hlo", help="write each sample_step's optimised HLO to this directory")
+    p.add_argument("--profile", help="after the timed steps, trace PROFILE_STEPS more of each run "
+                                     "with jax.profiler into this directory")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
     if args.checkpoint and args.layers is not None:
@@ -235,6 +240,26 @@ def measure_prefill(ir: InferenceRunner, prompts: np.ndarray):
     return state, 1e3 * statistics.median(times), first_tokens
 
 
+def cost_analysis_bytes(executable) -> float:
+    """The bytes XLA's cost model says the compiled step accesses (to set beside the useful
+    bytes; NaN where the backend gives none)."""
+    costs = executable.cost_analysis()
+    costs = costs[0] if isinstance(costs, (list, tuple)) else costs
+    return float((costs or {}).get("bytes accessed", float("nan")))
+
+
+PROFILE_STEPS = 3
+
+
+def profile_decode(prepared: list[dict], directory: str) -> None:
+    """PROFILE_STEPS more decode steps of every prepared run under one jax.profiler trace."""
+    with jax.profiler.trace(directory):
+        for _ in range(PROFILE_STEPS):
+            for p in prepared:
+                p["state"], handle = p["ir"].engine.generate(p["state"], p["forced_kv_len"])
+                jax.block_until_ready((p["state"], handle))
+
+
 def measure_decode(prepared: list[dict], steps: int) -> None:
     """Times `engine.generate` (its sample_step variants) of every prepared run, interleaved
     step by step, so that a machine busy with something else slows each run alike and the
@@ -329,7 +354,8 @@ def prepare_run(args, config: LanguageModelConfig, runtime: RuntimeConfig, param
     run = {"layers": config.model.num_layers, "experts": config.model.num_experts,
            "moe": runtime.moe_impl, "batch_size": batch, "dtype": runtime.activation_dtype,
            "sequence_len": config.sequence_len, "kv_len": kv_len, "compile_s": compile_s,
-           "compile_cpu_s": compile_cpu_s, "prefill_ms": prefill_ms}
+           "compile_cpu_s": compile_cpu_s, "prefill_ms": prefill_ms,
+           "cost_analysis_mb_per_step": cost_analysis_bytes(executables["sample_step"]) / MIB}
     if args.dump_hlo:
         run["hlo"] = dump_hlo(args, run, executables["sample_step"])
     forced = config.sequence_len if args.kv_len == "full" else None   # None: the engine picks
@@ -398,6 +424,8 @@ def sweep(args: argparse.Namespace) -> dict:
                       f"{batch} slots, {dtype}, S {seq}", file=sys.stderr, flush=True)
             del params
         measure_decode(prepared, args.new_tokens)
+        if args.profile:
+            profile_decode(prepared, args.profile)
         runs += [{"load_s": load_s[p["run"]["experts"]], **finish_run(p, args, devices, bandwidth)}
                  for p in prepared]
         del prepared

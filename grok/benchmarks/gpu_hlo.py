@@ -10,9 +10,13 @@ with --layers layers and synthetic shapes (no weights are made). From each optim
 (grok.benchmarks.hlo_bytes) it reports, per layer-loop iteration and per device:
 - HBM bytes moved, outside the MoE and in it, beside their ideal: each weight the step needs
   read once (the MoE: the expected distinct experts of B rows under uniform routing, k at one
-  row), plus the live KV window (kv_len positions of every slot) read once;
+  row), plus the live KV window (kv_len positions of every slot) read once and each slot's new
+  key and value written;
 - kernels launched, collectives and their bytes;
-and per step: collectives outside the layer loop, conditionals anywhere in the step; for the
+(work XLA hoists out of the loop, e.g. a transpose of a whole weight stack or of the KV cache
+before it, counts per layer as 1/L of its bytes: grok.benchmarks.hlo_bytes)
+and per step: the rest of the step's bytes (output projection, sampling) beside the embedding
+table read once, collectives outside the layer loop, conditionals anywhere in the step; for the
 prefill: the MoE's matmul FLOPs beside the grouped ideal (each token through its k experts).
 The matmul operand type is the GPU's (bf16), whatever the host's backend.
 
@@ -121,7 +125,8 @@ def ideal_layer_bytes(config: LanguageModelConfig, params: dict, batch: int, kv_
         else:
             outside += size
     kv_heads = c.num_kv_heads // model_axis if c.num_kv_heads % model_axis == 0 else c.num_kv_heads
-    kv = 2 * batch * kv_heads * kv_len * c.key_size * jnp.dtype(cache_dtype).itemsize
+    # keys and values: the live window read once, each slot's new token written
+    kv = 2 * batch * kv_heads * (kv_len + 1) * c.key_size * jnp.dtype(cache_dtype).itemsize
     return {"outside_moe": outside + kv, "moe": moe}
 
 
@@ -140,7 +145,14 @@ def _compile(lowered, name: str, dump: Optional[str], tag: str):
     return text, seconds
 
 
-def decode_report(text: str, ideal: dict) -> dict:
+def ideal_step_bytes(params: dict) -> float:
+    """Per device, the step outside the layer loop: the tied embedding table read once (the
+    output projection; the input lookup reads B rows)."""
+    return float(sum(_shard_bytes(x) for m, leaves in params.items() if m.endswith("in_out_embed")
+                     for x in jax.tree.leaves(leaves)))
+
+
+def decode_report(text: str, ideal: dict, step_ideal: float) -> dict:
     t, module = module_traffic(text)
     kernels = kernel_accounting.layer_moe(t, module, module.layer_loop_body()[0])
     outside, moe = t.moved(moe=False), kernels["moe_bytes"] if kernels else t.moved(moe=True)
@@ -159,10 +171,13 @@ def decode_report(text: str, ideal: dict) -> dict:
         "layer_collectives": loop_collectives,
         "step_collectives": step_collectives,
         "largest_step_collective_mib": max([c["mib"] for c in step_collectives], default=0.0),
+        "hoisted_mib": sum(k.moved for k in t.hoisted) / MIB,
+        "step_mib": t.step_moved() / MIB, "step_ideal_mib": step_ideal / MIB,
+        "step_ratio": t.step_moved() / step_ideal,
         "conditionals": t.conditionals(module),
         "moe_kernels": kernels,
         "largest_outside_moe": [{"name": k.name, "mib": k.moved / MIB, "op_name": k.op_name}
-                                for k in sorted((k for k in t.layer if not k.in_moe),
+                                for k in sorted((k for k in t.layer + t.hoisted if not k.in_moe),
                                                 key=lambda k: -k.moved)[:5]],
     }
 
@@ -210,7 +225,7 @@ def run(args: argparse.Namespace) -> dict:
                                  "sample_step", args.dump_hlo, f"{tag}_b{batch}")
         ideal = ideal_layer_bytes(config, params, engine.batch_size, kv_len, args.mesh[1])
         runs.append({"batch_size": engine.batch_size, "kv_len": kv_len, "compile_s": seconds,
-                     **decode_report(text, ideal)})
+                     **decode_report(text, ideal, ideal_step_bytes(params))})
         print(f"compiled sample_step: {args.target}, mesh {args.mesh}, {batch} slots "
               f"({seconds:.1f} s)", file=sys.stderr, flush=True)
         if prefill is None and args.prefill_len:
@@ -230,7 +245,8 @@ def print_report(report: dict) -> None:
     print(f"\nGPU compile ({report['target']}, mesh {tuple(report['mesh'])}, "
           f"{report['layers']} layers); per layer-loop iteration, per device:")
     head = ("slots", "kv_len", "outside MoE MiB", "ideal", "ratio", "MoE MiB", "ideal", "ratio",
-            "layer ratio", "kernels", "collectives/layer", "max step coll. MiB", "conditionals")
+            "layer ratio", "kernels", "collectives/layer", "max step coll. MiB", "conditionals",
+            "rest of step MiB", "ideal", "ratio")
     print(" | ".join(head))
     for r in report["decode"]:
         coll = ", ".join(f"{c['op']} {c['mib']:.2f}" for c in r["layer_collectives"]) or "-"
@@ -239,7 +255,9 @@ def print_report(report: dict) -> None:
                           f"{r['outside_moe_ideal_mib']:.1f}", f"{r['outside_moe_ratio']:.2f}",
                           f"{r['moe_mib']:.1f}", f"{r['moe_ideal_mib']:.1f}", moe_ratio,
                           f"{r['layer_ratio']:.2f}", str(r["kernels_per_layer"]), coll,
-                          f"{r['largest_step_collective_mib']:.1f}", str(r["conditionals"])]))
+                          f"{r['largest_step_collective_mib']:.1f}", str(r["conditionals"]),
+                          f"{r['step_mib']:.1f}", f"{r['step_ideal_mib']:.1f}",
+                          f"{r['step_ratio']:.2f}"]))
     for r in report["decode"]:
         if r["moe_kernels"]:
             print(kernel_accounting.describe(r["moe_kernels"], f"{r['batch_size']} slots"))

@@ -13,6 +13,13 @@ Kernels are split by the model module they compute (the `op_name` metadata JAX w
 `/moe/` kernel belongs to the MoE), so MoE bytes and the rest can be compared with their ideals
 separately. Nested loops count their trip count times; a conditional counts its largest branch.
 
+Work XLA hoists out of the layer loop is the loop's too: a kernel outside the loop that JAX
+names as the loop's (`transformer/while`) or that reads a layer stack as it enters or leaves
+the loop (a parameter or loop result of rank >= 3, >= 1 MiB, whose leading axis is the loop's
+trip count: a weight stack, the KV cache),
+e.g. a layout transpose of a whole stack before the loop, counts per layer as 1/L of its
+bytes (`Traffic.hoisted`).
+
 Glossary: L layers, E experts, D emb_size, F ffn_size.
 """
 
@@ -23,8 +30,8 @@ import math
 import re
 from typing import Optional
 
-from grok.benchmarks.hlo_check import (COLLECTIVES, NO_BUFFER_OPS, Instruction, layer_loop,
-                                       parse_module)
+from grok.benchmarks.hlo_check import (COLLECTIVES, LAYER_LOOP_OP_NAME, NO_BUFFER_OPS,
+                                       Instruction, layer_loop, parse_module)
 
 ELEMENT_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
                  "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
@@ -37,6 +44,18 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _OPERAND = re.compile(r"%([\w.\-]+)")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _ARRAY = re.compile(r"\b(pred|s8|u8|s16|u16|s32|u32|s64|u64|f16|bf16|f32|f64)\[([\d,]*)\]")
+
+
+def _is_stack(type_text: str, stack_len: Optional[int]) -> bool:
+    """Whether an array type is a layer stack: rank >= 3, >= 1 MiB, leading axis stack_len."""
+    if not stack_len:
+        return False
+    for t, dims in _ARRAY.findall(type_text):
+        shape = [int(d) for d in dims.split(",") if d]
+        if (len(shape) >= 3 and shape[0] == stack_len
+                and ELEMENT_BYTES[t] * math.prod(shape) >= 2 ** 20):
+            return True
+    return False
 
 
 def type_bytes(text: str) -> int:
@@ -72,6 +91,7 @@ class Kernel:
     in_moe: bool
     op_name: str
     times: int = 1          # launches per iteration (a nested loop's trip count)
+    stacked: bool = False   # reads or writes a layer stack (see `Module.kernels`)
 
     @property
     def moved(self) -> int:
@@ -151,10 +171,13 @@ class Module:
         return written
 
     # ---- kernels ---------------------------------------------------------------------------
-    def kernels(self, comp: str, times: int = 1, skip: Optional[str] = None) -> list[Kernel]:
+    def kernels(self, comp: str, times: int = 1, skip: Optional[str] = None,
+                stack_len: Optional[int] = None) -> list[Kernel]:
         """Every kernel `comp` launches (nested loops and conditionals expanded; not the loop
-        whose body is `skip`)."""
+        whose body is `skip`); `stacked` marks those named as the layer loop's or reading a
+        parameter or loop result that is a layer stack (leading axis `stack_len`)."""
         types = {i.name: i.result for i in self.computations[comp]}
+        by_name = self._by_name[comp]
         out = []
         for inst in self.computations[comp]:
             op = inst.opcode
@@ -164,10 +187,11 @@ class Module:
                 trip = _TRIP.search(inst.rest)
                 body = re.search(r"\bbody=%?([\w.\-]+)", inst.rest).group(1)
                 if body != skip:
-                    out += self.kernels(body, times * (int(trip.group(1)) if trip else 1), skip)
+                    out += self.kernels(body, times * (int(trip.group(1)) if trip else 1), skip,
+                                        stack_len)
                 continue
             if op == "conditional":
-                branches = [self.kernels(b, times) for b in self._called(inst)]
+                branches = [self.kernels(b, times, None, stack_len) for b in self._called(inst)]
                 out += max(branches, key=lambda ks: sum(k.moved for k in ks), default=[])
                 continue
             args = [types.get(n, "") for n in operands(inst)]
@@ -186,7 +210,11 @@ class Module:
             else:
                 read, written = sum(type_bytes(a) for a in args), type_bytes(inst.result)
             name = self._fused_op_name(inst)
-            out.append(Kernel(inst.name, op, read, written, MOE_OP_NAME in name, name, times))
+            stacked = op_name(inst).endswith(LAYER_LOOP_OP_NAME) or any(
+                _is_stack(by_name[n].result, stack_len) for n in operands(inst)
+                if n in by_name and by_name[n].opcode in ("parameter", "get-tuple-element"))
+            out.append(Kernel(inst.name, op, read, written, MOE_OP_NAME in name, name, times,
+                              stacked))
         return out
 
     def layer_loop_body(self) -> tuple[str, Optional[int]]:
@@ -207,8 +235,22 @@ class Traffic:
     outside: list[Kernel]       # kernels of the step outside the layer loop
     trip_count: Optional[int]
 
-    def moved(self, moe: Optional[bool] = None) -> int:
-        return sum(k.moved for k in self.layer if moe is None or k.in_moe == moe)
+    @property
+    def hoisted(self) -> list[Kernel]:
+        """Kernels outside the loop doing the loop's work (layer stacks, the loop's names)."""
+        return [k for k in self.outside if k.stacked and not self.collectives([k])]
+
+    def moved(self, moe: Optional[bool] = None) -> float:
+        """Bytes per layer: the loop body's, plus 1/L of the hoisted kernels'."""
+        def mine(k):
+            return moe is None or k.in_moe == moe
+        hoisted = sum(k.moved for k in self.hoisted if mine(k)) / (self.trip_count or 1)
+        return sum(k.moved for k in self.layer if mine(k)) + hoisted
+
+    def step_moved(self) -> int:
+        """Bytes of the step's kernels outside the loop that are not hoisted loop work."""
+        hoisted = {k.name for k in self.hoisted}
+        return sum(k.moved for k in self.outside if k.name not in hoisted)
 
     def collectives(self, kernels: list[Kernel]) -> list[Kernel]:
         return [k for k in kernels if k.opcode.removesuffix("-start") in COLLECTIVES]
@@ -222,9 +264,8 @@ def traffic(text: str) -> tuple[Traffic, Module]:
     """The Traffic of a module holding one layer loop."""
     module = Module(text)
     body, trip = module.layer_loop_body()
-    layer = module.kernels(body)
-    entry = module.entry()
-    outside = module.kernels(entry, skip=body)
+    layer = module.kernels(body, stack_len=trip)
+    outside = module.kernels(module.entry(), skip=body, stack_len=trip)
     return Traffic(layer, outside, trip), module
 
 

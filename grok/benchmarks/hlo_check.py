@@ -1,6 +1,6 @@
 """Reads an optimised HLO module (text) and reports what the layer loop of a decode step does.
 
-    python -m grok.benchmarks.hlo_check DUMP.txt [--require-fused-int8]
+    python -m grok.benchmarks.hlo_check DUMP.txt [--gpu]
 
 `python -m grok.bench decode --dump-hlo DIR` writes each configuration's compiled
 `sample_step` as DIR/<run>.sample_step.txt; this module finds the layer loop in it (the
@@ -12,9 +12,15 @@ that loop body and every computation it calls:
 - int8 buffers (instructions outside fusions whose result is s8): their largest element count,
   to compare with one layer's expert stack (a copy of the whole stack is the defect);
 - int8 -> float converts outside a matmul: an instruction outside any fusion, or a fusion
-  with no dot in it, that converts an s8 operand to a float type. On a GPU each one is a
-  float copy of a weight (the matmul should read the int8 bytes itself); on CPU they are
-  expected (XLA:CPU's matmuls take same-typed buffers).
+  with no dot in it, that converts an s8 operand to a float type (on CPU these are expected:
+  XLA:CPU's matmuls take same-typed buffers; informational);
+- with --gpu, on a module XLA:GPU compiled (grok.benchmarks.gpu_hlo --dump-hlo), the copies
+  a GPU step must not make (`gpu_copies`): a loop-body kernel that writes an s8 buffer (a
+  weight copied out of its stack), a float buffer of at least one weight matrix's elements (a
+  dequantized or transposed weight, a copied cache window), or concatenates int8 weights (a
+  merged GEMM's new weight). A reduction whose output is at most 1/8 of its largest s8 input
+  (a GEMV done as a reduction, reading the weight in place) is exempt, and so is a kernel
+  updating a buffer in place (the cache write).
 
 Glossary: L layers, E experts, D emb_size, F ffn_size.
 """
@@ -37,6 +43,7 @@ _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->\s*.*\{\s*$"
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][\w\-]*)\((.*)$")
 _CALLED = re.compile(r"\b(?:calls|to_apply|body|condition)=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_OPERAND_NAME = re.compile(r"%([\w.\-]+)")
 _ARRAY = re.compile(r"\b(pred|s8|u8|s16|u16|s32|u32|s64|u64|f16|bf16|f32|f64)\[([\d,]*)\]")
 
 
@@ -168,6 +175,99 @@ def analyse(text: str) -> LoopReport:
                       copies)
 
 
+def _fused_instructions(computations: dict, inst: Instruction) -> list[Instruction]:
+    return [i for name in _CALLED.findall(inst.rest) for n in _reachable(computations, name)
+            for i in computations[n]]
+
+
+def _fusion_roots(computations: dict, inst: Instruction) -> list[Instruction]:
+    """The instructions a fusion's results come from (a tuple root's operands, bitcasts
+    looked through)."""
+    name = _CALLED.findall(inst.rest)[0]
+    insts = computations[name]
+    by_name = {i.name: i for i in insts}
+    root = insts[-1]
+    names = (_OPERAND_NAME.findall(root.rest.split("),")[0]) if root.opcode == "tuple"
+             else [root.name])
+    roots = []
+    for n in names:
+        r = by_name.get(n)
+        while r is not None and r.opcode == "bitcast":
+            r = by_name.get(_OPERAND_NAME.findall(r.rest)[0])
+        if r is not None:
+            roots.append(r)
+    return roots
+
+
+def _weight_elements(computations: dict, body: str) -> int:
+    """Elements of the smallest weight matrix the loop carries: the last two axes of its
+    smallest int8 stack (rank >= 3: [L, K, N] or [L, E, K, N])."""
+    params = [i for i in computations[body] if i.opcode == "parameter"]
+    sizes = [math.prod(int(d) for d in dims.split(",")[-2:])
+             for p in params for t, dims in _ARRAY.findall(p.result)
+             if t == "s8" and dims.count(",") >= 2]
+    return min(sizes, default=0)
+
+
+def _copy_made(computations: dict, inst: Instruction, types: dict, weight: int) -> Optional[str]:
+    """Why kernel `inst` is a copy a GPU step must not make, or None."""
+    if inst.opcode in NO_BUFFER_OPS or inst.opcode in ("while", "conditional", "call"):
+        return None
+    fused = _fused_instructions(computations, inst) if inst.opcode == "fusion" else [inst]
+    if inst.opcode == "fusion" and any(r.opcode in ("dynamic-update-slice", "scatter")
+                                       for r in _fusion_roots(computations, inst)):
+        return None                                       # an in-place update (the cache write)
+    result = inst.result.split("{")[0]
+    outputs = inst.arrays()
+    if any(t == "s8" for t, _ in outputs):
+        return f"writes int8 {result}"
+    s8_in = max([n for op in _OPERAND_NAME.findall(inst.rest.split(")")[0])
+                 for t, n in inst.arrays(types.get(op, "")) if t == "s8"], default=0)
+    big = [n for t, n in outputs if t in FLOAT_TYPES and weight and n >= weight]
+    reduces = any(i.opcode == "reduce" for i in fused)
+    if big and not (reduces and s8_in and max(big) * 8 <= s8_in):
+        return f"writes {result} (>= a weight's {weight} elements)"
+    fused_types = {i.name: i.result for i in fused}
+    for i in fused:
+        if i.opcode == "concatenate" and any(
+                fused_types.get(op, types.get(op, "")).startswith("s8")
+                for op in _OPERAND_NAME.findall(i.rest.split(")")[0])):
+            return f"concatenates int8 weights into {i.result.split('{')[0]}"
+    return None
+
+
+def gpu_copies(text: str) -> list[str]:
+    """The copies a GPU decode step must not make, one line each (see the module docstring):
+    in the layer loop's body, and hoisted before or after it (a kernel outside the loop whose
+    result is a layer stack, leading axis L: e.g. a transposed copy of a whole weight stack or
+    of the KV cache)."""
+    computations = parse_module(text)
+    loop, body = layer_loop(computations)
+    trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', loop.rest)
+    weight = _weight_elements(computations, body)
+    fusions = _fusion_bodies(computations)
+    found = []
+    for name in _reachable(computations, body):
+        if name in fusions:
+            continue
+        types = {i.name: i.result for i in computations[name]}
+        for inst in computations[name]:
+            why = _copy_made(computations, inst, types, weight)
+            if why:
+                found.append(f"{inst.name}: {why}")
+    entry = list(computations)[-1]
+    types = {i.name: i.result for i in computations[entry]}
+    stack = r"\[" + (trip.group(1) if trip else "-") + ","
+    for inst in computations[entry]:
+        touched = [inst.result] + [types.get(op, "") for op in
+                                   _OPERAND_NAME.findall(inst.rest.split(")")[0])]
+        if inst.opcode != "while" and any(re.match(r"\(?\w+" + stack, t) for t in touched):
+            why = _copy_made(computations, inst, types, weight)
+            if why:
+                found.append(f"{inst.name} (outside the loop): {why}")
+    return found
+
+
 def lowered_all_reduce_types(stablehlo_text: str) -> list[str]:
     """Element types of the all-reduces a program asks for (its lowered StableHLO text: the
     explicit psums; XLA:CPU later widens bf16 all-reduces to f32, GPUs keep them)."""
@@ -180,22 +280,24 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                 description=__doc__.split("\n")[0])
     p.add_argument("files", nargs="+", help="optimised HLO text files (sample_step)")
     p.add_argument("--max-collectives", type=int, default=2, help="per layer loop iteration")
-    p.add_argument("--require-fused-int8", action="store_true",
-                   help="fail on any int8 -> float convert outside a matmul (use on GPU)")
+    p.add_argument("--gpu", action="store_true",
+                   help="the module is XLA:GPU's: fail on any weight-sized copy in the layer loop")
     args = p.parse_args(argv)
     results, failed = {}, False
     for path in args.files:
         with open(path) as f:
-            report = analyse(f.read())
+            text = f.read()
+        report = analyse(text)
         problems = []
         if len(report.collectives) > args.max_collectives:
             problems.append(f"{len(report.collectives)} collectives per layer")
         if report.conditionals:
             problems.append(f"{report.conditionals} conditionals in the layer loop")
-        if args.require_fused_int8 and report.int8_float_copies:
-            problems.append(f"float copies of int8 weights: {report.int8_float_copies[:5]}")
+        copies = gpu_copies(text) if args.gpu else []
+        if copies:
+            problems.append(f"{len(copies)} copies a GPU step must not make: {'; '.join(copies[:5])}")
         failed |= bool(problems)
-        results[path] = {**report.as_dict(), "problems": problems}
+        results[path] = {**report.as_dict(), "gpu_copies": copies, "problems": problems}
         print(f"{path}: {len(report.collectives)} collectives {report.collectives}, "
               f"{report.conditionals} conditionals, largest int8 buffer "
               f"{report.largest_int8_buffer} elements, {len(report.int8_float_copies)} int8->float "

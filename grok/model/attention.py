@@ -90,16 +90,20 @@ def _attention(c: TransformerConfig, q, k, v, key_valid, dtype) -> jax.Array:
 def _decode_attention(c: TransformerConfig, q, k, v, key_valid, dtype) -> jax.Array:
     """One new token per row (T = 1) over the cache window k, v [B, K, S, d] -> [B, 1, K, G, d].
 
-    The same products and float32 sums as `_attention`, written as multiply-reduce: XLA:GPU
-    fuses the cache window (a slice of the layer's [L, B, K, S, d] stack on two axes) into a
-    reduction's input and reads it in place, where a GEMM fusion would first copy the window
-    out (its dynamic slices must be on the major-most axis). bf16 x bf16 products are exact
-    in float32."""
+    The same products and float32 sums as `_attention`. The scores are a multiply-reduce over
+    d, the cache's minor axis: XLA:GPU fuses the window (a slice of the layer's [L, B, K, S, d]
+    stack) into the reduction and reads it in place. The weighted sum over S is a batched
+    matmul: as a reduction over S (not the minor axis) XLA:GPU's layout assignment would put S
+    minor-most, i.e. transpose the whole V cache before the layer loop and back after it,
+    every step; the GEMM instead copies this layer's V window (its dynamic slices must be on
+    the major-most axis). bf16 x bf16 products are exact in float32."""
     f32 = jnp.float32
     qf = q[:, 0].astype(f32)                                                    # [B, K, G, d]
     scores = jnp.sum(qf[:, :, :, None, :] * k.astype(f32)[:, :, None], axis=-1)  # [B, K, G, S]
     weights = _softmax_weights(c, scores[:, :, :, None], key_valid, dtype)[:, :, :, 0]
-    out = jnp.sum(weights.astype(f32)[..., None] * v.astype(f32)[:, :, None], axis=3)  # [B, K, G, d]
+    mm = matmul_dtype(dtype)
+    out = jnp.einsum("bkgs,bksd->bkgd", weights.astype(mm), v.astype(mm),
+                     preferred_element_type=f32)                               # [B, K, G, d]
     return out[:, None].astype(dtype)
 
 

@@ -46,8 +46,8 @@ class QuantizedLinear(hk.Module):
     row_parallel: x's last axis and W's rows are split over the model axis (attention's
     output projection over heads); each device multiplies its slices and one all-reduce in
     x's dtype sums them (grok.ops.model_parallel). Without a mesh, or where the model axis
-    does not divide K and W's scale groups, the plain matmul (same numbers). A few rows on an
-    accelerator (decode) take `qmatmul_reduce`, which reads W in place.
+    does not divide K and W's scale groups, the plain matmul (same numbers). One row on an
+    accelerator (one-slot decode) takes `qmatmul_reduce`, which reads W in place.
     """
 
     def __init__(self, output_size: int, name: str, row_parallel: bool = False):

@@ -14,6 +14,7 @@ M rows (tokens or token-expert pairs).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -102,37 +103,32 @@ def qmatmul(x: jax.Array, qw: QuantizedWeight8bit) -> jax.Array:
     return out.astype(x.dtype).reshape(*lead, n)
 
 
-# On an accelerator, a matmul of at most this many rows is better done by `qmatmul_reduce`:
-# it reads the int8 weight where it lies; above it a GEMM (tensor cores) is faster even though
-# XLA copies a weight sliced out of the layer stack before its GEMM reads it. At 8 rows a
-# reduction does 8 float32 FMAs per weight byte, under the ~10 an H100 or H200 does per byte
-# of HBM bandwidth, so it stays bandwidth-bound.
-REDUCE_ROWS = 8
-_REDUCE_CHUNK = 8     # contracting values summed first, in the reduction's inner stage
+# On an accelerator, a matmul of this many rows is done by `qmatmul_reduce`: it reads the int8
+# weight where it lies (a GEMM copies a weight sliced out of the layer stack first).
+REDUCE_ROWS = 1
 
 
 def qmatmul_reduce(x: jax.Array, qw: QuantizedWeight8bit) -> jax.Array:
-    """x [..., K] @ weight [K, N] -> [..., N] in x's dtype, as products and sums.
+    """One row x [..., K] (the leading dims multiply to 1) @ weight [K, N] -> [..., N] in x's
+    dtype, as products summed over K.
 
-    For a few rows on an accelerator. XLA:GPU turns a few-row matmul into a multiply and a
-    reduction anyway, but with the contracting axis whole it writes the products out before
-    reducing them (and for a weight sliced out of the layer stack, a GEMM copies the slice);
-    summing in two stages (chunks of _REDUCE_CHUNK values, then the chunks) gives one fused
-    reduction that reads each weight byte once, in place. Each product x * w is exact in
-    float32 and takes its group's scale before the float32 sums (the same numbers as qmatmul
-    up to rounding order)."""
+    For one decode row on an accelerator. The products [K, N] summed over their major axis K
+    are a column reduction that XLA:GPU fuses with the int8 weight (a dynamic slice of the
+    layer stack included) and reads in place. Any other arrangement (chunks of K summed in
+    two stages, more rows) makes XLA:GPU's layout assignment put the reduced axis minor-most,
+    i.e. transpose a copy of the weight first, or of the whole stack before the layer loop.
+    Each product x * w is exact in float32 and takes its group's scale before the float32 sum
+    (the same numbers as qmatmul up to rounding order)."""
     k, n = qw.weight.shape
     g = qw.scales.shape[0]
     lead = x.shape[:-1]
-    chunk = _REDUCE_CHUNK if (k // g) % _REDUCE_CHUNK == 0 else 1
-    r = k // chunk                                                              # chunks
+    if math.prod(lead) != 1:
+        raise ValueError(f"qmatmul_reduce takes one row, got x of shape {x.shape}")
     f32 = jnp.float32
-    xs = x.reshape(-1, r, chunk, 1).astype(f32)                                 # [M, R, c, 1]
-    ws = qw.weight.reshape(1, r, chunk, n).astype(f32)                          # [1, R, c, N]
-    scales = jnp.broadcast_to(qw.scales.astype(f32)[:, None, :], (g, r // g, n))
-    products = xs * ws * scales.reshape(1, r, 1, n)                             # [M, R, c, N]
-    out = jnp.sum(jnp.sum(products, axis=2), axis=1)                            # [M, N]
-    return out.astype(x.dtype).reshape(*lead, n)
+    xs = x.reshape(k, 1).astype(f32)                                            # [K, 1]
+    scales = jnp.broadcast_to(qw.scales.astype(f32)[:, None, :], (g, k // g, n))  # [G, K/G, N]
+    products = xs * qw.weight.astype(f32) * scales.reshape(k, n)                # [K, N]
+    return jnp.sum(products, axis=0).astype(x.dtype).reshape(*lead, n)
 
 
 def qmatmul_experts(x: jax.Array, qw: QuantizedWeight8bit) -> jax.Array:
