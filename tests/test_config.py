@@ -101,7 +101,11 @@ def test_runtime_choices_in_an_old_config_are_ignored_with_one_warning(tmp_path,
 
 def test_dtype_flag_wins_over_an_old_config_fprop_dtype(tmp_path, monkeypatch):
     """--dtype float32 with a config.json saying fprop_dtype bfloat16 runs float32."""
+    from grok.engine.engine import JaxEngine
     from grok.loading import ModelOptions, load_model
+
+    # what is checked is the dtype the engine is built with, not its compiled programs
+    monkeypatch.setattr(JaxEngine, "precompile", lambda self: None)
 
     model = TransformerConfig(emb_size=32, key_size=8, num_q_heads=4, num_kv_heads=2, num_layers=1,
                               num_experts=2, num_selected_experts=1, widening_factor=1)

@@ -96,6 +96,10 @@ def long_demo(tmp_path_factory):
     return demo.write_demo_checkpoint(str(tmp_path_factory.mktemp("repl") / "demo"), config)
 
 
+# Slow (a run.py process compiling a model of its own): the REPL's turns, /clear, Ctrl-C and bad
+# input run by default in-process (test_cli.py, test_prefix_cache.py, test_cli_errors.py); this one
+# adds the real terminal, Ctrl-C's signal and readline's history.
+@pytest.mark.slow
 def test_repl_ctrl_c_help_clear_and_eof_through_a_terminal(long_demo, tmp_path):
     env = {k: v for k, v in os.environ.items()        # one CPU device; history in HOME
            if k not in ("XLA_FLAGS", "GROK_HISTORY")}

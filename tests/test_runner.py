@@ -401,7 +401,9 @@ def test_streaming_text_is_complete_when_ending_mid_character(runner, alone):
 
 
 # ---- reference-style use --------------------------------------------------------------------
-@pytest.mark.parametrize("runner_name", ["runner1", "runner"])
+# runner1 (one slot, ModelRunner's own random init) compiles a runner of its own: slow. The same
+# calls on `runner` run by default; the own-init path also builds test_prefix_cache's engine.
+@pytest.mark.parametrize("runner_name", [pytest.param("runner1", marks=pytest.mark.slow), "runner"])
 def test_sample_from_model_repeatedly(request, runner_name, reference, eos_token):
     runner = request.getfixturevalue(runner_name)
     gen = runner.run()

@@ -22,7 +22,11 @@ EXIT_TIMEOUT_S = 30
 
 
 def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    """The tests' environment without the session's compilation cache (tests/conftest.py):
+    these tests time compiles and test the engine's own cache."""
+    env = {k: v for k, v in os.environ.items()
+           if k != "JAX_COMPILATION_CACHE_DIR" and not k.startswith("JAX_PERSISTENT_CACHE_")}
+    return dict(env, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
 
 
 def test_port_in_use_exits_2_before_loading(tmp_path):
