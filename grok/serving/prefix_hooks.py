@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 @runtime_checkable
 class CachedStream(Protocol):
-    """What PrefixReuse reads and sets on one of the scheduler's requests (its `_Stream`)."""
+    """What PrefixReuse reads and sets on one of the scheduler's requests (a
+    grok.serving.stream.Stream)."""
 
     request: Request
     request_id: str

@@ -36,44 +36,16 @@ import itertools
 import secrets
 from typing import Optional
 
-from grok.engine.api import Engine, Prefix, PrefillResult, SampleParams, TokenOutput
+from grok.engine.api import Engine, PrefillResult, SampleParams, TokenOutput
 from grok.serving.admission import ModelLimits, prepare
 from grok.serving.decisions import Admission, AdmissionLog, Decisions
-from grok.serving.prefix_cache import Hit
 from grok.serving.prefix_hooks import PrefixReuse
 from grok.serving.requests import Cancel, Request
-from grok.serving.results import Completion, TokenEvent, error_completion
+from grok.serving.results import Completion, error_completion
+from grok.serving.stream import Stream
 from grok.serving.speculation import Speculation
 from grok.serving.structured_decoding import StructuredDecoding
-from grok.serving.structured_streams import Structured
 from grok.serving.text import TextStream
-
-
-@dataclasses.dataclass(eq=False)
-class _Stream:
-    """An admitted request: holding a slot, prefilling or decoding."""
-
-    request: Request
-    request_id: str
-    prompt_ids: list
-    slot: int
-    text: TextStream
-    prefix: Optional[Prefix] = None        # the prompt's KV so far (prefilling)
-    prefilled: int = 0                     # prompt tokens in `prefix`
-    echo_results: list = dataclasses.field(default_factory=list)   # PrefillResults with echo
-    first: Optional[PrefillResult] = None  # the last chunk's result, until its token is read
-    output_ids: list = dataclasses.field(default_factory=list)
-    logprobs: list = dataclasses.field(default_factory=list)
-    top_logprobs: list = dataclasses.field(default_factory=list)
-    prompt_logprobs: Optional[list] = None
-    prompt_top_logprobs: Optional[list] = None
-    held: list = dataclasses.field(default_factory=list)   # TokenEvents whose text is not final
-    inserted: bool = False                 # the slot holds its KV (release it when done)
-    cache_hit: Optional[Hit] = None        # the prefix-cache entry it continues (pinned)
-    looked_up: bool = False                # the prefix cache was asked for its prompt
-    fed: int = 0                           # output tokens fed to dispatched decode steps
-    done: bool = False
-    structured: Optional[Structured] = None  # logit processing / grammar (StructuredDecoding)
 
 
 class Scheduler:
@@ -106,11 +78,11 @@ class Scheduler:
         self.state = engine.init_state()
         self._free = list(range(engine.batch_size))          # a heap: lowest slot first
         self._waiting: collections.OrderedDict = collections.OrderedDict()  # id -> Request
-        self._prefilling: collections.deque = collections.deque()   # _Streams, in order
-        self._running: dict = {}                 # slot -> _Stream, decoding
-        self._streams: dict = {}                 # request_id -> admitted _Stream
+        self._prefilling: collections.deque = collections.deque()   # Streams, in order
+        self._running: dict = {}                 # slot -> Stream, decoding
+        self._streams: dict = {}                 # request_id -> admitted Stream
         self._cancels: dict = {}                 # request_ids to cancel at the next step
-        self._inflight = None                    # (StepHandle, {slot: _Stream}) being computed
+        self._inflight = None                    # (StepHandle, {slot: Stream}) being computed
         self._auto_prefix = f"req-{secrets.token_hex(4)}-"
         self._auto_ids = itertools.count()
         self.prefixes = PrefixReuse(engine, prefix_cache_tokens, prefix_cache_outputs)
@@ -247,7 +219,7 @@ class Scheduler:
     def _first_tokens(self, inserted: list) -> list:
         return sum((self._guarded(s, self._on_first_token) for s in inserted if not s.done), [])
 
-    def _take(self, stream: _Stream, out: TokenOutput, row: int) -> list:
+    def _take(self, stream: Stream, out: TokenOutput, row: int) -> list:
         return self._guarded(stream, self._on_token, out, row)
 
     # ---- decisions and admission ------------------------------------------------------------
@@ -275,8 +247,8 @@ class Scheduler:
     def _admit(self, admission: Admission) -> list:
         request, prompt_ids = admission.request, list(admission.request.prompt)
         slot = heapq.heappop(self._free)
-        stream = _Stream(request, admission.request_id, prompt_ids, slot,
-                         TextStream(self.tokenizer, prompt_ids, request.stop))
+        stream = Stream(request, admission.request_id, prompt_ids, slot,
+                        TextStream(self.tokenizer, prompt_ids, request.stop))
         self._streams[stream.request_id] = stream
         self._prefilling.append(stream)
         return self._guarded(stream, self.structured_decoding.admit)
@@ -339,7 +311,7 @@ class Scheduler:
     def _sample_params(request: Request) -> SampleParams:
         return SampleParams(request.temperature, request.top_p, request.top_k, request.seed)
 
-    def _prefill_chunk(self, stream: _Stream, size: int) -> None:
+    def _prefill_chunk(self, stream: Stream, size: int) -> None:
         """The stream's next prompt chunk; after its last one, its insertion into its slot."""
         ids, start = stream.prompt_ids, stream.prefilled
         echo = stream.request.echo
@@ -353,7 +325,7 @@ class Scheduler:
         if end == len(ids):
             self._insert(stream, result)
 
-    def _insert(self, stream: _Stream, result: PrefillResult) -> None:
+    def _insert(self, stream: Stream, result: PrefillResult) -> None:
         self.state = self.structured_decoding.insert(stream, stream.prefix, result.arm,
                                                      self.state, stream.slot)
         prefix = stream.prefix
@@ -363,7 +335,7 @@ class Scheduler:
         self.prefixes.store(stream, prefix)
 
     # ---- tokens -----------------------------------------------------------------------------
-    def _guarded(self, stream: _Stream, work, *args) -> list:
+    def _guarded(self, stream: Stream, work, *args) -> list:
         """work(stream, *args) -> its events (None: none); an exception ends `stream` alone
         with finish_reason "error" and returns its Completion instead."""
         try:
@@ -371,66 +343,38 @@ class Scheduler:
         except Exception as e:
             return self._finish(stream, "error", error=f"{type(e).__name__}: {e}")
 
-    def _on_first_token(self, stream: _Stream) -> list:
+    def _on_first_token(self, stream: Stream) -> list:
         result, stream.first = stream.first, None
         if stream.request.echo:
-            lps, tops = [], []
-            for echo_result, size in stream.echo_results:
-                scores = self.engine.read_echo(echo_result)
-                lps += scores.logprobs[:size].tolist()
-                tops += [list(zip(ids, values)) for ids, values in
-                         zip(scores.top_ids[:size].tolist(), scores.top_logprobs[:size].tolist())]
-            stream.prompt_logprobs = [None] + lps[:len(stream.prompt_ids) - 1]
-            stream.prompt_top_logprobs = [None] + tops[:len(stream.prompt_ids) - 1]
-            stream.echo_results = []
+            stream.record_echo(self.engine)
         if stream.structured is not None:
             return []   # its first token: its first decode step's (StructuredDecoding.insert)
         return self._on_token(stream, self.engine.read(result), 0)
 
-    def _on_token(self, stream: _Stream, out: TokenOutput, row: int) -> list:
+    def _on_token(self, stream: Stream, out: TokenOutput, row: int) -> list:
         """Takes row `row` of a TokenOutput for `stream`."""
         token, r = int(out.token_ids[row]), stream.request
         finished = self.structured_decoding.advance(stream, token, self.eos_token)
         if len(stream.output_ids) >= r.min_tokens and (
                 (token == self.eos_token and not r.ignore_eos) or token in r.stop_tokens):
             return self._finish(stream, "stop", token if token in r.stop_tokens else None)
-        logprob = float(out.logprobs[row])
-        top = list(zip(out.top_ids[row].tolist(), out.top_logprobs[row].tolist()))
-        stream.output_ids.append(token)
-        stream.logprobs.append(logprob)
-        stream.top_logprobs.append(top)
-        released, stop = stream.text.add(token)
-        if r.stream:
-            stream.held.append(TokenEvent(stream.request_id, len(stream.output_ids) - 1, token,
-                                          released, logprob, top if r.logprobs else None))
+        stop = stream.record(out, row)
         if stop is not None:
             return self._finish(stream, "stop", stop)
         if finished:           # the grammar allows nothing but EOS
             return self._finish(stream, "stop")
         if len(stream.output_ids) >= r.max_tokens:
             return self._finish(stream, "length")
-        if stream.text.holding:
-            return []
-        events, stream.held = stream.held, []
-        return events
+        return stream.released_events()
 
-    def _finish(self, stream: _Stream, reason: str, stop_reason=None,
+    def _finish(self, stream: Stream, reason: str, stop_reason=None,
                 error: Optional[str] = None) -> list:
         """Ends an admitted stream: frees its slot; returns its last events and Completion."""
         if stream.done:
             return []
         stream.done = True
         del self._streams[stream.request_id]
-        if reason in ("length", "stop", "cancelled") and error is None:
-            try:
-                tail, stop = stream.text.finish()
-                if stop is not None and reason != "cancelled":
-                    reason, stop_reason = "stop", stop
-                if stream.held:
-                    last = stream.held[-1]
-                    stream.held[-1] = dataclasses.replace(last, text=last.text + tail)
-            except Exception as e:
-                reason, error = "error", f"{type(e).__name__}: {e}"
+        reason, stop_reason, error = stream.finish_text(reason, stop_reason, error)
         if stream.inserted:
             if reason in ("stop", "length") and error is None:
                 self.prefixes.store_output(stream, self.state)
@@ -443,14 +387,4 @@ class Scheduler:
             self.prefixes.release(stream)
             stream.prefix = None
         heapq.heappush(self._free, stream.slot)
-        r = stream.request
-        completion = Completion(
-            stream.text.text, request_id=stream.request_id, prompt_ids=stream.prompt_ids,
-            output_ids=stream.output_ids, finish_reason=reason, stop_reason=stop_reason,
-            error=error, logprobs=stream.logprobs if r.logprobs else None,
-            top_logprobs=stream.top_logprobs if r.logprobs else None,
-            prompt_logprobs=stream.prompt_logprobs,
-            prompt_top_logprobs=stream.prompt_top_logprobs)
-        events, stream.held = stream.held, []
-        return events + [completion]
-
+        return stream.last_events(reason, stop_reason, error)

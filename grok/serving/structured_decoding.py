@@ -34,7 +34,7 @@ from grok.serving.structured_streams import Structured
 @runtime_checkable
 class StructuredStream(Protocol):
     """What StructuredDecoding reads and sets on one of the scheduler's requests (its
-    `_Stream`)."""
+    `Stream`, grok.serving.stream)."""
 
     request: Request
     prompt_ids: list
