@@ -7,23 +7,111 @@ accumulation, as flash-attention kernels do); a query with no visible key attend
 (output 0), so a slot's stale keys can never leak into a new request.
 
 Glossary: B batch, T new tokens, S cache length (or T without a cache), H query heads,
-K kv heads, G = H / K query heads per kv head, d key_size, D emb_size.
+K kv heads, G = H / K query heads per kv head, d key_size, D emb_size, L layers,
+M rows (B*T), N a projection's output width.
+
+The four projections: on GPUs a call of 2..DECODE_ROWS rows (a many-slot decode step) runs
+them with grok.kernels.layer_matmul on every layer's weight stack [L, K, N] with the layer
+index as an operand (`ProjectionStacks`): XLA:GPU's GEMM would first copy the layer's weights
+out of the scanned stack. One row takes QuantizedLinear's in-place reduction; CPU, more rows,
+and RuntimeConfig.moe_kernel="xla" take QuantizedLinear; moe_kernel="interpret" runs the kernel
+on CPU (tests).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import NamedTuple, Optional
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
+from grok.axes import MODEL_AXIS
 from grok.config import TransformerConfig
+from grok.kernels import layer_matmul, layer_matmul_fits
 from grok.ops.layers import QuantizedLinear, apply_rope
+from grok.ops.model_parallel import model_axis_size, sum_over_model_axis
 from grok.ops.platform import on_cpu
-from grok.ops.quantization import matmul_dtype
+from grok.ops.quantization import QuantizedWeight8bit, matmul_dtype
+from grok.parallel.sharding import param_logical_axes
+from grok.runtime_config import RuntimeConfig
 
 MASKED_SCORE = -1e30  # the reference's fill for invisible keys (scores are float32)
+PROJECTIONS = ("query", "key", "value", "linear")
+_ATTENTION_PATH = "transformer/decoder_layer/multi_head_attention/"
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class ProjectionStacks:
+    """Every layer's projection weights [L, D, H*d], [L, D, K*d], [L, D, K*d], [L, H*d, D],
+    outside the layer scan: the GPU kernel indexes them with the layer number."""
+
+    query: QuantizedWeight8bit
+    key: QuantizedWeight8bit
+    value: QuantizedWeight8bit
+    linear: QuantizedWeight8bit
+
+
+def projection_stacks(params: dict) -> ProjectionStacks:
+    """The stacked projection weights of a parameter tree (grok.model.build_forward's params)."""
+    return ProjectionStacks(*(params[_ATTENTION_PATH + name]["w"] for name in PROJECTIONS))
+
+
+def _model_axis_spec(name: str, qw: QuantizedWeight8bit) -> QuantizedWeight8bit:
+    """A stack's and its scales' PartitionSpecs over the model axis only, from the sharding
+    table; scales [L, G, N] follow N, and their groups follow K when there are several."""
+    n = model_axis_size()
+    axes = param_logical_axes(f"{_ATTENTION_PATH}{name}/w")
+    spec = tuple(MODEL_AXIS if a == "heads" and size % n == 0 else None
+                 for a, size in zip(axes, qw.weight.shape))
+    groups = spec[1] if qw.num_groups > 1 and qw.num_groups % n == 0 else None
+    return QuantizedWeight8bit(P(*spec), P(spec[0], groups, spec[2]))
+
+
+def _stack_projection(x: jax.Array, name: str, stack: QuantizedWeight8bit, layer: jax.Array,
+                      interpret: bool) -> jax.Array:
+    """x [M, K] @ stack[layer] by the kernel, in x's dtype, under the model-parallel layout:
+    per device for a column-split weight (q, k, v: heads), or per device then one all-reduce
+    in x's dtype for a row-split one (the output projection), as QuantizedLinear's XLA path."""
+    def local(x, w, layer):
+        return layer_matmul(x, w, layer, interpret=interpret).astype(x.dtype)
+    spec = _model_axis_spec(name, stack)
+    if model_axis_size() == 1 or spec.weight == P(None, None, None):
+        return local(x, stack, layer)
+    if spec.weight[1] == MODEL_AXIS:                                          # row-split K
+        return sum_over_model_axis(local, (P(None, MODEL_AXIS), spec, P()), x, stack, layer)
+    return jax.shard_map(local, in_specs=(P(), spec, P()), out_specs=P(None, MODEL_AXIS),
+                         check_vma=False)(x, stack, layer)
+
+
+def _project(x: jax.Array, name: str, out_size: int, runtime: RuntimeConfig,
+             stacks: Optional[ProjectionStacks], layer: jax.Array,
+             row_parallel: bool = False) -> jax.Array:
+    """x [B, T, K] @ the layer's projection `name` -> [B, T, N] (see the module docstring)."""
+    xla = QuantizedLinear(out_size, name=name, row_parallel=row_parallel)(x)
+    rows, k_size = math.prod(x.shape[:-1]), x.shape[-1]
+    if stacks is None or runtime.moe_kernel == "xla" or rows == 1:
+        return xla
+    stack = getattr(stacks, name)
+    n = model_axis_size()
+    k_local = k_size // n if row_parallel and k_size % n == 0 else k_size
+    n_local = out_size // n if not row_parallel and out_size % n == 0 else out_size
+    groups_split = not row_parallel or stack.num_groups == 1 or stack.num_groups % n == 0
+    if not (groups_split and layer_matmul_fits(rows, k_local, n_local, stack.num_groups)):
+        return xla
+    interpret = runtime.moe_kernel == "interpret"
+
+    def kernel(x):
+        out = _stack_projection(x.reshape(rows, k_size), name, stack, layer, interpret)
+        return out.reshape(*x.shape[:-1], out_size)                            # [B, T, N]
+    if interpret:
+        return kernel(x)
+    # The XLA result is dead code where the kernel runs (XLA removes it with its weight slice).
+    return jax.lax.platform_dependent(x, cuda=kernel, default=lambda x: xla)
 
 
 class LayerKV(NamedTuple):
@@ -108,17 +196,24 @@ def _decode_attention(c: TransformerConfig, q, k, v, key_valid, dtype) -> jax.Ar
 
 
 class MultiHeadAttention(hk.Module):
-    def __init__(self, config: TransformerConfig, name: str = "multi_head_attention"):
+    def __init__(self, config: TransformerConfig, runtime: RuntimeConfig,
+                 name: str = "multi_head_attention"):
         super().__init__(name=name)
         self.config = config
+        self.runtime = runtime   # moe_kernel: which kernels run the projections
 
-    def __call__(self, x: jax.Array, ctx: AttentionContext,
-                 kv: Optional[LayerKV]) -> tuple[jax.Array, Optional[LayerKV]]:
+    def __call__(self, x: jax.Array, ctx: AttentionContext, kv: Optional[LayerKV],
+                 stacks: Optional[ProjectionStacks] = None,
+                 layer: jax.Array | int = 0) -> tuple[jax.Array, Optional[LayerKV]]:
+        """x [B, T, D]; `stacks` and `layer` (this layer's index in them) let the GPU kernel
+        read the projections in place."""
         c = self.config
         b, t, _ = x.shape
-        q = QuantizedLinear(c.num_q_heads * c.key_size, name="query")(x)
-        k = QuantizedLinear(c.num_kv_heads * c.key_size, name="key")(x)
-        v = QuantizedLinear(c.num_kv_heads * c.key_size, name="value")(x)
+        layer = jnp.asarray(layer, jnp.int32)
+        project = lambda x, name, size, **kw: _project(x, name, size, self.runtime, stacks, layer, **kw)
+        q = project(x, "query", c.num_q_heads * c.key_size)
+        k = project(x, "key", c.num_kv_heads * c.key_size)
+        v = project(x, "value", c.num_kv_heads * c.key_size)
         q = q.reshape(b, t, c.num_q_heads, c.key_size)                          # [B, T, H, d]
         k = k.reshape(b, t, c.num_kv_heads, c.key_size)                         # [B, T, K, d]
         v = v.reshape(b, t, c.num_kv_heads, c.key_size)
@@ -138,7 +233,7 @@ class MultiHeadAttention(hk.Module):
         else:
             out = _attention(c, q, k, v, ctx.key_valid, x.dtype)
         out = out.reshape(b, t, c.num_q_heads * c.key_size)                    # [B, T, H*d]
-        return QuantizedLinear(c.emb_size, name="linear", row_parallel=True)(out), kv
+        return project(out, "linear", c.emb_size, row_parallel=True), kv
 
 
 def make_context(tokens: jax.Array, pad_token: int, step: Optional[jax.Array] = None,
