@@ -100,8 +100,12 @@ def _project(x: jax.Array, name: str, out_size: int, runtime: RuntimeConfig,
     n = model_axis_size()
     k_local = k_size // n if row_parallel and k_size % n == 0 else k_size
     n_local = out_size // n if not row_parallel and out_size % n == 0 else out_size
-    groups_split = not row_parallel or stack.num_groups == 1 or stack.num_groups % n == 0
-    if not (groups_split and layer_matmul_fits(rows, k_local, n_local, stack.num_groups)):
+    groups = stack.num_groups
+    if row_parallel and k_local != k_size and groups > 1:   # each device holds its K's groups
+        if groups % n:
+            return xla
+        groups //= n
+    if not layer_matmul_fits(rows, k_local, n_local, groups):
         return xla
     interpret = runtime.moe_kernel == "interpret"
 
