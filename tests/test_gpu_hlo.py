@@ -61,8 +61,8 @@ def test_decode_step_compiles_without_conditionals_or_table_all_gather():
 
 
 def test_many_slot_projections_read_the_layer_stacks_in_place():
-    """64 slots on (1,8): the four projections are layer_matmul calls under shard_map (the
-    kernel's grid checked against its tiles by the accounting), and no attention instruction
+    """64 slots on (1,8): the four projections are layer_matmul calls under shard_map and the
+    V window's sum a weighted_values call (grids checked by the accounting), no attention instruction
     writes int8 (a slice of a projection's stack copied for a GEMM). (At this width the MoE
     takes XLA's path, which concatenates an expert's weights: the kernels' tiles do not fit.)
     Two query heads per kv head, as Grok-1 has six: at one, the attention's weighted sum is a
@@ -71,7 +71,7 @@ def test_many_slot_projections_read_the_layer_stacks_in_place():
     flags = list(FLAGS)
     flags[flags.index("--q-heads") + 1] = "16"
     r = report("h100", "1,8", tuple(flags), 64)
-    assert r["hoisted_mib"] == 0
+    assert r["hoisted_mib"] == 0 and r["window_sum_kernels"] == 1
     assert r["projection_kernels"] == 4
     int8_out = re.compile(r'= s8\[[^=]*op_name="[^"]*multi_head_attention')
     assert not [line for line in r["text"].splitlines() if int8_out.search(line)]
@@ -97,14 +97,15 @@ def test_grok_width_one_slot_reads_weights_and_cache_in_place():
 def test_grok_width_64_slots_copy_nothing_outside_the_layer_loop():
     """No whole-stack or whole-cache copy before or after the loop (a reduction over the V
     window's S axis made XLA transpose the whole V cache there: 8 GiB per step at S 8192).
-    The query/key/value/output projections are grok.kernels.layer_matmul reading the layer
-    stacks in place (XLA's GEMMs copied 168 MiB of weights out of the stacks: 2.56x); inside
-    the loop the copies left are the measured list of the README (the V window): measured
-    1.92x."""
+    The query/key/value/output projections are grok.kernels.layer_matmul and the weighted sum
+    over the V window grok.kernels.weighted_values, reading the layer stacks and the cache in
+    place (XLA's GEMMs copied 168 MiB of weights out of the stacks and the 128 MiB V window:
+    2.56x); what is left is the README's measured list (float32 scores, norms): 1.18x."""
     r = report("h200", "1,1", GROK_FLAGS, 64)
-    assert r["hoisted_mib"] == 0 and r["projection_kernels"] == 4
+    assert r["hoisted_mib"] == 0
+    assert r["projection_kernels"] == 4 and r["window_sum_kernels"] == 1
     assert not [c for c in hlo_check.gpu_copies(r["text"]) if "outside the loop" in c]
-    assert r["outside_moe_ratio"] < 2.1, r["largest_outside_moe"]
+    assert r["outside_moe_ratio"] < 1.25, r["largest_outside_moe"]
 
 
 def test_plain_table_indexing_all_gathers_the_table(monkeypatch):

@@ -155,7 +155,7 @@ def ideal_step_bytes(params: dict) -> float:
 def decode_report(text: str, ideal: dict, step_ideal: float) -> dict:
     t, module = module_traffic(text)
     body = module.layer_loop_body()[0]
-    projections = kernel_accounting.count_layer_matmuls(t, module, body)
+    attention_kernels = kernel_accounting.count_attention_kernels(t, module, body)
     kernels = kernel_accounting.layer_moe(t, module, body)
     outside, moe = t.moved(moe=False), kernels["moe_bytes"] if kernels else t.moved(moe=True)
     loop_collectives = _collectives(t, t.layer)
@@ -170,7 +170,8 @@ def decode_report(text: str, ideal: dict, step_ideal: float) -> dict:
         "layer_ratio": (outside + moe) / (ideal["outside_moe"] + ideal["moe"]),
         "kernels_per_layer": len(t.layer),
         "kernels_outside_moe": sum(not k.in_moe for k in t.layer),
-        "projection_kernels": projections,
+        "projection_kernels": attention_kernels[kernel_accounting.LAYER_MATMUL],
+        "window_sum_kernels": attention_kernels[kernel_accounting.WEIGHTED_VALUES],
         "layer_collectives": loop_collectives,
         "step_collectives": step_collectives,
         "largest_step_collective_mib": max([c["mib"] for c in step_collectives], default=0.0),

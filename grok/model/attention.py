@@ -31,12 +31,12 @@ from jax.sharding import PartitionSpec as P
 
 from grok.axes import MODEL_AXIS
 from grok.config import TransformerConfig
-from grok.kernels import layer_matmul, layer_matmul_fits
+from grok.kernels import layer_matmul, layer_matmul_fits, weighted_values, weighted_values_fits
 from grok.ops.layers import QuantizedLinear, apply_rope
 from grok.ops.model_parallel import model_axis_size, sum_over_model_axis
 from grok.ops.platform import on_cpu
 from grok.ops.quantization import QuantizedWeight8bit, matmul_dtype
-from grok.parallel.sharding import param_logical_axes
+from grok.parallel.sharding import CACHE_AXES, logical_sharding, param_logical_axes
 from grok.runtime_config import RuntimeConfig
 
 MASKED_SCORE = -1e30  # the reference's fill for invisible keys (scores are float32)
@@ -179,7 +179,35 @@ def _attention(c: TransformerConfig, q, k, v, key_valid, dtype) -> jax.Array:
                       preferred_element_type=jnp.float32).astype(dtype)
 
 
-def _decode_attention(c: TransformerConfig, q, k, v, key_valid, dtype) -> jax.Array:
+def _cache_window_sum(weights: jax.Array, v: jax.Array, cache: jax.Array, layer: jax.Array,
+                      runtime: RuntimeConfig) -> jax.Array:
+    """weights [B, K, G, S'] over the V window v [B, K, S', d] (cache[layer]'s first S'
+    positions) -> float32 [B, K, G, d]. A batched GEMM; on GPUs the grok.kernels
+    weighted_values kernel instead, which reads the window in place from the cache [L, B, K,
+    S, d] (XLA's GEMM copies it out first), per device under the cache's layout."""
+    def xla(weights):
+        return jnp.einsum("bkgs,bksd->bkgd", weights, v.astype(weights.dtype),
+                          preferred_element_type=jnp.float32)
+    if runtime.moe_kernel == "xla" or not weighted_values_fits(v.shape[2], v.shape[3]):
+        return xla(weights)
+    interpret = runtime.moe_kernel == "interpret"
+
+    def kernel(weights):
+        run = lambda w, cache, layer: weighted_values(w, cache, layer, interpret=interpret)
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty:
+            return run(weights, cache, layer)
+        spec = logical_sharding(cache.shape, CACHE_AXES, mesh).spec
+        rows = P(spec[1], spec[2], None, None)                                 # [B, K, G, *]
+        return jax.shard_map(run, in_specs=(rows, spec, P()), out_specs=rows,
+                             check_vma=False)(weights, cache, layer)
+    if interpret:
+        return kernel(weights)
+    return jax.lax.platform_dependent(weights, cuda=kernel, default=xla)
+
+
+def _decode_attention(c: TransformerConfig, q, k, v, key_valid, dtype,
+                      window_sum=None) -> jax.Array:
     """One new token per row (T = 1) over the cache window k, v [B, K, S, d] -> [B, 1, K, G, d].
 
     The same products and float32 sums as `_attention`. The scores are a multiply-reduce over
@@ -188,14 +216,18 @@ def _decode_attention(c: TransformerConfig, q, k, v, key_valid, dtype) -> jax.Ar
     matmul: as a reduction over S (not the minor axis) XLA:GPU's layout assignment would put S
     minor-most, i.e. transpose the whole V cache before the layer loop and back after it,
     every step; the GEMM instead copies this layer's V window (its dynamic slices must be on
-    the major-most axis). bf16 x bf16 products are exact in float32."""
+    the major-most axis); `window_sum` (weights -> [B, K, G, d]) replaces that GEMM, e.g. by
+    `_cache_window_sum`. bf16 x bf16 products are exact in float32."""
     f32 = jnp.float32
     qf = q[:, 0].astype(f32)                                                    # [B, K, G, d]
     scores = jnp.sum(qf[:, :, :, None, :] * k.astype(f32)[:, :, None], axis=-1)  # [B, K, G, S]
     weights = _softmax_weights(c, scores[:, :, :, None], key_valid, dtype)[:, :, :, 0]
     mm = matmul_dtype(dtype)
-    out = jnp.einsum("bkgs,bksd->bkgd", weights.astype(mm), v.astype(mm),
-                     preferred_element_type=f32)                               # [B, K, G, d]
+    if window_sum is None:
+        out = jnp.einsum("bkgs,bksd->bkgd", weights.astype(mm), v.astype(mm),
+                         preferred_element_type=f32)                           # [B, K, G, d]
+    else:
+        out = window_sum(weights.astype(mm))
     return out[:, None].astype(dtype)
 
 
@@ -233,7 +265,8 @@ class MultiHeadAttention(hk.Module):
             kv_len = ctx.key_valid.shape[-1]
             k, v = _live(kv.k, kv.layer, kv_len), _live(kv.v, kv.layer, kv_len)  # [B, K, S, d]
         if t == 1 and kv is not None and not on_cpu():
-            out = _decode_attention(c, q, k, v, ctx.key_valid, x.dtype)
+            window_sum = lambda w: _cache_window_sum(w, v, kv.v, kv.layer, self.runtime)
+            out = _decode_attention(c, q, k, v, ctx.key_valid, x.dtype, window_sum)
         else:
             out = _attention(c, q, k, v, ctx.key_valid, x.dtype)
         out = out.reshape(b, t, c.num_q_heads * c.key_size)                    # [B, T, H*d]
