@@ -4,6 +4,7 @@ bytes a layer moves outside the MoE within a bound of their ideal. Skipped where
 plugin wheels are not installed (.ci/run installs them)."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -59,15 +60,33 @@ def test_decode_step_compiles_without_conditionals_or_table_all_gather():
     assert r["outside_moe_mib"] >= r["outside_moe_ideal_mib"] * 0.99   # the count is real
 
 
+def test_many_slot_projections_read_the_layer_stacks_in_place():
+    """64 slots on (1,8): the four projections are layer_matmul calls under shard_map and the
+    V window's sum a weighted_values call (grids checked by the accounting), no attention instruction
+    writes int8 (a slice of a projection's stack copied for a GEMM). (At this width the MoE
+    takes XLA's path, which concatenates an expert's weights: the kernels' tiles do not fit.)
+    Two query heads per kv head, as Grok-1 has six: at one, the attention's weighted sum is a
+    GEMV that XLA:GPU turns into a reduction over S, and it transposes the whole cache before
+    the layer loop (measured 33x here; not at G >= 2)."""
+    flags = list(FLAGS)
+    flags[flags.index("--q-heads") + 1] = "16"
+    r = report("h100", "1,8", tuple(flags), 64)
+    assert r["hoisted_mib"] == 0 and r["window_sum_kernels"] == 1
+    assert r["projection_kernels"] == 4
+    int8_out = re.compile(r'= s8\[[^=]*op_name="[^"]*multi_head_attention')
+    assert not [line for line in r["text"].splitlines() if int8_out.search(line)]
+    assert r["outside_moe_ratio"] < OUTSIDE_MOE_RATIO_BOUND, r["largest_outside_moe"]
+
+
 # Grok-1 width, 2 layers, one H200, --kv-len 1024 (~25 s and ~40 s of compiling).
 GROK_FLAGS = ("--layers", "2", "--kv-len", "1024", "--prefill-len", "0")
 
 
 @pytest.mark.slow
 def test_grok_width_one_slot_reads_weights_and_cache_in_place():
-    """Measured 1.14x: the query/key/value/output weights read in place (column reductions);
-    the rest is the split reductions' partial sums (1.5 MiB per 36 MiB weight) and this
-    layer's V window, copied for the attention's GEMM (4 MiB)."""
+    """Measured 1.10x: the query/key/value/output weights read in place (column reductions),
+    the V window by the weighted_values kernel; the rest is the split reductions' partial
+    sums (1.5 MiB per 36 MiB weight)."""
     r = report("h200", "1,1", GROK_FLAGS)
     assert r["outside_moe_ratio"] < 1.2, r["largest_outside_moe"]
     assert r["hoisted_mib"] == 0 and r["conditionals"] == 0
@@ -78,12 +97,15 @@ def test_grok_width_one_slot_reads_weights_and_cache_in_place():
 def test_grok_width_64_slots_copy_nothing_outside_the_layer_loop():
     """No whole-stack or whole-cache copy before or after the loop (a reduction over the V
     window's S axis made XLA transpose the whole V cache there: 8 GiB per step at S 8192).
-    Inside the loop the copies are the measured list of the README (weights sliced out of the
-    stack for the GEMMs, the V window): measured 2.56x."""
+    The query/key/value/output projections are grok.kernels.layer_matmul and the weighted sum
+    over the V window grok.kernels.weighted_values, reading the layer stacks and the cache in
+    place (XLA's GEMMs copied 168 MiB of weights out of the stacks and the 128 MiB V window:
+    2.56x); what is left is the README's measured list (float32 scores, norms): 1.18x."""
     r = report("h200", "1,1", GROK_FLAGS, 64)
     assert r["hoisted_mib"] == 0
+    assert r["projection_kernels"] == 4 and r["window_sum_kernels"] == 1
     assert not [c for c in hlo_check.gpu_copies(r["text"]) if "outside the loop" in c]
-    assert r["outside_moe_ratio"] < 3.0, r["largest_outside_moe"]
+    assert r["outside_moe_ratio"] < 1.25, r["largest_outside_moe"]
 
 
 def test_plain_table_indexing_all_gathers_the_table(monkeypatch):

@@ -154,7 +154,9 @@ def ideal_step_bytes(params: dict) -> float:
 
 def decode_report(text: str, ideal: dict, step_ideal: float) -> dict:
     t, module = module_traffic(text)
-    kernels = kernel_accounting.layer_moe(t, module, module.layer_loop_body()[0])
+    body = module.layer_loop_body()[0]
+    attention_kernels = kernel_accounting.count_attention_kernels(t, module, body)
+    kernels = kernel_accounting.layer_moe(t, module, body)
     outside, moe = t.moved(moe=False), kernels["moe_bytes"] if kernels else t.moved(moe=True)
     loop_collectives = _collectives(t, t.layer)
     step_collectives = _collectives(t, t.outside)
@@ -168,6 +170,8 @@ def decode_report(text: str, ideal: dict, step_ideal: float) -> dict:
         "layer_ratio": (outside + moe) / (ideal["outside_moe"] + ideal["moe"]),
         "kernels_per_layer": len(t.layer),
         "kernels_outside_moe": sum(not k.in_moe for k in t.layer),
+        "projection_kernels": attention_kernels[kernel_accounting.LAYER_MATMUL],
+        "window_sum_kernels": attention_kernels[kernel_accounting.WEIGHTED_VALUES],
         "layer_collectives": loop_collectives,
         "step_collectives": step_collectives,
         "largest_step_collective_mib": max([c["mib"] for c in step_collectives], default=0.0),

@@ -1,4 +1,5 @@
-"""What the fused MoE kernels (grok.kernels) read and compute, counted from their grids.
+"""What the fused MoE kernels (grok.kernels) read and compute, counted from their grids
+(and the attention's layer_matmul and weighted_values, `count_attention_kernels`).
 
 XLA's cost model cannot see inside a Triton custom call: read naively, each kernel reads its
 operands whole (every layer's [L, E, K, N] stack) and computes nothing. The kernels' memory
@@ -34,6 +35,8 @@ import numpy as np
 
 from grok.benchmarks.hlo_bytes import ELEMENT_BYTES, Kernel, Module, Traffic
 from grok.kernels.block_layout import matmul_tiles, sort_into_blocks, tiling_for
+from grok.kernels.decode_attention import WEIGHTED_VALUES
+from grok.kernels.layer_matmul import LAYER_MATMUL
 
 KERNEL_NAMES = ("moe_up", "moe_down")
 _CONSTRAINTS = re.compile(r"operand_layout_constraints=\{(.*?)\}, api_version")
@@ -55,20 +58,70 @@ def _arrays(text: str) -> list[tuple[str, tuple[int, ...]]]:
     return [(t, tuple(int(d) for d in dims.split(",") if d)) for t, dims in _ARRAY.findall(text)]
 
 
-def kernel_calls(module: Module, comp: str, kernels: list[Kernel]) -> dict[str, KernelCall]:
-    """The MoE kernels among `kernels` (launched by computation `comp`), by kernel name."""
+def _named_calls(module: Module, comp: str, kernels: list[Kernel],
+                 names: tuple[str, ...]) -> list[tuple[Kernel, KernelCall]]:
+    """The custom calls among `kernels` (launched by computation `comp`) of a kernel in `names`."""
     insts = {i.name: i for i in module.computations[comp]}
-    calls = {}
+    calls = []
     for k in kernels:
-        name = next((n for n in KERNEL_NAMES if f"/{n}/" in k.op_name), None)
+        name = next((n for n in names if f"/{n}/" in k.op_name), None)
         if k.opcode != "custom-call" or name is None:
             continue
         inst = insts[k.name]
         grid = _GRID.search(inst.rest)
-        calls[name] = KernelCall(name, tuple(_arrays(_CONSTRAINTS.search(inst.rest).group(1))),
-                                 _arrays(inst.result)[0],
-                                 (int(grid.group(1)), int(grid.group(2))) if grid else (0, 0))
+        calls.append((k, KernelCall(name, tuple(_arrays(_CONSTRAINTS.search(inst.rest).group(1))),
+                                    _arrays(inst.result)[0],
+                                    (int(grid.group(1)), int(grid.group(2))) if grid else (0, 0))))
     return calls
+
+
+def kernel_calls(module: Module, comp: str, kernels: list[Kernel]) -> dict[str, KernelCall]:
+    """The MoE kernels among `kernels` (launched by computation `comp`), by kernel name."""
+    return {call.kernel: call for _, call in _named_calls(module, comp, kernels, KERNEL_NAMES)}
+
+
+def layer_matmul_bytes(call: KernelCall) -> tuple[int, int]:
+    """(read, written) bytes of one grok.kernels.layer_matmul call, from its grid: each row
+    block's programs load the layer's [K, N] weight tiles and G scale rows once (not the
+    [L, K, N] stack operand whole), and the rows and the float32 output once.
+    Operands: (layer, expert, x [R, K], w [1, L, K, N], scales [1, L, G, N])."""
+    (x_type, (r, k_size)), (w_type, w_shape), (s_type, s_shape) = call.operands[2:5]
+    n, groups = w_shape[-1], s_shape[-2]
+    tiles = matmul_tiles(tiling_for(r, 1, w_shape[1]), k_size, n, groups)
+    blocks = r // tiles.block_rows
+    if call.grid != tiles.grid(blocks):
+        raise AssertionError(f"layer_matmul's compiled grid {call.grid} differs from its "
+                             f"tiles' {tiles.grid(blocks)}")
+    weight = k_size * n * ELEMENT_BYTES[w_type] + groups * n * ELEMENT_BYTES[s_type]
+    read = blocks * weight + r * k_size * ELEMENT_BYTES[x_type] + 2 * 4   # + layer, expert
+    return read, r * n * ELEMENT_BYTES[call.result[0]]
+
+
+def weighted_values_bytes(call: KernelCall) -> tuple[int, int]:
+    """(read, written) bytes of one grok.kernels.weighted_values call, from its grid (B, K):
+    program (b, k) loads its G weight rows and its row's window [S', d] of this layer's cache
+    once (not the [L, B, K, S, d] cache operand whole), and writes its [GP, d] float32 output.
+    Operands: (layer, weights [B, K, G, S'], cache [L, B, K, S, d])."""
+    (w_type, (b, kv, heads, window)), (c_type, c_shape) = call.operands[1:3]
+    if call.grid != (b, kv):
+        raise AssertionError(f"weighted_values' compiled grid {call.grid} is not (B, K) = {(b, kv)}")
+    read = b * kv * window * (heads * ELEMENT_BYTES[w_type] + c_shape[-1] * ELEMENT_BYTES[c_type])
+    return read + 4, ELEMENT_BYTES[call.result[0]] * math.prod(call.result[1])
+
+
+# the in-place kernels outside the MoE, and what each call moves
+_COUNTED = {LAYER_MATMUL: layer_matmul_bytes, WEIGHTED_VALUES: weighted_values_bytes}
+
+
+def count_attention_kernels(t: Traffic, module: Module, comp: str) -> dict[str, int]:
+    """Replaces, in t.layer (the loop body `comp`'s kernels), each layer_matmul and
+    weighted_values call's bytes by what its grid reads and writes; returns their counts."""
+    calls = {k.name: call for k, call in _named_calls(module, comp, t.layer, tuple(_COUNTED))}
+    for i, k in enumerate(t.layer):
+        if k.name in calls:
+            read, written = _COUNTED[calls[k.name].kernel](calls[k.name])
+            t.layer[i] = dataclasses.replace(k, read=read, written=written)
+    return {name: sum(c.kernel == name for c in calls.values()) for name in _COUNTED}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -166,12 +166,13 @@ def _matmul_kernel(layer_ref, expert_ref, x_ref, w_ref, s_ref, out_ref, *, tiles
 
 
 def expert_matmul(x: jax.Array, w: QuantizedWeight8bit, expert: jax.Array | int, *,
-                  layer: jax.Array | int = 0, interpret: bool = False) -> jax.Array:
+                  layer: jax.Array | int = 0, interpret: bool = False,
+                  name: str = "expert_matmul") -> jax.Array:
     """x [M, K] @ expert `expert` of w ([E, K, N], or [L, E, K, N] at `layer`) -> float32 [M, N].
 
     The MoE kernels' inner loop (the same tiles, the same in-place reads of one expert's
     tiles, scales in the kernel) on one weight: a GEMV at M = 1 to set beside a plain int8
-    GEMV of the same bytes on a GPU."""
+    GEMV of the same bytes on a GPU. `name` names the kernel in the compiled program."""
     m, k_size = x.shape
     ws = _stacked(w)
     tiling = tiling_for(m, 1, ws[0].shape[1])
@@ -188,7 +189,7 @@ def expert_matmul(x: jax.Array, w: QuantizedWeight8bit, expert: jax.Array | int,
         compiler_params=plgpu.CompilerParams(num_warps=tiling.num_warps,
                                              num_stages=tiling.num_stages),
         interpret=interpret,
-        name="expert_matmul",
+        name=name,
     )(jnp.asarray(layer, jnp.int32).reshape(1), jnp.asarray(expert, jnp.int32).reshape(1), xs, *ws)
     return out[:m]
 

@@ -7,23 +7,115 @@ accumulation, as flash-attention kernels do); a query with no visible key attend
 (output 0), so a slot's stale keys can never leak into a new request.
 
 Glossary: B batch, T new tokens, S cache length (or T without a cache), H query heads,
-K kv heads, G = H / K query heads per kv head, d key_size, D emb_size.
+K kv heads, G = H / K query heads per kv head, d key_size, D emb_size, L layers,
+M rows (B*T), N a projection's output width.
+
+The four projections: on GPUs a call of 2..DECODE_ROWS rows (a many-slot decode step) runs
+them with grok.kernels.layer_matmul on every layer's weight stack [L, K, N] with the layer
+index as an operand (`ProjectionStacks`): XLA:GPU's GEMM would first copy the layer's weights
+out of the scanned stack. One row takes QuantizedLinear's in-place reduction; CPU, more rows,
+and RuntimeConfig.moe_kernel="xla" take QuantizedLinear; moe_kernel="interpret" runs the kernel
+on CPU (tests).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import NamedTuple, Optional
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
+from grok.axes import MODEL_AXIS
 from grok.config import TransformerConfig
+from grok.kernels import layer_matmul, layer_matmul_fits, weighted_values, weighted_values_fits
 from grok.ops.layers import QuantizedLinear, apply_rope
+from grok.ops.model_parallel import model_axis_size, sum_over_model_axis
 from grok.ops.platform import on_cpu
-from grok.ops.quantization import matmul_dtype
+from grok.ops.quantization import QuantizedWeight8bit, matmul_dtype
+from grok.parallel.sharding import CACHE_AXES, logical_sharding, param_logical_axes
+from grok.runtime_config import RuntimeConfig
 
 MASKED_SCORE = -1e30  # the reference's fill for invisible keys (scores are float32)
+PROJECTIONS = ("query", "key", "value", "linear")
+_ATTENTION_PATH = "transformer/decoder_layer/multi_head_attention/"
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class ProjectionStacks:
+    """Every layer's projection weights [L, D, H*d], [L, D, K*d], [L, D, K*d], [L, H*d, D],
+    outside the layer scan: the GPU kernel indexes them with the layer number."""
+
+    query: QuantizedWeight8bit
+    key: QuantizedWeight8bit
+    value: QuantizedWeight8bit
+    linear: QuantizedWeight8bit
+
+
+def projection_stacks(params: dict) -> ProjectionStacks:
+    """The stacked projection weights of a parameter tree (grok.model.build_forward's params)."""
+    return ProjectionStacks(*(params[_ATTENTION_PATH + name]["w"] for name in PROJECTIONS))
+
+
+def _model_axis_spec(name: str, qw: QuantizedWeight8bit) -> QuantizedWeight8bit:
+    """A stack's and its scales' PartitionSpecs over the model axis only, from the sharding
+    table; scales [L, G, N] follow N, and their groups follow K when there are several."""
+    n = model_axis_size()
+    axes = param_logical_axes(f"{_ATTENTION_PATH}{name}/w")
+    spec = tuple(MODEL_AXIS if a == "heads" and size % n == 0 else None
+                 for a, size in zip(axes, qw.weight.shape))
+    groups = spec[1] if qw.num_groups > 1 and qw.num_groups % n == 0 else None
+    return QuantizedWeight8bit(P(*spec), P(spec[0], groups, spec[2]))
+
+
+def _stack_projection(x: jax.Array, name: str, stack: QuantizedWeight8bit, layer: jax.Array,
+                      interpret: bool) -> jax.Array:
+    """x [M, K] @ stack[layer] by the kernel, in x's dtype, under the model-parallel layout:
+    per device for a column-split weight (q, k, v: heads), or per device then one all-reduce
+    in x's dtype for a row-split one (the output projection), as QuantizedLinear's XLA path."""
+    def local(x, w, layer):
+        return layer_matmul(x, w, layer, interpret=interpret).astype(x.dtype)
+    spec = _model_axis_spec(name, stack)
+    if model_axis_size() == 1 or spec.weight == P(None, None, None):
+        return local(x, stack, layer)
+    if spec.weight[1] == MODEL_AXIS:                                          # row-split K
+        return sum_over_model_axis(local, (P(None, MODEL_AXIS), spec, P()), x, stack, layer)
+    return jax.shard_map(local, in_specs=(P(), spec, P()), out_specs=P(None, MODEL_AXIS),
+                         check_vma=False)(x, stack, layer)
+
+
+def _project(x: jax.Array, name: str, out_size: int, runtime: RuntimeConfig,
+             stacks: Optional[ProjectionStacks], layer: jax.Array,
+             row_parallel: bool = False) -> jax.Array:
+    """x [B, T, K] @ the layer's projection `name` -> [B, T, N] (see the module docstring)."""
+    xla = QuantizedLinear(out_size, name=name, row_parallel=row_parallel)(x)
+    rows, k_size = math.prod(x.shape[:-1]), x.shape[-1]
+    if stacks is None or runtime.moe_kernel == "xla" or rows == 1:
+        return xla
+    stack = getattr(stacks, name)
+    n = model_axis_size()
+    k_local = k_size // n if row_parallel and k_size % n == 0 else k_size
+    n_local = out_size // n if not row_parallel and out_size % n == 0 else out_size
+    groups = stack.num_groups
+    if row_parallel and k_local != k_size and groups > 1:   # each device holds its K's groups
+        if groups % n:
+            return xla
+        groups //= n
+    if not layer_matmul_fits(rows, k_local, n_local, groups):
+        return xla
+    interpret = runtime.moe_kernel == "interpret"
+
+    def kernel(x):
+        out = _stack_projection(x.reshape(rows, k_size), name, stack, layer, interpret)
+        return out.reshape(*x.shape[:-1], out_size)                            # [B, T, N]
+    if interpret:
+        return kernel(x)
+    # The XLA result is dead code where the kernel runs (XLA removes it with its weight slice).
+    return jax.lax.platform_dependent(x, cuda=kernel, default=lambda x: xla)
 
 
 class LayerKV(NamedTuple):
@@ -87,7 +179,35 @@ def _attention(c: TransformerConfig, q, k, v, key_valid, dtype) -> jax.Array:
                       preferred_element_type=jnp.float32).astype(dtype)
 
 
-def _decode_attention(c: TransformerConfig, q, k, v, key_valid, dtype) -> jax.Array:
+def _cache_window_sum(weights: jax.Array, v: jax.Array, cache: jax.Array, layer: jax.Array,
+                      runtime: RuntimeConfig) -> jax.Array:
+    """weights [B, K, G, S'] over the V window v [B, K, S', d] (cache[layer]'s first S'
+    positions) -> float32 [B, K, G, d]. A batched GEMM; on GPUs the grok.kernels
+    weighted_values kernel instead, which reads the window in place from the cache [L, B, K,
+    S, d] (XLA's GEMM copies it out first), per device under the cache's layout."""
+    def xla(weights):
+        return jnp.einsum("bkgs,bksd->bkgd", weights, v.astype(weights.dtype),
+                          preferred_element_type=jnp.float32)
+    if runtime.moe_kernel == "xla" or not weighted_values_fits(v.shape[2], v.shape[3]):
+        return xla(weights)
+    interpret = runtime.moe_kernel == "interpret"
+
+    def kernel(weights):
+        run = lambda w, cache, layer: weighted_values(w, cache, layer, interpret=interpret)
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty:
+            return run(weights, cache, layer)
+        spec = logical_sharding(cache.shape, CACHE_AXES, mesh).spec
+        rows = P(spec[1], spec[2], None, None)                                 # [B, K, G, *]
+        return jax.shard_map(run, in_specs=(rows, spec, P()), out_specs=rows,
+                             check_vma=False)(weights, cache, layer)
+    if interpret:
+        return kernel(weights)
+    return jax.lax.platform_dependent(weights, cuda=kernel, default=xla)
+
+
+def _decode_attention(c: TransformerConfig, q, k, v, key_valid, dtype,
+                      window_sum=None) -> jax.Array:
     """One new token per row (T = 1) over the cache window k, v [B, K, S, d] -> [B, 1, K, G, d].
 
     The same products and float32 sums as `_attention`. The scores are a multiply-reduce over
@@ -96,29 +216,40 @@ def _decode_attention(c: TransformerConfig, q, k, v, key_valid, dtype) -> jax.Ar
     matmul: as a reduction over S (not the minor axis) XLA:GPU's layout assignment would put S
     minor-most, i.e. transpose the whole V cache before the layer loop and back after it,
     every step; the GEMM instead copies this layer's V window (its dynamic slices must be on
-    the major-most axis). bf16 x bf16 products are exact in float32."""
+    the major-most axis); `window_sum` (weights -> [B, K, G, d]) replaces that GEMM, e.g. by
+    `_cache_window_sum`. bf16 x bf16 products are exact in float32."""
     f32 = jnp.float32
     qf = q[:, 0].astype(f32)                                                    # [B, K, G, d]
     scores = jnp.sum(qf[:, :, :, None, :] * k.astype(f32)[:, :, None], axis=-1)  # [B, K, G, S]
     weights = _softmax_weights(c, scores[:, :, :, None], key_valid, dtype)[:, :, :, 0]
     mm = matmul_dtype(dtype)
-    out = jnp.einsum("bkgs,bksd->bkgd", weights.astype(mm), v.astype(mm),
-                     preferred_element_type=f32)                               # [B, K, G, d]
+    if window_sum is None:
+        out = jnp.einsum("bkgs,bksd->bkgd", weights.astype(mm), v.astype(mm),
+                         preferred_element_type=f32)                           # [B, K, G, d]
+    else:
+        out = window_sum(weights.astype(mm))
     return out[:, None].astype(dtype)
 
 
 class MultiHeadAttention(hk.Module):
-    def __init__(self, config: TransformerConfig, name: str = "multi_head_attention"):
+    def __init__(self, config: TransformerConfig, runtime: RuntimeConfig,
+                 name: str = "multi_head_attention"):
         super().__init__(name=name)
         self.config = config
+        self.runtime = runtime   # moe_kernel: which kernels run the projections
 
-    def __call__(self, x: jax.Array, ctx: AttentionContext,
-                 kv: Optional[LayerKV]) -> tuple[jax.Array, Optional[LayerKV]]:
+    def __call__(self, x: jax.Array, ctx: AttentionContext, kv: Optional[LayerKV],
+                 stacks: Optional[ProjectionStacks] = None,
+                 layer: jax.Array | int = 0) -> tuple[jax.Array, Optional[LayerKV]]:
+        """x [B, T, D]; `stacks` and `layer` (this layer's index in them) let the GPU kernel
+        read the projections in place."""
         c = self.config
         b, t, _ = x.shape
-        q = QuantizedLinear(c.num_q_heads * c.key_size, name="query")(x)
-        k = QuantizedLinear(c.num_kv_heads * c.key_size, name="key")(x)
-        v = QuantizedLinear(c.num_kv_heads * c.key_size, name="value")(x)
+        layer = jnp.asarray(layer, jnp.int32)
+        project = lambda x, name, size, **kw: _project(x, name, size, self.runtime, stacks, layer, **kw)
+        q = project(x, "query", c.num_q_heads * c.key_size)
+        k = project(x, "key", c.num_kv_heads * c.key_size)
+        v = project(x, "value", c.num_kv_heads * c.key_size)
         q = q.reshape(b, t, c.num_q_heads, c.key_size)                          # [B, T, H, d]
         k = k.reshape(b, t, c.num_kv_heads, c.key_size)                         # [B, T, K, d]
         v = v.reshape(b, t, c.num_kv_heads, c.key_size)
@@ -134,11 +265,12 @@ class MultiHeadAttention(hk.Module):
             kv_len = ctx.key_valid.shape[-1]
             k, v = _live(kv.k, kv.layer, kv_len), _live(kv.v, kv.layer, kv_len)  # [B, K, S, d]
         if t == 1 and kv is not None and not on_cpu():
-            out = _decode_attention(c, q, k, v, ctx.key_valid, x.dtype)
+            window_sum = lambda w: _cache_window_sum(w, v, kv.v, kv.layer, self.runtime)
+            out = _decode_attention(c, q, k, v, ctx.key_valid, x.dtype, window_sum)
         else:
             out = _attention(c, q, k, v, ctx.key_valid, x.dtype)
         out = out.reshape(b, t, c.num_q_heads * c.key_size)                    # [B, T, H*d]
-        return QuantizedLinear(c.emb_size, name="linear", row_parallel=True)(out), kv
+        return project(out, "linear", c.emb_size, row_parallel=True), kv
 
 
 def make_context(tokens: jax.Array, pad_token: int, step: Optional[jax.Array] = None,

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from grok.model.attention import AttentionContext, LayerKV, MultiHeadAttention, make_context
+from grok.model.attention import (AttentionContext, LayerKV, MultiHeadAttention, ProjectionStacks,
+                                  make_context, projection_stacks)
 from grok.config import LanguageModelConfig, TransformerConfig
 from grok.runtime_config import RuntimeConfig
 from grok.ops.layers import RMSNorm, no_init
@@ -120,10 +121,12 @@ def embedding_lookup(table: jax.Array, tokens: jax.Array) -> jax.Array:
 
 def decoder_layer(config: TransformerConfig, runtime: RuntimeConfig, x: jax.Array,
                   ctx: AttentionContext, kv: Optional[LayerKV], layer: jax.Array,
-                  stacks: Optional[ExpertStacks]) -> tuple[jax.Array, Optional[LayerKV]]:
+                  stacks: Optional[ExpertStacks],
+                  projections: Optional[ProjectionStacks]) -> tuple[jax.Array, Optional[LayerKV]]:
     """One pre- and post-normed attention + MoE block on x [B, T, D] (layer number `layer`)."""
     eps = config.norm_eps
-    a, kv = MultiHeadAttention(config)(RMSNorm(eps, "rms_norm")(x), ctx, kv)
+    a, kv = MultiHeadAttention(config, runtime)(RMSNorm(eps, "rms_norm")(x), ctx, kv,
+                                                projections, layer)
     x = x + RMSNorm(eps, "rms_norm_1")(residual_layout(a))
     b, t, d = x.shape
     h = RMSNorm(eps, "rms_norm_2")(x).reshape(b * t, d)                        # [M, D]
@@ -135,11 +138,13 @@ def decoder_layer(config: TransformerConfig, runtime: RuntimeConfig, x: jax.Arra
 
 class Transformer(hk.Module):
     def __init__(self, config: TransformerConfig, runtime: RuntimeConfig,
-                 stacks: Optional[ExpertStacks] = None, name: str = "transformer"):
+                 stacks: Optional[ExpertStacks] = None,
+                 projections: Optional[ProjectionStacks] = None, name: str = "transformer"):
         super().__init__(name=name)
         self.config = config
         self.runtime = runtime
         self.stacks = stacks   # every layer's experts, for the GPU MoE kernels (grok.model.moe)
+        self.projections = projections   # every layer's attention projections, likewise
 
     def __call__(self, x: jax.Array, ctx: AttentionContext,
                  kv: Optional[LayerKV]) -> tuple[jax.Array, Optional[LayerKV]]:
@@ -148,13 +153,14 @@ class Transformer(hk.Module):
         stack = hk.layer_stack(c.num_layers, with_per_layer_inputs=True, name="decoder_layer")
         layers = jnp.arange(c.num_layers, dtype=jnp.int32)
         if kv is None:
-            x, _ = stack(lambda x, i: (decoder_layer(c, self.runtime, x, ctx, None, i, self.stacks)[0],
-                                       None))(x, layers)
+            x, _ = stack(lambda x, i: (decoder_layer(c, self.runtime, x, ctx, None, i, self.stacks,
+                                                     self.projections)[0], None))(x, layers)
             return x, None
 
         def layer(carry, index):
             x, k, v = carry
-            x, kv = decoder_layer(c, self.runtime, x, ctx, LayerKV(k, v, index), index, self.stacks)
+            x, kv = decoder_layer(c, self.runtime, x, ctx, LayerKV(k, v, index), index, self.stacks,
+                                  self.projections)
             return (x, kv.k, kv.v), None
 
         (x, k, v), _ = stack(layer)((x, kv.k, kv.v), layers)
@@ -222,17 +228,17 @@ def build_forward(config: LanguageModelConfig, runtime: Optional[RuntimeConfig] 
     """
     runtime = runtime or RuntimeConfig()
 
-    def fn(stacks, tokens, memory=None, lengths=None, output_index=None, kv_len=None):
-        transformer = Transformer(config.model, runtime, stacks)
+    def fn(stacks, projections, tokens, memory=None, lengths=None, output_index=None, kv_len=None):
+        transformer = Transformer(config.model, runtime, stacks, projections)
         return LanguageModel(config, runtime)(transformer, tokens, memory, lengths, output_index,
                                               kv_len)
 
     transformed = hk.without_apply_rng(hk.transform(fn))
 
     def forward(params, tokens, memory=None, lengths=None, output_index=None, kv_len=None):
-        # the expert stacks also enter whole, beside the layer scan's per-layer slices
-        return transformed.apply(params, expert_stacks(params), tokens, memory, lengths,
-                                 output_index, kv_len)
+        # the expert and projection stacks also enter whole, beside the layer scan's slices
+        return transformed.apply(params, expert_stacks(params), projection_stacks(params), tokens,
+                                 memory, lengths, output_index, kv_len)
     return forward
 
 

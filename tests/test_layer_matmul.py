@@ -1,0 +1,125 @@
+"""grok.kernels.layer_matmul (a dense projection read in place from a layer stack) and
+weighted_values (decode attention's sum over the cache window, read in place) in
+interpret mode on CPU against the XLA paths (qmatmul on the layer's slice, the window's GEMM),
+alone and as grok.model.attention runs them under the mesh (shard_map, specs from the
+sharding table)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from grok.kernels import layer_matmul, layer_matmul_fits, weighted_values, weighted_values_fits
+from grok.model.attention import _stack_projection
+from grok.ops.quantization import QuantizedWeight8bit, qmatmul, quantize
+from grok.parallel import sharding
+
+L, K, N = 3, 64, 48   # layers, contracting width, output width (48 = 3 tiles of 16)
+
+
+def stack(groups: int, k: int = K, n: int = N, seed: int = 0) -> QuantizedWeight8bit:
+    return quantize(np.random.default_rng(seed).normal(size=(L, k, n)), groups)
+
+
+def rows(m: int, k: int = K, seed: int = 1) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).normal(size=(m, k)), jnp.float32)
+
+
+def at_layer(w: QuantizedWeight8bit, layer: int) -> QuantizedWeight8bit:
+    return QuantizedWeight8bit(w.weight[layer], w.scales[layer])
+
+
+@functools.cache
+def kernel():
+    return jax.jit(functools.partial(layer_matmul, interpret=True))
+
+
+def assert_close(got, want):
+    want = np.asarray(want, np.float32)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("m,groups", [(1, 2), (8, 1), (8, 2), (64, 2)])
+def test_layer_matmul_equals_xla_on_the_layer_slice(m, groups):
+    """M = 1, 8, 64 rows, one and two scale groups; the layer is a traced operand."""
+    w, x = stack(groups), rows(m)
+    for layer in (0, 2):
+        assert_close(kernel()(x, w, jnp.int32(layer)), qmatmul(x, at_layer(w, layer)))
+
+
+def test_fits_only_decode_rows_and_triton_tiles():
+    assert layer_matmul_fits(64, 6144, 768, 1) and layer_matmul_fits(2, K, N, 2)
+    assert not layer_matmul_fits(65, K, N, 1)          # prefill: XLA's GEMM
+    assert not layer_matmul_fits(8, K, 40, 1)          # 40 has no power-of-two factor >= 16
+    with pytest.raises(ValueError, match="stack"):
+        layer_matmul(rows(2), at_layer(stack(1), 0), 0, interpret=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["query", "linear"])
+def test_projection_under_model_axis_equals_xla(name):
+    """Column-split (query: per device, no collective) and row-split (the output projection:
+    per device then one all-reduce) projections on a (2, 4) mesh, layouts from the sharding
+    table, equal the XLA path on the layer's slice."""
+    mesh = sharding.make_mesh((2, 4))
+    w, x = stack(4, seed=3), rows(8, seed=4)     # 4 groups: one per device when K is split
+    axes = {"query": (None, None, "model"), "linear": (None, "model", None)}[name]
+    scales = {"query": (None, None, "model"), "linear": (None, "model", None)}[name]
+    placed = jax.device_put(w, QuantizedWeight8bit(NamedSharding(mesh, P(*axes)),
+                                                   NamedSharding(mesh, P(*scales))))
+
+    def sharded(x, w, layer):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return _stack_projection(x, name, w, layer, interpret=True)
+    jaxpr = str(jax.make_jaxpr(sharded)(x, placed, jnp.int32(1)))
+    assert "shard_map" in jaxpr and jaxpr.count("psum") == (name == "linear")
+    assert_close(jax.jit(sharded)(x, placed, jnp.int32(1)), qmatmul(x, at_layer(w, 1)))
+
+
+# ---- decode attention's weighted sum over the cache window (grok.kernels.weighted_values) ----
+
+def cache_and_weights(b: int = 2, kv: int = 4, heads: int = 6, window: int = 128):
+    """A cache [L, B, K, S, d] (S = 2 * window) and softmax weights [B, K, G, window]."""
+    rng = np.random.default_rng(5)
+    cache = jnp.asarray(rng.normal(size=(L, b, kv, 2 * window, 32)), jnp.float32)
+    weights = jax.nn.softmax(jnp.asarray(rng.normal(size=(b, kv, heads, window)), jnp.float32))
+    return cache, weights
+
+
+def window_sum_xla(weights, cache, layer):
+    window = weights.shape[-1]
+    return jnp.einsum("bkgs,bksd->bkgd", weights, cache[layer, :, :, :window])
+
+
+def test_weighted_values_equals_the_window_gemm():
+    """G = 6 query heads (padded to 16 in the kernel, only 6 stored), a 128-position window
+    of a 256-position cache, the layer a traced operand."""
+    cache, weights = cache_and_weights()
+    run = jax.jit(functools.partial(weighted_values, interpret=True))
+    for layer in (0, 2):
+        assert_close(run(weights, cache, jnp.int32(layer)), window_sum_xla(weights, cache, layer))
+    assert weighted_values_fits(128, 128) and not weighted_values_fits(128, 48)
+    assert not weighted_values_fits(8, 128)           # a window under one 16-position tile
+
+
+@pytest.mark.slow
+def test_window_sum_under_the_cache_layout_equals_xla():
+    """grok.model.attention's window sum on a (2, 4) mesh: slots over the data axis, kv heads
+    over the model axis (the cache's layout from the sharding table), one call per device."""
+    from grok.model.attention import _cache_window_sum
+    from grok.runtime_config import RuntimeConfig
+
+    mesh = sharding.make_mesh((2, 4))
+    cache, weights = cache_and_weights()
+    placed = jax.device_put(cache, NamedSharding(mesh, P(None, "data", "model", None, None)))
+    runtime = RuntimeConfig(moe_kernel="interpret")
+
+    def sharded(weights, cache, layer):
+        window = cache[layer, :, :, :weights.shape[-1]]
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return _cache_window_sum(weights, window, cache, layer, runtime)
+    assert "shard_map" in str(jax.make_jaxpr(sharded)(weights, placed, jnp.int32(1)))
+    assert_close(jax.jit(sharded)(weights, placed, jnp.int32(1)), window_sum_xla(weights, cache, 1))
