@@ -38,7 +38,6 @@ from grok.config import LanguageModelConfig, TransformerConfig
 from grok.engine.runner import ModelRunner
 from grok.serving.runner import InferenceRunner
 from grok.runtime_config import RuntimeConfig
-from grok.serving.drafting import propose
 from grok.serving.requests import Request
 from grok.serving.results import Completion
 from grok.serving.scheduler import Scheduler
@@ -56,8 +55,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=4, help="speculative tokens K")
     p.add_argument("--max-tokens", type=int, default=192, help="output tokens per request")
     p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--candidates", type=int, default=16, help="prompts tried for (a)")
-    p.add_argument("--repeat-prompts", type=int, default=4, help="prompts of (a) kept")
+    p.add_argument("--candidates", type=int, default=1024,
+                   help="tokens (longest embeddings first) tried as (a)'s loops")
+    p.add_argument("--repeat-prompts", type=int, default=4, help="prompts of (a)")
     p.add_argument("--rounds", type=int, default=2, help="timed rounds per mode")
     p.add_argument("--sequence-len", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
@@ -97,35 +97,32 @@ def run(scheduler: Scheduler, requests: list) -> tuple[float, dict]:
     return time.perf_counter() - start, outputs
 
 
-def predictability(ids: list, k: int) -> float:
-    """Tokens per step prompt lookup would give along `ids` (1 = nothing predicted)."""
-    at, steps = 0, 0
-    while at < len(ids):
-        draft = propose(ids[:at], k) if at else []
-        hits = 0
-        while hits < len(draft) and at + hits < len(ids) and draft[hits] == ids[at + hits]:
-            hits += 1
-        at, steps = at + hits + 1, steps + 1
-    return len(ids) / max(steps, 1)
-
-
 def prompts(args, count: int, offset: int) -> list:
     rng = np.random.default_rng(args.seed + offset)
     return [rng.integers(NUM_SPECIAL, FIXTURE_VOCAB, args.prompt_len).tolist()
             for _ in range(count)]
 
 
-def repeating_prompts(args, scheduler: Scheduler) -> tuple[list, list]:
-    """The candidates whose greedy continuation prompt lookup predicts best, and how well
-    (tokens per step prompt lookup would give on prompt + continuation)."""
-    candidates = prompts(args, args.candidates, 1)
-    requests = [Request(p, temperature=0.0, max_tokens=args.max_tokens, request_id=f"c{i}")
-                for i, p in enumerate(candidates)]
-    _, outputs = run(scheduler, requests)
-    score = {i: predictability(candidates[i] + outputs[f"c{i}"], args.k)
-             for i in range(len(candidates))}
-    best = sorted(score, key=score.get, reverse=True)[:args.repeat_prompts]
-    return [candidates[i] for i in best], [round(score[i], 2) for i in best]
+def loop_tokens(args, engine, scheduler: Scheduler) -> list:
+    """Up to --repeat-prompts tokens t whose greedy successor after [t] * 4 is t again (the
+    model's fixed points), tried in order of their embedding's length among the --candidates
+    longest: a token's own embedding is its likeliest successor, the more so the longer it is."""
+    table = np.asarray(engine.params["language_model/in_out_embed"]["embeddings"])   # [V, D]
+    norms = np.linalg.norm(table[NUM_SPECIAL:], axis=-1)
+    order = (np.argsort(-norms, kind="stable")[:args.candidates] + NUM_SPECIAL).tolist()
+    found = []
+    for at in range(0, len(order), 64):
+        chunk = order[at:at + 64]
+        requests = [Request([t] * 4, temperature=0.0, max_tokens=1, request_id=str(t))
+                    for t in chunk]
+        _, outputs = run(scheduler, requests)
+        found += [t for t in chunk if outputs[str(t)] == [t]]
+        if len(found) >= args.repeat_prompts:
+            return found[:args.repeat_prompts]
+    if not found:
+        raise SystemExit(f"no fixed point among the {args.candidates} longest embeddings: "
+                         "raise --candidates")
+    return found
 
 
 def workload(args, name: str, repeat: list, fresh: list) -> list:
@@ -167,29 +164,33 @@ def measure(args, engine, requests: list, one_at_a_time: bool) -> dict:
                 (spec.accepted_tokens + spec.verify_steps) / max(spec.verify_steps, 1), 2)}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    args = parse_args(argv)
-    one = make_engine(args, 1)
-    repeat, scores = repeating_prompts(args, Scheduler(one, ByteTokenizer()))
-    fresh = prompts(args, args.repeat_prompts, 2)
-    report = {"k": args.k, "max_tokens": args.max_tokens, "prompt_len": args.prompt_len,
-              "rounds": args.rounds, "model": dict(FIXTURE, vocab_size=FIXTURE_VOCAB),
-              "repeat_predictability": scores}
-    report["a_repeat_1_slot"] = measure(args, one, workload(args, "a", repeat, []), True)
-    report["b_no_repeat_1_slot"] = measure(args, one, workload(args, "b", [], fresh), True)
-    eight = make_engine(args, 8)
-    report["c_mixed_8_slots"] = measure(
-        args, eight, workload(args, "c", (repeat * 4)[:4], (fresh * 4)[:4]), False)
+def print_table(args, report: dict) -> None:
     print(f"speculative decoding, K={args.k}, fixture-sized random model (vocab {FIXTURE_VOCAB}), "
           f"{args.max_tokens} tokens per request, {args.rounds} rounds, CPU")
-    print(f"(a)'s prompts: prompt lookup would give {scores} tokens per step on their greedy "
-          f"continuations (1.0: they do not repeat, and (a) measures the gate only)")
+    print(f"(a)'s prompts: [t] * {args.prompt_len} for the loop tokens t = {report['loop_tokens']}")
     print(f"{'workload':<22}{'off tok/s':>10}{'on tok/s':>10}{'on/off':>8}{'accept':>8}"
           f"{'tok/verify':>11}{'break-even':>11}")
     for name in ("a_repeat_1_slot", "b_no_repeat_1_slot", "c_mixed_8_slots"):
         r = report[name]
         print(f"{name:<22}{r['off_tokens_per_s']:>10}{r['on_tokens_per_s']:>10}{r['speedup']:>8}"
               f"{r['acceptance']:>8}{r['tokens_per_verify_step']:>11}{r['break_even']:>11}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = parse_args(argv)
+    one = make_engine(args, 1)
+    loops = loop_tokens(args, one, Scheduler(one, ByteTokenizer()))
+    repeat = [[t] * args.prompt_len for t in loops]
+    fresh = prompts(args, args.repeat_prompts, 2)
+    report = {"k": args.k, "max_tokens": args.max_tokens, "prompt_len": args.prompt_len,
+              "rounds": args.rounds, "model": dict(FIXTURE, vocab_size=FIXTURE_VOCAB),
+              "loop_tokens": loops}
+    report["a_repeat_1_slot"] = measure(args, one, workload(args, "a", repeat, []), True)
+    report["b_no_repeat_1_slot"] = measure(args, one, workload(args, "b", [], fresh), True)
+    eight = make_engine(args, 8)
+    report["c_mixed_8_slots"] = measure(
+        args, eight, workload(args, "c", (repeat * 4)[:4], (fresh * 4)[:4]), False)
+    print_table(args, report)
     save_report(report, args.json)
     sys.stdout.flush()
     return report
