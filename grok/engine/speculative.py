@@ -37,6 +37,7 @@ class SpeculativeSteps:
         cache positions (one of `kv_len_buckets`)."""
         forward, pad = self._forward, self.pad_token
 
+        @self._on_mesh_platform
         def verify_step(params, state, drafts, num_drafts):
             fwd = lambda *args: forward(*args, kv_len)
             return verify(fwd, params, state, drafts, num_drafts, pad)
