@@ -7,10 +7,19 @@ Three workloads, each run by a Scheduler with speculation off and one with it on
 measuring its own break-even, as in serving), on the same engine, alternating round by round
 (--rounds), after an untimed warm-up round of each that compiles everything:
 
-(a) repeat, 1 slot: greedy requests whose continuation repeats its context. A random-weight
-    model's greedy continuation of most prompts falls into a cycle (it loops); the prompts are
-    the --repeat-prompts random prompts, among --candidates, whose greedy continuation
-    prompt lookup predicts best (measured with speculation off, before timing).
+(a) repeat, 1 slot: greedy requests whose continuation repeats their context. A random-weight
+    model neither copies its prompt nor falls into a cycle within 1,000 greedy tokens (tried
+    from 6 seeds; the attention over a random context keeps changing its prediction), and
+    any other token in front of a run breaks it. What it does have are fixed points: tokens t
+    whose greedy successor after [t] * n is t again. Attention over identical tokens returns
+    the same values wherever they sit, so that prediction does not depend on n, and the
+    continuation of [t] * --prompt-len is t forever: the model loops, and prompt lookup
+    drafts the loop. The prompts are [t] * --prompt-len for the first --repeat-prompts fixed
+    points found among the --candidates tokens with the longest embeddings (a token's own
+    embedding is its likeliest successor, the more so the longer it is: the seed-0 model has
+    4 among its 1,024 longest embeddings, against 1 among its first 8,192 ids). Every draft
+    of a one-token loop is right, so (a) weighs what a verify step costs against the K + 1
+    tokens it gives at full acceptance.
 (b) no repeat, 1 slot: sampled requests (temperature 1) over the 131k vocabulary, whose
     tokens practically never repeat: nothing to draft, so the gate must keep speculation
     from costing anything.
