@@ -5,9 +5,10 @@ One tiny engine (2 slots, float32) is compiled for the module and served twice, 
 after the other, each in-process on 127.0.0.1 (a free port): first with speculation off, then
 with the Backend the server builds for `--speculative-tokens 4` (`backend_for` over a runner
 whose runtime says speculative_tokens=4; the gate measures its own break-even, as in serving).
-Both get the same requests: greedy with logprobs, greedy streamed with a stop string, seeded
-top-p streamed with logprobs, seeded with a stop string, and a run of the tiny model's fixed-point token (its greedy
-continuation is that token forever, so every draft is accepted and /metrics counts them).
+Both get the same requests: greedy with logprobs, greedy streamed with a stop string,
+seeded top-p streamed with logprobs, seeded with a stop string, and a run of the tiny model's
+fixed-point token (its greedy continuation is that token forever, so every draft is accepted
+and /metrics counts them).
 Slow: the engine's compiles (prefill, decode, verify) and the gate's cost measurement.
 """
 
