@@ -242,6 +242,7 @@ def test_a_closed_gate_runs_plain_decode_steps(engine):
 def test_measured_break_even_is_a_cost_ratio(engine):
     spec = Scheduler(engine, ByteTokenizer(), speculative_tokens=K).speculation
     assert 0.5 < spec.break_even < 50     # a verify step costs about some decode steps
+    assert 0.5 < spec.sampled_break_even < 50   # (batches with a sampling request)
 
 
 # ---- flags and metrics (no engine) ------------------------------------------------------------

@@ -166,7 +166,9 @@ def measure(args, engine, requests: list, one_at_a_time: bool) -> dict:
             "off_tokens_per_s": round(off_tokens_per_s, 1),
             "on_tokens_per_s": round(on_tokens_per_s, 1),
             "speedup": round(on_tokens_per_s / off_tokens_per_s, 3),
-            "break_even": round(spec.break_even, 2), "verify_steps": spec.verify_steps,
+            "break_even": round(spec.sampled_break_even if any(r.temperature > 0 for r in requests)
+                                else spec.break_even, 2),
+            "verify_steps": spec.verify_steps,
             "draft_tokens": spec.draft_tokens, "accepted_tokens": spec.accepted_tokens,
             "acceptance": round(spec.accepted_tokens / max(spec.draft_tokens, 1), 3),
             "tokens_per_verify_step": round(

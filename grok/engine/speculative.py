@@ -80,16 +80,16 @@ class SpeculativeSteps:
         tokens = type(flat)(*(a.reshape((b, j) + a.shape[1:]) for a in flat))
         return state, VerifyOutput(tokens, emitted.astype(np.int64))
 
-    def step_costs(self, state: DecodeState, k: int) -> tuple[DecodeState, float, float]:
+    def step_costs(self, state: DecodeState, k: int, sampled: bool = False
+                   ) -> tuple[DecodeState, float, float]:
         """Median seconds of a decode step and of a K-draft verify step (each dispatched and
-        read back), with every slot active, sampling (temperature 1) and drafting K tokens,
-        on the shortest variant.
+        read back), with every slot active, greedy or (`sampled`) sampling at temperature 1,
+        and drafting K tokens, on the shortest variant.
         Runs in `state` (donated; every slot must be free: they are used and freed again,
         so no second KV cache is allocated). In a multi-process job every process
         returns process 0's figures, so their schedulers take the same steps."""
-        # Sampling slots: a verify step's dearest form (an all-greedy step skips the
-        # sampler's candidates), so the gate never counts on the cheaper one.
-        prefix, result = self.prefill([1], SampleParams(temperature=1.0))
+        # (an all-greedy verify step skips the sampler's candidates: the two costs differ)
+        prefix, result = self.prefill([1], SampleParams(temperature=1.0 if sampled else 0.0))
         for slot in range(self.batch_size):
             state = self.insert(prefix, result.arm, state, slot)
         drafts = [[1] * k] * self.batch_size
