@@ -18,7 +18,8 @@ keeps an average of the tokens its verify steps gave (a step with nothing to dra
 1). A slot whose average falls below break-even stops drafting for a while (8 steps, doubling
 on each failed retry up to 256), then retries; the scheduler stays on the pipelined decode path
 meanwhile. A verify step runs only when the slots' expected tokens beat break-even for the
-whole batch: sum(expected) >= break_even * running slots.
+whole batch: sum(expected) >= break_even * running slots; where they do not, the drafting
+slots back off as a closed gate does (each retry reads the step in flight first, a stall).
 
 Multi-host: drafts come from token ids every process holds, the gate from emitted counts every
 process sees alike and from step costs the engine agrees on (process 0's measurement), so
@@ -120,7 +121,8 @@ class Speculation:
             return None
         if expected < self._batch_break_even * len(running):
             for slot in drafts:                  # not worth it for the batch: try later
-                self._gate(slot).wait = MIN_BACKOFF
+                gate = self._gate(slot)
+                gate.wait, gate.backoff = gate.backoff, min(2 * gate.backoff, MAX_BACKOFF)
             return None
         return drafts
 
