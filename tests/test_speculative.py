@@ -242,6 +242,7 @@ def test_a_closed_gate_runs_plain_decode_steps(engine):
 def test_measured_break_even_is_a_cost_ratio(engine):
     spec = Scheduler(engine, ByteTokenizer(), speculative_tokens=K).speculation
     assert 0.5 < spec.break_even < 50     # a verify step costs about some decode steps
+    assert 0.5 < spec.sampled_break_even < 50   # (batches with a sampling request)
 
 
 # ---- flags and metrics (no engine) ------------------------------------------------------------
@@ -263,3 +264,20 @@ def test_flags_metrics_and_settings_are_checked():
     text = metrics.render().decode()
     assert "grok_spec_draft_tokens_total 5.0" in text
     assert "grok_spec_accepted_tokens_total 3.0" in text
+
+
+def test_greedy_token_is_the_samplers_greedy_row():
+    """The verify step's all-greedy path gives sample_token's greedy output (ties included)."""
+    import jax
+    import jax.numpy as jnp
+    from grok.engine.sampling import SampleSettings, greedy_token, sample_token
+
+    logits = jax.random.normal(jax.random.PRNGKey(0), (6, 300)) * 4
+    logits = logits.at[1, 7].set(50.0).at[1, 3].set(50.0)          # a tie: the lowest id wins
+    settings = SampleSettings(jnp.zeros(6), jnp.ones(6), jnp.zeros(6, jnp.int32),
+                              jnp.array([True] * 5 + [False]))
+    keys = jax.random.split(jax.random.PRNGKey(1), 6)
+    want, got = sample_token(logits, settings, keys), greedy_token(logits)
+    assert int(got.token_id[1]) == 3
+    for a, b in zip(want, got):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6)

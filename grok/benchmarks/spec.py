@@ -7,10 +7,19 @@ Three workloads, each run by a Scheduler with speculation off and one with it on
 measuring its own break-even, as in serving), on the same engine, alternating round by round
 (--rounds), after an untimed warm-up round of each that compiles everything:
 
-(a) repeat, 1 slot: greedy requests whose continuation repeats its context. A random-weight
-    model's greedy continuation of most prompts falls into a cycle (it loops); the prompts are
-    the --repeat-prompts random prompts, among --candidates, whose greedy continuation
-    prompt lookup predicts best (measured with speculation off, before timing).
+(a) repeat, 1 slot: greedy requests whose continuation repeats their context. A random-weight
+    model neither copies its prompt nor falls into a cycle within 1,000 greedy tokens (tried
+    from 6 seeds; the attention over a random context keeps changing its prediction), and
+    any other token in front of a run breaks it. What it does have are fixed points: tokens t
+    whose greedy successor after [t] * n is t again. Attention over identical tokens returns
+    the same values wherever they sit, so that prediction does not depend on n, and the
+    continuation of [t] * --prompt-len is t forever: the model loops, and prompt lookup
+    drafts the loop. The prompts are [t] * --prompt-len for the first --repeat-prompts fixed
+    points found among the --candidates tokens with the longest embeddings (a token's own
+    embedding is its likeliest successor, the more so the longer it is: the seed-0 model has
+    4 among its 1,024 longest embeddings, against 1 among its first 8,192 ids). Every draft
+    of a one-token loop is right, so (a) weighs what a verify step costs against the K + 1
+    tokens it gives at full acceptance.
 (b) no repeat, 1 slot: sampled requests (temperature 1) over the 131k vocabulary, whose
     tokens practically never repeat: nothing to draft, so the gate must keep speculation
     from costing anything.
@@ -38,7 +47,6 @@ from grok.config import LanguageModelConfig, TransformerConfig
 from grok.engine.runner import ModelRunner
 from grok.serving.runner import InferenceRunner
 from grok.runtime_config import RuntimeConfig
-from grok.serving.drafting import propose
 from grok.serving.requests import Request
 from grok.serving.results import Completion
 from grok.serving.scheduler import Scheduler
@@ -56,8 +64,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=4, help="speculative tokens K")
     p.add_argument("--max-tokens", type=int, default=192, help="output tokens per request")
     p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--candidates", type=int, default=16, help="prompts tried for (a)")
-    p.add_argument("--repeat-prompts", type=int, default=4, help="prompts of (a) kept")
+    p.add_argument("--candidates", type=int, default=1024,
+                   help="tokens (longest embeddings first) tried as (a)'s loops")
+    p.add_argument("--repeat-prompts", type=int, default=4, help="prompts of (a)")
     p.add_argument("--rounds", type=int, default=2, help="timed rounds per mode")
     p.add_argument("--sequence-len", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
@@ -97,35 +106,32 @@ def run(scheduler: Scheduler, requests: list) -> tuple[float, dict]:
     return time.perf_counter() - start, outputs
 
 
-def predictability(ids: list, k: int) -> float:
-    """Tokens per step prompt lookup would give along `ids` (1 = nothing predicted)."""
-    at, steps = 0, 0
-    while at < len(ids):
-        draft = propose(ids[:at], k) if at else []
-        hits = 0
-        while hits < len(draft) and at + hits < len(ids) and draft[hits] == ids[at + hits]:
-            hits += 1
-        at, steps = at + hits + 1, steps + 1
-    return len(ids) / max(steps, 1)
-
-
 def prompts(args, count: int, offset: int) -> list:
     rng = np.random.default_rng(args.seed + offset)
     return [rng.integers(NUM_SPECIAL, FIXTURE_VOCAB, args.prompt_len).tolist()
             for _ in range(count)]
 
 
-def repeating_prompts(args, scheduler: Scheduler) -> tuple[list, list]:
-    """The candidates whose greedy continuation prompt lookup predicts best, and how well
-    (tokens per step prompt lookup would give on prompt + continuation)."""
-    candidates = prompts(args, args.candidates, 1)
-    requests = [Request(p, temperature=0.0, max_tokens=args.max_tokens, request_id=f"c{i}")
-                for i, p in enumerate(candidates)]
-    _, outputs = run(scheduler, requests)
-    score = {i: predictability(candidates[i] + outputs[f"c{i}"], args.k)
-             for i in range(len(candidates))}
-    best = sorted(score, key=score.get, reverse=True)[:args.repeat_prompts]
-    return [candidates[i] for i in best], [round(score[i], 2) for i in best]
+def loop_tokens(args, engine, scheduler: Scheduler) -> list:
+    """Up to --repeat-prompts tokens t whose greedy successor after [t] * 4 is t again (the
+    model's fixed points), tried in order of their embedding's length among the --candidates
+    longest: a token's own embedding is its likeliest successor, the more so the longer it is."""
+    table = np.asarray(engine.params["language_model/in_out_embed"]["embeddings"])   # [V, D]
+    norms = np.linalg.norm(table[NUM_SPECIAL:], axis=-1)
+    order = (np.argsort(-norms, kind="stable")[:args.candidates] + NUM_SPECIAL).tolist()
+    found = []
+    for at in range(0, len(order), 64):
+        chunk = order[at:at + 64]
+        requests = [Request([t] * 4, temperature=0.0, max_tokens=1, request_id=str(t))
+                    for t in chunk]
+        _, outputs = run(scheduler, requests)
+        found += [t for t in chunk if outputs[str(t)] == [t]]
+        if len(found) >= args.repeat_prompts:
+            return found[:args.repeat_prompts]
+    if not found:
+        raise SystemExit(f"no fixed point among the {args.candidates} longest embeddings: "
+                         "raise --candidates")
+    return found
 
 
 def workload(args, name: str, repeat: list, fresh: list) -> list:
@@ -160,36 +166,42 @@ def measure(args, engine, requests: list, one_at_a_time: bool) -> dict:
             "off_tokens_per_s": round(off_tokens_per_s, 1),
             "on_tokens_per_s": round(on_tokens_per_s, 1),
             "speedup": round(on_tokens_per_s / off_tokens_per_s, 3),
-            "break_even": round(spec.break_even, 2), "verify_steps": spec.verify_steps,
+            "break_even": round(spec.sampled_break_even if any(r.temperature > 0 for r in requests)
+                                else spec.break_even, 2),
+            "verify_steps": spec.verify_steps,
             "draft_tokens": spec.draft_tokens, "accepted_tokens": spec.accepted_tokens,
             "acceptance": round(spec.accepted_tokens / max(spec.draft_tokens, 1), 3),
             "tokens_per_verify_step": round(
                 (spec.accepted_tokens + spec.verify_steps) / max(spec.verify_steps, 1), 2)}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    args = parse_args(argv)
-    one = make_engine(args, 1)
-    repeat, scores = repeating_prompts(args, Scheduler(one, ByteTokenizer()))
-    fresh = prompts(args, args.repeat_prompts, 2)
-    report = {"k": args.k, "max_tokens": args.max_tokens, "prompt_len": args.prompt_len,
-              "rounds": args.rounds, "model": dict(FIXTURE, vocab_size=FIXTURE_VOCAB),
-              "repeat_predictability": scores}
-    report["a_repeat_1_slot"] = measure(args, one, workload(args, "a", repeat, []), True)
-    report["b_no_repeat_1_slot"] = measure(args, one, workload(args, "b", [], fresh), True)
-    eight = make_engine(args, 8)
-    report["c_mixed_8_slots"] = measure(
-        args, eight, workload(args, "c", (repeat * 4)[:4], (fresh * 4)[:4]), False)
+def print_table(args, report: dict) -> None:
     print(f"speculative decoding, K={args.k}, fixture-sized random model (vocab {FIXTURE_VOCAB}), "
           f"{args.max_tokens} tokens per request, {args.rounds} rounds, CPU")
-    print(f"(a)'s prompts: prompt lookup would give {scores} tokens per step on their greedy "
-          f"continuations (1.0: they do not repeat, and (a) measures the gate only)")
+    print(f"(a)'s prompts: [t] * {args.prompt_len} for the loop tokens t = {report['loop_tokens']}")
     print(f"{'workload':<22}{'off tok/s':>10}{'on tok/s':>10}{'on/off':>8}{'accept':>8}"
           f"{'tok/verify':>11}{'break-even':>11}")
     for name in ("a_repeat_1_slot", "b_no_repeat_1_slot", "c_mixed_8_slots"):
         r = report[name]
         print(f"{name:<22}{r['off_tokens_per_s']:>10}{r['on_tokens_per_s']:>10}{r['speedup']:>8}"
               f"{r['acceptance']:>8}{r['tokens_per_verify_step']:>11}{r['break_even']:>11}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = parse_args(argv)
+    one = make_engine(args, 1)
+    loops = loop_tokens(args, one, Scheduler(one, ByteTokenizer()))
+    repeat = [[t] * args.prompt_len for t in loops]
+    fresh = prompts(args, args.repeat_prompts, 2)
+    report = {"k": args.k, "max_tokens": args.max_tokens, "prompt_len": args.prompt_len,
+              "rounds": args.rounds, "model": dict(FIXTURE, vocab_size=FIXTURE_VOCAB),
+              "loop_tokens": loops}
+    report["a_repeat_1_slot"] = measure(args, one, workload(args, "a", repeat, []), True)
+    report["b_no_repeat_1_slot"] = measure(args, one, workload(args, "b", [], fresh), True)
+    eight = make_engine(args, 8)
+    report["c_mixed_8_slots"] = measure(
+        args, eight, workload(args, "c", (repeat * 4)[:4], (fresh * 4)[:4]), False)
+    print_table(args, report)
     save_report(report, args.json)
     sys.stdout.flush()
     return report

@@ -214,8 +214,8 @@ class Engine(Protocol):
         drafts' KV is never visible later. Donates `state`."""
         raise NotImplementedError("this engine does not verify drafts (speculative decoding)")
 
-    def step_costs(self, state, k: int) -> tuple[object, float, float]:
+    def step_costs(self, state, k: int, sampled: bool = False) -> tuple[object, float, float]:
         """(state, seconds of a decode step, seconds of a k-draft verify step) measured at
-        this batch size in `state` (donated; every slot free, and free again after): the cost
-        model of the speculation gate."""
+        this batch size in `state` (donated; every slot free, and free again after), every
+        slot greedy or (`sampled`) sampling: the cost model of the speculation gate."""
         raise NotImplementedError("this engine does not verify drafts (speculative decoding)")

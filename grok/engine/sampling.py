@@ -292,6 +292,15 @@ def _finish(logits: jax.Array, draws: jax.Array, sampled: jax.Array,
     return SampleOutput(token, chosen, top_ids.astype(jnp.int32), top_logprobs)
 
 
+def greedy_token(logits: jax.Array) -> SampleOutput:
+    """What `sample_token` gives rows that do not draw (greedy or inactive), without its
+    candidates: the argmax (the lowest id among equal maxima, as its top_k candidate) and the
+    same logprobs and alternatives. logits [B, V]."""
+    logits = logits.astype(jnp.float32)
+    argmax = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return _finish(logits, jnp.zeros(argmax.shape, bool), argmax, argmax)
+
+
 def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """log p(targets[b, t] | prefix) from logits [B, T, V] -> [B, T] float32 (echo scoring)."""
     logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

@@ -37,6 +37,7 @@ class SpeculativeSteps:
         cache positions (one of `kv_len_buckets`)."""
         forward, pad = self._forward, self.pad_token
 
+        @self._on_mesh_platform
         def verify_step(params, state, drafts, num_drafts):
             fwd = lambda *args: forward(*args, kv_len)
             return verify(fwd, params, state, drafts, num_drafts, pad)
@@ -79,13 +80,16 @@ class SpeculativeSteps:
         tokens = type(flat)(*(a.reshape((b, j) + a.shape[1:]) for a in flat))
         return state, VerifyOutput(tokens, emitted.astype(np.int64))
 
-    def step_costs(self, state: DecodeState, k: int) -> tuple[DecodeState, float, float]:
+    def step_costs(self, state: DecodeState, k: int, sampled: bool = False
+                   ) -> tuple[DecodeState, float, float]:
         """Median seconds of a decode step and of a K-draft verify step (each dispatched and
-        read back), with every slot active and drafting K tokens, on the shortest variant.
+        read back), with every slot active, greedy or (`sampled`) sampling at temperature 1,
+        and drafting K tokens, on the shortest variant.
         Runs in `state` (donated; every slot must be free: they are used and freed again,
         so no second KV cache is allocated). In a multi-process job every process
         returns process 0's figures, so their schedulers take the same steps."""
-        prefix, result = self.prefill([1], SampleParams())
+        # (an all-greedy verify step skips the sampler's candidates: the two costs differ)
+        prefix, result = self.prefill([1], SampleParams(temperature=1.0 if sampled else 0.0))
         for slot in range(self.batch_size):
             state = self.insert(prefix, result.arm, state, slot)
         drafts = [[1] * k] * self.batch_size

@@ -27,8 +27,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from grok.engine.sampling import SampleSettings, sample_token
+from grok.engine.sampling import SampleSettings, greedy_token, sample_token
 from grok.engine.state import DecodeState, pack_output
+from grok.ops.platform import on_cpu
 
 
 def key_chain(rngs: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
@@ -67,7 +68,15 @@ def verify(forward: Callable, params, state: DecodeState, drafts: jax.Array,
     position_live = (jnp.arange(j)[None] < fed[:, None]).reshape(b * j)         # [B*J]
     settings = SampleSettings(rows(state.settings.temperature), rows(state.settings.top_p),
                               rows(state.settings.top_k), position_live)
-    out = sample_token(logits.reshape(b * j, -1), settings, sample_keys.reshape(b * j, -1))
+    flat, keys = logits.reshape(b * j, -1), sample_keys.reshape(b * j, -1)     # [B*J, V]
+    if on_cpu():
+        # Steps where no live position draws (all greedy) skip the sampler's candidates
+        # (on an accelerator a branch on a device value costs a round trip to the host).
+        draws = jnp.any((settings.temperature > 0) & position_live)
+        out = jax.lax.cond(draws, lambda: sample_token(flat, settings, keys),
+                           lambda: greedy_token(flat))
+    else:
+        out = sample_token(flat, settings, keys)
     sampled = out.token_id.reshape(b, j)                                        # [B, J]
 
     matches = (drafts == sampled[:, :k]) & (offsets[None] < num_drafts[:, None])  # [B, K]

@@ -11,12 +11,15 @@ would use there); only how many arrive per step changes. Slots without a draft t
 in the same step.
 
 Gate. A verify step costs what `break_even` decode steps cost: the ratio of the engine's
-measured step times (`Engine.step_costs`, at this batch size and K), not a constant. Each slot
+measured step times (`Engine.step_costs`, at this batch size and K), not a constant; one ratio
+for batches of greedy requests, one (`sampled_break_even`) for batches with a sampling request
+(an all-greedy verify step skips the sampler's candidates, so it is cheaper). Each slot
 keeps an average of the tokens its verify steps gave (a step with nothing to draft counts as
 1). A slot whose average falls below break-even stops drafting for a while (8 steps, doubling
 on each failed retry up to 256), then retries; the scheduler stays on the pipelined decode path
 meanwhile. A verify step runs only when the slots' expected tokens beat break-even for the
-whole batch: sum(expected) >= break_even * running slots.
+whole batch: sum(expected) >= break_even * running slots; where they do not, the drafting
+slots back off as a closed gate does (each retry reads the step in flight first, a stall).
 
 Multi-host: drafts come from token ids every process holds, the gate from emitted counts every
 process sees alike and from step costs the engine agrees on (process 0's measurement), so
@@ -55,15 +58,18 @@ class _Gate:
 class Speculation:
     """The speculative side of one Scheduler; see the module docstring.
 
-    `break_even`: decode steps one verify step costs (None: call `measure` before serving). Counters: `draft_tokens` (drafted and verified),
-    `accepted_tokens` (of those, accepted), `verify_steps`.
+    `break_even`: decode steps one all-greedy verify step costs, `sampled_break_even` one
+    with a sampling row (None: call `measure` before serving; a fixed `break_even` stands for
+    both). Counters: `draft_tokens` (drafted and verified), `accepted_tokens` (of those,
+    accepted), `verify_steps`.
     """
 
     def __init__(self, engine, tokens: int, method: str = "ngram",
                  break_even: Optional[float] = None):
         check_settings(tokens, method)
         self.engine, self.k, self.method = engine, tokens, method
-        self.break_even = break_even
+        self.break_even = self.sampled_break_even = break_even
+        self._batch_break_even = break_even      # the one the batch of the last plan used
         self._gates: dict[int, _Gate] = {}
         self.draft_tokens = self.accepted_tokens = self.verify_steps = 0
 
@@ -96,6 +102,8 @@ class Speculation:
 
     def plan(self, running: dict) -> Optional[dict]:
         """{slot: drafts} for this step's verify, or None: run a decode step instead."""
+        sampling = any(stream.request.temperature > 0 for stream in running.values())
+        self._batch_break_even = self.sampled_break_even if sampling else self.break_even
         drafts, expected = {}, 0.0
         for slot, stream in running.items():
             gate = self._gate(slot)
@@ -111,9 +119,10 @@ class Speculation:
                 expected += 1.0
         if not drafts:
             return None
-        if expected < self.break_even * len(running):
+        if expected < self._batch_break_even * len(running):
             for slot in drafts:                  # not worth it for the batch: try later
-                self._gate(slot).wait = MIN_BACKOFF
+                gate = self._gate(slot)
+                gate.wait, gate.backoff = gate.backoff, min(2 * gate.backoff, MAX_BACKOFF)
             return None
         return drafts
 
@@ -122,13 +131,15 @@ class Speculation:
         free; donated) -> the state."""
         state, decode, verify = self.engine.step_costs(state, self.k)
         self.break_even = verify / max(decode, 1e-9)
+        state, decode, verify = self.engine.step_costs(state, self.k, sampled=True)
+        self.sampled_break_even = verify / max(decode, 1e-9)
         return state
 
     def _record(self, gate: _Gate, emitted: int) -> None:
         gate.tokens_per_step += SMOOTHING * (emitted - gate.tokens_per_step)
-        if gate.tokens_per_step < self.break_even:
+        if gate.tokens_per_step < self._batch_break_even:
             gate.wait, gate.backoff = gate.backoff, min(2 * gate.backoff, MAX_BACKOFF)
-            gate.tokens_per_step = self.break_even     # a retry starts at break-even
+            gate.tokens_per_step = self._batch_break_even     # a retry starts at break-even
         else:
             gate.backoff = MIN_BACKOFF
 
