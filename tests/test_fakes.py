@@ -8,7 +8,8 @@ from grok.engine.api import Engine
 from grok.serving.interface import SchedulerAPI
 from grok.serving.prefix_hooks import CachedStream
 from grok.serving.requests import Request
-from grok.serving.scheduler import Scheduler, _Stream
+from grok.serving.scheduler import Scheduler
+from grok.serving.stream import Stream
 from grok.serving.structured_decoding import StructuredStream
 from grok.tokenizer import ByteTokenizer, Tokenizer
 
@@ -36,10 +37,10 @@ def test_a_fake_missing_a_member_is_refused():
 
 
 def test_the_schedulers_streams_are_what_the_prefix_cache_sees():
-    stream = _Stream(Request(prompt=[5, 6]), "r", [5, 6], 0, None)
+    stream = Stream(Request(prompt=[5, 6]), "r", [5, 6], 0, None)
     assert isinstance(stream, CachedStream)
 
 
 def test_the_schedulers_streams_are_what_structured_decoding_sees():
-    stream = _Stream(Request(prompt=[5, 6]), "r", [5, 6], 0, None)
+    stream = Stream(Request(prompt=[5, 6]), "r", [5, 6], 0, None)
     assert isinstance(stream, StructuredStream)
