@@ -19,10 +19,10 @@ import math
 from typing import Any
 
 MOE_IMPLS = ("sparse", "dense")
-# The sparse MoE's kernels: "auto" = grok.kernels' Pallas kernels where the step is compiled
-# for a GPU, XLA's ops (routed / grouped) elsewhere; "xla" = XLA's ops everywhere;
-# "interpret" = the Pallas kernels in interpret mode (CPU tests).
-MOE_KERNELS = ("auto", "xla", "interpret")
+# Which kernels run the sparse MoE and the attention's projections and weighted sum: "auto" =
+# grok.kernels' Pallas kernels where the step is compiled for a GPU, XLA's ops elsewhere;
+# "xla" = XLA's ops everywhere; "interpret" = the Pallas kernels in interpret mode (CPU tests).
+KERNEL_CHOICES = ("auto", "xla", "interpret")
 ACTIVATION_DTYPES = ("bfloat16", "float32")
 SPECULATIVE_METHODS = ("ngram",)   # how speculative decoding drafts (grok.serving.drafting)
 # Reference defaults: Grok-1's run.py prefills prompts in one 1024-token bucket; the reference
@@ -61,8 +61,8 @@ class RuntimeConfig:
     # selected expert's weights are read in place once for all rows (decode); more rows take
     # the grouped path, one grouped matmul per weight (prefill). See grok.model.moe.
     moe_block_rows: int = DEFAULT_MOE_BLOCK_ROWS
-    # Which kernels run the sparse MoE (see MOE_KERNELS).
-    moe_kernel: str = "auto"
+    # Which kernels run the sparse MoE and the attention (see KERNEL_CHOICES).
+    kernels: str = "auto"
     # Activations and the KV cache (the reference's fprop_dtype); weights stay int8 + scales.
     activation_dtype: str = "bfloat16"
     # Device mesh (data, model) per host, and how hosts tile it (the reference's arguments).
@@ -89,9 +89,9 @@ class RuntimeConfig:
     def __post_init__(self):
         if self.moe_impl not in MOE_IMPLS:
             raise ValueError(f"RuntimeConfig.moe_impl must be one of {MOE_IMPLS}, got {self.moe_impl!r}")
-        if self.moe_kernel not in MOE_KERNELS:
-            raise ValueError(f"RuntimeConfig.moe_kernel must be one of {MOE_KERNELS}, "
-                             f"got {self.moe_kernel!r}")
+        if self.kernels not in KERNEL_CHOICES:
+            raise ValueError(f"RuntimeConfig.kernels must be one of {KERNEL_CHOICES}, "
+                             f"got {self.kernels!r}")
         if self.activation_dtype not in ACTIVATION_DTYPES:
             raise ValueError(f"RuntimeConfig.activation_dtype must be one of {ACTIVATION_DTYPES}, "
                              f"got {self.activation_dtype!r}")

@@ -115,7 +115,7 @@ def test_window_sum_under_the_cache_layout_equals_xla():
     mesh = sharding.make_mesh((2, 4))
     cache, weights = cache_and_weights()
     placed = jax.device_put(cache, NamedSharding(mesh, P(None, "data", "model", None, None)))
-    runtime = RuntimeConfig(moe_kernel="interpret")
+    runtime = RuntimeConfig(kernels="interpret")
 
     def sharded(weights, cache, layer):
         window = cache[layer, :, :, :weights.shape[-1]]

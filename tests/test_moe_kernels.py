@@ -158,7 +158,7 @@ def test_per_model_shard_equals_dense():
 
 @pytest.mark.slow
 def test_model_with_interpreted_kernels_equals_xla_paths():
-    """The whole tiny model with moe_kernel="interpret" (kernels on the layer stacks, layer
+    """The whole tiny model with kernels="interpret" (kernels on the layer stacks, layer
     index operand) gives the logits of the XLA paths."""
     from grok import checkpoint
     from grok.model.transformer import build_forward
@@ -167,7 +167,7 @@ def test_model_with_interpreted_kernels_equals_xla_paths():
 
     params = checkpoint.stack_params(tiny_tensors(seed=7, groups={"moe/linear_1": 8}), TINY)
     tokens = np.random.default_rng(7).integers(1, TINY.vocab_size, (2, 5))
-    runtime = lambda kind: RuntimeConfig(moe_kernel=kind, activation_dtype="float32")
+    runtime = lambda kind: RuntimeConfig(kernels=kind, activation_dtype="float32")
     run = lambda kind: np.asarray(jax.jit(build_forward(TINY, runtime(kind)))(params, tokens)[0])
     want = run("xla")
     np.testing.assert_allclose(run("interpret"), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

@@ -14,7 +14,7 @@ The four projections: on GPUs a call of 2..DECODE_ROWS rows (a many-slot decode 
 them with grok.kernels.layer_matmul on every layer's weight stack [L, K, N] with the layer
 index as an operand (`ProjectionStacks`): XLA:GPU's GEMM would first copy the layer's weights
 out of the scanned stack. One row takes QuantizedLinear's in-place reduction; CPU, more rows,
-and RuntimeConfig.moe_kernel="xla" take QuantizedLinear; moe_kernel="interpret" runs the kernel
+and RuntimeConfig.kernels="xla" take QuantizedLinear; kernels="interpret" runs the kernel
 on CPU (tests).
 """
 
@@ -94,7 +94,7 @@ def _project(x: jax.Array, name: str, out_size: int, runtime: RuntimeConfig,
     """x [B, T, K] @ the layer's projection `name` -> [B, T, N] (see the module docstring)."""
     xla = QuantizedLinear(out_size, name=name, row_parallel=row_parallel)(x)
     rows, k_size = math.prod(x.shape[:-1]), x.shape[-1]
-    if stacks is None or runtime.moe_kernel == "xla" or rows == 1:
+    if stacks is None or runtime.kernels == "xla" or rows == 1:
         return xla
     stack = getattr(stacks, name)
     n = model_axis_size()
@@ -107,7 +107,7 @@ def _project(x: jax.Array, name: str, out_size: int, runtime: RuntimeConfig,
         groups //= n
     if not layer_matmul_fits(rows, k_local, n_local, groups):
         return xla
-    interpret = runtime.moe_kernel == "interpret"
+    interpret = runtime.kernels == "interpret"
 
     def kernel(x):
         out = _stack_projection(x.reshape(rows, k_size), name, stack, layer, interpret)
@@ -188,9 +188,9 @@ def _cache_window_sum(weights: jax.Array, v: jax.Array, cache: jax.Array, layer:
     def xla(weights):
         return jnp.einsum("bkgs,bksd->bkgd", weights, v.astype(weights.dtype),
                           preferred_element_type=jnp.float32)
-    if runtime.moe_kernel == "xla" or not weighted_values_fits(v.shape[2], v.shape[3]):
+    if runtime.kernels == "xla" or not weighted_values_fits(v.shape[2], v.shape[3]):
         return xla(weights)
-    interpret = runtime.moe_kernel == "interpret"
+    interpret = runtime.kernels == "interpret"
 
     def kernel(weights):
         run = lambda w, cache, layer: weighted_values(w, cache, layer, interpret=interpret)
@@ -236,7 +236,7 @@ class MultiHeadAttention(hk.Module):
                  name: str = "multi_head_attention"):
         super().__init__(name=name)
         self.config = config
-        self.runtime = runtime   # moe_kernel: which kernels run the projections
+        self.runtime = runtime   # kernels: which kernels run the projections
 
     def __call__(self, x: jax.Array, ctx: AttentionContext, kv: Optional[LayerKV],
                  stacks: Optional[ProjectionStacks] = None,

@@ -15,11 +15,11 @@ Three implementations with the same numbers (tests/test_model.py checks they agr
   the dense FLOPs, no loop over experts.
 
 On GPUs the sparse MoE runs grok.kernels' fused Pallas kernels instead of `routed` and
-`grouped` (RuntimeConfig.moe_kernel "auto": chosen where the step is lowered for CUDA, by
+`grouped` (RuntimeConfig.kernels "auto": chosen where the step is lowered for CUDA, by
 `jax.lax.platform_dependent`, so a deviceless compile for a GPU picks them too). They read
 the selected experts in place from every layer's stack [L, E, ...] with the layer index as an
 operand (`ExpertStacks`): a per-layer slice of the scanned stack would be a copy of all E
-experts on GPU. On CPU XLA's paths run; moe_kernel="interpret" runs the kernels there.
+experts on GPU. On CPU XLA's paths run; kernels="interpret" runs the kernels there.
 
 Unrouted rows are excluded with `where`, never multiplied by a 0 gate: NaN in an expert no
 row of a request chose cannot reach that request (NaN * 0 is NaN).
@@ -119,7 +119,7 @@ class MoELayer(hk.Module):
         gates = gates.astype(x.dtype)    # the reference combines with bf16(gate)
         if moe_fn is _dense:
             return _dense(x, gates, experts, w_gate, w_value, w_down)
-        kind = self.runtime.moe_kernel
+        kind = self.runtime.kernels
 
         def xla(x, gates, experts):
             return _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down)
