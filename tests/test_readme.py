@@ -10,7 +10,7 @@ REPO_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 README = os.path.join(REPO_DIR, "README.md")
 CI_SCRIPT = os.path.join(REPO_DIR, ".ci", "run")
 EXAMPLE_SECTION = "## Python API"
-TEST_COMMAND = 'python -m pytest -q -m "not slow" tests'
+TEST_COMMAND = 'python -m pytest -q -m "not slow" -n 2 --dist loadfile tests'
 EXAMPLE_TIMEOUT_S = 300
 
 
