@@ -54,6 +54,10 @@ class _Gate:
     wait: int = 0                   # decode steps until it drafts again (0: open)
     backoff: int = MIN_BACKOFF
 
+    def close(self) -> None:
+        """Stops drafting for `backoff` decode steps; the next closing waits twice as long."""
+        self.wait, self.backoff = self.backoff, min(2 * self.backoff, MAX_BACKOFF)
+
 
 class Speculation:
     """The speculative side of one Scheduler; see the module docstring.
@@ -121,8 +125,7 @@ class Speculation:
             return None
         if expected < self._batch_break_even * len(running):
             for slot in drafts:                  # not worth it for the batch: try later
-                gate = self._gate(slot)
-                gate.wait, gate.backoff = gate.backoff, min(2 * gate.backoff, MAX_BACKOFF)
+                self._gate(slot).close()
             return None
         return drafts
 
@@ -138,7 +141,7 @@ class Speculation:
     def _record(self, gate: _Gate, emitted: int) -> None:
         gate.tokens_per_step += SMOOTHING * (emitted - gate.tokens_per_step)
         if gate.tokens_per_step < self._batch_break_even:
-            gate.wait, gate.backoff = gate.backoff, min(2 * gate.backoff, MAX_BACKOFF)
+            gate.close()
             gate.tokens_per_step = self._batch_break_even     # a retry starts at break-even
         else:
             gate.backoff = MIN_BACKOFF
