@@ -171,7 +171,7 @@ def decode_report(text: str, ideal: dict, step_ideal: float) -> dict:
         "kernels_per_layer": len(t.layer),
         "kernels_outside_moe": sum(not k.in_moe for k in t.layer),
         "projection_kernels": attention_kernels[kernel_accounting.LAYER_MATMUL],
-        "window_sum_kernels": attention_kernels[kernel_accounting.WEIGHTED_VALUES],
+        "decode_attention_kernels": attention_kernels[kernel_accounting.DECODE_ATTENTION],
         "layer_collectives": loop_collectives,
         "step_collectives": step_collectives,
         "largest_step_collective_mib": max([c["mib"] for c in step_collectives], default=0.0),

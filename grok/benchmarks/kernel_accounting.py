@@ -1,5 +1,5 @@
 """What the fused MoE kernels (grok.kernels) read and compute, counted from their grids
-(and the attention's layer_matmul and weighted_values, `count_attention_kernels`).
+(and the attention's layer_matmul and decode_attention, `count_attention_kernels`).
 
 XLA's cost model cannot see inside a Triton custom call: read naively, each kernel reads its
 operands whole (every layer's [L, E, K, N] stack) and computes nothing. The kernels' memory
@@ -35,7 +35,7 @@ import numpy as np
 
 from grok.benchmarks.hlo_bytes import ELEMENT_BYTES, Kernel, Module, Traffic
 from grok.kernels.block_layout import matmul_tiles, sort_into_blocks, tiling_for
-from grok.kernels.decode_attention import WEIGHTED_VALUES
+from grok.kernels.decode_attention import DECODE_ATTENTION
 from grok.kernels.layer_matmul import LAYER_MATMUL
 
 KERNEL_NAMES = ("moe_up", "moe_down")
@@ -97,25 +97,29 @@ def layer_matmul_bytes(call: KernelCall) -> tuple[int, int]:
     return read, r * n * ELEMENT_BYTES[call.result[0]]
 
 
-def weighted_values_bytes(call: KernelCall) -> tuple[int, int]:
-    """(read, written) bytes of one grok.kernels.weighted_values call, from its grid (B, K):
-    program (b, k) loads its G weight rows and its row's window [S', d] of this layer's cache
-    once (not the [L, B, K, S, d] cache operand whole), and writes its [GP, d] float32 output.
-    Operands: (layer, weights [B, K, G, S'], cache [L, B, K, S, d])."""
-    (w_type, (b, kv, heads, window)), (c_type, c_shape) = call.operands[1:3]
+def decode_attention_bytes(call: KernelCall) -> tuple[int, int]:
+    """(read, written) bytes of one grok.kernels.decode_attention call, from its grid (B, K):
+    program (b, k) loads its G query rows, its row's key and value windows [S', d] of this
+    layer's caches once each (not the [L, B, K, S, d] cache operands whole; at most: a row
+    stops at its live extent), its row's S' validity bytes and length, and writes its G output
+    rows. Operands: (layer, lengths [B], valid [B, S'], q [B, K, G, d], k_cache, v_cache)."""
+    (l_type, _), (v_type, (_, window)), (q_type, (b, kv, heads, d)) = call.operands[1:4]
+    (k_type, _), (c_type, _) = call.operands[4:6]
     if call.grid != (b, kv):
-        raise AssertionError(f"weighted_values' compiled grid {call.grid} is not (B, K) = {(b, kv)}")
-    read = b * kv * window * (heads * ELEMENT_BYTES[w_type] + c_shape[-1] * ELEMENT_BYTES[c_type])
-    return read + 4, ELEMENT_BYTES[call.result[0]] * math.prod(call.result[1])
+        raise AssertionError(f"decode_attention's compiled grid {call.grid} is not (B, K) = {(b, kv)}")
+    per_program = (heads * d * ELEMENT_BYTES[q_type] + window * ELEMENT_BYTES[v_type]
+                   + ELEMENT_BYTES[l_type]
+                   + window * d * (ELEMENT_BYTES[k_type] + ELEMENT_BYTES[c_type]))
+    return b * kv * per_program + 4, ELEMENT_BYTES[call.result[0]] * math.prod(call.result[1])
 
 
 # the in-place kernels outside the MoE, and what each call moves
-_COUNTED = {LAYER_MATMUL: layer_matmul_bytes, WEIGHTED_VALUES: weighted_values_bytes}
+_COUNTED = {LAYER_MATMUL: layer_matmul_bytes, DECODE_ATTENTION: decode_attention_bytes}
 
 
 def count_attention_kernels(t: Traffic, module: Module, comp: str) -> dict[str, int]:
     """Replaces, in t.layer (the loop body `comp`'s kernels), each layer_matmul and
-    weighted_values call's bytes by what its grid reads and writes; returns their counts."""
+    decode_attention call's bytes by what its grid reads and writes; returns their counts."""
     calls = {k.name: call for k, call in _named_calls(module, comp, t.layer, tuple(_COUNTED))}
     for i, k in enumerate(t.layer):
         if k.name in calls:

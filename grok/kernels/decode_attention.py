@@ -1,18 +1,30 @@
-"""Decode attention's weighted sum over the cache window, read in place (Pallas, Triton backend).
+"""Decode attention over one layer's cache window, read in place (Pallas, Triton backend).
 
-out[b, k, g] = sum_s weights[b, k, g, s] * v[layer, b, k, s]  over the window s < S'
+out[b, k, g] = sum_s softmax_s(cap * tanh(scale * q[b, k, g] . key[layer, b, k, s] / cap))
+               * value[layer, b, k, s]           over the visible positions s of row b
 
-Inside the layer scan the window is a slice of every layer's cache [L, B, K, S, d] on two
-axes (layer, positions); XLA:GPU's GEMM takes a dynamic slice only on the major-most axis and
-copies the window first (at Grok-1 width and 64 slots, 256 MiB a layer written and read back),
-and as a reduction over S its layout assignment transposes the whole cache. Here program
-(b, k) loads its row's [BS, d] tiles of the window where they lie, BS positions per step,
-and the [GP, BS] tile of the G query heads' weights (G padded to a power of two >= 16, masked),
-accumulating a float32 [GP, d] product, of which it stores the G real rows (row G of the
-output is scratch that no valid row touches): the window is read once.
+One kernel per layer: program (b, k) walks its row's live positions in blocks of BS, loading
+the [BS, d] tiles of the key and value windows where they lie in every layer's cache
+[L, B, K, S, d] (the layer an operand), and keeps the float32 scores of its G query heads
+(padded to GP, a power of two >= 16) and an online softmax (running max, running sum,
+rescaled float32 [GP, d] accumulator) in registers: the windows are read once, no score or
+weight leaves the kernel, and only the [B, K, G, d] output is written. XLA's form instead
+copies the key window out of the cache stack (its dynamic slice is on two axes), writes the
+float32 scores, reads them back for the softmax, and copies the value window for its GEMM.
 
-Glossary: B slots, K kv heads, G query heads per kv head (GP padded), S cache length, S' window
-(kv_len), d key_size, L layers, BS positions per step.
+Each program stops at its row's live extent (`lengths`, one past its last visible position),
+so a short row reads only its own blocks; within them `valid` masks the invisible positions
+(padding, another request's stale keys). A row with no visible position gets 0, as XLA's
+form. The per-program position loop over blocks is the shape a block-paged cache keeps: a
+page table would map block i of row b to its page.
+
+The numbers are the XLA form's (grok.model.attention): bf16 x bf16 products summed in
+float32, times the scale, then the soft cap, softmax in float32, weights rounded to the
+activation type (q's) for the weighted sum (here the unnormalised exp(s - running max),
+divided by the sum at the end, as flash-attention does), float32 accumulation.
+
+Glossary: B slots, K kv heads, G query heads per kv head (GP padded), S cache length, S'
+window (kv_len), d key_size, L layers, BS positions per block.
 """
 
 from __future__ import annotations
@@ -26,57 +38,86 @@ from jax.experimental.pallas import triton as plgpu
 
 from grok.kernels.block_layout import MIN_TILE, pow2_tile
 
-WEIGHTED_VALUES = "weighted_values"   # the kernel's name in a compiled program
+DECODE_ATTENTION = "decode_attention"   # the kernel's name in a compiled program
 BLOCK_POSITIONS = 64
+MASKED_SCORE = -1e30   # an invisible position's score (the running max starts there)
 
 
-def weighted_values_fits(window: int, key_size: int) -> bool:
+def decode_attention_fits(window: int, key_size: int) -> bool:
     """Whether the GPU kernel takes this window and head width (Triton tiles: powers of two
     dividing them, >= 16)."""
     whole_width = key_size >= MIN_TILE and key_size & (key_size - 1) == 0
     return whole_width and pow2_tile(window, BLOCK_POSITIONS) >= MIN_TILE
 
 
-def _kernel(layer_ref, w_ref, v_ref, out_ref, *, heads, padded, block, steps, dtype):
+def _kernel(layer_ref, lengths_ref, valid_ref, q_ref, k_ref, v_ref, out_ref, *,
+            heads, padded, block, scale, soft_cap, dtype, weight_dtype):
     b, k = pl.program_id(0), pl.program_id(1)
     layer = layer_ref[0]
-    g = jnp.arange(padded, dtype=jnp.int32)                                      # [GP]
-    real = g < heads
-
-    def step(i, acc):
-        s = pl.multiple_of(i * block, block)
-        pos = s + jnp.arange(block, dtype=jnp.int32)                              # [BS]
-        w = plgpu.load(w_ref.at[b, k, jnp.where(real, g, 0)[:, None], pos[None, :]],
-                       mask=real[:, None], other=0)                               # [GP, BS]
-        v = v_ref[layer, b, k, pl.ds(s, block), :]                                # [BS, d]
-        return acc + jnp.dot(w.astype(dtype), v.astype(dtype), preferred_element_type=jnp.float32)
     d = out_ref.shape[-1]
-    acc = jax.lax.fori_loop(0, steps, step, jnp.zeros((padded, d), jnp.float32))
-    cols = jnp.arange(d, dtype=jnp.int32)
-    # the G real rows; padding rows aim at the scratch row G (masked: nothing is stored)
-    plgpu.store(out_ref.at[b, k, jnp.minimum(g, heads)[:, None], cols[None, :]], acc,
-                mask=real[:, None])
+    g = jnp.arange(padded, dtype=jnp.int32)                                      # [GP]
+    cols = jnp.arange(d, dtype=jnp.int32)                                        # [d]
+    real = g < heads
+    q = plgpu.load(q_ref.at[b, k, jnp.where(real, g, 0)[:, None], cols[None, :]],
+                   mask=real[:, None], other=0).astype(dtype)                    # [GP, d]
+
+    def step(i, carry):
+        m, l, acc = carry                                                        # [GP], [GP], [GP, d]
+        s0 = pl.multiple_of(i * block, block)
+        keys = k_ref[layer, b, k, pl.ds(s0, block), :].astype(dtype)             # [BS, d]
+        values = v_ref[layer, b, k, pl.ds(s0, block), :]                         # [BS, d]
+        visible = valid_ref[b, pl.ds(s0, block)] != 0                            # [BS]
+        s = jax.lax.dot_general(q, keys, (((1,), (1,)), ((), ())),
+                                preferred_element_type=jnp.float32)              # [GP, BS]
+        s = s * scale
+        s = soft_cap * jnp.tanh(s / soft_cap)
+        s = jnp.where(visible[None, :], s, MASKED_SCORE)
+        m_new = jnp.maximum(m, jnp.max(s, axis=1))                               # [GP]
+        p = jnp.where(visible[None, :], jnp.exp(s - m_new[:, None]), 0.0)        # [GP, BS]
+        alpha = jnp.exp(m - m_new)
+        l = l * alpha + jnp.sum(p, axis=1)
+        weights = p.astype(weight_dtype).astype(dtype)   # rounded as XLA's form rounds its weights
+        acc = acc * alpha[:, None] + jnp.dot(weights, values.astype(dtype),
+                                             preferred_element_type=jnp.float32)
+        return m_new, l, acc
+
+    blocks = (lengths_ref[b] + block - 1) // block          # this row's live blocks
+    init = (jnp.full((padded,), MASKED_SCORE, jnp.float32), jnp.zeros((padded,), jnp.float32),
+            jnp.zeros((padded, d), jnp.float32))
+    _, l, acc = jax.lax.fori_loop(0, blocks, step, init)
+    out = jnp.where(l[:, None] > 0, acc / jnp.where(l > 0, l, 1.0)[:, None], 0.0)  # [GP, d]
+    for h in range(heads):     # the G real rows, one store each (no padding row is written)
+        row = jnp.sum(jnp.where(g[:, None] == h, out, 0.0), axis=0)              # [d]
+        out_ref[b, k, h, :] = row.astype(out_ref.dtype)
 
 
-def weighted_values(weights: jax.Array, cache: jax.Array, layer: jax.Array | int, *,
-                    interpret: bool = False) -> jax.Array:
-    """weights [B, K, G, S'] (the softmax's, in the activation type) times the window
-    cache[layer, :, :, :S'] of a cache [L, B, K, S, d] -> float32 [B, K, G, d].
+def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
+                     layer: jax.Array | int, valid: jax.Array, *, scale: float,
+                     soft_cap: float, interpret: bool = False) -> jax.Array:
+    """q [B, K, G, d] (post-RoPE queries) over the windows k_cache[layer, :, :, :S'] and
+    v_cache[layer, :, :, :S'] of caches [L, B, K, S, d], visible where valid [B, S'] (bool)
+    -> [B, K, G, d] in q's type. S' must pass `decode_attention_fits`.
 
     `interpret=True` runs the kernel on CPU (tests)."""
-    b, kv, heads, window = weights.shape
-    d = cache.shape[-1]
+    b, kv, heads, d = q.shape
+    window = valid.shape[-1]
+    if not decode_attention_fits(window, d):
+        raise ValueError(f"decode_attention takes a window with a power-of-two tile >= "
+                         f"{MIN_TILE} and a power-of-two key_size >= {MIN_TILE}, got "
+                         f"window {window}, key_size {d}")
+    positions = jnp.arange(1, window + 1, dtype=jnp.int32)
+    lengths = jnp.max(jnp.where(valid, positions, 0), axis=-1)                 # [B] live extent
     padded = max(MIN_TILE, 1 << max(0, heads - 1).bit_length())
     block = pow2_tile(window, BLOCK_POSITIONS)
-    dtype = jnp.float32 if interpret else weights.dtype
-    out = pl.pallas_call(
-        functools.partial(_kernel, heads=heads, padded=padded, block=block,
-                          steps=window // block, dtype=dtype),
-        out_shape=jax.ShapeDtypeStruct((b, kv, heads + 1, d), jnp.float32),
+    dtype = jnp.float32 if interpret else k_cache.dtype
+    return pl.pallas_call(
+        functools.partial(_kernel, heads=heads, padded=padded, block=block, scale=scale,
+                          soft_cap=soft_cap, dtype=dtype, weight_dtype=q.dtype),
+        out_shape=jax.ShapeDtypeStruct((b, kv, heads, d), q.dtype),
         grid=(b, kv),
         # no BlockSpecs: every operand by address; each program loads and stores its own tiles
         compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
         interpret=interpret,
-        name=WEIGHTED_VALUES,
-    )(jnp.asarray(layer, jnp.int32).reshape(1), weights, cache)
-    return out[:, :, :heads]
+        name=DECODE_ATTENTION,
+    )(jnp.asarray(layer, jnp.int32).reshape(1), lengths, valid.astype(jnp.int8), q,
+      k_cache, v_cache)

@@ -16,6 +16,11 @@ index as an operand (`ProjectionStacks`): XLA:GPU's GEMM would first copy the la
 out of the scanned stack. One row takes QuantizedLinear's in-place reduction; CPU, more rows,
 and RuntimeConfig.kernels="xla" take QuantizedLinear; kernels="interpret" runs the kernel
 on CPU (tests).
+
+Decode (one new token per row over a cache) on GPUs runs grok.kernels.decode_attention: one
+kernel per layer reads the layer's key and value windows in place from the caches and keeps
+scores and softmax in registers (XLA's form copies both windows and writes the scores);
+kernels="xla" and windows the kernel does not take run `_decode_attention`, XLA's form.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 from grok.axes import MODEL_AXIS
 from grok.config import TransformerConfig
-from grok.kernels import layer_matmul, layer_matmul_fits, weighted_values, weighted_values_fits
+from grok.kernels import decode_attention, decode_attention_fits, layer_matmul, layer_matmul_fits
 from grok.ops.layers import QuantizedLinear, apply_rope
 from grok.ops.model_parallel import model_axis_size, sum_over_model_axis
 from grok.ops.platform import on_cpu
@@ -179,56 +184,60 @@ def _attention(c: TransformerConfig, q, k, v, key_valid, dtype) -> jax.Array:
                       preferred_element_type=jnp.float32).astype(dtype)
 
 
-def _cache_window_sum(weights: jax.Array, v: jax.Array, cache: jax.Array, layer: jax.Array,
-                      runtime: RuntimeConfig) -> jax.Array:
-    """weights [B, K, G, S'] over the V window v [B, K, S', d] (cache[layer]'s first S'
-    positions) -> float32 [B, K, G, d]. A batched GEMM; on GPUs the grok.kernels
-    weighted_values kernel instead, which reads the window in place from the cache [L, B, K,
-    S, d] (XLA's GEMM copies it out first), per device under the cache's layout."""
-    def xla(weights):
-        return jnp.einsum("bkgs,bksd->bkgd", weights, v.astype(weights.dtype),
-                          preferred_element_type=jnp.float32)
-    if runtime.kernels == "xla" or not weighted_values_fits(v.shape[2], v.shape[3]):
-        return xla(weights)
-    interpret = runtime.kernels == "interpret"
-
-    def kernel(weights):
-        run = lambda w, cache, layer: weighted_values(w, cache, layer, interpret=interpret)
-        mesh = jax.sharding.get_abstract_mesh()
-        if mesh.empty:
-            return run(weights, cache, layer)
-        spec = logical_sharding(cache.shape, CACHE_AXES, mesh).spec
-        rows = P(spec[1], spec[2], None, None)                                 # [B, K, G, *]
-        return jax.shard_map(run, in_specs=(rows, spec, P()), out_specs=rows,
-                             check_vma=False)(weights, cache, layer)
-    if interpret:
-        return kernel(weights)
-    return jax.lax.platform_dependent(weights, cuda=kernel, default=xla)
-
-
-def _decode_attention(c: TransformerConfig, q, k, v, key_valid, dtype,
-                      window_sum=None) -> jax.Array:
-    """One new token per row (T = 1) over the cache window k, v [B, K, S, d] -> [B, 1, K, G, d].
+def _decode_attention(c: TransformerConfig, q, k, v, key_valid, dtype) -> jax.Array:
+    """One new token per row (T = 1) over the cache window k, v [B, K, S, d] -> [B, 1, K, G, d]:
+    the GPU form XLA compiles (kernels="xla", or a window the kernel does not take).
 
     The same products and float32 sums as `_attention`. The scores are a multiply-reduce over
-    d, the cache's minor axis: XLA:GPU fuses the window (a slice of the layer's [L, B, K, S, d]
-    stack) into the reduction and reads it in place. The weighted sum over S is a batched
-    matmul: as a reduction over S (not the minor axis) XLA:GPU's layout assignment would put S
-    minor-most, i.e. transpose the whole V cache before the layer loop and back after it,
-    every step; the GEMM instead copies this layer's V window (its dynamic slices must be on
-    the major-most axis); `window_sum` (weights -> [B, K, G, d]) replaces that GEMM, e.g. by
-    `_cache_window_sum`. bf16 x bf16 products are exact in float32."""
+    d, the cache's minor axis; the weighted sum over S is a batched matmul: as a reduction over
+    S (not the minor axis) XLA:GPU's layout assignment would put S minor-most, i.e. transpose
+    the whole V cache before the layer loop and back after it, every step. XLA:GPU still copies
+    the key and value windows out of the layer stack (dynamic slices on two axes) and writes the
+    float32 scores out; `_kernel_decode_attention` reads the windows in place instead.
+    bf16 x bf16 products are exact in float32."""
     f32 = jnp.float32
     qf = q[:, 0].astype(f32)                                                    # [B, K, G, d]
     scores = jnp.sum(qf[:, :, :, None, :] * k.astype(f32)[:, :, None], axis=-1)  # [B, K, G, S]
     weights = _softmax_weights(c, scores[:, :, :, None], key_valid, dtype)[:, :, :, 0]
     mm = matmul_dtype(dtype)
-    if window_sum is None:
-        out = jnp.einsum("bkgs,bksd->bkgd", weights.astype(mm), v.astype(mm),
-                         preferred_element_type=f32)                           # [B, K, G, d]
-    else:
-        out = window_sum(weights.astype(mm))
+    out = jnp.einsum("bkgs,bksd->bkgd", weights.astype(mm), v.astype(mm),
+                     preferred_element_type=f32)                               # [B, K, G, d]
     return out[:, None].astype(dtype)
+
+
+def _kernel_decode_attention(c: TransformerConfig, q: jax.Array, kv: LayerKV,
+                             key_valid: jax.Array, interpret: bool) -> jax.Array:
+    """q [B, 1, K, G, d] over the first S' positions of layer kv.layer of the caches
+    [L, B, K, S, d], visible where key_valid [B, 1, S'] -> [B, 1, K, G, d] in q's type:
+    grok.kernels.decode_attention, reading both windows in place, per device under the
+    cache's layout (slots over the data axis, kv heads over the model axis)."""
+    def run(q, k_cache, v_cache, layer, valid):
+        return decode_attention(q, k_cache, v_cache, layer, valid, scale=c.attn_output_multiplier,
+                                soft_cap=c.attn_logit_soft_cap, interpret=interpret)
+    args = (q[:, 0], kv.k, kv.v, kv.layer, key_valid[:, 0])
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return run(*args)[:, None]
+    spec = logical_sharding(kv.k.shape, CACHE_AXES, mesh).spec
+    rows = P(spec[1], spec[2], None, None)                                     # [B, K, G, d]
+    out = jax.shard_map(run, in_specs=(rows, spec, spec, P(), P(spec[1], None)), out_specs=rows,
+                        check_vma=False)(*args)
+    return out[:, None]
+
+
+def _gpu_decode_attention(c: TransformerConfig, q, k, v, kv: LayerKV, key_valid, dtype,
+                          runtime: RuntimeConfig) -> jax.Array:
+    """Decode attention (T = 1) as traced for a GPU: the kernel where it takes the window,
+    XLA's form (over the windows k, v [B, K, S', d]) otherwise or with kernels="xla"."""
+    xla = lambda q: _decode_attention(c, q, k, v, key_valid, dtype)
+    if runtime.kernels == "xla" or not decode_attention_fits(k.shape[2], k.shape[3]):
+        return xla(q)
+    interpret = runtime.kernels == "interpret"
+    kernel = lambda q: _kernel_decode_attention(c, q, kv, key_valid, interpret).astype(dtype)
+    if interpret:
+        return kernel(q)
+    # XLA's form is dead code where the kernel runs (XLA removes it with its window slices).
+    return jax.lax.platform_dependent(q, cuda=kernel, default=xla)
 
 
 class MultiHeadAttention(hk.Module):
@@ -264,9 +273,8 @@ class MultiHeadAttention(hk.Module):
                              v=_write(kv.v, kv.layer, v, ctx.write_index))
             kv_len = ctx.key_valid.shape[-1]
             k, v = _live(kv.k, kv.layer, kv_len), _live(kv.v, kv.layer, kv_len)  # [B, K, S, d]
-        if t == 1 and kv is not None and not on_cpu():
-            window_sum = lambda w: _cache_window_sum(w, v, kv.v, kv.layer, self.runtime)
-            out = _decode_attention(c, q, k, v, ctx.key_valid, x.dtype, window_sum)
+        if t == 1 and kv is not None and (not on_cpu() or self.runtime.kernels == "interpret"):
+            out = _gpu_decode_attention(c, q, k, v, kv, ctx.key_valid, x.dtype, self.runtime)
         else:
             out = _attention(c, q, k, v, ctx.key_valid, x.dtype)
         out = out.reshape(b, t, c.num_q_heads * c.key_size)                    # [B, T, H*d]
