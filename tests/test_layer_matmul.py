@@ -1,8 +1,6 @@
-"""grok.kernels.layer_matmul (a dense projection read in place from a layer stack) and
-weighted_values (decode attention's sum over the cache window, read in place) in
-interpret mode on CPU against the XLA paths (qmatmul on the layer's slice, the window's GEMM),
-alone and as grok.model.attention runs them under the mesh (shard_map, specs from the
-sharding table)."""
+"""grok.kernels.layer_matmul (a dense projection read in place from a layer stack) in
+interpret mode on CPU against the XLA path (qmatmul on the layer's slice), alone and as
+grok.model.attention runs it under the mesh (shard_map, specs from the sharding table)."""
 
 import functools
 
@@ -12,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from grok.kernels import layer_matmul, layer_matmul_fits, weighted_values, weighted_values_fits
+from grok.kernels import layer_matmul, layer_matmul_fits
 from grok.model.attention import _stack_projection
 from grok.ops.quantization import QuantizedWeight8bit, qmatmul, quantize
 from grok.parallel import sharding
@@ -77,49 +75,3 @@ def test_projection_under_model_axis_equals_xla(name):
     jaxpr = str(jax.make_jaxpr(sharded)(x, placed, jnp.int32(1)))
     assert "shard_map" in jaxpr and jaxpr.count("psum") == (name == "linear")
     assert_close(jax.jit(sharded)(x, placed, jnp.int32(1)), qmatmul(x, at_layer(w, 1)))
-
-
-# ---- decode attention's weighted sum over the cache window (grok.kernels.weighted_values) ----
-
-def cache_and_weights(b: int = 2, kv: int = 4, heads: int = 6, window: int = 128):
-    """A cache [L, B, K, S, d] (S = 2 * window) and softmax weights [B, K, G, window]."""
-    rng = np.random.default_rng(5)
-    cache = jnp.asarray(rng.normal(size=(L, b, kv, 2 * window, 32)), jnp.float32)
-    weights = jax.nn.softmax(jnp.asarray(rng.normal(size=(b, kv, heads, window)), jnp.float32))
-    return cache, weights
-
-
-def window_sum_xla(weights, cache, layer):
-    window = weights.shape[-1]
-    return jnp.einsum("bkgs,bksd->bkgd", weights, cache[layer, :, :, :window])
-
-
-def test_weighted_values_equals_the_window_gemm():
-    """G = 6 query heads (padded to 16 in the kernel, only 6 stored), a 128-position window
-    of a 256-position cache, the layer a traced operand."""
-    cache, weights = cache_and_weights()
-    run = jax.jit(functools.partial(weighted_values, interpret=True))
-    for layer in (0, 2):
-        assert_close(run(weights, cache, jnp.int32(layer)), window_sum_xla(weights, cache, layer))
-    assert weighted_values_fits(128, 128) and not weighted_values_fits(128, 48)
-    assert not weighted_values_fits(8, 128)           # a window under one 16-position tile
-
-
-@pytest.mark.slow
-def test_window_sum_under_the_cache_layout_equals_xla():
-    """grok.model.attention's window sum on a (2, 4) mesh: slots over the data axis, kv heads
-    over the model axis (the cache's layout from the sharding table), one call per device."""
-    from grok.model.attention import _cache_window_sum
-    from grok.runtime_config import RuntimeConfig
-
-    mesh = sharding.make_mesh((2, 4))
-    cache, weights = cache_and_weights()
-    placed = jax.device_put(cache, NamedSharding(mesh, P(None, "data", "model", None, None)))
-    runtime = RuntimeConfig(kernels="interpret")
-
-    def sharded(weights, cache, layer):
-        window = cache[layer, :, :, :weights.shape[-1]]
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return _cache_window_sum(weights, window, cache, layer, runtime)
-    assert "shard_map" in str(jax.make_jaxpr(sharded)(weights, placed, jnp.int32(1)))
-    assert_close(jax.jit(sharded)(weights, placed, jnp.int32(1)), window_sum_xla(weights, cache, 1))

@@ -13,7 +13,8 @@ copies the key window out of the cache stack (its dynamic slice is on two axes),
 float32 scores, reads them back for the softmax, and copies the value window for its GEMM.
 
 Each program stops at its row's live extent (`lengths`, one past its last visible position),
-so a short row reads only its own blocks; within them `valid` masks the invisible positions
+so a short row reads only its own blocks; within them `valid` (bool: XLA stores a byte per
+element, the Triton lowering loads it as one) masks the invisible positions
 (padding, another request's stale keys). A row with no visible position gets 0, as XLA's
 form. The per-program position loop over blocks is the shape a block-paged cache keeps: a
 page table would map block i of row b to its page.
@@ -66,7 +67,7 @@ def _kernel(layer_ref, lengths_ref, valid_ref, q_ref, k_ref, v_ref, out_ref, *,
         s0 = pl.multiple_of(i * block, block)
         keys = k_ref[layer, b, k, pl.ds(s0, block), :].astype(dtype)             # [BS, d]
         values = v_ref[layer, b, k, pl.ds(s0, block), :]                         # [BS, d]
-        visible = valid_ref[b, pl.ds(s0, block)] != 0                            # [BS]
+        visible = valid_ref[b, pl.ds(s0, block)]                                 # [BS] bool
         s = jax.lax.dot_general(q, keys, (((1,), (1,)), ((), ())),
                                 preferred_element_type=jnp.float32)              # [GP, BS]
         s = s * scale
@@ -92,12 +93,14 @@ def _kernel(layer_ref, lengths_ref, valid_ref, q_ref, k_ref, v_ref, out_ref, *,
 
 
 def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
-                     layer: jax.Array | int, valid: jax.Array, *, scale: float,
-                     soft_cap: float, interpret: bool = False) -> jax.Array:
+                     layer: jax.Array | int, valid: jax.Array, lengths: jax.Array, *,
+                     scale: float, soft_cap: float, interpret: bool = False) -> jax.Array:
     """q [B, K, G, d] (post-RoPE queries) over the windows k_cache[layer, :, :, :S'] and
     v_cache[layer, :, :, :S'] of caches [L, B, K, S, d], visible where valid [B, S'] (bool)
     -> [B, K, G, d] in q's type. S' must pass `decode_attention_fits`.
 
+    lengths [B] int32: row b reads positions [0, lengths[b]) only; at least one past its last
+    visible position (grok.model.attention computes it once per step, not per layer).
     `interpret=True` runs the kernel on CPU (tests)."""
     b, kv, heads, d = q.shape
     window = valid.shape[-1]
@@ -105,8 +108,6 @@ def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
         raise ValueError(f"decode_attention takes a window with a power-of-two tile >= "
                          f"{MIN_TILE} and a power-of-two key_size >= {MIN_TILE}, got "
                          f"window {window}, key_size {d}")
-    positions = jnp.arange(1, window + 1, dtype=jnp.int32)
-    lengths = jnp.max(jnp.where(valid, positions, 0), axis=-1)                 # [B] live extent
     padded = max(MIN_TILE, 1 << max(0, heads - 1).bit_length())
     block = pow2_tile(window, BLOCK_POSITIONS)
     dtype = jnp.float32 if interpret else k_cache.dtype
@@ -119,5 +120,5 @@ def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
         compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
         interpret=interpret,
         name=DECODE_ATTENTION,
-    )(jnp.asarray(layer, jnp.int32).reshape(1), lengths, valid.astype(jnp.int8), q,
-      k_cache, v_cache)
+    )(jnp.asarray(layer, jnp.int32).reshape(1), lengths.astype(jnp.int32), valid, q, k_cache,
+      v_cache)

@@ -141,6 +141,7 @@ class AttentionContext(NamedTuple):
     positions: jax.Array      # [B, T] absolute position of each new token
     key_valid: jax.Array      # [B, T, S] bool: query t may attend key s
     write_index: Optional[jax.Array]  # [B, T] cache slot each new token is written to
+    key_extent: jax.Array     # [B, T] int32: one past the last key query t may attend (0: none)
 
 
 def _write(cache: jax.Array, layer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
@@ -206,34 +207,38 @@ def _decode_attention(c: TransformerConfig, q, k, v, key_valid, dtype) -> jax.Ar
 
 
 def _kernel_decode_attention(c: TransformerConfig, q: jax.Array, kv: LayerKV,
-                             key_valid: jax.Array, interpret: bool) -> jax.Array:
+                             key_valid: jax.Array, key_extent: jax.Array,
+                             interpret: bool) -> jax.Array:
     """q [B, 1, K, G, d] over the first S' positions of layer kv.layer of the caches
-    [L, B, K, S, d], visible where key_valid [B, 1, S'] -> [B, 1, K, G, d] in q's type:
-    grok.kernels.decode_attention, reading both windows in place, per device under the
-    cache's layout (slots over the data axis, kv heads over the model axis)."""
-    def run(q, k_cache, v_cache, layer, valid):
-        return decode_attention(q, k_cache, v_cache, layer, valid, scale=c.attn_output_multiplier,
-                                soft_cap=c.attn_logit_soft_cap, interpret=interpret)
-    args = (q[:, 0], kv.k, kv.v, kv.layer, key_valid[:, 0])
+    [L, B, K, S, d], visible where key_valid [B, 1, S'] (up to key_extent [B, 1]) ->
+    [B, 1, K, G, d] in q's type: grok.kernels.decode_attention, reading both windows in
+    place, per device under the cache's layout (slots over the data axis, kv heads over the
+    model axis)."""
+    def run(q, k_cache, v_cache, layer, valid, lengths):
+        return decode_attention(q, k_cache, v_cache, layer, valid, lengths,
+                                scale=c.attn_output_multiplier, soft_cap=c.attn_logit_soft_cap,
+                                interpret=interpret)
+    args = (q[:, 0], kv.k, kv.v, kv.layer, key_valid[:, 0], key_extent[:, 0])
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return run(*args)[:, None]
     spec = logical_sharding(kv.k.shape, CACHE_AXES, mesh).spec
     rows = P(spec[1], spec[2], None, None)                                     # [B, K, G, d]
-    out = jax.shard_map(run, in_specs=(rows, spec, spec, P(), P(spec[1], None)), out_specs=rows,
-                        check_vma=False)(*args)
+    out = jax.shard_map(run, in_specs=(rows, spec, spec, P(), P(spec[1], None), P(spec[1])),
+                        out_specs=rows, check_vma=False)(*args)
     return out[:, None]
 
 
-def _gpu_decode_attention(c: TransformerConfig, q, k, v, kv: LayerKV, key_valid, dtype,
-                          runtime: RuntimeConfig) -> jax.Array:
+def _gpu_decode_attention(c: TransformerConfig, q, k, v, kv: LayerKV, ctx: AttentionContext,
+                          dtype, runtime: RuntimeConfig) -> jax.Array:
     """Decode attention (T = 1) as traced for a GPU: the kernel where it takes the window,
     XLA's form (over the windows k, v [B, K, S', d]) otherwise or with kernels="xla"."""
-    xla = lambda q: _decode_attention(c, q, k, v, key_valid, dtype)
+    xla = lambda q: _decode_attention(c, q, k, v, ctx.key_valid, dtype)
     if runtime.kernels == "xla" or not decode_attention_fits(k.shape[2], k.shape[3]):
         return xla(q)
     interpret = runtime.kernels == "interpret"
-    kernel = lambda q: _kernel_decode_attention(c, q, kv, key_valid, interpret).astype(dtype)
+    kernel = lambda q: _kernel_decode_attention(c, q, kv, ctx.key_valid, ctx.key_extent,
+                                                interpret).astype(dtype)
     if interpret:
         return kernel(q)
     # XLA's form is dead code where the kernel runs (XLA removes it with its window slices).
@@ -274,7 +279,7 @@ class MultiHeadAttention(hk.Module):
             kv_len = ctx.key_valid.shape[-1]
             k, v = _live(kv.k, kv.layer, kv_len), _live(kv.v, kv.layer, kv_len)  # [B, K, S, d]
         if t == 1 and kv is not None and (not on_cpu() or self.runtime.kernels == "interpret"):
-            out = _gpu_decode_attention(c, q, k, v, kv, ctx.key_valid, x.dtype, self.runtime)
+            out = _gpu_decode_attention(c, q, k, v, kv, ctx, x.dtype, self.runtime)
         else:
             out = _attention(c, q, k, v, ctx.key_valid, x.dtype)
         out = out.reshape(b, t, c.num_q_heads * c.key_size)                    # [B, T, H*d]
@@ -301,7 +306,8 @@ def make_context(tokens: jax.Array, pad_token: int, step: Optional[jax.Array] = 
     if step is None:
         positions = jnp.broadcast_to(offsets, (b, t))
         causal = offsets[:, None] >= offsets[None, :]                           # [T, T]
-        return AttentionContext(positions, causal[None] & token_ok[:, None, :], None), None
+        key_valid = causal[None] & token_ok[:, None, :]
+        return AttentionContext(positions, key_valid, None, _extent(key_valid)), None
 
     positions = step[:, None] + offsets[None, :]                                # [B, T]
     rows = jnp.arange(b)[:, None]
@@ -313,4 +319,12 @@ def make_context(tokens: jax.Array, pad_token: int, step: Optional[jax.Array] = 
     keys = jnp.arange(kv_len, dtype=jnp.int32)                                  # [S']
     key_ok = (keys[None, :] < (step + lengths)[:, None]) & cache_valid[:, :kv_len]  # [B, S']
     causal = keys[None, None, :] <= positions[:, :, None]                       # [B, T, S]
-    return AttentionContext(positions, causal & key_ok[:, None, :], positions), cache_valid
+    key_valid = causal & key_ok[:, None, :]
+    return AttentionContext(positions, key_valid, positions, _extent(key_valid)), cache_valid
+
+
+def _extent(key_valid: jax.Array) -> jax.Array:
+    """[B, T, S] -> [B, T]: one past each query's last visible key, 0 where it sees none
+    (once per call, outside the layer loop: the decode kernel reads no position past it)."""
+    ends = jnp.arange(1, key_valid.shape[-1] + 1, dtype=jnp.int32)
+    return jnp.max(jnp.where(key_valid, ends, 0), axis=-1)
