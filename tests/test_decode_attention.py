@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from grok.config import TransformerConfig
 from grok.kernels import decode_attention, decode_attention_fits
+from grok.kernels.decode_attention import position_splits
 from grok.model.attention import LayerKV, _attention, _extent, _kernel_decode_attention
 from grok.parallel import sharding
 
@@ -52,17 +53,20 @@ def xla(c, q, k_cache, v_cache, layer, valid, dtype):
 
 
 @functools.cache
-def kernel(c: TransformerConfig):
+def kernel(c: TransformerConfig, splits=None):
     return jax.jit(functools.partial(decode_attention, scale=c.attn_output_multiplier,
-                                     soft_cap=c.attn_logit_soft_cap, interpret=True))
+                                     soft_cap=c.attn_logit_soft_cap, splits=splits,
+                                     interpret=True))
 
 
-def check_equals_xla(b, kv, g, window):
-    """float32: the same products and float32 sums, to rounding; the layer a traced operand."""
+def check_equals_xla(b, kv, g, window, splits):
+    """float32: the same products and float32 sums, to rounding; the layer a traced operand;
+    splits[i] programs per row at layer i."""
     c = config(kv * g, kv)
     q, k_cache, v_cache, valid = problem(b, kv, g, window)
-    for layer in (0, 2):
-        got = kernel(c)(q[:, 0], k_cache, v_cache, jnp.int32(layer), valid[:, 0], extent(valid))
+    for layer, split in zip((0, 2), splits):
+        got = kernel(c, split)(q[:, 0], k_cache, v_cache, jnp.int32(layer), valid[:, 0],
+                               extent(valid))
         want = np.asarray(xla(c, q, k_cache, v_cache, layer, valid, jnp.float32)[:, 0])
         assert got.shape == want.shape == (b, kv, g, D) and got.dtype == jnp.float32
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
@@ -74,14 +78,17 @@ def check_equals_xla(b, kv, g, window):
 
 
 def test_decode_attention_equals_xla_attention():
-    """G = 6 query heads per kv head (as Grok-1; padded to 16 in the kernel), two blocks."""
-    check_equals_xla(b=5, kv=2, g=6, window=128)
+    """G = 6 query heads per kv head (as Grok-1; padded to 16 in the kernel), two blocks of
+    positions: one program per row (its online softmax over both), and two (each block's
+    partial result, merged by the combining kernel: 10 programs are few, the default)."""
+    assert position_splits(5 * 2, 2) == 2 and position_splits(64, 16) == 1
+    check_equals_xla(b=5, kv=2, g=6, window=128, splits=(1, None))
 
 
 @pytest.mark.slow
 def test_decode_attention_equals_xla_attention_at_two_heads_per_kv_head():
-    """G = 2, four kv heads, a 64-position window (one block)."""
-    check_equals_xla(b=4, kv=4, g=2, window=64)
+    """G = 2, four kv heads, a 256-position window: four splits of one block, two of two."""
+    check_equals_xla(b=4, kv=4, g=2, window=256, splits=(4, 2))
 
 
 @pytest.mark.slow
@@ -102,6 +109,10 @@ def test_fits_only_triton_tiles():
     assert decode_attention_fits(1024, 128) and decode_attention_fits(48, 32)   # 48: 3 tiles of 16
     assert not decode_attention_fits(1024, 48)        # 48 is no power of two
     assert not decode_attention_fits(8, 128)          # a window under one 16-position tile
+    with pytest.raises(ValueError, match="splits 3"):
+        decode_attention(jnp.zeros((1, 1, 2, 32)), jnp.zeros((1, 1, 1, 64, 32)),
+                         jnp.zeros((1, 1, 1, 64, 32)), 0, jnp.ones((1, 64), bool),
+                         jnp.full((1,), 64), scale=1.0, soft_cap=30.0, splits=3, interpret=True)
     with pytest.raises(ValueError, match="window 8"):
         decode_attention(jnp.zeros((1, 1, 2, 32)), jnp.zeros((1, 1, 1, 8, 32)),
                          jnp.zeros((1, 1, 1, 8, 32)), 0, jnp.ones((1, 8), bool),
@@ -131,9 +142,10 @@ def test_decode_attention_under_the_cache_layout_equals_xla():
 
 @pytest.mark.slow
 def test_model_decode_steps_with_the_kernel_equal_xla():
-    """The tiny model's cached decode steps with kernels="interpret" (this kernel, and the
-    projections' and MoE's) give the XLA paths' logits: the new key is written before the
-    kernel reads the window, pads stay invisible."""
+    """The tiny model's cached decode steps with kernels="interpret" (this kernel, two
+    programs per row over a 128-position window, and the projections' and MoE's kernels) give
+    the XLA paths' logits: the new key is written before the kernel reads the window, pads
+    stay invisible."""
     from grok import checkpoint
     from grok.config import LanguageModelConfig
     from grok.model.transformer import build_forward, init_memory
@@ -143,7 +155,7 @@ def test_model_decode_steps_with_the_kernel_equal_xla():
         model=TransformerConfig(emb_size=64, key_size=16, num_q_heads=4, num_kv_heads=2,
                                 num_layers=2, num_experts=4, num_selected_experts=2,
                                 widening_factor=2, attn_output_multiplier=0.25),
-        vocab_size=96, sequence_len=64)
+        vocab_size=96, sequence_len=128)
     params = checkpoint.stack_params(
         checkpoint.quantize_tensors(checkpoint.random_tensors(model, 3), model, None), model)
     tokens = np.random.default_rng(3).integers(1, model.vocab_size, (2, 10)).astype(np.int32)
@@ -154,11 +166,11 @@ def test_model_decode_steps_with_the_kernel_equal_xla():
         runtime = RuntimeConfig(kernels=kind, activation_dtype="float32")
         forward = jax.jit(build_forward(model, runtime), static_argnums=5)
         memory = init_memory(model, 2, model.sequence_len, runtime)
-        _, memory = forward(params, prompt, memory, np.array([6, 4], np.int32), None, 16)
+        _, memory = forward(params, prompt, memory, np.array([6, 4], np.int32), None, 128)
         steps = []
         for i in range(3):
             logits, memory = forward(params, tokens[:, 6 + i:7 + i], memory,
-                                     np.ones(2, np.int32), None, 16)
+                                     np.ones(2, np.int32), None, 128)
             steps.append(np.asarray(logits))
         return np.stack(steps)
     want = decode("xla")

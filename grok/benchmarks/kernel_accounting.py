@@ -52,6 +52,7 @@ class KernelCall:
     operands: tuple[tuple[str, tuple[int, ...]], ...]
     result: tuple[str, tuple[int, ...]]
     grid: tuple[int, int]
+    outputs: tuple[tuple[str, tuple[int, ...]], ...] = ()   # every result array (a tuple's too)
 
 
 def _arrays(text: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -71,7 +72,8 @@ def _named_calls(module: Module, comp: str, kernels: list[Kernel],
         grid = _GRID.search(inst.rest)
         calls.append((k, KernelCall(name, tuple(_arrays(_CONSTRAINTS.search(inst.rest).group(1))),
                                     _arrays(inst.result)[0],
-                                    (int(grid.group(1)), int(grid.group(2))) if grid else (0, 0))))
+                                    (int(grid.group(1)), int(grid.group(2))) if grid else (0, 0),
+                                    tuple(_arrays(inst.result)))))
     return calls
 
 
@@ -98,19 +100,24 @@ def layer_matmul_bytes(call: KernelCall) -> tuple[int, int]:
 
 
 def decode_attention_bytes(call: KernelCall) -> tuple[int, int]:
-    """(read, written) bytes of one grok.kernels.decode_attention call, from its grid (B, K):
-    program (b, k) loads its G query rows, its row's key and value windows [S', d] of this
-    layer's caches once each (not the [L, B, K, S, d] cache operands whole; at most: a row
-    stops at its live extent), its row's S' validity bytes and length, and writes its G output
-    rows. Operands: (layer, lengths [B], valid [B, S'], q [B, K, G, d], k_cache, v_cache)."""
+    """(read, written) bytes of one grok.kernels.decode_attention call, from its grid
+    (B, K, NS): the NS programs of (b, k) load its G query rows each and, between them, its
+    row's key and value windows [S', d] of this layer's caches once (not the [L, B, K, S, d]
+    cache operands whole; at most: a row stops at its live extent), its row's S' validity
+    bytes and length; they write the G output rows, or with NS > 1 each its float32 partial
+    rows and log-sum-exps (merged by a second small kernel whose operands are exactly what it
+    reads: counted from the HLO as it is).
+    Operands: (layer, lengths [B], valid [B, S'], q [B, K, G, d], k_cache, v_cache)."""
     (l_type, _), (v_type, (_, window)), (q_type, (b, kv, heads, d)) = call.operands[1:4]
     (k_type, _), (c_type, _) = call.operands[4:6]
     if call.grid != (b, kv):
         raise AssertionError(f"decode_attention's compiled grid {call.grid} is not (B, K) = {(b, kv)}")
-    per_program = (heads * d * ELEMENT_BYTES[q_type] + window * ELEMENT_BYTES[v_type]
-                   + ELEMENT_BYTES[l_type]
-                   + window * d * (ELEMENT_BYTES[k_type] + ELEMENT_BYTES[c_type]))
-    return b * kv * per_program + 4, ELEMENT_BYTES[call.result[0]] * math.prod(call.result[1])
+    splits = call.outputs[1][1][2] if len(call.outputs) == 2 else 1      # lse [B, K, NS, GP]
+    per_row = (splits * (heads * d * ELEMENT_BYTES[q_type] + ELEMENT_BYTES[l_type])
+               + window * ELEMENT_BYTES[v_type]
+               + window * d * (ELEMENT_BYTES[k_type] + ELEMENT_BYTES[c_type]))
+    written = sum(ELEMENT_BYTES[t] * math.prod(shape) for t, shape in call.outputs)
+    return b * kv * per_row + 4, written
 
 
 # the in-place kernels outside the MoE, and what each call moves
