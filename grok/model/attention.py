@@ -193,8 +193,9 @@ def _decode_attention(c: TransformerConfig, q, k, v, key_valid, dtype) -> jax.Ar
     d, the cache's minor axis; the weighted sum over S is a batched matmul: as a reduction over
     S (not the minor axis) XLA:GPU's layout assignment would put S minor-most, i.e. transpose
     the whole V cache before the layer loop and back after it, every step. XLA:GPU still copies
-    the key and value windows out of the layer stack (dynamic slices on two axes) and writes the
-    float32 scores out; `_kernel_decode_attention` reads the windows in place instead.
+    the value window out of the layer stack for the GEMM (its dynamic slice must be on the
+    major-most axis), at one kv head per device the key window too, and writes the float32
+    scores out; `_kernel_decode_attention` reads both windows in place instead.
     bf16 x bf16 products are exact in float32."""
     f32 = jnp.float32
     qf = q[:, 0].astype(f32)                                                    # [B, K, G, d]
@@ -231,8 +232,9 @@ def _kernel_decode_attention(c: TransformerConfig, q: jax.Array, kv: LayerKV,
 
 def _gpu_decode_attention(c: TransformerConfig, q, k, v, kv: LayerKV, ctx: AttentionContext,
                           dtype, runtime: RuntimeConfig) -> jax.Array:
-    """Decode attention (T = 1) as traced for a GPU: the kernel where it takes the window,
-    XLA's form (over the windows k, v [B, K, S', d]) otherwise or with kernels="xla"."""
+    """Decode attention (T = 1) as traced for a GPU (or kernels="interpret" on CPU): the
+    kernel where it takes the window, XLA's form (over the windows k, v [B, K, S', d])
+    otherwise or with kernels="xla"."""
     xla = lambda q: _decode_attention(c, q, k, v, ctx.key_valid, dtype)
     if runtime.kernels == "xla" or not decode_attention_fits(k.shape[2], k.shape[3]):
         return xla(q)
