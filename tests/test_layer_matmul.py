@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from grok.kernels import layer_matmul, layer_matmul_fits, weighted_values, weighted_values_fits
+from grok.kernels import (layer_matmul, layer_matmul_fits, layer_matmuls, weighted_values,
+                          weighted_values_fits)
 from grok.model.attention import _stack_projection
 from grok.ops.quantization import QuantizedWeight8bit, qmatmul, quantize
 from grok.parallel import sharding
@@ -48,6 +49,17 @@ def test_layer_matmul_equals_xla_on_the_layer_slice(m, groups):
     w, x = stack(groups), rows(m)
     for layer in (0, 2):
         assert_close(kernel()(x, w, jnp.int32(layer)), qmatmul(x, at_layer(w, layer)))
+
+
+def test_layer_matmuls_equal_each_weight_alone():
+    """One kernel over three stacks of different widths and scale groups (attention's query,
+    key and value): each output equals its weight's XLA matmul."""
+    ws = (stack(2, n=48, seed=5), stack(1, n=16, seed=6), stack(2, n=32, seed=7))
+    x = rows(8)
+    outs = jax.jit(functools.partial(layer_matmuls, interpret=True))(x, ws, jnp.int32(1))
+    assert [o.shape for o in outs] == [(8, 48), (8, 16), (8, 32)]
+    for out, w in zip(outs, ws):
+        assert_close(out, qmatmul(x, at_layer(w, 1)))
 
 
 def test_fits_only_decode_rows_and_triton_tiles():

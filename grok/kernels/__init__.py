@@ -5,9 +5,9 @@
 ([E, K, N] or, with a layer index, [L, E, K, N]); no slice or copy of the stack exists.
 On CPU the kernels run with `interpret=True` (tests); the model uses them on GPUs
 (grok.model.moe). `expert_matmul` is their inner loop on one expert of one weight stack (a
-GEMV at one row), to measure against a plain int8 GEMV on a GPU; `layer_matmul` is that loop
-on a dense weight stack [L, K, N] with the layer as the index (the attention's projections on
-GPUs, grok.model.attention); `weighted_values` is decode attention's sum over the cache
+GEMV at one row), to measure against a plain int8 GEMV on a GPU; `layer_matmul(s)` is that
+loop on dense weight stacks [L, K, N] with the layer as the index (the attention's
+projections on GPUs, grok.model.attention); `weighted_values` is decode attention's sum over the cache
 window of one layer, read in place from every layer's cache.
 
 Glossary: M tokens, D emb_size, F ffn_size (the device's share of it under model
@@ -20,8 +20,8 @@ from grok.kernels.block_layout import (BlockLayout, MatmulTiles, Tiling, matmul_
                                        sort_into_blocks, tiling_for)
 from grok.kernels.decode_attention import WEIGHTED_VALUES, weighted_values, weighted_values_fits
 from grok.kernels.fused_moe import expert_matmul, fused_moe, supported
-from grok.kernels.layer_matmul import LAYER_MATMUL, layer_matmul, layer_matmul_fits
+from grok.kernels.layer_matmul import LAYER_MATMUL, layer_matmul, layer_matmul_fits, layer_matmuls
 
 __all__ = ["BlockLayout", "LAYER_MATMUL", "MatmulTiles", "Tiling", "WEIGHTED_VALUES", "expert_matmul",
-           "fused_moe", "layer_matmul", "layer_matmul_fits", "matmul_tiles", "sort_into_blocks",
-           "supported", "tiling_for", "weighted_values", "weighted_values_fits"]
+           "fused_moe", "layer_matmul", "layer_matmul_fits", "layer_matmuls", "matmul_tiles",
+           "sort_into_blocks", "supported", "tiling_for", "weighted_values", "weighted_values_fits"]
