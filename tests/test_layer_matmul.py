@@ -135,3 +135,33 @@ def test_window_sum_under_the_cache_layout_equals_xla():
             return _cache_window_sum(weights, window, cache, layer, runtime)
     assert "shard_map" in str(jax.make_jaxpr(sharded)(weights, placed, jnp.int32(1)))
     assert_close(jax.jit(sharded)(weights, placed, jnp.int32(1)), window_sum_xla(weights, cache, 1))
+
+
+@pytest.mark.slow
+def test_decode_with_split_residual_rows_and_kernels_equals_one_device():
+    """A tiny model's 8-slot decode step on a (1, 4) mesh with kernels="interpret": the
+    residual stream's rows split over the model axis (reduce-scatters after the output
+    projection and the MoE, all-gathers before query/key/value and the MoE), the projections
+    by layer_matmul(s) under shard_map; the logits equal one device's XLA paths."""
+    from grok import checkpoint
+    from grok.model.transformer import abstract_params, build_forward, init_memory
+    from grok.runtime_config import RuntimeConfig
+    from tests.test_model import TINY, tiny_tensors
+
+    params = checkpoint.stack_params(tiny_tensors(seed=7, groups={"moe/linear_1": 4}), TINY)
+    slots = 8
+    tokens = np.random.default_rng(7).integers(1, TINY.vocab_size, (slots, 1)).astype(np.int32)
+    lengths = np.ones(slots, np.int32)
+    runtime = lambda kind: RuntimeConfig(kernels=kind, activation_dtype="float32")
+    memory = init_memory(TINY, slots, TINY.sequence_len, runtime("xla"))
+    want = np.asarray(jax.jit(build_forward(TINY, runtime("xla")))(params, tokens, memory, lengths)[0])
+    mesh = sharding.make_mesh((1, 4))
+    placed = jax.device_put(params, sharding.param_shardings(abstract_params(TINY), mesh))
+
+    def sharded(p, t, m):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return build_forward(TINY, runtime("interpret"))(p, t, m, lengths)[0]
+    jaxpr = str(jax.make_jaxpr(sharded)(placed, tokens, memory))
+    assert "reduce_scatter" in jaxpr and "all_gather" in jaxpr and "pallas_call" in jaxpr
+    got = np.asarray(jax.jit(sharded)(placed, tokens, memory))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
