@@ -124,14 +124,16 @@ class MoELayer(hk.Module):
         kind = self.runtime.kernels
 
         def xla(x, gates, experts):
-            return _per_model_shard(moe_fn, out_rows, x, gates, experts, w_gate, w_value, w_down)
+            return _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down,
+                                    out_rows=out_rows)
 
         def kernels(x, gates, experts):
             weights = ((w_gate, w_value, w_down) if stacks is None
                        else (stacks.gate, stacks.value, stacks.down))
             run = functools.partial(_fused, interpret=kind == "interpret")
-            return _per_model_shard(run, out_rows, x, gates, experts, *weights,
-                                    jnp.asarray(0 if stacks is None else layer, jnp.int32))
+            return _per_model_shard(run, x, gates, experts, *weights,
+                                    jnp.asarray(0 if stacks is None else layer, jnp.int32),
+                                    out_rows=out_rows)
         if kind == "xla" or (kind == "auto" and not _fits_kernels(w_gate, w_down)):
             return xla(x, gates, experts)
         if kind == "interpret":
@@ -163,7 +165,7 @@ def _model_axis_specs(name: str, qw: QuantizedWeight8bit) -> QuantizedWeight8bit
     return QuantizedWeight8bit(P(*spec), P(*spec[:-2], groups, spec[-1]))
 
 
-def _per_model_shard(moe_fn, out_rows, x, gates, experts, w_gate, w_value, w_down, *rest):
+def _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down, *rest, out_rows=None):
     """Runs moe_fn on each device's slice of the FFN axis, then one all-reduce, or one
     reduce-scatter where out_rows splits the output's rows over the model axis.
 
