@@ -13,9 +13,9 @@ M rows (B*T), N a projection's output width.
 The four projections: on GPUs a call of 2..DECODE_ROWS rows (a many-slot decode step) runs
 them with grok.kernels.layer_matmul(s) on every layer's weight stack [L, K, N] with the layer
 index as an operand (`ProjectionStacks`): XLA:GPU's GEMM would first copy the layer's weights
-out of the scanned stack. Query, key and value are one kernel call (the rows read once). One row takes QuantizedLinear's in-place reduction; CPU, more rows,
-and RuntimeConfig.kernels="xla" take QuantizedLinear; kernels="interpret" runs the kernel
-on CPU (tests).
+out of the scanned stack. Query, key and value are one kernel call (the rows read once). One
+row takes QuantizedLinear's in-place reduction; CPU, more rows, and RuntimeConfig.kernels=
+"xla" take QuantizedLinear; kernels="interpret" runs the kernel on CPU (tests).
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def residual_layout(x: jax.Array) -> jax.Array:
     """x [B, T, D] laid out as the residual stream: rows over the data axis and, where it
     divides them, the model axis (sequence parallelism: grok.parallel.sharding), D whole.
     Attention's output projection and the MoE end in the reduce-scatter that gives this
-    layout (grok.ops.model_parallel), so a layer needs no all-reduce."""
+    layout (grok.ops.model_parallel), or, where the rows stay whole, in an all-reduce."""
     return _laid_out(x, RESIDUAL_AXES)
 
 
