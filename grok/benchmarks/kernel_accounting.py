@@ -89,9 +89,8 @@ def layer_matmul_bytes(call: KernelCall) -> tuple[int, int]:
     by side."""
     x_type, (r, k_size) = call.operands[2]
     pairs = list(zip(call.operands[3::2], call.operands[4::2]))
-    tiling = tiling_for(r, 1, pairs[0][0][1][1])
     widths = [w_shape[-1] for (_, w_shape), _ in pairs]
-    tiles = side_by_side_tiles(tiling, k_size, widths, [s_shape[-2] for _, (_, s_shape) in pairs])
+    tiling, tiles = side_by_side_tiles(r, k_size, widths, [s_shape[-2] for _, (_, s_shape) in pairs])
     blocks = r // tiling.block_rows
     grid = (blocks, sum(t.n_tiles for t in tiles))
     if call.grid != grid:

@@ -188,10 +188,9 @@ def expert_matmuls(x: jax.Array, ws: tuple[QuantizedWeight8bit, ...], expert: ja
     read once for all of them. `name` names the kernel in the compiled program."""
     m, k_size = x.shape
     stacked = [_stacked(w) for w in ws]
-    tiling = tiling_for(m, 1, stacked[0][0].shape[1])
     widths = [w.shape[3] for w, _ in stacked]
-    tiles = side_by_side_tiles(tiling, k_size, widths, [s.shape[2] for _, s in stacked])
-    bm, bn = tiling.block_rows, tiles[0].block_n
+    tiling, tiles = side_by_side_tiles(m, k_size, widths, [s.shape[2] for _, s in stacked])
+    bm, bn = tiling.block_rows, tiling.block_n
     rows = -(-m // bm) * bm
     xs = jnp.zeros((rows, k_size), x.dtype).at[:m].set(x)                       # [M padded, K]
     dtype = jnp.float32 if interpret else x.dtype
