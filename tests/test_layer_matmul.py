@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from grok.kernels import layer_matmul, layer_matmul_fits
+from grok.kernels import layer_matmul, layer_matmul_fits, layer_matmuls
 from grok.model.attention import _stack_projection
 from grok.ops.quantization import QuantizedWeight8bit, qmatmul, quantize
 from grok.parallel import sharding
@@ -48,6 +48,17 @@ def test_layer_matmul_equals_xla_on_the_layer_slice(m, groups):
         assert_close(kernel()(x, w, jnp.int32(layer)), qmatmul(x, at_layer(w, layer)))
 
 
+def test_layer_matmuls_equal_each_weight_alone():
+    """One kernel over three stacks of different widths and scale groups (attention's query,
+    key and value): each output equals its weight's XLA matmul."""
+    ws = (stack(2, n=48, seed=5), stack(1, n=16, seed=6), stack(2, n=32, seed=7))
+    x = rows(8)
+    outs = jax.jit(functools.partial(layer_matmuls, interpret=True))(x, ws, jnp.int32(1))
+    assert [o.shape for o in outs] == [(8, 48), (8, 16), (8, 32)]
+    for out, w in zip(outs, ws):
+        assert_close(out, qmatmul(x, at_layer(w, 1)))
+
+
 def test_fits_only_decode_rows_and_triton_tiles():
     assert layer_matmul_fits(64, 6144, 768, 1) and layer_matmul_fits(2, K, N, 2)
     assert not layer_matmul_fits(65, K, N, 1)          # prefill: XLA's GEMM
@@ -75,3 +86,33 @@ def test_projection_under_model_axis_equals_xla(name):
     jaxpr = str(jax.make_jaxpr(sharded)(x, placed, jnp.int32(1)))
     assert "shard_map" in jaxpr and jaxpr.count("psum") == (name == "linear")
     assert_close(jax.jit(sharded)(x, placed, jnp.int32(1)), qmatmul(x, at_layer(w, 1)))
+
+
+@pytest.mark.slow
+def test_decode_with_split_residual_rows_and_kernels_equals_one_device():
+    """A tiny model's 8-slot decode step on a (1, 4) mesh with kernels="interpret": the
+    residual stream's rows split over the model axis (reduce-scatters after the output
+    projection and the MoE, all-gathers before query/key/value and the MoE), the projections
+    by layer_matmul(s) under shard_map; the logits equal one device's XLA paths."""
+    from grok import checkpoint
+    from grok.model.transformer import abstract_params, build_forward, init_memory
+    from grok.runtime_config import RuntimeConfig
+    from tests.test_model import TINY, tiny_tensors
+
+    params = checkpoint.stack_params(tiny_tensors(seed=7, groups={"moe/linear_1": 4}), TINY)
+    slots = 8
+    tokens = np.random.default_rng(7).integers(1, TINY.vocab_size, (slots, 1)).astype(np.int32)
+    lengths = np.ones(slots, np.int32)
+    runtime = lambda kind: RuntimeConfig(kernels=kind, activation_dtype="float32")
+    memory = init_memory(TINY, slots, TINY.sequence_len, runtime("xla"))
+    want = np.asarray(jax.jit(build_forward(TINY, runtime("xla")))(params, tokens, memory, lengths)[0])
+    mesh = sharding.make_mesh((1, 4))
+    placed = jax.device_put(params, sharding.param_shardings(abstract_params(TINY), mesh))
+
+    def sharded(p, t, m):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return build_forward(TINY, runtime("interpret"))(p, t, m, lengths)[0]
+    jaxpr = str(jax.make_jaxpr(sharded)(placed, tokens, memory))
+    assert "reduce_scatter" in jaxpr and "all_gather" in jaxpr and "pallas_call" in jaxpr
+    got = np.asarray(jax.jit(sharded)(placed, tokens, memory))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

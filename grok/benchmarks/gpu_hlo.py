@@ -11,7 +11,9 @@ with --layers layers and synthetic shapes (no weights are made). From each optim
 - HBM bytes moved, outside the MoE and in it, beside their ideal: each weight the step needs
   read once (the MoE: the expected distinct experts of B rows under uniform routing, k at one
   row), plus the live KV window (kv_len positions of every slot) read once and each slot's new
-  key and value written;
+  key and value written; and the part outside the MoE that is not attention's work on the
+  cache (projections, norms, residual adds, router and their collectives) beside the
+  non-MoE weights read once;
 - kernels launched, collectives and their bytes;
 (work XLA hoists out of the loop, e.g. a transpose of a whole weight stack or of the KV cache
 before it, counts per layer as 1/L of its bytes: grok.benchmarks.hlo_bytes)
@@ -38,19 +40,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from grok import checkpoint
-from grok.benchmarks import kernel_accounting, save_report, traffic
+from grok.benchmarks import hlo_check, kernel_accounting, save_report, traffic
 from grok.benchmarks.decode import _list, _mesh
 from grok.benchmarks.gpu_target import TARGETS, compile_only_devices
 from grok.benchmarks.hlo_bytes import Kernel, Traffic, dot_flops, traffic as module_traffic
 from grok.config import GROK_1, LanguageModelConfig
 from grok.engine.engine import JaxEngine
 from grok.engine.runner import ModelRunner
+from grok.model.attention import PROJECTIONS
 from grok.model.transformer import abstract_params
 from grok.ops.quantization import QuantizedWeight8bit
 from grok.runtime_config import RuntimeConfig
 
 MIB = 2 ** 20
 LAYER_PREFIX = "transformer/decoder_layer/"
+ATTENTION_OP_NAME = "/multi_head_attention/"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -113,7 +117,8 @@ def _shard_bytes(x: jax.ShapeDtypeStruct) -> int:
 
 def ideal_layer_bytes(config: LanguageModelConfig, params: dict, batch: int, kv_len: int,
                       model_axis: int, cache_dtype=jnp.bfloat16) -> dict[str, float]:
-    """Per device, one layer: {"outside_moe", "moe"} bytes a decode step must move."""
+    """Per device, one layer: {"outside_moe", "moe"} bytes a decode step must move, and
+    "outside_moe_weights": the part of "outside_moe" that is weights (not the KV cache)."""
     c, layers = config.model, config.model.num_layers
     outside, moe = 0.0, 0.0
     for module, leaves in params.items():
@@ -127,7 +132,7 @@ def ideal_layer_bytes(config: LanguageModelConfig, params: dict, batch: int, kv_
     kv_heads = c.num_kv_heads // model_axis if c.num_kv_heads % model_axis == 0 else c.num_kv_heads
     # keys and values: the live window read once, each slot's new token written
     kv = 2 * batch * kv_heads * (kv_len + 1) * c.key_size * jnp.dtype(cache_dtype).itemsize
-    return {"outside_moe": outside + kv, "moe": moe}
+    return {"outside_moe": outside + kv, "moe": moe, "outside_moe_weights": outside}
 
 
 def _collectives(t: Traffic, kernels: list[Kernel]) -> list[dict]:
@@ -152,6 +157,16 @@ def ideal_step_bytes(params: dict) -> float:
                      for x in jax.tree.leaves(leaves)))
 
 
+def _attention_core(k: Kernel) -> bool:
+    """Whether a kernel is attention's own work on the cache (scores, softmax, weighted sum,
+    the cache write, rotary embedding), not a projection's or the residual stream's
+    (norms, residual adds, router, the collectives that gather and scatter rows)."""
+    projection = any(f"{ATTENTION_OP_NAME}{name}/" in k.op_name for name in PROJECTIONS)
+    return (ATTENTION_OP_NAME in k.op_name and not projection
+            and f"/{kernel_accounting.LAYER_MATMUL}/" not in k.op_name
+            and k.opcode.removesuffix("-start") not in hlo_check.COLLECTIVES)
+
+
 def decode_report(text: str, ideal: dict, step_ideal: float) -> dict:
     t, module = module_traffic(text)
     body = module.layer_loop_body()[0]
@@ -165,6 +180,9 @@ def decode_report(text: str, ideal: dict, step_ideal: float) -> dict:
         "layer_ideal_mib": (ideal["outside_moe"] + ideal["moe"]) / MIB,
         "outside_moe_mib": outside / MIB, "outside_moe_ideal_mib": ideal["outside_moe"] / MIB,
         "outside_moe_ratio": outside / ideal["outside_moe"],
+        # outside the MoE less attention's work on the cache, beside the weights read once
+        "stream_mib": sum(k.moved for k in t.layer if not k.in_moe and not _attention_core(k)) / MIB,
+        "stream_ideal_mib": ideal["outside_moe_weights"] / MIB,
         "moe_mib": moe / MIB, "moe_ideal_mib": ideal["moe"] / MIB,
         "moe_ratio": moe / ideal["moe"] if ideal["moe"] else None,
         "layer_ratio": (outside + moe) / (ideal["outside_moe"] + ideal["moe"]),
@@ -262,6 +280,11 @@ def print_report(report: dict) -> None:
                           f"{r['largest_step_collective_mib']:.1f}", str(r["conditionals"]),
                           f"{r['step_mib']:.1f}", f"{r['step_ideal_mib']:.1f}",
                           f"{r['step_ratio']:.2f}"]))
+    for r in report["decode"]:
+        print(f"  {r['batch_size']} slots, outside the MoE less attention's work on the cache "
+              f"(projections, norms, residual adds, router, their collectives): "
+              f"{r['stream_mib']:.1f} MiB, weights once {r['stream_ideal_mib']:.1f} MiB "
+              f"({r['stream_mib'] / r['stream_ideal_mib']:.2f}x)")
     for r in report["decode"]:
         if r["moe_kernels"]:
             print(kernel_accounting.describe(r["moe_kernels"], f"{r['batch_size']} slots"))

@@ -7,7 +7,8 @@ any other instruction that makes a buffer), the bytes it reads and writes in dev
   gather of a fusion parameter: the slices' bytes) or updates it in place (the buffer operand
   of a dynamic-update-slice or scatter: nothing read);
 - a result is written whole, except an in-place update (dynamic-update-slice, scatter), which
-  writes its update window;
+  writes its update window, and an async collective's start, whose tuple holds its operands
+  (aliased, not written) before its results;
 - bitcasts, tuples, parameters, constants and get-tuple-element move nothing.
 Kernels are split by the model module they compute (the `op_name` metadata JAX writes: a
 `/moe/` kernel belongs to the MoE), so MoE bytes and the rest can be compared with their ideals
@@ -209,6 +210,8 @@ class Module:
                 read = written = type_bytes(args[-1])
             else:
                 read, written = sum(type_bytes(a) for a in args), type_bytes(inst.result)
+                if op.endswith("-start") and inst.result.startswith("("):
+                    written -= read     # an async start's tuple: its operands, then its results
             name = self._fused_op_name(inst)
             stacked = op_name(inst).endswith(LAYER_LOOP_OP_NAME) or any(
                 _is_stack(by_name[n].result, stack_len) for n in operands(inst)

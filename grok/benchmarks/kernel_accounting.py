@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grok.benchmarks.hlo_bytes import ELEMENT_BYTES, Kernel, Module, Traffic
-from grok.kernels.block_layout import matmul_tiles, sort_into_blocks, tiling_for
+from grok.kernels.block_layout import matmul_tiles, side_by_side_tiles, sort_into_blocks, tiling_for
 from grok.kernels.decode_attention import DECODE_ATTENTION
 from grok.kernels.layer_matmul import LAYER_MATMUL
 
@@ -83,20 +83,25 @@ def kernel_calls(module: Module, comp: str, kernels: list[Kernel]) -> dict[str, 
 
 
 def layer_matmul_bytes(call: KernelCall) -> tuple[int, int]:
-    """(read, written) bytes of one grok.kernels.layer_matmul call, from its grid: each row
-    block's programs load the layer's [K, N] weight tiles and G scale rows once (not the
-    [L, K, N] stack operand whole), and the rows and the float32 output once.
-    Operands: (layer, expert, x [R, K], w [1, L, K, N], scales [1, L, G, N])."""
-    (x_type, (r, k_size)), (w_type, w_shape), (s_type, s_shape) = call.operands[2:5]
-    n, groups = w_shape[-1], s_shape[-2]
-    tiles = matmul_tiles(tiling_for(r, 1, w_shape[1]), k_size, n, groups)
-    blocks = r // tiles.block_rows
-    if call.grid != tiles.grid(blocks):
+    """(read, written) bytes of one grok.kernels.layer_matmul(s) call, from its grid: each row
+    block's programs load each weight's [K, N_i] tiles of the layer and G_i scale rows once
+    (not the [L, K, N_i] stack operands whole), and the rows and the output (in the
+    activation type) once. Operands: (layer, expert, x [R, K], then w [1, L, K, N_i] and
+    scales [1, L, G_i, N_i] per weight); the grid's output tiles run over the weights side
+    by side."""
+    x_type, (r, k_size) = call.operands[2]
+    pairs = list(zip(call.operands[3::2], call.operands[4::2]))
+    widths = [w_shape[-1] for (_, w_shape), _ in pairs]
+    tiling, tiles = side_by_side_tiles(r, k_size, widths, [s_shape[-2] for _, (_, s_shape) in pairs])
+    blocks = r // tiling.block_rows
+    grid = (blocks, sum(t.n_tiles for t in tiles))
+    if call.grid != grid:
         raise AssertionError(f"layer_matmul's compiled grid {call.grid} differs from its "
-                             f"tiles' {tiles.grid(blocks)}")
-    weight = k_size * n * ELEMENT_BYTES[w_type] + groups * n * ELEMENT_BYTES[s_type]
-    read = blocks * weight + r * k_size * ELEMENT_BYTES[x_type] + 2 * 4   # + layer, expert
-    return read, r * n * ELEMENT_BYTES[call.result[0]]
+                             f"tiles' {grid}")
+    weights = sum(k_size * n * ELEMENT_BYTES[w_type] + s_shape[-2] * n * ELEMENT_BYTES[s_type]
+                  for n, ((w_type, _), (s_type, s_shape)) in zip(widths, pairs))
+    read = blocks * weights + r * k_size * ELEMENT_BYTES[x_type] + 2 * 4   # + layer, expert
+    return read, r * sum(widths) * ELEMENT_BYTES[call.result[0]]
 
 
 def decode_attention_bytes(call: KernelCall) -> tuple[int, int]:

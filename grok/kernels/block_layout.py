@@ -100,6 +100,17 @@ def matmul_tiles(tiling: Tiling, k_size: int, out_width: int, groups: int) -> Ma
                        pow2_tile(k_size // groups, tiling.block_k), k_size, out_width, groups)
 
 
+def side_by_side_tiles(rows: int, k_size: int, widths,
+                       groups) -> tuple[Tiling, tuple[MatmulTiles, ...]]:
+    """The tiling and tiles of one kernel of `rows` rows over several [K, N_i] weights (G_i
+    scale groups), every row through every weight (one "expert" each), the weights' output
+    tiles side by side: one BN for all, the largest power of two <= the tiling's BN that
+    divides every N_i. Up to DECODE_ROWS rows are one block: each weight tile is read once."""
+    tiling = tiling_for(rows, 1, 1)
+    tiling = dataclasses.replace(tiling, block_n=min(pow2_tile(n, tiling.block_n) for n in widths))
+    return tiling, tuple(matmul_tiles(tiling, k_size, n, g) for n, g in zip(widths, groups))
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class BlockLayout:

@@ -35,11 +35,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from grok.kernels.block_layout import (MIN_TILE, BlockLayout, MatmulTiles, Tiling, matmul_tiles,
-                                       pow2_tile, sort_into_blocks, tiling_for)
+                                       pow2_tile, side_by_side_tiles, sort_into_blocks, tiling_for)
 from grok.ops.quantization import QuantizedWeight8bit
 
 
@@ -157,41 +158,65 @@ def _call(kernel, out_width: int, out_dtype, layout: BlockLayout, tiling: Tiling
     )(*operands)
 
 
-def _matmul_kernel(layer_ref, expert_ref, x_ref, w_ref, s_ref, out_ref, *, tiles, dtype):
+def _matmul_kernel(layer_ref, expert_ref, x_ref, *refs, tiles: tuple[MatmulTiles, ...], dtype):
+    """Program (b, n): output tile n of the weights' tiles side by side (weight i's tiles
+    after weights 0..i-1's), from block b's rows."""
+    *weights, out_ref = refs
     b, n = pl.program_id(0), pl.program_id(1)
-    rows = pl.ds(pl.multiple_of(b * tiles.block_rows, tiles.block_rows), tiles.block_rows)
-    cols = pl.ds(pl.multiple_of(n * tiles.block_n, tiles.block_n), tiles.block_n)
-    out_ref[...], = _grouped_dots(lambda kk: x_ref[rows, kk], ((w_ref, s_ref),), layer_ref[0],
-                                  expert_ref[0], cols, tiles=tiles, dtype=dtype)
+    bm, bn = tiles[0].block_rows, tiles[0].block_n
+    rows = pl.ds(pl.multiple_of(b * bm, bm), bm)
+    first = 0
+    for i, t in enumerate(tiles):
+        @pl.when((n >= first) & (n < first + t.n_tiles))
+        def _tile(i=i, t=t, first=first):
+            cols = pl.ds(pl.multiple_of((n - first) * bn, bn), bn)
+            out, = _grouped_dots(lambda kk: x_ref[rows, kk], ((weights[2 * i], weights[2 * i + 1]),),
+                                 layer_ref[0], expert_ref[0], cols, tiles=t, dtype=dtype)
+            out_ref[...] = out.astype(out_ref.dtype)
+        first += t.n_tiles
 
 
-def expert_matmul(x: jax.Array, w: QuantizedWeight8bit, expert: jax.Array | int, *,
-                  layer: jax.Array | int = 0, interpret: bool = False,
-                  name: str = "expert_matmul") -> jax.Array:
-    """x [M, K] @ expert `expert` of w ([E, K, N], or [L, E, K, N] at `layer`) -> float32 [M, N].
+def expert_matmuls(x: jax.Array, ws: tuple[QuantizedWeight8bit, ...], expert: jax.Array | int, *,
+                   layer: jax.Array | int = 0, interpret: bool = False,
+                   name: str = "expert_matmul", out_dtype=jnp.float32) -> tuple[jax.Array, ...]:
+    """x [M, K] @ expert `expert` of each w in ws ([E, K, N_i], or [L, E, K, N_i] at `layer`)
+    -> a tuple of [M, N_i] in out_dtype (the float32 sums rounded in the kernel).
 
     The MoE kernels' inner loop (the same tiles, the same in-place reads of one expert's
-    tiles, scales in the kernel) on one weight: a GEMV at M = 1 to set beside a plain int8
-    GEMV of the same bytes on a GPU. `name` names the kernel in the compiled program."""
+    tiles, scales in the kernel), one kernel for all the weights: its grid's output tiles
+    run over the weights' outputs side by side (one tile width BN for all), so the rows are
+    read once for all of them. `name` names the kernel in the compiled program."""
     m, k_size = x.shape
-    ws = _stacked(w)
-    tiling = tiling_for(m, 1, ws[0].shape[1])
-    tiles = matmul_tiles(tiling, k_size, ws[0].shape[3], ws[1].shape[2])
-    bm = tiles.block_rows
+    stacked = [_stacked(w) for w in ws]
+    widths = [w.shape[3] for w, _ in stacked]
+    tiling, tiles = side_by_side_tiles(m, k_size, widths, [s.shape[2] for _, s in stacked])
+    bm, bn = tiling.block_rows, tiling.block_n
     rows = -(-m // bm) * bm
     xs = jnp.zeros((rows, k_size), x.dtype).at[:m].set(x)                       # [M padded, K]
     dtype = jnp.float32 if interpret else x.dtype
     out = pl.pallas_call(
         functools.partial(_matmul_kernel, tiles=tiles, dtype=dtype),
-        out_shape=jax.ShapeDtypeStruct((rows, tiles.out_width), jnp.float32),
-        grid=tiles.grid(rows // bm),
-        out_specs=pl.BlockSpec((bm, tiles.block_n), lambda b, n: (b, n)),
+        out_shape=jax.ShapeDtypeStruct((rows, sum(widths)), out_dtype),
+        grid=(rows // bm, sum(t.n_tiles for t in tiles)),
+        out_specs=pl.BlockSpec((bm, bn), lambda b, n: (b, n)),
         compiler_params=plgpu.CompilerParams(num_warps=tiling.num_warps,
                                              num_stages=tiling.num_stages),
         interpret=interpret,
         name=name,
-    )(jnp.asarray(layer, jnp.int32).reshape(1), jnp.asarray(expert, jnp.int32).reshape(1), xs, *ws)
-    return out[:m]
+    )(jnp.asarray(layer, jnp.int32).reshape(1), jnp.asarray(expert, jnp.int32).reshape(1), xs,
+      *(a for w in stacked for a in w))
+    bounds = np.cumsum([0, *widths])
+    return tuple(out[:m, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:]))
+
+
+def expert_matmul(x: jax.Array, w: QuantizedWeight8bit, expert: jax.Array | int, *,
+                  layer: jax.Array | int = 0, interpret: bool = False,
+                  name: str = "expert_matmul", out_dtype=jnp.float32) -> jax.Array:
+    """x [M, K] @ expert `expert` of w ([E, K, N], or [L, E, K, N] at `layer`) -> [M, N] in
+    out_dtype: `expert_matmuls` on one weight, a GEMV at M = 1 to set beside a plain int8
+    GEMV of the same bytes on a GPU."""
+    return expert_matmuls(x, (w,), expert, layer=layer, interpret=interpret, name=name,
+                          out_dtype=out_dtype)[0]
 
 
 def fused_moe(x: jax.Array, gates: jax.Array, experts: jax.Array,

@@ -11,11 +11,11 @@ K kv heads, G = H / K query heads per kv head, d key_size, D emb_size, L layers,
 M rows (B*T), N a projection's output width.
 
 The four projections: on GPUs a call of 2..DECODE_ROWS rows (a many-slot decode step) runs
-them with grok.kernels.layer_matmul on every layer's weight stack [L, K, N] with the layer
+them with grok.kernels.layer_matmul(s) on every layer's weight stack [L, K, N] with the layer
 index as an operand (`ProjectionStacks`): XLA:GPU's GEMM would first copy the layer's weights
-out of the scanned stack. One row takes QuantizedLinear's in-place reduction; CPU, more rows,
-and RuntimeConfig.kernels="xla" take QuantizedLinear; kernels="interpret" runs the kernel
-on CPU (tests).
+out of the scanned stack. Query, key and value are one kernel call (the rows read once). One
+row takes QuantizedLinear's in-place reduction; CPU, more rows, and RuntimeConfig.kernels=
+"xla" take QuantizedLinear; kernels="interpret" runs the kernel on CPU (tests).
 
 Decode (one new token per row over a cache) on GPUs runs grok.kernels.decode_attention: one
 kernel per layer reads the layer's key and value windows in place from the caches and keeps
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence
 
 import haiku as hk
 import jax
@@ -36,12 +36,13 @@ from jax.sharding import PartitionSpec as P
 
 from grok.axes import MODEL_AXIS
 from grok.config import TransformerConfig
-from grok.kernels import decode_attention, decode_attention_fits, layer_matmul, layer_matmul_fits
+from grok.kernels import (decode_attention, decode_attention_fits, layer_matmul,
+                          layer_matmul_fits, layer_matmuls)
 from grok.ops.layers import QuantizedLinear, apply_rope
-from grok.ops.model_parallel import model_axis_size, sum_over_model_axis
+from grok.ops.model_parallel import model_axis_size, sum_over_model_axis, without_model_axis
 from grok.ops.platform import on_cpu
 from grok.ops.quantization import QuantizedWeight8bit, matmul_dtype
-from grok.parallel.sharding import CACHE_AXES, logical_sharding, param_logical_axes
+from grok.parallel.sharding import CACHE_AXES, logical_sharding, param_logical_axes, residual_rows
 from grok.runtime_config import RuntimeConfig
 
 MASKED_SCORE = -1e30  # the reference's fill for invisible keys (scores are float32)
@@ -77,50 +78,107 @@ def _model_axis_spec(name: str, qw: QuantizedWeight8bit) -> QuantizedWeight8bit:
     return QuantizedWeight8bit(P(*spec), P(spec[0], groups, spec[2]))
 
 
+def _column_projections(x: jax.Array, names: Sequence[str], stacks: Sequence[QuantizedWeight8bit],
+                        layer: jax.Array, interpret: bool) -> tuple[jax.Array, ...]:
+    """x [M, K] @ each stack[layer] (column-split over the model axis, or whole) by one
+    layer_matmuls kernel per device (x's rows read once for all), in x's dtype."""
+    def local(x, *ws_layer):
+        *ws, layer = ws_layer
+        return layer_matmuls(x, ws, layer, interpret=interpret)
+    specs = [_model_axis_spec(name, w) for name, w in zip(names, stacks)]
+    if model_axis_size() == 1:
+        return local(x, *stacks, layer)
+    out_specs = tuple(P(None, s.weight[2]) for s in specs)                    # [M, N_i]
+    return jax.shard_map(local, in_specs=(P(), *specs, P()), out_specs=out_specs,
+                         check_vma=False)(x, *stacks, layer)
+
+
 def _stack_projection(x: jax.Array, name: str, stack: QuantizedWeight8bit, layer: jax.Array,
-                      interpret: bool) -> jax.Array:
+                      interpret: bool, out_rows: Any = None) -> jax.Array:
     """x [M, K] @ stack[layer] by the kernel, in x's dtype, under the model-parallel layout:
     per device for a column-split weight (q, k, v: heads), or per device then one all-reduce
-    in x's dtype for a row-split one (the output projection), as QuantizedLinear's XLA path."""
-    def local(x, w, layer):
-        return layer_matmul(x, w, layer, interpret=interpret).astype(x.dtype)
+    in x's dtype for a row-split one (the output projection), or one reduce-scatter where
+    `out_rows` splits the output's rows over the model axis, as QuantizedLinear's XLA path."""
     spec = _model_axis_spec(name, stack)
-    if model_axis_size() == 1 or spec.weight == P(None, None, None):
-        return local(x, stack, layer)
-    if spec.weight[1] == MODEL_AXIS:                                          # row-split K
-        return sum_over_model_axis(local, (P(None, MODEL_AXIS), spec, P()), x, stack, layer)
-    return jax.shard_map(local, in_specs=(P(), spec, P()), out_specs=P(None, MODEL_AXIS),
-                         check_vma=False)(x, stack, layer)
+    if model_axis_size() == 1 or spec.weight[1] != MODEL_AXIS:
+        return _column_projections(x, (name,), (stack,), layer, interpret)[0]
+
+    def local(x, w, layer):                                                   # row-split K
+        return layer_matmul(x, w, layer, interpret=interpret)
+    return sum_over_model_axis(local, (P(without_model_axis(out_rows), MODEL_AXIS), spec, P()),
+                               x, stack, layer, out_specs=P(out_rows, None))
+
+
+def _local_shape(k_size: int, out_size: int, groups: int,
+                 row_parallel: bool) -> Optional[tuple[int, int, int]]:
+    """A projection's (K, N, scale groups) per model-axis device, as the sharding table splits
+    it; None where its scale groups do not split with its rows."""
+    n = model_axis_size()
+    k_local = k_size // n if row_parallel and k_size % n == 0 else k_size
+    n_local = out_size // n if not row_parallel and out_size % n == 0 else out_size
+    if row_parallel and k_local != k_size and groups > 1:   # each device holds its K's groups
+        if groups % n:
+            return None
+        groups //= n
+    return k_local, n_local, groups
+
+
+def _kernel_or_xla(x: jax.Array, kernel, xla):
+    """kernel(x) where the program is lowered for CUDA, else xla (the XLA result is then dead
+    code on GPUs: XLA removes it with its weight slice); interpret mode is CPU."""
+    return jax.lax.platform_dependent(x, cuda=kernel, default=lambda x: xla)
 
 
 def _project(x: jax.Array, name: str, out_size: int, runtime: RuntimeConfig,
              stacks: Optional[ProjectionStacks], layer: jax.Array,
              row_parallel: bool = False) -> jax.Array:
-    """x [B, T, K] @ the layer's projection `name` -> [B, T, N] (see the module docstring)."""
-    xla = QuantizedLinear(out_size, name=name, row_parallel=row_parallel)(x)
+    """x [B, T, K] @ the layer's projection `name` -> [B, T, N] (see the module docstring).
+    A row-split projection's output is laid out as the residual stream (its rows split over
+    the model axis where it divides them: a reduce-scatter, grok.parallel.sharding)."""
+    out_rows = residual_rows(x.shape[0]) if row_parallel else None
+    xla = QuantizedLinear(out_size, name=name, row_parallel=row_parallel)(x, out_rows)
+    return _by_kernel(x, name, out_size, runtime, stacks, layer, xla, row_parallel, out_rows)
+
+
+def _by_kernel(x: jax.Array, name: str, out_size: int, runtime: RuntimeConfig,
+               stacks: Optional[ProjectionStacks], layer: jax.Array, xla: jax.Array,
+               row_parallel: bool = False, out_rows: Any = None) -> jax.Array:
+    """`_project`'s result: by the kernel where it takes the projection, else `xla`."""
     rows, k_size = math.prod(x.shape[:-1]), x.shape[-1]
     if stacks is None or runtime.kernels == "xla" or rows == 1:
         return xla
     stack = getattr(stacks, name)
-    n = model_axis_size()
-    k_local = k_size // n if row_parallel and k_size % n == 0 else k_size
-    n_local = out_size // n if not row_parallel and out_size % n == 0 else out_size
-    groups = stack.num_groups
-    if row_parallel and k_local != k_size and groups > 1:   # each device holds its K's groups
-        if groups % n:
-            return xla
-        groups //= n
-    if not layer_matmul_fits(rows, k_local, n_local, groups):
+    local = _local_shape(k_size, out_size, stack.num_groups, row_parallel)
+    if local is None or not layer_matmul_fits(rows, *local):
         return xla
     interpret = runtime.kernels == "interpret"
 
     def kernel(x):
-        out = _stack_projection(x.reshape(rows, k_size), name, stack, layer, interpret)
+        out = _stack_projection(x.reshape(rows, k_size), name, stack, layer, interpret, out_rows)
         return out.reshape(*x.shape[:-1], out_size)                            # [B, T, N]
-    if interpret:
-        return kernel(x)
-    # The XLA result is dead code where the kernel runs (XLA removes it with its weight slice).
-    return jax.lax.platform_dependent(x, cuda=kernel, default=lambda x: xla)
+    return kernel(x) if interpret else _kernel_or_xla(x, kernel, xla)
+
+
+def _project_columns(x: jax.Array, sizes: dict[str, int], runtime: RuntimeConfig,
+                     stacks: Optional[ProjectionStacks], layer: jax.Array) -> tuple[jax.Array, ...]:
+    """x [B, T, K] @ each column-split projection (name -> output width N_i) -> [B, T, N_i]:
+    where the kernel takes them all, one layer_matmuls call for all (x read once), else each
+    as `_project` runs it."""
+    xla = tuple(QuantizedLinear(size, name=name)(x) for name, size in sizes.items())
+    rows, k_size = math.prod(x.shape[:-1]), x.shape[-1]
+    if stacks is None or runtime.kernels == "xla" or rows == 1:
+        return xla
+    ws = [getattr(stacks, name) for name in sizes]
+    local = [_local_shape(k_size, size, w.num_groups, False) for size, w in zip(sizes.values(), ws)]
+    if not all(layer_matmul_fits(rows, *shape) for shape in local):
+        return tuple(_by_kernel(x, name, size, runtime, stacks, layer, out)
+                     for (name, size), out in zip(sizes.items(), xla))
+    interpret = runtime.kernels == "interpret"
+
+    def kernel(x):
+        outs = _column_projections(x.reshape(rows, k_size), tuple(sizes), ws, layer, interpret)
+        return tuple(o.reshape(*x.shape[:-1], size) for o, size in zip(outs, sizes.values()))
+    return kernel(x) if interpret else _kernel_or_xla(x, kernel, xla)
 
 
 class LayerKV(NamedTuple):
@@ -262,10 +320,10 @@ class MultiHeadAttention(hk.Module):
         c = self.config
         b, t, _ = x.shape
         layer = jnp.asarray(layer, jnp.int32)
-        project = lambda x, name, size, **kw: _project(x, name, size, self.runtime, stacks, layer, **kw)
-        q = project(x, "query", c.num_q_heads * c.key_size)
-        k = project(x, "key", c.num_kv_heads * c.key_size)
-        v = project(x, "value", c.num_kv_heads * c.key_size)
+        q, k, v = _project_columns(x, {"query": c.num_q_heads * c.key_size,
+                                       "key": c.num_kv_heads * c.key_size,
+                                       "value": c.num_kv_heads * c.key_size},
+                                   self.runtime, stacks, layer)
         q = q.reshape(b, t, c.num_q_heads, c.key_size)                          # [B, T, H, d]
         k = k.reshape(b, t, c.num_kv_heads, c.key_size)                         # [B, T, K, d]
         v = v.reshape(b, t, c.num_kv_heads, c.key_size)
@@ -285,7 +343,8 @@ class MultiHeadAttention(hk.Module):
         else:
             out = _attention(c, q, k, v, ctx.key_valid, x.dtype)
         out = out.reshape(b, t, c.num_q_heads * c.key_size)                    # [B, T, H*d]
-        return project(out, "linear", c.emb_size, row_parallel=True), kv
+        return _project(out, "linear", c.emb_size, self.runtime, stacks, layer,
+                        row_parallel=True), kv
 
 
 def make_context(tokens: jax.Array, pad_token: int, step: Optional[jax.Array] = None,

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional
+from typing import Any, Optional
 
 import haiku as hk
 import jax
@@ -42,7 +42,7 @@ from jax.sharding import PartitionSpec as P
 from grok.config import TransformerConfig
 from grok.runtime_config import RuntimeConfig
 from grok.ops.layers import no_init
-from grok.ops.model_parallel import model_axis_size, sum_over_model_axis
+from grok.ops.model_parallel import model_axis_size, sum_over_model_axis, without_model_axis
 from grok.kernels import fused_moe, supported
 from grok.ops.quantization import QuantizedWeight8bit, matmul_dtype, qmatmul, qmatmul_experts
 from grok.axes import MODEL_AXIS
@@ -106,10 +106,12 @@ class MoELayer(hk.Module):
         self.runtime = runtime   # moe_impl, moe_block_rows
 
     def __call__(self, x: jax.Array, gates: jax.Array, experts: jax.Array,
-                 stacks: Optional[ExpertStacks] = None, layer: jax.Array | int = 0) -> jax.Array:
+                 stacks: Optional[ExpertStacks] = None, layer: jax.Array | int = 0,
+                 out_rows: Any = None) -> jax.Array:
         """x [M, D], gates/experts [M, k] -> [M, D]. `stacks` and `layer` (this layer's index in
         them) let the GPU kernels read the experts in place; without them the kernels read
-        this layer's weights."""
+        this layer's weights. `out_rows`: the mesh axes the output's rows are split over (the
+        residual stream's, grok.parallel.sharding.residual_rows; None: replicated)."""
         c = self.config
         e, d, f = c.num_experts, c.emb_size, c.ffn_size
         w_gate = _expert_weight(self, "linear", [e, d, f])      # gelu branch   [E, D, F]
@@ -122,14 +124,16 @@ class MoELayer(hk.Module):
         kind = self.runtime.kernels
 
         def xla(x, gates, experts):
-            return _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down)
+            return _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down,
+                                    out_rows=out_rows)
 
         def kernels(x, gates, experts):
             weights = ((w_gate, w_value, w_down) if stacks is None
                        else (stacks.gate, stacks.value, stacks.down))
             run = functools.partial(_fused, interpret=kind == "interpret")
             return _per_model_shard(run, x, gates, experts, *weights,
-                                    jnp.asarray(0 if stacks is None else layer, jnp.int32))
+                                    jnp.asarray(0 if stacks is None else layer, jnp.int32),
+                                    out_rows=out_rows)
         if kind == "xla" or (kind == "auto" and not _fits_kernels(w_gate, w_down)):
             return xla(x, gates, experts)
         if kind == "interpret":
@@ -161,8 +165,9 @@ def _model_axis_specs(name: str, qw: QuantizedWeight8bit) -> QuantizedWeight8bit
     return QuantizedWeight8bit(P(*spec), P(*spec[:-2], groups, spec[-1]))
 
 
-def _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down, *rest):
-    """Runs moe_fn on each device's slice of the FFN axis, then one all-reduce.
+def _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down, *rest, out_rows=None):
+    """Runs moe_fn on each device's slice of the FFN axis, then one all-reduce, or one
+    reduce-scatter where out_rows splits the output's rows over the model axis.
 
     Under plain GSPMD every selected expert's down projection ends in its own all-reduce;
     here each device sums its partial outputs over all experts first (grok.ops.model_parallel).
@@ -174,8 +179,10 @@ def _per_model_shard(moe_fn, x, gates, experts, w_gate, w_value, w_down, *rest):
         return moe_fn(x, gates, experts, w_gate, w_value, w_down, *rest)
     specs = tuple(_model_axis_specs(name, w)
                   for name, w in zip(EXPERT_WEIGHTS, (w_gate, w_value, w_down)))
-    return sum_over_model_axis(moe_fn, (P(), P(), P(), *specs) + (P(),) * len(rest),
-                               x, gates, experts, w_gate, w_value, w_down, *rest)
+    rows = P(without_model_axis(out_rows))                   # the rows each device computes
+    return sum_over_model_axis(moe_fn, (rows, rows, rows, *specs) + (P(),) * len(rest),
+                               x, gates, experts, w_gate, w_value, w_down, *rest,
+                               out_specs=P(out_rows))
 
 
 def _select(qw: QuantizedWeight8bit, expert) -> QuantizedWeight8bit:

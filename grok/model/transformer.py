@@ -26,10 +26,10 @@ from grok.runtime_config import RuntimeConfig
 from grok.ops.layers import RMSNorm, no_init
 from grok.model.moe import ExpertStacks, MoELayer, Router, expert_stacks
 from grok.ops.quantization import QuantizedWeight8bit
-from grok.ops.model_parallel import model_axis_size, sum_over_model_axis
+from grok.ops.model_parallel import gather_over_model_axis, model_axis_size, sum_over_model_axis
 from grok.axes import MODEL_AXIS
-from grok.parallel.sharding import (LOGITS_AXES, RESIDUAL_AXES, TABLE_AXES,
-                                    logical_sharding)
+from grok.parallel.sharding import (LOGITS_AXES, RESIDUAL_AXES, TABLE_AXES, logical_sharding,
+                                    residual_rows)
 
 # The shortest cache length live_kv_len picks: below it a step's cost is the weights' anyway.
 MIN_KV_LEN = 128
@@ -83,10 +83,18 @@ def _laid_out(x: jax.Array, logical_axes: tuple) -> jax.Array:
 
 
 def residual_layout(x: jax.Array) -> jax.Array:
-    """x [B, T, D] laid out as the residual stream: batch over the data axis, D replicated
-    over the model axis (Megatron-style: then a layer needs one all-reduce after attention's
-    output projection and one after the MoE)."""
+    """x [B, T, D] laid out as the residual stream: rows over the data axis and, where it
+    divides them, the model axis (sequence parallelism: grok.parallel.sharding), D whole.
+    Attention's output projection and the MoE end in the reduce-scatter that gives this
+    layout (grok.ops.model_parallel), or, where the rows stay whole, in an all-reduce."""
     return _laid_out(x, RESIDUAL_AXES)
+
+
+def gathered(x: jax.Array) -> jax.Array:
+    """x [B, T, D] in the residual layout with every row on every model-axis device (one
+    all-gather where the rows are split over the model axis): the input of the column-split
+    matmuls."""
+    return gather_over_model_axis(residual_layout(x), residual_rows(x.shape[0]))
 
 
 def _local_rows(table: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -123,15 +131,20 @@ def decoder_layer(config: TransformerConfig, runtime: RuntimeConfig, x: jax.Arra
                   ctx: AttentionContext, kv: Optional[LayerKV], layer: jax.Array,
                   stacks: Optional[ExpertStacks],
                   projections: Optional[ProjectionStacks]) -> tuple[jax.Array, Optional[LayerKV]]:
-    """One pre- and post-normed attention + MoE block on x [B, T, D] (layer number `layer`)."""
+    """One pre- and post-normed attention + MoE block on x [B, T, D] (layer number `layer`).
+
+    x comes and goes in the residual layout; norms, residual adds and the router run on a
+    device's own rows, and each sub-layer's input is gathered once, after its norm."""
     eps = config.norm_eps
-    a, kv = MultiHeadAttention(config, runtime)(RMSNorm(eps, "rms_norm")(x), ctx, kv,
-                                                projections, layer)
+    h = gathered(RMSNorm(eps, "rms_norm")(x))
+    a, kv = MultiHeadAttention(config, runtime)(h, ctx, kv, projections, layer)
     x = x + RMSNorm(eps, "rms_norm_1")(residual_layout(a))
     b, t, d = x.shape
-    h = RMSNorm(eps, "rms_norm_2")(x).reshape(b * t, d)                        # [M, D]
-    gates, experts = Router(config)(h)
-    m = MoELayer(config, runtime)(h, gates, experts, stacks, layer).reshape(b, t, d)
+    h = RMSNorm(eps, "rms_norm_2")(x)                                          # [B, T, D]
+    gates, experts = Router(config)(h.reshape(b * t, d))                       # [M, k]
+    h = gathered(h).reshape(b * t, d)                                          # [M, D]
+    m = MoELayer(config, runtime)(h, gates, experts, stacks, layer,
+                                  out_rows=residual_rows(b)).reshape(b, t, d)
     x = x + RMSNorm(eps, "rms_norm_3")(residual_layout(m))
     return x, kv
 
@@ -206,7 +219,7 @@ class LanguageModel(hk.Module):
         x, kv = transformer(x, ctx, kv)
         if output_index is not None:                     # only the rows' chosen positions
             x = jnp.take_along_axis(x, output_index[:, None, None], axis=1)     # [B, 1, D]
-        y = RMSNorm(c.model.norm_eps, "rms_norm")(x)
+        y = gathered(RMSNorm(c.model.norm_eps, "rms_norm")(x))   # the table is split over V
         logits = jnp.einsum("btd,vd->btv", y, table).astype(jnp.float32)
         logits = logits * c.output_multiplier_scale                             # [B, T', V] f32
         # The table is split over V: one all-gather here keeps sampling local to each device.

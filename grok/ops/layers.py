@@ -7,6 +7,7 @@ d key_size, N output width.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import haiku as hk
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 
 from jax.sharding import PartitionSpec as P
 
-from grok.ops.model_parallel import model_axis_size, sum_over_model_axis
+from grok.ops.model_parallel import model_axis_size, sum_over_model_axis, without_model_axis
 from grok.ops.platform import on_cpu
 from grok.ops.quantization import REDUCE_ROWS, QuantizedWeight8bit, qmatmul, qmatmul_reduce
 from grok.axes import MODEL_AXIS
@@ -45,9 +46,11 @@ class QuantizedLinear(hk.Module):
 
     row_parallel: x's last axis and W's rows are split over the model axis (attention's
     output projection over heads); each device multiplies its slices and one all-reduce in
-    x's dtype sums them (grok.ops.model_parallel). Without a mesh, or where the model axis
-    does not divide K and W's scale groups, the plain matmul (same numbers). One row on an
-    accelerator (one-slot decode) takes `qmatmul_reduce`, which reads W in place.
+    x's dtype sums them (grok.ops.model_parallel), or one reduce-scatter where `out_rows`
+    (a call's PartitionSpec entry for x's leading axis) splits the output's rows over the
+    model axis. Without a mesh, or where the model axis does not divide K and W's scale
+    groups, the plain matmul (same numbers). One row on an accelerator (one-slot decode)
+    takes `qmatmul_reduce`, which reads W in place.
     """
 
     def __init__(self, output_size: int, name: str, row_parallel: bool = False):
@@ -55,7 +58,7 @@ class QuantizedLinear(hk.Module):
         self.output_size = output_size
         self.row_parallel = row_parallel
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, out_rows: Any = None) -> jax.Array:
         w = hk.get_parameter("w", [x.shape[-1], self.output_size], jnp.int8, init=no_init)
         if not isinstance(w, QuantizedWeight8bit):
             raise TypeError(f"{self.module_name}/w must be a QuantizedWeight8bit, got {type(w).__name__}")
@@ -64,9 +67,11 @@ class QuantizedLinear(hk.Module):
         n, groups = model_axis_size(), w.num_groups
         if not self.row_parallel or n == 1 or x.shape[-1] % n or (groups > 1 and groups % n):
             return matmul(x, w)
-        x_spec = P(*(None,) * (x.ndim - 1), MODEL_AXIS)                     # [..., K/n]
+        rest = (None,) * (x.ndim - 2)
+        x_spec = P(without_model_axis(out_rows), *rest, MODEL_AXIS)              # [..., K/n]
         w_spec = QuantizedWeight8bit(P(MODEL_AXIS, None), P(MODEL_AXIS if groups > 1 else None, None))
-        return sum_over_model_axis(matmul, (x_spec, w_spec), x, w)
+        return sum_over_model_axis(matmul, (x_spec, w_spec), x, w,
+                                   out_specs=P(out_rows, *rest, None))
 
 
 def rotate_half(x: jax.Array) -> jax.Array:

@@ -35,6 +35,14 @@ LOGICAL_TO_MESH: dict[str, Any] = {
     "embed": DATA_AXIS,                      # weights' residual dimension (Grok-1: "data")
     "embed_table": DATA_AXIS,                # the embedding table's D dimension
     "residual": None,                        # activations' D: replicated over the model axis
+    # The residual stream's rows between layers (Megatron-style sequence parallelism): over
+    # the model axis too, where it divides them. The row-split matmuls (attention's output
+    # projection, the MoE's down projection) then end in a reduce-scatter, not an all-reduce,
+    # each device norms and adds only its rows, and one all-gather of normed rows precedes
+    # the column-split ones (query/key/value, the MoE): the per-layer activation traffic that
+    # does not shrink with the model axis under a replicated stream. A model axis that does
+    # not divide the rows (one-slot decode, a one-prompt prefill) leaves them replicated.
+    "residual_rows": (DATA_AXIS, MODEL_AXIS),
     "heads": MODEL_AXIS,
     "ffn": MODEL_AXIS,
     "router_experts": None,
@@ -60,8 +68,8 @@ PARAM_RULES: tuple[tuple[str, tuple], ...] = (
     (r"^language_model/rms_norm/scale$", ("norm",)),
 )
 
-# The residual stream x [B, T, D] between sub-layers
-RESIDUAL_AXES = ("batch", None, "residual")
+# The residual stream x [B, T, D] between sub-layers (rows split over the model axis too)
+RESIDUAL_AXES = ("residual_rows", None, "residual")
 # Output logits [B, T, V] as sampling reads them: whole rows on every model-axis device
 LOGITS_AXES = ("batch", None, None)
 # Memory.k / Memory.v [L, B, K, S, d], Memory.step [B], Memory.valid [B, S]
@@ -115,6 +123,15 @@ def logical_sharding(shape: Sequence[int], logical_axes: Sequence[str | None], m
                          f"name {len(logical_axes)}")
     mesh_axes = [None if a is None else rules[a] for a in logical_axes]
     return NamedSharding(mesh, fit_spec(shape, mesh_axes, mesh))
+
+
+def residual_rows(rows: int) -> Any:
+    """The mesh axes (a PartitionSpec entry) that split the residual stream's `rows` leading
+    rows under the mesh in context (None: replicated, or no mesh)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return None
+    return fit_spec((rows,), (LOGICAL_TO_MESH["residual_rows"],), mesh)[0]
 
 
 def param_logical_axes(path: str) -> tuple:
