@@ -133,7 +133,8 @@ class LLM:
                                prefix_cache_tokens=prefix_cache_tokens,
                                speculative_tokens=speculative_tokens,
                                speculative_method=speculative_method,
-                               compile_cache=compile_cache, max_model_len=max_model_len)
+                               compile_cache=compile_cache, max_model_len=max_model_len,
+                               prebuild_grammar_tokenizer=True)   # response_format may come
         self.runner, self.startup_times = load_model(options)   # StartupTimes
         self.quiet = quiet
         self._gen = None

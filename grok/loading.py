@@ -69,16 +69,20 @@ class ModelOptions:
     quiet: bool = False
     compile_cache: Optional[str] = None   # a folder, "off", or None: the default folder
     max_model_len: Optional[int] = None   # context (KV cache) length; None: the config's
+    # requests may carry a grammar: see InferenceRunner.prebuild_grammar_tokenizer
+    prebuild_grammar_tokenizer: bool = False
 
     @classmethod
-    def from_args(cls, args, slots: int) -> "ModelOptions":
+    def from_args(cls, args, slots: int, prebuild_grammar_tokenizer: bool = False
+                  ) -> "ModelOptions":
         return cls(checkpoint=args.checkpoint, config=args.config, tokenizer=args.tokenizer,
                    dtype=args.dtype, moe=args.moe, mesh=args.mesh, hosts=tuple(args.hosts),
                    slots=slots, pad_sizes=args.pad_sizes,
                    prefix_cache_tokens=args.prefix_cache_tokens, quiet=args.quiet,
                    compile_cache=args.compile_cache, speculative_tokens=args.speculative_tokens,
                    speculative_method=args.speculative_method,
-                   max_model_len=args.max_model_len)
+                   max_model_len=args.max_model_len,
+                   prebuild_grammar_tokenizer=prebuild_grammar_tokenizer)
 
 
 @dataclasses.dataclass
@@ -311,7 +315,8 @@ def load_model(options: ModelOptions) -> tuple[InferenceRunner, StartupTimes]:
         _notice(options, f"Model config: {source}")
     runner = InferenceRunner(ModelRunner(model=config, checkpoint_path=checkpoint),
                              name="local", load=checkpoint, tokenizer=tokenizer, params=params,
-                             precompile=False, runtime=runtime)
+                             precompile=False, runtime=runtime,
+                             prebuild_grammar_tokenizer=options.prebuild_grammar_tokenizer)
     times = StartupTimes()
     start = time.perf_counter()
     try:

@@ -50,7 +50,8 @@ class FullForward:
         tokens = np.full((1, self.config.sequence_len), self.config.pad_token, np.int32)
         tokens[0, :len(ids)] = ids
         logits, _ = self._forward(self.params, tokens)
-        return np.asarray(logits[0, :len(ids)])
+        # (sliced on the host: slicing the device array would compile a program per length)
+        return np.asarray(logits)[0, :len(ids)]
 
     def logits(self, ids) -> np.ndarray:
         """[len(ids), V] float32."""

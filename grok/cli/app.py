@@ -17,6 +17,7 @@ from grok.serving.interrupt import exit_on_interrupt
 from grok.cli.output import ResultPrinter, RunStats
 from grok.cli.repl import Repl
 from grok.serving.multihost import follow
+from grok.serving.structured.fields import constraint_of
 from grok.serving.results import TokenEvent
 
 SUBCOMMANDS = {"run": "generate from prompts, a file or a REPL (the default)",
@@ -36,11 +37,27 @@ def default_slots(args, items: list[Item]) -> int:
     return max(1, min(DEFAULT_MAX_SLOTS, sum(item.request is not None for item in items)))
 
 
-def build_runner(args, slots: Optional[int] = None, times: Optional[StartupTimes] = None):
+def may_constrain(args, items: list[Item]) -> bool:
+    """Whether a request of this run may carry a grammar: a valid input's, or (--interactive)
+    every turn's from the flags; in a multi-process job, always (the other processes, which
+    admit every request too, do not see the inputs)."""
+    if jax.process_count() > 1:
+        return True
+    if args.interactive:
+        return constraint_of(make_request({"prompt": "x"}, args, 0)) is not None
+    return any(item.request is not None and constraint_of(item.request) is not None
+               for item in items)
+
+
+def build_runner(args, slots: Optional[int] = None, times: Optional[StartupTimes] = None,
+                 prebuild_grammar_tokenizer: bool = False):
     """The initialized InferenceRunner for these arguments (weights loaded, steps compiled).
-    slots: default --batch-size, else DEFAULT_MAX_SLOTS (a server's; `run` passes its own)."""
+    slots: default --batch-size, else DEFAULT_MAX_SLOTS (a server's; `run` passes its own);
+    prebuild_grammar_tokenizer: requests may carry a grammar (see
+    grok.serving.runner.InferenceRunner)."""
     slots = slots if slots is not None else (args.batch_size or DEFAULT_MAX_SLOTS)
-    runner, measured = load_model(ModelOptions.from_args(args, slots))
+    runner, measured = load_model(ModelOptions.from_args(args, slots,
+                                                         prebuild_grammar_tokenizer))
     if times is not None:
         times.load_s, times.compile_s = measured.load_s, measured.compile_s
     return runner
@@ -77,7 +94,8 @@ def run(args, runner=None, stdin=None) -> int:
     times = StartupTimes()
     if runner is None:
         with exit_on_interrupt():    # Ctrl-C while loading or compiling: 130 at once
-            runner = build_runner(args, default_slots(args, items), times)
+            runner = build_runner(args, default_slots(args, items), times,
+                                  may_constrain(args, items))
     if follower:
         follow(runner)
         return 0
@@ -113,7 +131,7 @@ def _serve(args) -> int:
 
     init_multihost(args)
     try:
-        return serve(args, lambda: build_runner(args)) or 0
+        return serve(args, lambda: build_runner(args, prebuild_grammar_tokenizer=True)) or 0
     except ValueError as e:   # UsageError included: a bad flag, checkpoint or server setting
         raise UsageError(str(e)) from None
 

@@ -10,10 +10,10 @@ its static shape key, so each shape compiles once and nothing recompiles while s
   the first kv_len cache positions; `generate` picks the smallest bucket holding the longest
   active slot, from lengths the engine tracks on the host (grok.engine.live_lengths: no
   device sync); release: one.
-`precompile()` compiles what a prompt of every bucket needs up front (first chunks, their
-inserts, and the decode variants up to the one a prompt of the largest bucket starts in);
-`precompile_all()` adds every continuation, batch shape and decode variant. A longer
-context compiles its decode variant on first use (once per bucket, then never again).
+`precompile()` (grok.engine.precompile) compiles what a prompt of every bucket needs up front
+(first chunks, their inserts, and the decode variants up to the one a prompt of the largest
+bucket starts in); `precompile_all()` adds every continuation, batch shape and decode variant.
+A longer context compiles its decode variant on first use (once per bucket, then never again).
 
 Glossary: B slots, N prompts per batched call, T chunk bucket, P prefix capacity,
 S sequence_len, V vocabulary.
@@ -33,9 +33,10 @@ from grok.config import LanguageModelConfig
 from grok.engine import steps
 from grok.engine.api import (GREEDY, Handle, Prefix, PrefillResult, SampleParams, SlotArm,
                              StepHandle, TokenOutput)
-from grok.engine.logits_processing import LogitControls, neutral_controls
+from grok.engine.logits_processing import LogitControls
 from grok.engine.live_lengths import (HostShadow, SlotLengths, after_step, longest_after_step,
                                       with_slot)
+from grok.engine.precompile import Precompiling
 from grok.engine.speculative import SpeculativeSteps
 from grok.engine.state import (DecodeState, capacity_for, empty_prefix, new_state,
                                prefix_capacities, prefix_shardings, slice_prefix,
@@ -61,9 +62,10 @@ def _settings_row(sample: SampleParams) -> np.ndarray:
     return np.asarray([sample.temperature, sample.top_p, sample.top_k], np.float32)
 
 
-class JaxEngine(SpeculativeSteps):
+class JaxEngine(SpeculativeSteps, Precompiling):
     """The Engine protocol (see grok.engine.api) for one model, mesh and set of weights;
-    `verify` and `step_costs` come from grok.engine.speculative."""
+    `verify` and `step_costs` come from grok.engine.speculative, `precompile` and
+    `precompile_all` from grok.engine.precompile."""
 
     def __init__(self, config: LanguageModelConfig, runtime: RuntimeConfig, mesh: Mesh,
                  forward: Callable, params: Any, param_shardings: Any, batch_size: int,
@@ -380,55 +382,3 @@ class JaxEngine(SpeculativeSteps):
     def _check_slot(self, slot: int) -> None:
         if not (isinstance(slot, (int, np.integer)) and 0 <= slot < self.batch_size):
             raise ValueError(f"slot must be an int in [0, {self.batch_size}), got {slot!r}")
-
-    # ---- compiling ahead of time ---------------------------------------------------------------
-    def startup_kv_lens(self) -> tuple[int, ...]:
-        """The decode variants `precompile` compiles: every one a prompt of up to the largest
-        prefill bucket starts decoding in (a longer context compiles its variant on first use:
-        startup time grows with each variant, and most requests never need the long ones)."""
-        first_step = min(self.prefill_buckets[-1] + 1, self.sequence_len)
-        largest = live_kv_len(first_step, self.sequence_len, self.min_kv_len)
-        return tuple(k for k in self.kv_len_buckets if k <= largest)
-
-    def precompile(self) -> None:
-        """Compiles every bucket's first chunk, its insert, and the decode variants of
-        `startup_kv_lens` (as the reference compiles its buckets before serving), by running
-        them once on an empty state."""
-        self._run_decode_variants(self.startup_kv_lens())
-
-    def _run_decode_variants(self, kv_lens: Sequence[int]) -> None:
-        state = self.init_state()
-        for bucket in self.prefill_buckets:
-            prefix, result = self.prefill([1] * bucket)
-            state = self.insert(prefix, result.arm, state, 0)
-        packed = None
-        controls = neutral_controls(self.batch_size, self.vocab_size)
-        for kv_len in kv_lens:   # each variant once (the slot's context is irrelevant here)
-            state, packed = self.sample_step_fn(kv_len)(self.params, state)
-            state, packed = self.sample_step_fn(kv_len, True)(self.params, state, controls)
-        state = self.release_slot(state, np.int32(0))
-        jax.block_until_ready((state, packed))
-
-    def precompile_all(self) -> None:
-        """`precompile`, plus every continuation chunk (from each capacity that can hold a
-        prompt), every batched-prefill shape, every decode variant and every `extract_prefix`
-        capacity, and the echo (prompt-scoring) variant of every prefill chunk, so no request
-        ever waits for XLA."""
-        self._run_decode_variants(self.kv_len_buckets)
-        state = self.init_state()
-        for bucket in self.prefill_buckets:
-            self.prefill([1] * bucket, echo=True)
-        for capacity in self.prefix_capacities:
-            prefix = empty_prefix(self.config, self.runtime, capacity)
-            prefix = jax.device_put(prefix, self._prefix_sh(capacity))
-            for bucket in self.prefill_buckets:
-                for echo in (False, True):
-                    out, result = self.prefill([1] * bucket, existing_prefix=prefix, echo=echo)
-                state = self.insert(out, result.arm, state, 0)
-        for n in self.prefill_batch_sizes:
-            for bucket in self.prefill_buckets:
-                self.prefill_batch([[1] * bucket] * n, [GREEDY] * n)
-        for capacity in self.prefix_capacities:    # a finished request's KV, for the cache
-            self.extract_prefix(state, 0, capacity)
-        state = self.mark_prompt(state, 0, [1])     # a request with a repetition penalty
-        jax.block_until_ready(state)

@@ -50,6 +50,12 @@ class InferenceRunner:
     params: Optional[dict] = None       # host params to use instead of a checkpoint
     precompile: bool = True
     runtime: Optional[RuntimeConfig] = None  # None: runner.runtime, else RuntimeConfig()
+    # Requests may carry a grammar (the HTTP server, grok.LLM, a run with constrained prompts):
+    # build structured outputs' llguidance tokenizer in the background while the weights load
+    # and compile, so the first constrained request finds it built. Otherwise the first
+    # constrained request builds it (about 2 s at Grok-1's vocabulary) and a job that sends
+    # none never pays for it.
+    prebuild_grammar_tokenizer: bool = False
 
     def initialize(self):
         runner = self.runner
@@ -64,8 +70,8 @@ class InferenceRunner:
                 logger.warning("no tokenizer_path: text prompts use the byte tokenizer "
                                "(token-id prompts are unaffected)")
             self.tokenizer = load_tokenizer(self.tokenizer_path)
-        # structured outputs' view of the tokenizer, built while weights load and compile
-        build_in_background(self.tokenizer, runner.model.vocab_size, runner.model.eos_token)
+        if self.prebuild_grammar_tokenizer:
+            build_in_background(self.tokenizer, runner.model.vocab_size, runner.model.eos_token)
         if jax.process_count() > 1:   # every process must compile the same programs
             # The architecture, every runtime field (flat, so a mismatch names the field), and
             # the tokenizer: every process applies stop strings with its own copy.

@@ -3,7 +3,8 @@
 Its static controls (grok.serving.logit_controls.RowControls) and, for a constrained request,
 its grammar state (grok.serving.structured.masks.GrammarState), built at admission from the
 Request's fields and the model's tokenizer (its llguidance tokenizer is built once per
-process, when the model starts: grok.serving.structured.tokenizers.build_in_background).
+process: when the model starts where requests may carry a grammar, else by the first
+constrained request; see grok.serving.structured.tokenizers).
 """
 
 from __future__ import annotations

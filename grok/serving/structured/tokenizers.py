@@ -8,9 +8,12 @@ must not add SentencePiece's dummy-prefix space: we encode "\\x01" + text (the c
 character is one byte piece that never merges) and drop those leading pieces.
 
 Building one costs about 1.7 s at 131,072 tokens, so each (tokenizer, vocabulary, EOS) is
-built once per process and kept (by the tokenizer's fingerprint), and `build_in_background`
-builds it when the model starts (beside loading weights and compiling): the first
-constrained request does not wait for it (or waits only for what is left, under the lock).
+built once per process, when first needed, and kept (by the tokenizer's fingerprint). Where
+requests may carry a grammar (the HTTP server, grok.LLM, a run with constrained prompts:
+grok.serving.runner.InferenceRunner.prebuild_grammar_tokenizer), `build_in_background` builds
+it when the model starts (beside loading weights and compiling): the first constrained request
+does not wait for it (or waits only for what is left, under the lock). A job that sends no
+constrained request never builds it.
 """
 
 from __future__ import annotations
