@@ -86,7 +86,8 @@ class SpeculativeSteps:
                    ) -> tuple[DecodeState, float, float]:
         """Median seconds of a decode step and of a K-draft verify step (each dispatched and
         read back), with every slot active, greedy or (`sampled`) sampling at temperature 1,
-        and drafting K tokens, on the shortest variant.
+        and drafting K tokens, on the shortest variant; the verify step without alternatives
+        (requests rarely ask for logprobs).
         Runs in `state` (donated; every slot must be free: they are used and freed again,
         so no second KV cache is allocated). In a multi-process job every process
         returns process 0's figures, so their schedulers take the same steps."""
@@ -102,7 +103,7 @@ class SpeculativeSteps:
             self.read(handle)
             decode.append(time.perf_counter() - start)
             start = time.perf_counter()
-            state, _ = self.verify(state, drafts, k)
+            state, _ = self.verify(state, drafts, k, alternatives=False)
             verify_times.append(time.perf_counter() - start)
         for slot in range(self.batch_size):
             state = self.release(state, slot)
