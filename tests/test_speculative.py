@@ -284,20 +284,19 @@ def test_greedy_token_is_the_samplers_greedy_row():
 
 
 def test_outputs_without_alternatives_keep_the_token_and_its_logprob():
-    """The variant for steps where no slot reports alternatives: same tokens and logprobs
+    """The variant for steps where no slot reports alternatives: the same tokens and logprobs
     (from the row's max and exp-sum, not the [B, V] log_softmax), zeros for the top ones."""
     import jax
     import jax.numpy as jnp
-    from grok.engine.sampling import NUM_ALTERNATIVES, SampleSettings, greedy_token, sample_token
+    from grok.engine.sampling import NUM_ALTERNATIVES, chosen_logprob, greedy_token
 
     logits = jax.random.normal(jax.random.PRNGKey(2), (4, 300)) * 4
-    settings = SampleSettings(jnp.array([0.0, 1.0, 0.7, 1.0]), jnp.array([1.0, 1.0, 0.9, 1.0]),
-                              jnp.array([0, 0, 20, 0], jnp.int32), jnp.ones(4, bool))
-    keys = jax.random.split(jax.random.PRNGKey(3), 4)
-    for full, lean in ((sample_token(logits, settings, keys),
-                        sample_token(logits, settings, keys, alternatives=False)),
-                       (greedy_token(logits), greedy_token(logits, alternatives=False))):
-        np.testing.assert_array_equal(np.asarray(lean.token_id), np.asarray(full.token_id))
-        np.testing.assert_allclose(np.asarray(lean.logprob), np.asarray(full.logprob), rtol=1e-6)
-        assert np.asarray(lean.top_k_token_ids).shape == (4, NUM_ALTERNATIVES)
-        assert not np.asarray(lean.top_k_logprobs).any()
+    full, lean = greedy_token(logits), greedy_token(logits, alternatives=False)
+    np.testing.assert_array_equal(np.asarray(lean.token_id), np.asarray(full.token_id))
+    np.testing.assert_allclose(np.asarray(lean.logprob), np.asarray(full.logprob), rtol=1e-6)
+    assert np.asarray(lean.top_k_token_ids).shape == (4, NUM_ALTERNATIVES)
+    assert not np.asarray(lean.top_k_logprobs).any()
+    drawn = jnp.array([5, 299, 0, 17])             # any token, as a sampled row's
+    want = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), np.asarray(drawn)[:, None],
+                              axis=1)[:, 0]
+    np.testing.assert_allclose(np.asarray(chosen_logprob(logits, drawn)), want, rtol=1e-6)

@@ -5,8 +5,8 @@
 
 Three workloads, each run by a Scheduler with speculation off and one with it on (the gate
 measuring its own break-even, as in serving), on the same engine, alternating round by round
-(--rounds; the modes take turns going first), after an untimed warm-up round of each that
-compiles everything:
+(--rounds; each batch of requests in both modes back to back, the modes taking turns going
+first), after an untimed warm-up round of each that compiles everything:
 
 (a) repeat, 1 slot: greedy requests whose continuation repeats their context. A random-weight
     model neither copies its prompt nor falls into a cycle within 1,000 greedy tokens (tried
@@ -151,20 +151,20 @@ def measure(args, engine, requests: list, one_at_a_time: bool) -> dict:
     seconds, outputs = {m: 0.0 for m in modes}, {m: {} for m in modes}
     ratios = []                                 # each timed round's on / off speed
     for r in range(args.rounds + 1):
-        took_round = {}
-        # the modes take turns going first, so neither always follows the other
-        for mode in (("off", "on") if r % 2 else ("on", "off")):
-            scheduler = modes[mode]
-            spec = scheduler.speculation
-            if r == 1 and spec is not None:     # count the timed rounds only
-                spec.draft_tokens = spec.accepted_tokens = spec.verify_steps = 0
-            took_round[mode] = 0.0
-            for batch in batches:
-                took, out = run(scheduler, batch)
+        spec = modes["on"].speculation
+        if r == 1:                               # count the timed rounds only
+            spec.draft_tokens = spec.accepted_tokens = spec.verify_steps = 0
+        took_round = {m: 0.0 for m in modes}
+        for i, batch in enumerate(batches):
+            # each batch runs in both modes back to back, the modes taking turns going
+            # first: a busy machine's slow spells hit both alike
+            for mode in (("off", "on") if (r + i) % 2 else ("on", "off")):
+                took, out = run(modes[mode], batch)
                 outputs[mode].update(out)
                 took_round[mode] += took
-            seconds[mode] += took_round[mode] if r else 0.0
         if r:
+            for mode in modes:
+                seconds[mode] += took_round[mode]
             ratios.append(took_round["off"] / took_round["on"])
     if outputs["on"] != outputs["off"]:
         raise AssertionError("speculation changed the tokens")
