@@ -281,3 +281,22 @@ def test_greedy_token_is_the_samplers_greedy_row():
     assert int(got.token_id[1]) == 3
     for a, b in zip(want, got):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6)
+
+
+def test_outputs_without_alternatives_keep_the_token_and_its_logprob():
+    """The variant for steps where no slot reports alternatives: the same tokens and logprobs
+    (from the row's max and exp-sum, not the [B, V] log_softmax), zeros for the top ones."""
+    import jax
+    import jax.numpy as jnp
+    from grok.engine.sampling import NUM_ALTERNATIVES, chosen_logprob, greedy_token
+
+    logits = jax.random.normal(jax.random.PRNGKey(2), (4, 300)) * 4
+    full, lean = greedy_token(logits), greedy_token(logits, alternatives=False)
+    np.testing.assert_array_equal(np.asarray(lean.token_id), np.asarray(full.token_id))
+    np.testing.assert_allclose(np.asarray(lean.logprob), np.asarray(full.logprob), rtol=1e-6)
+    assert np.asarray(lean.top_k_token_ids).shape == (4, NUM_ALTERNATIVES)
+    assert not np.asarray(lean.top_k_logprobs).any()
+    drawn = jnp.array([5, 299, 0, 17])             # any token, as a sampled row's
+    want = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), np.asarray(drawn)[:, None],
+                              axis=1)[:, 0]
+    np.testing.assert_allclose(np.asarray(chosen_logprob(logits, drawn)), want, rtol=1e-6)

@@ -5,7 +5,8 @@
 
 Three workloads, each run by a Scheduler with speculation off and one with it on (the gate
 measuring its own break-even, as in serving), on the same engine, alternating round by round
-(--rounds), after an untimed warm-up round of each that compiles everything:
+(--rounds; each batch of requests in both modes back to back, the modes taking turns going
+first), after an untimed warm-up round of each that compiles everything:
 
 (a) repeat, 1 slot: greedy requests whose continuation repeats their context. A random-weight
     model neither copies its prompt nor falls into a cycle within 1,000 greedy tokens (tried
@@ -148,15 +149,23 @@ def measure(args, engine, requests: list, one_at_a_time: bool) -> dict:
              "on": Scheduler(engine, ByteTokenizer(), speculative_tokens=args.k)}
     batches = [[r] for r in requests] if one_at_a_time else [requests]
     seconds, outputs = {m: 0.0 for m in modes}, {m: {} for m in modes}
+    ratios = []                                 # each timed round's on / off speed
     for r in range(args.rounds + 1):
-        for mode, scheduler in modes.items():
-            spec = scheduler.speculation
-            if r == 1 and spec is not None:     # count the timed rounds only
-                spec.draft_tokens = spec.accepted_tokens = spec.verify_steps = 0
-            for batch in batches:
-                took, out = run(scheduler, batch)
+        spec = modes["on"].speculation
+        if r == 1:                               # count the timed rounds only
+            spec.draft_tokens = spec.accepted_tokens = spec.verify_steps = 0
+        took_round = {m: 0.0 for m in modes}
+        for i, batch in enumerate(batches):
+            # each batch runs in both modes back to back, the modes taking turns going
+            # first: a busy machine's slow spells hit both alike
+            for mode in (("off", "on") if (r + i) % 2 else ("on", "off")):
+                took, out = run(modes[mode], batch)
                 outputs[mode].update(out)
-                seconds[mode] += took if r else 0.0
+                took_round[mode] += took
+        if r:
+            for mode in modes:
+                seconds[mode] += took_round[mode]
+            ratios.append(took_round["off"] / took_round["on"])
     if outputs["on"] != outputs["off"]:
         raise AssertionError("speculation changed the tokens")
     tokens = sum(len(o) for o in outputs["off"].values()) * args.rounds
@@ -166,6 +175,7 @@ def measure(args, engine, requests: list, one_at_a_time: bool) -> dict:
             "off_tokens_per_s": round(off_tokens_per_s, 1),
             "on_tokens_per_s": round(on_tokens_per_s, 1),
             "speedup": round(on_tokens_per_s / off_tokens_per_s, 3),
+            "round_speedups": [round(x, 3) for x in ratios],
             "break_even": round(spec.sampled_break_even if any(r.temperature > 0 for r in requests)
                                 else spec.break_even, 2),
             "verify_steps": spec.verify_steps,
@@ -180,11 +190,12 @@ def print_table(args, report: dict) -> None:
           f"{args.max_tokens} tokens per request, {args.rounds} rounds, CPU")
     print(f"(a)'s prompts: [t] * {args.prompt_len} for the loop tokens t = {report['loop_tokens']}")
     print(f"{'workload':<22}{'off tok/s':>10}{'on tok/s':>10}{'on/off':>8}{'accept':>8}"
-          f"{'tok/verify':>11}{'break-even':>11}")
+          f"{'tok/verify':>11}{'break-even':>11}  on/off by round")
     for name in ("a_repeat_1_slot", "b_no_repeat_1_slot", "c_mixed_8_slots"):
         r = report[name]
         print(f"{name:<22}{r['off_tokens_per_s']:>10}{r['on_tokens_per_s']:>10}{r['speedup']:>8}"
-              f"{r['acceptance']:>8}{r['tokens_per_verify_step']:>11}{r['break_even']:>11}")
+              f"{r['acceptance']:>8}{r['tokens_per_verify_step']:>11}{r['break_even']:>11}  "
+              + " ".join(str(x) for x in r["round_speedups"]))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

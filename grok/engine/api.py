@@ -204,9 +204,12 @@ class Engine(Protocol):
         probable tokens at that position."""
 
     # ---- speculative decoding (optional: a scheduler asks for it only when configured) ----
-    def verify(self, state, drafts: Sequence[Sequence[int]], k: int) -> tuple[object, VerifyOutput]:
+    def verify(self, state, drafts: Sequence[Sequence[int]], k: int, alternatives: bool = True
+               ) -> tuple[object, VerifyOutput]:
         """One step scoring each active slot's last token and its drafts (drafts[b]: at most
         k ids; [] = a plain decode step for that slot) -> (state, VerifyOutput), on the host.
+        Without `alternatives` (no slot reports them) the outputs' top ids and logprobs are
+        zeros, and the step is cheaper.
 
         Slot b emits its accepted drafts (those equal to the token sampled at their position,
         with the key a decode step would use there) plus the next sampled token: exactly the

@@ -223,11 +223,12 @@ ARGMAX_ONLY, CANDIDATE_DRAW, UNFILTERED_DRAW, FULL_ROW_DRAW, SORTED_FULL_ROW_DRA
 
 
 def sample_token(logits: jax.Array, settings: SampleSettings, keys: jax.Array,
-                 num_candidates: int = NUM_CANDIDATES) -> SampleOutput:
+                 num_candidates: int = NUM_CANDIDATES, alternatives: bool = True) -> SampleOutput:
     """Samples one token per row. logits [B, V] float32; keys [B] PRNG keys.
 
     Greedy rows (temperature 0) and inactive rows take the argmax. num_candidates (C) only
-    changes the speed, never the tokens.
+    changes the speed, never the tokens; without `alternatives` the top ids and logprobs
+    are zeros (the token's own logprob is always there).
     """
     if num_candidates < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
@@ -238,7 +239,7 @@ def sample_token(logits: jax.Array, settings: SampleSettings, keys: jax.Array,
     shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
     scaled = shifted / jnp.where(draws, settings.temperature, 1.0)[:, None]     # [B, V]
     if not on_cpu():
-        return _finish(logits, draws, *_sorted_draw(scaled, settings, keys))
+        return _finish(logits, draws, *_sorted_draw(scaled, settings, keys), alternatives)
     cand = _candidates(scaled, settings, num_candidates)
     # The first candidate is the argmax (cheaper than jnp.argmax on CPU): top_k puts the
     # lowest index first among equals, and shifting never reorders or ties the max.
@@ -257,7 +258,7 @@ def sample_token(logits: jax.Array, settings: SampleSettings, keys: jax.Array,
         lambda: _unfiltered_draw(scaled, keys),
         lambda: _full_row_draw(scaled, settings, cand, keys, draws, sort=False),
         lambda: _full_row_draw(scaled, settings, cand, keys, draws, sort=True)])
-    return _finish(logits, draws, sampled, argmax)
+    return _finish(logits, draws, sampled, argmax, alternatives)
 
 
 def _sorted_draw(scaled: jax.Array, settings: SampleSettings, keys: jax.Array):
@@ -283,22 +284,37 @@ def _sorted_draw(scaled: jax.Array, settings: SampleSettings, keys: jax.Array):
 
 
 def _finish(logits: jax.Array, draws: jax.Array, sampled: jax.Array,
-            argmax: jax.Array) -> SampleOutput:
-    """The SampleOutput of rows that drew `sampled` (the others take `argmax`)."""
+            argmax: jax.Array, alternatives: bool = True) -> SampleOutput:
+    """The SampleOutput of rows that drew `sampled` (the others take `argmax`); without
+    `alternatives` (no row asked for them), the top ids and logprobs are zeros."""
     token = jnp.where(draws, sampled, argmax).astype(jnp.int32)
+    if not alternatives:
+        a = min(NUM_ALTERNATIVES, logits.shape[-1])
+        return SampleOutput(token, chosen_logprob(logits, token),
+                            jnp.zeros(token.shape + (a,), jnp.int32),
+                            jnp.zeros(token.shape + (a,), jnp.float32))
     logprobs = jax.nn.log_softmax(logits, axis=-1)                              # [B, V]
     top_logprobs, top_ids = jax.lax.top_k(logprobs, min(NUM_ALTERNATIVES, logits.shape[-1]))
     chosen = jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
     return SampleOutput(token, chosen, top_ids.astype(jnp.int32), top_logprobs)
 
 
-def greedy_token(logits: jax.Array) -> SampleOutput:
+def chosen_logprob(logits: jax.Array, token: jax.Array) -> jax.Array:
+    """log_softmax(logits)[b, token[b]] -> [B], by log_softmax's own arithmetic (shift by the
+    row max, subtract the log of the shifted row's exp-sum) without the [B, V] logprobs:
+    their top_k over the vocabulary costs as much as the rest of a greedy row."""
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)                  # [B, V]
+    total = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))                         # [B]
+    return jnp.take_along_axis(shifted, token[:, None], axis=-1)[:, 0] - total
+
+
+def greedy_token(logits: jax.Array, alternatives: bool = True) -> SampleOutput:
     """What `sample_token` gives rows that do not draw (greedy or inactive), without its
     candidates: the argmax (the lowest id among equal maxima, as its top_k candidate) and the
     same logprobs and alternatives. logits [B, V]."""
     logits = logits.astype(jnp.float32)
     argmax = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return _finish(logits, jnp.zeros(argmax.shape, bool), argmax, argmax)
+    return _finish(logits, jnp.zeros(argmax.shape, bool), argmax, argmax, alternatives)
 
 
 def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:

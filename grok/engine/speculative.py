@@ -32,24 +32,25 @@ COST_REPEATS = 5   # timed runs of each step kind (the median counts)
 class SpeculativeSteps:
     """`verify` and `step_costs` for JaxEngine (uses its jit cache, shardings and lengths)."""
 
-    def verify_fn(self, kv_len: int, k: int):
+    def verify_fn(self, kv_len: int, k: int, alternatives: bool = True):
         """The compiled verify(params, state, drafts [B, K], num_drafts [B]) reading kv_len
-        cache positions (one of `kv_len_buckets`)."""
+        cache positions (one of `kv_len_buckets`); without `alternatives`, the variant whose
+        outputs carry no top ids and logprobs (zeros)."""
         forward, pad = self._forward, self.pad_token
 
         @self._on_mesh_platform
         def verify_step(params, state, drafts, num_drafts):
             fwd = lambda *args: forward(*args, kv_len)
-            return verify(fwd, params, state, drafts, num_drafts, pad)
+            return verify(fwd, params, state, drafts, num_drafts, pad, alternatives)
 
         def build():
             rep = self._rep
             return jax.jit(verify_step, in_shardings=(self._params_sh, self._state_sh, rep, rep),
                            out_shardings=(self._state_sh, rep, rep), donate_argnums=(1,))
-        return self._jit(("verify", kv_len, k), build)
+        return self._jit(("verify", kv_len, k, alternatives), build)
 
-    def verify(self, state: DecodeState, drafts: Sequence[Sequence[int]], k: int
-               ) -> tuple[DecodeState, VerifyOutput]:
+    def verify(self, state: DecodeState, drafts: Sequence[Sequence[int]], k: int,
+               alternatives: bool = True) -> tuple[DecodeState, VerifyOutput]:
         """See grok.engine.api.Engine.verify (donates `state`; returns host values)."""
         if len(drafts) != self.batch_size:
             raise ValueError(f"verify: {len(drafts)} draft lists for {self.batch_size} slots")
@@ -66,7 +67,8 @@ class SpeculativeSteps:
             longest = max((n + 1 + k for n in lengths if n is not None), default=1)
             kv_len = live_kv_len(min(longest, self.sequence_len), self.sequence_len,
                                  self.min_kv_len)
-        state, packed, emitted = self.verify_fn(kv_len, k)(self.params, state, table, counts)
+        fn = self.verify_fn(kv_len, k, alternatives)
+        state, packed, emitted = fn(self.params, state, table, counts)
         emitted = to_host(emitted)
         if lengths is not None:
             for slot, n in enumerate(lengths):
@@ -84,7 +86,8 @@ class SpeculativeSteps:
                    ) -> tuple[DecodeState, float, float]:
         """Median seconds of a decode step and of a K-draft verify step (each dispatched and
         read back), with every slot active, greedy or (`sampled`) sampling at temperature 1,
-        and drafting K tokens, on the shortest variant.
+        and drafting K tokens, on the shortest variant; the verify step without alternatives
+        (requests rarely ask for logprobs).
         Runs in `state` (donated; every slot must be free: they are used and freed again,
         so no second KV cache is allocated). In a multi-process job every process
         returns process 0's figures, so their schedulers take the same steps."""
@@ -100,7 +103,7 @@ class SpeculativeSteps:
             self.read(handle)
             decode.append(time.perf_counter() - start)
             start = time.perf_counter()
-            state, _ = self.verify(state, drafts, k)
+            state, _ = self.verify(state, drafts, k, alternatives=False)
             verify_times.append(time.perf_counter() - start)
         for slot in range(self.batch_size):
             state = self.release(state, slot)

@@ -46,8 +46,10 @@ def key_chain(rngs: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
 
 
 def verify(forward: Callable, params, state: DecodeState, drafts: jax.Array,
-           num_drafts: jax.Array, pad_token: int):
-    """One verify step: drafts [B, K] int32 (pad after num_drafts), num_drafts [B] int32.
+           num_drafts: jax.Array, pad_token: int, alternatives: bool = True):
+    """One verify step: drafts [B, K] int32 (pad after num_drafts), num_drafts [B] int32;
+    without `alternatives` (static: no slot reports them) each position's top ids and
+    logprobs are zeros, and the step skips their top_k over the vocabulary.
 
     Returns (state, packed [B, J, 2 + 2A] (each position's sampled token, as a decode step
     packs it), emitted [B] int32: tokens this step produced per slot = accepted drafts + 1,
@@ -73,10 +75,11 @@ def verify(forward: Callable, params, state: DecodeState, drafts: jax.Array,
         # Steps where no live position draws (all greedy) skip the sampler's candidates
         # (on an accelerator a branch on a device value costs a round trip to the host).
         draws = jnp.any((settings.temperature > 0) & position_live)
-        out = jax.lax.cond(draws, lambda: sample_token(flat, settings, keys),
-                           lambda: greedy_token(flat))
+        out = jax.lax.cond(
+            draws, lambda: sample_token(flat, settings, keys, alternatives=alternatives),
+            lambda: greedy_token(flat, alternatives))
     else:
-        out = sample_token(flat, settings, keys)
+        out = sample_token(flat, settings, keys, alternatives=alternatives)
     sampled = out.token_id.reshape(b, j)                                        # [B, J]
 
     matches = (drafts == sampled[:, :k]) & (offsets[None] < num_drafts[:, None])  # [B, K]

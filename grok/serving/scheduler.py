@@ -190,7 +190,9 @@ class Scheduler:
             inserted, drafts = [], spec.plan(self._running) if self._running else None
             if drafts is not None:
                 running = dict(self._running)
-                self.state, out = self.engine.verify(self.state, spec.table(drafts), spec.k)
+                alternatives = any(s.request.logprobs for s in running.values())
+                self.state, out = self.engine.verify(self.state, spec.table(drafts), spec.k,
+                                                     alternatives)
                 return events + spec.take(out, running, drafts, self._take)
         dispatched = None
         if self._inflight is not None and structured.needs_last_token(self._running):

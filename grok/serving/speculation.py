@@ -73,7 +73,6 @@ class Speculation:
         check_settings(tokens, method)
         self.engine, self.k, self.method = engine, tokens, method
         self.break_even = self.sampled_break_even = break_even
-        self._batch_break_even = break_even      # the one the batch of the last plan used
         self._gates: dict[int, _Gate] = {}
         self.draft_tokens = self.accepted_tokens = self.verify_steps = 0
 
@@ -104,10 +103,14 @@ class Speculation:
         positions = self.engine.sequence_len - len(stream.prompt_ids) - stream.fed - 1
         return max(0, min(self.k, remaining - 1, positions))
 
+    def _break_even_for(self, running: dict) -> float:
+        """Decode steps a verify step of this batch costs: a sampling row makes it dearer."""
+        sampling = any(stream.request.temperature > 0 for stream in running.values())
+        return self.sampled_break_even if sampling else self.break_even
+
     def plan(self, running: dict) -> Optional[dict]:
         """{slot: drafts} for this step's verify, or None: run a decode step instead."""
-        sampling = any(stream.request.temperature > 0 for stream in running.values())
-        self._batch_break_even = self.sampled_break_even if sampling else self.break_even
+        break_even = self._break_even_for(running)
         drafts, expected = {}, 0.0
         for slot, stream in running.items():
             gate = self._gate(slot)
@@ -115,7 +118,7 @@ class Speculation:
             if gate.wait == 0:
                 draft = propose(stream.prompt_ids + stream.output_ids, self._limit(stream))
                 if not draft:
-                    self._record(gate, 1)        # nothing to draft counts as a 1-token step
+                    self._record(gate, 1, break_even)   # nothing to draft: a 1-token step
             if draft:
                 drafts[slot] = draft
                 expected += gate.tokens_per_step
@@ -123,7 +126,7 @@ class Speculation:
                 expected += 1.0
         if not drafts:
             return None
-        if expected < self._batch_break_even * len(running):
+        if expected < break_even * len(running):
             for slot in drafts:                  # not worth it for the batch: try later
                 self._gate(slot).close()
             return None
@@ -138,11 +141,12 @@ class Speculation:
         self.sampled_break_even = verify / max(decode, 1e-9)
         return state
 
-    def _record(self, gate: _Gate, emitted: int) -> None:
+    @staticmethod
+    def _record(gate: _Gate, emitted: int, break_even: float) -> None:
         gate.tokens_per_step += SMOOTHING * (emitted - gate.tokens_per_step)
-        if gate.tokens_per_step < self._batch_break_even:
+        if gate.tokens_per_step < break_even:
             gate.close()
-            gate.tokens_per_step = self._batch_break_even     # a retry starts at break-even
+            gate.tokens_per_step = break_even     # a retry starts at break-even
         else:
             gate.backoff = MIN_BACKOFF
 
@@ -155,6 +159,7 @@ class Speculation:
         """Hands a verify step's emitted tokens (out: VerifyOutput) to the scheduler, one by
         one through take(stream, TokenOutput, row) -> its events; updates the gates."""
         self.verify_steps += 1
+        break_even = self._break_even_for(running)
         events = []
         for slot, stream in running.items():
             emitted = int(out.emitted[slot])
@@ -162,7 +167,7 @@ class Speculation:
             if slot in drafts:
                 self.draft_tokens += len(drafts[slot])
                 self.accepted_tokens += emitted - 1
-                self._record(self._gate(slot), emitted)
+                self._record(self._gate(slot), emitted, break_even)
             rows = type(out.tokens)(*(a[slot] for a in out.tokens))   # [J, ...] per field
             for j in range(emitted):
                 if stream.done:
