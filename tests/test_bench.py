@@ -74,10 +74,17 @@ def test_comparisons_give_the_sparse_over_dense_speed(tiny_report):
 
 
 @pytest.mark.slow
-def test_dumped_hlo_has_two_collectives_per_layer(tiny_report, tmp_path_factory):
+def test_dumped_hlo_has_no_all_reduce_in_the_layer_loop(tiny_report, tmp_path_factory):
+    """2 slots on (1, 2): the residual stream's rows are split over the model axis, so
+    attention's output projection and the MoE end in a reduce-scatter each, not an
+    all-reduce; each sub-layer's normed rows are all-gathered, and so are the router's
+    choices for a device's own rows (gates and expert ids) that the MoE takes for all rows.
+    (The dense MoE, a reference path, ends in an all-reduce.)"""
     for run in tiny_report["runs"]:
-        assert run["hlo"]["collectives_per_layer"] <= 2 and run["hlo"]["conditionals"] == 0
+        assert run["hlo"]["collectives_per_layer"] <= 6 and run["hlo"]["conditionals"] == 0
     [sparse] = [r for r in tiny_report["runs"] if r["moe"] == "sparse"]
+    collectives = sparse["hlo"]["layer_collectives"]
+    assert collectives.count("reduce-scatter") == 2 and "all-reduce" not in collectives
     assert sparse["hlo"]["file"].endswith(".sample_step.txt")
 
 

@@ -216,6 +216,7 @@ def dump_hlo(args, run: dict, executable) -> dict:
         f.write(text)
     report = hlo_check.analyse(text)
     return {"file": name, "collectives_per_layer": len(report.collectives),
+            "layer_collectives": report.collectives,
             "conditionals": report.conditionals,
             "largest_int8_buffer": report.largest_int8_buffer,
             "int8_float_copies": len(report.int8_float_copies)}
