@@ -174,6 +174,8 @@ def test_grok_width_64_slots_on_8_gpus_split_the_residual_stream():
     assert sorted(c["op"] for c in r["layer_collectives"]) == [
         "all-gather", "all-gather", "reduce-scatter", "reduce-scatter"]
     assert r["stream_mib"] < 1.6 * r["stream_ideal_mib"], r["largest_outside_moe"]
+    # with the attention kernel: the whole layer outside the MoE, measured 1.14x
+    assert r["outside_moe_ratio"] < 1.15, r["largest_outside_moe"]
 
 
 def test_plain_table_indexing_all_gathers_the_table(monkeypatch):
