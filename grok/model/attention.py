@@ -124,9 +124,10 @@ def _local_shape(k_size: int, out_size: int, groups: int,
 
 
 def _kernel_or_xla(x: jax.Array, kernel, xla):
-    """kernel(x) where the program is lowered for CUDA, else xla (the XLA result is then dead
-    code on GPUs: XLA removes it with its weight slice); interpret mode is CPU."""
-    return jax.lax.platform_dependent(x, cuda=kernel, default=lambda x: xla)
+    """kernel(x) where the program is lowered for CUDA, else xla(x); an XLA form traced
+    anyway is dead code on GPUs (XLA removes it with its weight or window slices).
+    Interpret mode is CPU: its callers run the kernel directly."""
+    return jax.lax.platform_dependent(x, cuda=kernel, default=xla)
 
 
 def _project(x: jax.Array, name: str, out_size: int, runtime: RuntimeConfig,
@@ -156,7 +157,7 @@ def _by_kernel(x: jax.Array, name: str, out_size: int, runtime: RuntimeConfig,
     def kernel(x):
         out = _stack_projection(x.reshape(rows, k_size), name, stack, layer, interpret, out_rows)
         return out.reshape(*x.shape[:-1], out_size)                            # [B, T, N]
-    return kernel(x) if interpret else _kernel_or_xla(x, kernel, xla)
+    return kernel(x) if interpret else _kernel_or_xla(x, kernel, lambda _: xla)
 
 
 def _project_columns(x: jax.Array, sizes: dict[str, int], runtime: RuntimeConfig,
@@ -178,7 +179,7 @@ def _project_columns(x: jax.Array, sizes: dict[str, int], runtime: RuntimeConfig
     def kernel(x):
         outs = _column_projections(x.reshape(rows, k_size), tuple(sizes), ws, layer, interpret)
         return tuple(o.reshape(*x.shape[:-1], size) for o, size in zip(outs, sizes.values()))
-    return kernel(x) if interpret else _kernel_or_xla(x, kernel, xla)
+    return kernel(x) if interpret else _kernel_or_xla(x, kernel, lambda _: xla)
 
 
 class LayerKV(NamedTuple):
@@ -299,10 +300,7 @@ def _gpu_decode_attention(c: TransformerConfig, q, k, v, kv: LayerKV, ctx: Atten
     interpret = runtime.kernels == "interpret"
     kernel = lambda q: _kernel_decode_attention(c, q, kv, ctx.key_valid, ctx.key_extent,
                                                 interpret).astype(dtype)
-    if interpret:
-        return kernel(q)
-    # XLA's form is dead code where the kernel runs (XLA removes it with its window slices).
-    return jax.lax.platform_dependent(q, cuda=kernel, default=xla)
+    return kernel(q) if interpret else _kernel_or_xla(q, kernel, xla)
 
 
 class MultiHeadAttention(hk.Module):
